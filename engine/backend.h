@@ -1,0 +1,186 @@
+// Backend: the table of kernels a device implements (CPU reference, CUDA, CUDA emulation).
+// Ops in engine/ops do shapes and autograd; backends only compute, on tensors of their device.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "engine/device.h"
+#include "engine/tensor.h"
+
+namespace sp {
+
+class Allocator;
+
+// Row-major strided-batched GEMM: C[i] = alpha * op(A[i]) op(B[i]) + beta * C[i], i < batch.
+// op(A) is m x k, op(B) is k x n; lda/ldb/ldc are row strides of the stored matrices.
+struct GemmArgs {
+  const void* a = nullptr;
+  const void* b = nullptr;
+  void* c = nullptr;
+  DType dtype = DType::F32;  // of A, B and C; accumulation is always fp32
+  bool trans_a = false;
+  bool trans_b = false;
+  int64_t m = 0, n = 0, k = 0;
+  int64_t lda = 0, ldb = 0, ldc = 0;
+  int64_t batch = 1;
+  int64_t stride_a = 0, stride_b = 0, stride_c = 0;  // elements between batch entries
+  float alpha = 1.0f;
+  float beta = 0.0f;
+};
+
+enum class BinaryOp { kAdd, kSub, kMul };
+enum class Activation { kGeluTanh, kGeluErf, kRelu };
+
+// Masking and scaling applied to attention scores before the softmax (HF semantics: masked
+// positions receive float32 min, i.e. exactly zero probability unless a row has no valid key).
+struct AttentionMask {
+  float scale = 1.0f;        // multiplies q.k (1/sqrt(d) for GPT-2, 1 for T5)
+  bool causal = false;       // query i (absolute position query_offset + i) sees keys <= it
+  int64_t query_offset = 0;  // absolute position of query 0 (the KV-cache length)
+  Tensor key_padding;        // optional [B, Tk] F32: 1 = attend, 0 = masked
+  Tensor bias;               // optional additive [H, Tq, Tk] or [B, H, Tq, Tk] F32 (T5)
+};
+
+struct BackendStats {
+  uint64_t gemm_calls = 0;
+  double gemm_flops = 0;
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual Device device() const = 0;
+  virtual Allocator& allocator() = 0;
+  virtual void synchronize() {}
+  BackendStats stats() const { return stats_; }
+  void reset_stats() { stats_ = {}; }
+
+  // ---- memory (byte copies; host pointers are ordinary CPU memory) ----
+  virtual void copy_from_host(void* dst, const void* src, size_t nbytes) = 0;
+  virtual void copy_to_host(void* dst, const void* src, size_t nbytes) = 0;
+  virtual void copy_on_device(void* dst, const void* src, size_t nbytes) = 0;
+
+  // ---- data movement ----
+  // dst = src elementwise for any strides (src may broadcast with zero strides); same dtype.
+  virtual void copy(const Tensor& src, const Tensor& dst) = 0;
+  // Contiguous dtype conversion (any float/int pair).
+  virtual void cast(const Tensor& src, const Tensor& dst) = 0;
+  virtual void fill(const Tensor& dst, float value) = 0;
+
+  // ---- dense math ----
+  virtual void gemm(const GemmArgs& args) = 0;
+  // out = a (op) b, with a and b broadcast views of out's shape (strides may be 0). `out` is
+  // contiguous and may alias `a` when a is contiguous (in-place accumulation).
+  virtual void binary(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& out) = 0;
+  // out = x * scale + shift (contiguous; out may alias x).
+  virtual void affine(const Tensor& x, float scale, float shift, const Tensor& out) = 0;
+  // out[r] = sum_c x[r, c] for x viewed as [rows, cols] contiguous: reduces the last axis.
+  virtual void sum_last(const Tensor& x, const Tensor& out) = 0;
+  // out[c] = sum_r x[r, c]: reduces the leading rows (bias gradients, broadcast backward).
+  virtual void sum_rows(const Tensor& x, const Tensor& out) = 0;
+  // General reduction of contiguous x to `out`, whose shape is x's with reduced axes set to 1.
+  virtual void sum_to(const Tensor& x, const Tensor& out) = 0;
+  // Sum of squares of all elements, accumulated in double and returned to the host.
+  virtual double sum_squares(const Tensor& x) = 0;
+
+  // ---- activations ----
+  virtual void activation_forward(Activation act, const Tensor& x, const Tensor& y) = 0;
+  // dx = dy * act'(x)
+  virtual void activation_backward(Activation act, const Tensor& x, const Tensor& dy,
+                                   const Tensor& dx) = 0;
+  // y = act(gate) * up (T5 v1.1 gated-gelu); backward gives d_gate and d_up (either may be
+  // undefined when not needed).
+  virtual void gated_forward(Activation act, const Tensor& gate, const Tensor& up,
+                             const Tensor& y) = 0;
+  virtual void gated_backward(Activation act, const Tensor& gate, const Tensor& up,
+                              const Tensor& dy, const Tensor& d_gate, const Tensor& d_up) = 0;
+
+  // ---- normalisation over the last axis (x contiguous [rows, cols]) ----
+  virtual void layernorm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias,
+                                 float eps, const Tensor& y, const Tensor& mean,
+                                 const Tensor& rstd) = 0;
+  // d_weight and d_bias may be undefined (frozen); when defined they are accumulated into.
+  virtual void layernorm_backward(const Tensor& x, const Tensor& weight, const Tensor& mean,
+                                  const Tensor& rstd, const Tensor& dy, const Tensor& dx,
+                                  const Tensor& d_weight, const Tensor& d_bias) = 0;
+  virtual void rmsnorm_forward(const Tensor& x, const Tensor& weight, float eps, const Tensor& y,
+                               const Tensor& rstd) = 0;
+  virtual void rmsnorm_backward(const Tensor& x, const Tensor& weight, const Tensor& rstd,
+                                const Tensor& dy, const Tensor& dx, const Tensor& d_weight) = 0;
+
+  // ---- softmax over the last axis of scores [B, H, Tq, Tk] with masking ----
+  virtual void masked_softmax_forward(const Tensor& scores, const AttentionMask& mask,
+                                      const Tensor& probs) = 0;
+  // d_scores = scale * probs * (d_probs - sum(d_probs * probs))
+  virtual void masked_softmax_backward(const Tensor& probs, const Tensor& d_probs, float scale,
+                                       const Tensor& d_scores) = 0;
+
+  // ---- attention: q [B, Tq, H, D], k/v [B, Tk, H, D] (any strides, unit stride on D) ----
+  // out [B, Tq, H, D] contiguous; lse [B, H, Tq] receives each row's log-sum-exp for backward.
+  virtual void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v,
+                                 const AttentionMask& mask, const Tensor& out,
+                                 const Tensor& lse) = 0;
+  // dq/dk/dv are contiguous in q/k/v's logical shapes; any may be undefined (not needed).
+  virtual void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v,
+                                  const AttentionMask& mask, const Tensor& out, const Tensor& lse,
+                                  const Tensor& d_out, const Tensor& dq, const Tensor& dk,
+                                  const Tensor& dv) = 0;
+
+  // ---- gather / scatter along rows ----
+  // out[i, :] = table[ids[i], :] (ids I32 or I64, validated on the host by the op).
+  virtual void gather_rows(const Tensor& table, const Tensor& ids, const Tensor& out) = 0;
+  // d_table[ids[i], :] += d_out[i, :]
+  virtual void scatter_add_rows(const Tensor& d_out, const Tensor& ids, const Tensor& d_table) = 0;
+
+  // ---- loss ----
+  // Per row: loss[r] = lse(logits[r]) - logits[r, target[r]], 0 for ignored rows; lse saved.
+  virtual void cross_entropy_forward(const Tensor& logits, const Tensor& targets,
+                                     int64_t ignore_index, const Tensor& loss,
+                                     const Tensor& lse) = 0;
+  // d_logits[r] = grad_scale * (softmax(logits[r]) - onehot(target[r])), zero for ignored rows.
+  // d_logits may alias logits (the fused in-place path).
+  virtual void cross_entropy_backward(const Tensor& logits, const Tensor& targets,
+                                      int64_t ignore_index, const Tensor& lse, float grad_scale,
+                                      const Tensor& d_logits) = 0;
+
+  // ---- randomness (counter-based Philox: identical numbers on every backend) ----
+  // y = x * keep / (1 - p) with keep drawn from (seed, offset + element index).
+  virtual void dropout(const Tensor& x, float p, uint64_t seed, uint64_t offset,
+                       const Tensor& y) = 0;
+  virtual void normal_fill(const Tensor& dst, float mean, float std, uint64_t seed,
+                           uint64_t offset) = 0;
+
+  // ---- T5 relative position bias: out[h, i, j] = table[bucket(j + key_offset - i - query_offset),
+  // h]
+  virtual void relative_position_bias(const Tensor& table, int64_t query_offset, bool bidirectional,
+                                      int64_t num_buckets, int64_t max_distance,
+                                      const Tensor& out) = 0;
+
+  // ---- optimiser ----
+  // One AdamW step on contiguous F32 tensors, PyTorch semantics; `step` counts from 1.
+  virtual void adamw_step(const Tensor& param, const Tensor& grad, const Tensor& exp_avg,
+                          const Tensor& exp_avg_sq, float lr, float beta1, float beta2, float eps,
+                          float weight_decay, int64_t step) = 0;
+
+ protected:
+  void count_gemm(const GemmArgs& args) {
+    stats_.gemm_calls += 1;
+    stats_.gemm_flops +=
+        2.0 * double(args.m) * double(args.n) * double(args.k) * double(args.batch);
+  }
+
+ private:
+  BackendStats stats_;
+};
+
+// The backend owning `device`; throws an Error when this build or machine lacks it.
+Backend& backend_for(Device device);
+// Whether backend_for(device) would succeed.
+bool backend_available(Device device);
+
+// Names of the devices this build and machine can run ("cpu", "cuda-emu", maybe "cuda").
+std::vector<Device> available_devices();
+
+}  // namespace sp

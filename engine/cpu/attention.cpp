@@ -1,0 +1,128 @@
+// CPU attention: per (batch, head) GEMMs through Eigen on strided views of q/k/v, the masked
+// softmax of attention_mask.h, and a backward that recomputes the probabilities from the saved
+// log-sum-exp instead of storing them.
+#include <Eigen/Core>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "engine/cpu/attention_mask.h"
+#include "engine/cpu/cpu_backend.h"
+#include "engine/error.h"
+#include "engine/thread_pool.h"
+
+namespace sp {
+
+namespace {
+
+using Matrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+using StridedMap = Eigen::Map<Matrix, 0, Eigen::OuterStride<>>;
+using ConstStridedMap = Eigen::Map<const Matrix, 0, Eigen::OuterStride<>>;
+
+// The [T, D] matrix of head h in batch b of a [B, T, H, D] tensor with unit stride on D.
+ConstStridedMap head_view(const Tensor& t, int64_t b, int64_t h) {
+  const float* base = t.data<float>() + b * t.stride(0) + h * t.stride(2);
+  return ConstStridedMap(base, t.size(1), t.size(3), Eigen::OuterStride<>(t.stride(1)));
+}
+
+StridedMap head_view_mut(const Tensor& t, int64_t b, int64_t h) {
+  float* base = t.data<float>() + b * t.stride(0) + h * t.stride(2);
+  return StridedMap(base, t.size(1), t.size(3), Eigen::OuterStride<>(t.stride(1)));
+}
+
+// Scores -> probabilities in place for one (b, h); returns each row's log-sum-exp.
+void softmax_rows(Matrix& s, int64_t b, int64_t h, int64_t H, const AttentionMask& mask,
+                  float* lse) {
+  const int64_t tq = s.rows(), tk = s.cols();
+  for (int64_t i = 0; i < tq; ++i) {
+    float* row = s.data() + i * tk;
+    cpu::mask_scores_row(row, b, h, i, H, tq, tk, mask);
+    Eigen::Map<Eigen::ArrayXf> r(row, tk);
+    float max = r.maxCoeff();
+    if (!std::isfinite(max)) {
+      r.setZero();
+      lse[i] = -std::numeric_limits<float>::infinity();
+      continue;
+    }
+    r = (r - max).exp();
+    float sum = r.sum();
+    r /= sum;
+    lse[i] = max + std::log(sum);
+  }
+}
+
+void check_qkv(const Tensor& q, const Tensor& k, const Tensor& v) {
+  SP_ASSERT(q.dim() == 4 && k.dim() == 4 && v.dim() == 4);
+  SP_ASSERT(q.stride(3) == 1 && k.stride(3) == 1 && v.stride(3) == 1);
+}
+
+}  // namespace
+
+void CpuBackend::attention_forward(const Tensor& q, const Tensor& k, const Tensor& v,
+                                   const AttentionMask& mask, const Tensor& out,
+                                   const Tensor& lse) {
+  check_qkv(q, k, v);
+  const int64_t B = q.size(0), Tq = q.size(1), H = q.size(2);
+  const int64_t Tk = k.size(1);
+  float* plse = lse.data<float>();
+  parallel_for(0, B * H, 1, [&](int64_t lo, int64_t hi) {
+    Matrix s;
+    for (int64_t bh = lo; bh < hi; ++bh) {
+      const int64_t b = bh / H, h = bh % H;
+      auto Q = head_view(q, b, h);
+      auto K = head_view(k, b, h);
+      auto V = head_view(v, b, h);
+      s.resize(Tq, Tk);
+      s.noalias() = Q * K.transpose();
+      softmax_rows(s, b, h, H, mask, plse + (b * H + h) * Tq);
+      head_view_mut(out, b, h).noalias() = s * V;
+    }
+  });
+}
+
+void CpuBackend::attention_backward(const Tensor& q, const Tensor& k, const Tensor& v,
+                                    const AttentionMask& mask, const Tensor& out, const Tensor& lse,
+                                    const Tensor& d_out, const Tensor& dq, const Tensor& dk,
+                                    const Tensor& dv) {
+  check_qkv(q, k, v);
+  const int64_t B = q.size(0), Tq = q.size(1), H = q.size(2);
+  const int64_t Tk = k.size(1);
+  const float* plse = lse.data<float>();
+  parallel_for(0, B * H, 1, [&](int64_t lo, int64_t hi) {
+    Matrix p, dp;
+    for (int64_t bh = lo; bh < hi; ++bh) {
+      const int64_t b = bh / H, h = bh % H;
+      auto Q = head_view(q, b, h);
+      auto K = head_view(k, b, h);
+      auto V = head_view(v, b, h);
+      auto dO = head_view(d_out, b, h);
+      // Recompute P = exp(masked scores - lse) exactly as the forward produced it.
+      p.resize(Tq, Tk);
+      p.noalias() = Q * K.transpose();
+      const float* row_lse = plse + (b * H + h) * Tq;
+      for (int64_t i = 0; i < Tq; ++i) {
+        float* row = p.data() + i * Tk;
+        cpu::mask_scores_row(row, b, h, i, H, Tq, Tk, mask);
+        Eigen::Map<Eigen::ArrayXf> r(row, Tk);
+        if (std::isfinite(row_lse[i]))
+          r = (r - row_lse[i]).exp();
+        else
+          r.setZero();
+      }
+      if (dv.defined()) head_view_mut(dv, b, h).noalias() = p.transpose() * dO;
+      if (!dq.defined() && !dk.defined()) continue;
+      dp.resize(Tq, Tk);
+      dp.noalias() = dO * V.transpose();
+      // dS = P * (dP - rowsum(P * dP)), then the scale of the forward's q.k.
+      for (int64_t i = 0; i < Tq; ++i) {
+        Eigen::Map<Eigen::ArrayXf> pr(p.data() + i * Tk, Tk), dpr(dp.data() + i * Tk, Tk);
+        float dot = (pr * dpr).sum();
+        dpr = mask.scale * pr * (dpr - dot);
+      }
+      if (dq.defined()) head_view_mut(dq, b, h).noalias() = dp * K;
+      if (dk.defined()) head_view_mut(dk, b, h).noalias() = dp.transpose() * Q;
+    }
+  });
+}
+
+}  // namespace sp

@@ -1,0 +1,96 @@
+// CpuBackend: the reference implementation of every Backend kernel (fp32, multithreaded).
+// Each op family's CPU code lives in its own file here: engine/cpu/<op>.cpp.
+#pragma once
+
+#include <memory>
+
+#include "engine/backend.h"
+
+namespace sp {
+
+class CpuBackend final : public Backend {
+ public:
+  Device device() const override { return Device::cpu(); }
+  Allocator& allocator() override;
+
+  void copy_from_host(void* dst, const void* src, size_t nbytes) override;
+  void copy_to_host(void* dst, const void* src, size_t nbytes) override;
+  void copy_on_device(void* dst, const void* src, size_t nbytes) override;
+
+  void copy(const Tensor& src, const Tensor& dst) override;
+  void cast(const Tensor& src, const Tensor& dst) override;
+  void fill(const Tensor& dst, float value) override;
+
+  void gemm(const GemmArgs& args) override;
+  void binary(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& out) override;
+  void affine(const Tensor& x, float scale, float shift, const Tensor& out) override;
+  void sum_last(const Tensor& x, const Tensor& out) override;
+  void sum_rows(const Tensor& x, const Tensor& out) override;
+  void sum_to(const Tensor& x, const Tensor& out) override;
+  double sum_squares(const Tensor& x) override;
+
+  void activation_forward(Activation act, const Tensor& x, const Tensor& y) override;
+  void activation_backward(Activation act, const Tensor& x, const Tensor& dy,
+                           const Tensor& dx) override;
+  void gated_forward(Activation act, const Tensor& gate, const Tensor& up,
+                     const Tensor& y) override;
+  void gated_backward(Activation act, const Tensor& gate, const Tensor& up, const Tensor& dy,
+                      const Tensor& d_gate, const Tensor& d_up) override;
+
+  void layernorm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, float eps,
+                         const Tensor& y, const Tensor& mean, const Tensor& rstd) override;
+  void layernorm_backward(const Tensor& x, const Tensor& weight, const Tensor& mean,
+                          const Tensor& rstd, const Tensor& dy, const Tensor& dx,
+                          const Tensor& d_weight, const Tensor& d_bias) override;
+  void rmsnorm_forward(const Tensor& x, const Tensor& weight, float eps, const Tensor& y,
+                       const Tensor& rstd) override;
+  void rmsnorm_backward(const Tensor& x, const Tensor& weight, const Tensor& rstd, const Tensor& dy,
+                        const Tensor& dx, const Tensor& d_weight) override;
+
+  void masked_softmax_forward(const Tensor& scores, const AttentionMask& mask,
+                              const Tensor& probs) override;
+  void masked_softmax_backward(const Tensor& probs, const Tensor& d_probs, float scale,
+                               const Tensor& d_scores) override;
+
+  void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v,
+                         const AttentionMask& mask, const Tensor& out, const Tensor& lse) override;
+  void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v,
+                          const AttentionMask& mask, const Tensor& out, const Tensor& lse,
+                          const Tensor& d_out, const Tensor& dq, const Tensor& dk,
+                          const Tensor& dv) override;
+
+  void gather_rows(const Tensor& table, const Tensor& ids, const Tensor& out) override;
+  void scatter_add_rows(const Tensor& d_out, const Tensor& ids, const Tensor& d_table) override;
+
+  void cross_entropy_forward(const Tensor& logits, const Tensor& targets, int64_t ignore_index,
+                             const Tensor& loss, const Tensor& lse) override;
+  void cross_entropy_backward(const Tensor& logits, const Tensor& targets, int64_t ignore_index,
+                              const Tensor& lse, float grad_scale, const Tensor& d_logits) override;
+
+  void dropout(const Tensor& x, float p, uint64_t seed, uint64_t offset, const Tensor& y) override;
+  void normal_fill(const Tensor& dst, float mean, float std, uint64_t seed,
+                   uint64_t offset) override;
+
+  void relative_position_bias(const Tensor& table, int64_t query_offset, bool bidirectional,
+                              int64_t num_buckets, int64_t max_distance,
+                              const Tensor& out) override;
+
+  void adamw_step(const Tensor& param, const Tensor& grad, const Tensor& exp_avg,
+                  const Tensor& exp_avg_sq, float lr, float beta1, float beta2, float eps,
+                  float weight_decay, int64_t step) override;
+
+  // Which library runs fp32 GEMMs; benchmarks compare them. Default: OpenBLAS.
+  enum class GemmLibrary { kOpenBlas, kEigen };
+  static void set_gemm_library(GemmLibrary library);
+  static GemmLibrary gemm_library();
+};
+
+std::unique_ptr<Backend> make_cpu_backend();
+
+// fp32 row-major GEMM on the host without going through a Backend (used by kernels/emu's
+// cuBLAS emulation and by attention). Runs on the calling thread when single_thread.
+void cpu_sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+               const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
+               int64_t ldc, bool single_thread);
+
+}  // namespace sp

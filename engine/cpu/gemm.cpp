@@ -1,0 +1,120 @@
+// CPU GEMM: OpenBLAS sgemm (single-threaded calls, split across softprompt's own pool) or Eigen.
+#include <cblas.h>
+
+#include <Eigen/Core>
+#include <algorithm>
+#include <atomic>
+
+#include "engine/cpu/cpu_backend.h"
+#include "engine/error.h"
+#include "engine/thread_pool.h"
+
+namespace sp {
+
+namespace {
+
+std::atomic<CpuBackend::GemmLibrary> g_library{CpuBackend::GemmLibrary::kOpenBlas};
+
+using RowMajor = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+using ConstMap = Eigen::Map<const RowMajor, 0, Eigen::OuterStride<>>;
+using Map = Eigen::Map<RowMajor, 0, Eigen::OuterStride<>>;
+
+void eigen_sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+                 const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
+                 int64_t ldc) {
+  Map C(c, m, n, Eigen::OuterStride<>(ldc));
+  ConstMap A(a, trans_a ? k : m, trans_a ? m : k, Eigen::OuterStride<>(lda));
+  ConstMap B(b, trans_b ? n : k, trans_b ? k : n, Eigen::OuterStride<>(ldb));
+  if (beta == 0.0f)
+    C.setZero();
+  else if (beta != 1.0f)
+    C *= beta;
+  if (!trans_a && !trans_b) C.noalias() += alpha * A * B;
+  if (!trans_a && trans_b) C.noalias() += alpha * A * B.transpose();
+  if (trans_a && !trans_b) C.noalias() += alpha * A.transpose() * B;
+  if (trans_a && trans_b) C.noalias() += alpha * A.transpose() * B.transpose();
+}
+
+void sgemm_one_thread(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+                      const float* a, int64_t lda, const float* b, int64_t ldb, float beta,
+                      float* c, int64_t ldc) {
+  if (m == 0 || n == 0) return;
+  if (k == 0) {  // C = beta * C; BLAS rejects k == 0 leading dimensions
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t j = 0; j < n; ++j) c[i * ldc + j] = beta == 0.0f ? 0.0f : beta * c[i * ldc + j];
+    return;
+  }
+  // BLAS requires ld >= stored columns even where a single stored row makes ld irrelevant.
+  lda = std::max(lda, trans_a ? m : k);
+  ldb = std::max(ldb, trans_b ? k : n);
+  ldc = std::max(ldc, n);
+  if (g_library.load() == CpuBackend::GemmLibrary::kEigen) {
+    eigen_sgemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    return;
+  }
+  cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
+              trans_b ? CblasTrans : CblasNoTrans, int(m), int(n), int(k), alpha, a, int(lda), b,
+              int(ldb), beta, c, int(ldc));
+}
+
+}  // namespace
+
+void CpuBackend::set_gemm_library(GemmLibrary library) {
+  g_library.store(library);
+}
+CpuBackend::GemmLibrary CpuBackend::gemm_library() {
+  return g_library.load();
+}
+
+void cpu_sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+               const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
+               int64_t ldc, bool single_thread) {
+  // Split the larger output dimension into row/column panels, one per thread; each panel is an
+  // independent single-threaded sgemm, so results do not depend on scheduling.
+  constexpr int64_t kMinPanel = 64;
+  const int64_t flops = m * n * k;
+  if (single_thread || flops < (int64_t(1) << 18) || num_threads() == 1) {
+    sgemm_one_thread(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    return;
+  }
+  if (m >= n || n < 2 * kMinPanel) {
+    parallel_for(0, m, kMinPanel / 4, [&](int64_t lo, int64_t hi) {
+      const float* a_panel = trans_a ? a + lo : a + lo * lda;
+      sgemm_one_thread(trans_a, trans_b, hi - lo, n, k, alpha, a_panel, lda, b, ldb, beta,
+                       c + lo * ldc, ldc);
+    });
+  } else {
+    parallel_for(0, n, kMinPanel, [&](int64_t lo, int64_t hi) {
+      const float* b_panel = trans_b ? b + lo * ldb : b + lo;
+      sgemm_one_thread(trans_a, trans_b, m, hi - lo, k, alpha, a, lda, b_panel, ldb, beta, c + lo,
+                       ldc);
+    });
+  }
+}
+
+void CpuBackend::gemm(const GemmArgs& g) {
+  SP_CHECK(g.dtype == DType::F32, "gemm: the CPU backend computes in F32, got ",
+           dtype_name(g.dtype), " operands (cast weights to F32 when loading for CPU)");
+  count_gemm(g);
+  const float* a = static_cast<const float*>(g.a);
+  const float* b = static_cast<const float*>(g.b);
+  float* c = static_cast<float*>(g.c);
+  if (g.batch == 1) {
+    cpu_sgemm(g.trans_a, g.trans_b, g.m, g.n, g.k, g.alpha, a, g.lda, b, g.ldb, g.beta, c, g.ldc,
+              false);
+    return;
+  }
+  if (g.batch >= num_threads()) {
+    parallel_for(0, g.batch, 1, [&](int64_t lo, int64_t hi) {
+      for (int64_t i = lo; i < hi; ++i)
+        sgemm_one_thread(g.trans_a, g.trans_b, g.m, g.n, g.k, g.alpha, a + i * g.stride_a, g.lda,
+                         b + i * g.stride_b, g.ldb, g.beta, c + i * g.stride_c, g.ldc);
+    });
+    return;
+  }
+  for (int64_t i = 0; i < g.batch; ++i)
+    cpu_sgemm(g.trans_a, g.trans_b, g.m, g.n, g.k, g.alpha, a + i * g.stride_a, g.lda,
+              b + i * g.stride_b, g.ldb, g.beta, c + i * g.stride_c, g.ldc, false);
+}
+
+}  // namespace sp

@@ -1,0 +1,86 @@
+// CPU LayerNorm over the last axis (GPT-2): forward saves mean and 1/std per row for backward.
+#include <Eigen/Core>
+#include <cmath>
+#include <vector>
+
+#include "engine/cpu/cpu_backend.h"
+#include "engine/error.h"
+#include "engine/thread_pool.h"
+
+namespace sp {
+
+namespace {
+
+using ConstRow = Eigen::Map<const Eigen::ArrayXf>;
+using Row = Eigen::Map<Eigen::ArrayXf>;
+
+// Per-chunk partial sums of weight/bias gradients, added in chunk order: deterministic.
+void reduce_partials(const std::vector<Eigen::ArrayXf>& partials, const Tensor& target) {
+  if (!target.defined()) return;
+  Row out(target.data<float>(), target.numel());
+  for (const auto& p : partials) out += p;
+}
+
+}  // namespace
+
+void CpuBackend::layernorm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias,
+                                   float eps, const Tensor& y, const Tensor& mean,
+                                   const Tensor& rstd) {
+  const int64_t cols = x.size(-1);
+  const int64_t rows = x.numel() / cols;
+  const float* px = x.data<float>();
+  float* py = y.data<float>();
+  ConstRow w(weight.data<float>(), cols), b(bias.data<float>(), cols);
+  float* pm = mean.data<float>();
+  float* pr = rstd.data<float>();
+  parallel_for(0, rows, std::max<int64_t>(1, 4096 / cols), [&](int64_t lo, int64_t hi) {
+    for (int64_t r = lo; r < hi; ++r) {
+      ConstRow in(px + r * cols, cols);
+      float mu = in.sum() / float(cols);
+      float var = (in - mu).square().sum() / float(cols);
+      float inv = 1.0f / std::sqrt(var + eps);
+      Row(py + r * cols, cols) = (in - mu) * inv * w + b;
+      pm[r] = mu;
+      pr[r] = inv;
+    }
+  });
+}
+
+void CpuBackend::layernorm_backward(const Tensor& x, const Tensor& weight, const Tensor& mean,
+                                    const Tensor& rstd, const Tensor& dy, const Tensor& dx,
+                                    const Tensor& d_weight, const Tensor& d_bias) {
+  const int64_t cols = x.size(-1);
+  const int64_t rows = x.numel() / cols;
+  const float* px = x.data<float>();
+  const float* pdy = dy.data<float>();
+  const float* pm = mean.data<float>();
+  const float* pr = rstd.data<float>();
+  ConstRow w(weight.data<float>(), cols);
+  const int64_t grain = std::max<int64_t>(1, 4096 / cols);
+  const int64_t chunks = parallel_chunks(0, rows, grain);
+  std::vector<Eigen::ArrayXf> dw_parts(d_weight.defined() ? size_t(chunks) : 0);
+  std::vector<Eigen::ArrayXf> db_parts(d_bias.defined() ? size_t(chunks) : 0);
+  parallel_for_chunks(0, rows, grain, [&](int64_t chunk, int64_t lo, int64_t hi) {
+    Eigen::ArrayXf dw_acc, db_acc;
+    if (d_weight.defined()) dw_acc = Eigen::ArrayXf::Zero(cols);
+    if (d_bias.defined()) db_acc = Eigen::ArrayXf::Zero(cols);
+    for (int64_t r = lo; r < hi; ++r) {
+      ConstRow in(px + r * cols, cols), g_out(pdy + r * cols, cols);
+      Eigen::ArrayXf xhat = (in - pm[r]) * pr[r];
+      if (dx.defined()) {
+        Eigen::ArrayXf g = g_out * w;
+        float mean_g = g.sum() / float(cols);
+        float mean_gx = (g * xhat).sum() / float(cols);
+        Row(dx.data<float>() + r * cols, cols) = pr[r] * (g - mean_g - xhat * mean_gx);
+      }
+      if (d_weight.defined()) dw_acc += g_out * xhat;
+      if (d_bias.defined()) db_acc += g_out;
+    }
+    if (d_weight.defined()) dw_parts[size_t(chunk)] = std::move(dw_acc);
+    if (d_bias.defined()) db_parts[size_t(chunk)] = std::move(db_acc);
+  });
+  reduce_partials(dw_parts, d_weight);
+  reduce_partials(db_parts, d_bias);
+}
+
+}  // namespace sp

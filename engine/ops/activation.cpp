@@ -1,0 +1,63 @@
+// Activation ops: saved input, derivative-based backward.
+#include "engine/ops/activation.h"
+
+#include "engine/autograd.h"
+#include "engine/ops/common.h"
+
+namespace sp {
+
+Tensor activation(const Tensor& x_in, Activation act) {
+  ops_detail::check_defined("activation", {&x_in});
+  ops_detail::check_float_inputs("activation", {&x_in});
+  Tensor x = x_in.contiguous();
+  Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
+  if (x.numel() > 0) backend_for(x.device()).activation_forward(act, x, y);
+  record(y, "activation", {x_in}, [x = x.detach(), act](const Tensor& g, const NeedsGrad&) {
+    Tensor dx = Tensor::empty(x.shape(), x.dtype(), x.device());
+    if (x.numel() > 0) backend_for(x.device()).activation_backward(act, x, g.contiguous(), dx);
+    return std::vector<Tensor>{dx};
+  });
+  return y;
+}
+
+Tensor gelu_tanh(const Tensor& x) {
+  return activation(x, Activation::kGeluTanh);
+}
+Tensor gelu_erf(const Tensor& x) {
+  return activation(x, Activation::kGeluErf);
+}
+Tensor relu(const Tensor& x) {
+  return activation(x, Activation::kRelu);
+}
+
+Tensor gated_activation(const Tensor& gate_in, const Tensor& up_in, Activation act) {
+  ops_detail::check_defined("gated_activation", {&gate_in, &up_in});
+  ops_detail::check_float_inputs("gated_activation", {&gate_in, &up_in});
+  SP_CHECK(gate_in.shape() == up_in.shape(), "gated_activation: gate ", gate_in.describe(),
+           " and up ", up_in.describe(), " differ in shape");
+  Tensor gate = gate_in.contiguous(), up = up_in.contiguous();
+  Tensor y = Tensor::empty(gate.shape(), gate.dtype(), gate.device());
+  if (y.numel() > 0) backend_for(y.device()).gated_forward(act, gate, up, y);
+  record(y, "gated_activation", {gate_in, up_in},
+         [gate = gate.detach(), up = up.detach(), act](const Tensor& g, const NeedsGrad& need) {
+           std::vector<Tensor> grads(2);
+           if (need[0]) grads[0] = Tensor::empty(gate.shape(), gate.dtype(), gate.device());
+           if (need[1]) grads[1] = Tensor::empty(up.shape(), up.dtype(), up.device());
+           if (gate.numel() > 0)
+             backend_for(gate.device())
+                 .gated_backward(act, gate, up, g.contiguous(), grads[0], grads[1]);
+           return grads;
+         });
+  return y;
+}
+
+Activation parse_activation(std::string_view name, const char* field) {
+  if (name == "gelu_new" || name == "gelu_pytorch_tanh" || name == "gelu_fast")
+    return Activation::kGeluTanh;
+  if (name == "gelu") return Activation::kGeluErf;
+  if (name == "relu") return Activation::kRelu;
+  fail(ErrorKind::kUnsupported, field, ": activation '", name,
+       "' is not supported; expected gelu_new, gelu_pytorch_tanh, gelu or relu");
+}
+
+}  // namespace sp

@@ -1,0 +1,22 @@
+// Activations: gelu_new (tanh form), exact GELU (erf form), ReLU, and the gated form
+// act(gate) * up used by T5 v1.1's gated-gelu feed-forward. All differentiable.
+#pragma once
+
+#include <string_view>
+
+#include "engine/backend.h"
+#include "engine/tensor.h"
+
+namespace sp {
+
+Tensor activation(const Tensor& x, Activation act);
+Tensor gelu_tanh(const Tensor& x);
+Tensor gelu_erf(const Tensor& x);
+Tensor relu(const Tensor& x);
+Tensor gated_activation(const Tensor& gate, const Tensor& up, Activation act);
+
+// Hugging Face names: "gelu_new"/"gelu_pytorch_tanh" -> tanh form, "gelu" -> erf, "relu".
+// Throws an Error naming the accepted values for anything else.
+Activation parse_activation(std::string_view hf_name, const char* field);
+
+}  // namespace sp

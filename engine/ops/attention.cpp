@@ -1,0 +1,92 @@
+// masked_softmax and attention ops: validation of shapes and masks, backward wiring.
+#include "engine/ops/attention.h"
+
+#include "engine/autograd.h"
+#include "engine/ops/common.h"
+
+namespace sp {
+
+namespace {
+
+void check_mask(const char* op, const AttentionMask& mask, int64_t B, int64_t H, int64_t Tq,
+                int64_t Tk, const Tensor& like) {
+  if (mask.key_padding.defined()) {
+    SP_CHECK(mask.key_padding.dtype() == DType::F32 && mask.key_padding.device() == like.device() &&
+                 mask.key_padding.shape() == Shape({B, Tk}) && mask.key_padding.is_contiguous(),
+             op, ": key padding mask must be contiguous F32[", B, ", ", Tk, "] on ",
+             like.device().str(), ", got ", mask.key_padding.describe());
+  }
+  if (mask.bias.defined()) {
+    bool per_head = mask.bias.shape() == Shape({H, Tq, Tk});
+    bool per_batch = mask.bias.shape() == Shape({B, H, Tq, Tk});
+    SP_CHECK((per_head || per_batch) && mask.bias.is_contiguous() &&
+                 mask.bias.dtype() == DType::F32 && mask.bias.device() == like.device(),
+             op, ": bias must be contiguous F32[", H, ", ", Tq, ", ", Tk, "] or [", B, ", ", H,
+             ", ", Tq, ", ", Tk, "], got ", mask.bias.describe());
+  }
+  SP_CHECK(mask.query_offset >= 0, op, ": negative query offset");
+}
+
+}  // namespace
+
+Tensor masked_softmax(const Tensor& scores_in, const AttentionMask& mask) {
+  ops_detail::check_defined("masked_softmax", {&scores_in});
+  ops_detail::check_float_inputs("masked_softmax", {&scores_in});
+  SP_CHECK(scores_in.dim() == 4, "masked_softmax: scores must be [B, H, Tq, Tk], got ",
+           scores_in.describe());
+  Tensor scores = scores_in.contiguous();
+  check_mask("masked_softmax", mask, scores.size(0), scores.size(1), scores.size(2), scores.size(3),
+             scores);
+  Tensor probs = Tensor::empty(scores.shape(), scores.dtype(), scores.device());
+  if (probs.numel() > 0) backend_for(probs.device()).masked_softmax_forward(scores, mask, probs);
+  record(probs, "masked_softmax", {scores_in},
+         [p = probs.detach(), scale = mask.scale](const Tensor& g, const NeedsGrad&) {
+           Tensor ds = Tensor::empty(p.shape(), p.dtype(), p.device());
+           if (p.numel() > 0)
+             backend_for(p.device()).masked_softmax_backward(p, g.contiguous(), scale, ds);
+           return std::vector<Tensor>{ds};
+         });
+  return probs;
+}
+
+Tensor attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in,
+                 const AttentionMask& mask) {
+  ops_detail::check_defined("attention", {&q_in, &k_in, &v_in});
+  ops_detail::check_float_inputs("attention", {&q_in, &k_in, &v_in});
+  SP_CHECK(q_in.dim() == 4 && k_in.dim() == 4 && v_in.dim() == 4,
+           "attention: q, k, v must be [B, T, H, D], got ", q_in.describe(), ", ", k_in.describe(),
+           ", ", v_in.describe());
+  const int64_t B = q_in.size(0), Tq = q_in.size(1), H = q_in.size(2), D = q_in.size(3);
+  const int64_t Tk = k_in.size(1);
+  SP_CHECK(k_in.shape() == Shape({B, Tk, H, D}) && v_in.shape() == k_in.shape(), "attention: k ",
+           k_in.describe(), " and v ", v_in.describe(), " do not match q ", q_in.describe());
+  check_mask("attention", mask, B, H, Tq, Tk, q_in);
+  // Unit stride on D is all the kernels need; other axes may be any strided view.
+  auto unit_inner = [](const Tensor& t) { return t.stride(3) == 1 ? t : t.contiguous(); };
+  Tensor q = unit_inner(q_in), k = unit_inner(k_in), v = unit_inner(v_in);
+  Tensor out = Tensor::empty({B, Tq, H, D}, q.dtype(), q.device());
+  Tensor lse = Tensor::empty({B, H, Tq}, DType::F32, q.device());
+  if (out.numel() > 0 && Tk > 0) {
+    backend_for(q.device()).attention_forward(q, k, v, mask, out, lse);
+  } else if (out.numel() > 0) {
+    backend_for(q.device()).fill(out, 0.0f);
+  }
+  record(out, "attention", {q_in, k_in, v_in},
+         [q = q.detach(), k = k.detach(), v = v.detach(), mask, o = out.detach(), lse](
+             const Tensor& g, const NeedsGrad& need) {
+           std::vector<Tensor> grads(3);
+           for (int i = 0; i < 3; ++i) {
+             const Tensor& like = i == 0 ? q : (i == 1 ? k : v);
+             if (need[size_t(i)])
+               grads[size_t(i)] = Tensor::zeros(like.shape(), like.dtype(), like.device());
+           }
+           if (o.numel() > 0 && k.size(1) > 0)
+             backend_for(q.device())
+                 .attention_backward(q, k, v, mask, o, lse, g.contiguous(), grads[0], grads[1],
+                                     grads[2]);
+           return grads;
+         });
+  return out;
+}
+
+}  // namespace sp

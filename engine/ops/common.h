@@ -1,0 +1,48 @@
+// Small checks every op shares: same device, same dtype, F32-on-CPU, defined inputs.
+// Messages name the op and describe the offending tensors.
+#pragma once
+
+#include <initializer_list>
+
+#include "engine/backend.h"
+#include "engine/error.h"
+#include "engine/tensor.h"
+
+namespace sp::ops_detail {
+
+inline void check_defined(const char* op, std::initializer_list<const Tensor*> tensors) {
+  int index = 0;
+  for (const Tensor* t : tensors) {
+    SP_CHECK(t->defined(), op, ": input ", index, " is undefined");
+    ++index;
+  }
+}
+
+// All defined tensors share the first one's device and floating dtype; the CPU computes in F32.
+inline void check_float_inputs(const char* op, std::initializer_list<const Tensor*> tensors) {
+  const Tensor* first = nullptr;
+  for (const Tensor* t : tensors) {
+    if (!t->defined()) continue;
+    if (!first) {
+      first = t;
+      SP_CHECK(dtype_is_float(t->dtype()), op, ": expected a floating-point tensor, got ",
+               t->describe());
+      SP_CHECK(!t->device().is_cpu() || t->dtype() == DType::F32, op,
+               ": the CPU backend computes in F32, got ", t->describe(), "; convert with .to(F32)");
+      continue;
+    }
+    SP_CHECK(t->device() == first->device(), op,
+             ": tensors on different devices: ", first->describe(), " and ", t->describe());
+    SP_CHECK(t->dtype() == first->dtype(), op, ": dtype mismatch: ", first->describe(), " and ",
+             t->describe());
+  }
+}
+
+inline void check_index_tensor(const char* op, const Tensor& ids, const Tensor& like) {
+  SP_CHECK(ids.dtype() == DType::I64 || ids.dtype() == DType::I32, op,
+           ": indices must be I32 or I64, got ", ids.describe());
+  SP_CHECK(ids.device() == like.device(), op, ": indices ", ids.describe(), " and ",
+           like.describe(), " are on different devices");
+}
+
+}  // namespace sp::ops_detail

@@ -1,0 +1,14 @@
+// Row gathers: embedding lookup (table[ids]) and index_select along axis 0.
+// Differentiable with respect to the table (scatter-add backward).
+#pragma once
+
+#include "engine/tensor.h"
+
+namespace sp {
+
+// table [V, D], ids of any shape (I32/I64) -> [*ids.shape, D]. Ids are range-checked.
+Tensor embedding(const Tensor& table, const Tensor& ids);
+// x [N, ...] rows picked by 1-D ids -> [len(ids), ...].
+Tensor index_select(const Tensor& x, const Tensor& ids);
+
+}  // namespace sp

@@ -1,0 +1,74 @@
+// layernorm and rms_norm: shape checks, saved statistics, backward wiring.
+#include "engine/ops/layernorm.h"
+
+#include "engine/autograd.h"
+#include "engine/ops/common.h"
+
+namespace sp {
+
+namespace {
+
+void check_norm(const char* op, const Tensor& x, const Tensor& weight, const Tensor& bias) {
+  ops_detail::check_defined(op, {&x, &weight});
+  ops_detail::check_float_inputs(op, {&x, &weight, &bias});
+  SP_CHECK(x.dim() >= 1, op, ": input must have at least one dimension");
+  const int64_t cols = x.size(-1);
+  SP_CHECK(weight.dim() == 1 && weight.size(0) == cols, op, ": weight ", weight.describe(),
+           " does not match the last axis of ", x.describe());
+  SP_CHECK(!bias.defined() || (bias.dim() == 1 && bias.size(0) == cols), op, ": bias ",
+           bias.describe(), " does not match the last axis of ", x.describe());
+}
+
+Shape row_stats_shape(const Tensor& x) {
+  return {x.numel() / x.size(-1)};
+}
+
+}  // namespace
+
+Tensor layernorm(const Tensor& x_in, const Tensor& weight, const Tensor& bias, float eps) {
+  check_norm("layernorm", x_in, weight, bias);
+  SP_CHECK(bias.defined(), "layernorm: bias is required (use rms_norm for T5)");
+  Tensor x = x_in.contiguous();
+  Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
+  Tensor mean = Tensor::empty(row_stats_shape(x), DType::F32, x.device());
+  Tensor rstd = Tensor::empty(row_stats_shape(x), DType::F32, x.device());
+  if (x.numel() > 0)
+    backend_for(x.device())
+        .layernorm_forward(x, weight.contiguous(), bias.contiguous(), eps, y, mean, rstd);
+  record(y, "layernorm", {x_in, weight, bias},
+         [x = x.detach(), w = weight.contiguous().detach(), mean, rstd](const Tensor& g,
+                                                                        const NeedsGrad& need) {
+           std::vector<Tensor> grads(3);
+           if (need[0]) grads[0] = Tensor::empty(x.shape(), x.dtype(), x.device());
+           if (need[1]) grads[1] = Tensor::zeros(w.shape(), w.dtype(), w.device());
+           if (need[2]) grads[2] = Tensor::zeros(w.shape(), w.dtype(), w.device());
+           if (x.numel() > 0)
+             backend_for(x.device())
+                 .layernorm_backward(x, w, mean, rstd, g.contiguous(), grads[0], grads[1],
+                                     grads[2]);
+           return grads;
+         });
+  return y;
+}
+
+Tensor rms_norm(const Tensor& x_in, const Tensor& weight, float eps) {
+  check_norm("rms_norm", x_in, weight, Tensor());
+  Tensor x = x_in.contiguous();
+  Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
+  Tensor rstd = Tensor::empty(row_stats_shape(x), DType::F32, x.device());
+  if (x.numel() > 0) backend_for(x.device()).rmsnorm_forward(x, weight.contiguous(), eps, y, rstd);
+  record(
+      y, "rms_norm", {x_in, weight},
+      [x = x.detach(), w = weight.contiguous().detach(), rstd](const Tensor& g,
+                                                               const NeedsGrad& need) {
+        std::vector<Tensor> grads(2);
+        if (need[0]) grads[0] = Tensor::empty(x.shape(), x.dtype(), x.device());
+        if (need[1]) grads[1] = Tensor::zeros(w.shape(), w.dtype(), w.device());
+        if (x.numel() > 0)
+          backend_for(x.device()).rmsnorm_backward(x, w, rstd, g.contiguous(), grads[0], grads[1]);
+        return grads;
+      });
+  return y;
+}
+
+}  // namespace sp

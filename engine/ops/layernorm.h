@@ -1,0 +1,12 @@
+// layernorm (GPT-2) and rms_norm (T5LayerNorm) over the last axis, with weight (and bias).
+// Differentiable in x, weight and bias; frozen weights cost no reduction in backward.
+#pragma once
+
+#include "engine/tensor.h"
+
+namespace sp {
+
+Tensor layernorm(const Tensor& x, const Tensor& weight, const Tensor& bias, float eps);
+Tensor rms_norm(const Tensor& x, const Tensor& weight, float eps);
+
+}  // namespace sp

@@ -1,0 +1,52 @@
+// AdamW (torch.optim.AdamW semantics: decoupled weight decay, bias correction, eps after the
+// square root) and clip_grad_norm (torch.nn.utils.clip_grad_norm_ semantics).
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "engine/tensor.h"
+
+namespace sp {
+
+struct AdamWOptions {
+  float lr = 1e-3f;
+  float beta1 = 0.9f;
+  float beta2 = 0.999f;
+  float eps = 1e-8f;
+  float weight_decay = 0.01f;
+};
+
+class AdamW {
+ public:
+  AdamW(std::vector<Tensor> params, AdamWOptions options);
+
+  // Applies one update to every parameter that has a gradient (torch skips grad=None too).
+  void step();
+  void zero_grad();
+  void set_lr(float lr) { options_.lr = lr; }
+  float lr() const { return options_.lr; }
+  const AdamWOptions& options() const { return options_; }
+  int64_t steps_taken() const { return step_; }
+
+  // Optimiser state, for checkpoints: step count and the two moment buffers per parameter.
+  const std::vector<Tensor>& exp_avg() const { return exp_avg_; }
+  const std::vector<Tensor>& exp_avg_sq() const { return exp_avg_sq_; }
+  void load_state(int64_t step, const std::vector<Tensor>& exp_avg,
+                  const std::vector<Tensor>& exp_avg_sq);
+
+ private:
+  std::vector<Tensor> params_;
+  AdamWOptions options_;
+  int64_t step_ = 0;
+  std::vector<Tensor> exp_avg_;
+  std::vector<Tensor> exp_avg_sq_;
+};
+
+// Global 2-norm of all gradients; when above max_norm, scales every gradient by
+// max_norm / (norm + 1e-6). Returns the norm before clipping. Non-finite norms are returned
+// untouched (the caller decides; the trainer stops on them).
+double clip_grad_norm(const std::vector<Tensor>& params, double max_norm);
+double grad_norm(const std::vector<Tensor>& params);
+
+}  // namespace sp

@@ -1,0 +1,129 @@
+// Runs the op table (tests/op_table) in two of its three modes: finite-difference gradient
+// checks on the CPU reference, and consistency of every other available backend with the CPU.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <set>
+
+#include "engine/autograd.h"
+#include "engine/backend.h"
+#include "engine/ops/ops.h"
+#include "tests/op_table/op_cases.h"
+
+namespace sp::testing {
+namespace {
+
+struct RunResult {
+  std::vector<float> output;
+  std::vector<std::vector<float>> grads;  // per differentiable input
+};
+
+// loss = sum(out * w): w makes every output element matter with a different weight.
+RunResult run_with_grads(const OpCase& c, Device device, const std::vector<Tensor>& host_inputs) {
+  std::vector<Tensor> inputs;
+  for (size_t i = 0; i < host_inputs.size(); ++i) {
+    Tensor t = host_inputs[i].to(device);
+    if (t.device() == host_inputs[i].device()) t = t.clone();
+    bool diff =
+        std::find(c.differentiable.begin(), c.differentiable.end(), i) != c.differentiable.end();
+    if (diff) t.set_requires_grad(true);
+    inputs.push_back(t);
+  }
+  Tensor out = c.run(inputs);
+  RunResult result;
+  result.output = out.to_floats();
+  Tensor weights = random_tensor(out.shape(), 999).to(device);
+  Tensor loss = sum_all(mul(out, weights));
+  loss.backward();
+  for (size_t i : c.differentiable) {
+    Tensor g = inputs[i].grad();
+    result.grads.push_back(g.defined() ? g.to_floats()
+                                       : std::vector<float>(size_t(inputs[i].numel()), 0.0f));
+  }
+  return result;
+}
+
+double weighted_sum(const OpCase& c, const std::vector<Tensor>& inputs) {
+  NoGradGuard no_grad;
+  Tensor out = c.run(inputs);
+  std::vector<float> values = out.to_floats();
+  std::vector<float> weights = random_tensor(out.shape(), 999).to_floats();
+  double total = 0.0;
+  for (size_t i = 0; i < values.size(); ++i) total += double(values[i]) * double(weights[i]);
+  return total;
+}
+
+class OpTable : public ::testing::TestWithParam<size_t> {};
+
+TEST_P(OpTable, GradientMatchesFiniteDifferences) {
+  const OpCase& c = op_cases()[GetParam()];
+  if (c.fd_step == 0.0f || c.differentiable.empty()) GTEST_SKIP() << "no gradient check";
+  std::vector<Tensor> inputs = c.make_inputs(CaseSize::kTest);
+  RunResult analytic = run_with_grads(c, Device::cpu(), inputs);
+  for (size_t d = 0; d < c.differentiable.size(); ++d) {
+    size_t which = c.differentiable[d];
+    std::vector<float> base = inputs[which].contiguous().to_floats();
+    for (size_t e = 0; e < base.size(); ++e) {
+      // Central differences in fp32 with the weighted sum accumulated in double: truncation
+      // error ~ h^2 f''' ~ 1e-4 and rounding ~ 1e-7 * |out| * sqrt(n) / h ~ 1e-4 for these
+      // O(1) inputs, so fd_tol (2e-2 relative to max(1, |grad|)) only admits real mistakes.
+      auto perturbed = [&](float delta) {
+        std::vector<float> values = base;
+        values[e] += delta;
+        std::vector<Tensor> shifted = inputs;
+        shifted[which] = Tensor::from_floats(values, inputs[which].shape());
+        return weighted_sum(c, shifted);
+      };
+      double fd = (perturbed(c.fd_step) - perturbed(-c.fd_step)) / (2.0 * c.fd_step);
+      double got = analytic.grads[d][e];
+      ASSERT_LE(std::abs(got - fd), c.fd_tol * std::max(1.0, std::abs(fd)))
+          << c.name << ": input " << which << " element " << e << " analytic " << got << " vs FD "
+          << fd;
+    }
+  }
+}
+
+TEST_P(OpTable, EveryBackendMatchesCpu) {
+  const OpCase& c = op_cases()[GetParam()];
+  std::vector<Tensor> inputs = c.make_inputs(CaseSize::kTest);
+  RunResult reference = run_with_grads(c, Device::cpu(), inputs);
+  int compared = 0;
+  for (Device device : available_devices()) {
+    if (device.is_cpu()) continue;
+    RunResult other = run_with_grads(c, device, inputs);
+    auto expect_close = [&](const std::vector<float>& want, const std::vector<float>& got,
+                            const std::string& what) {
+      ASSERT_EQ(want.size(), got.size()) << c.name << " " << what;
+      for (size_t i = 0; i < want.size(); ++i)
+        ASSERT_LE(std::abs(want[i] - got[i]), c.atol + c.rtol * std::abs(want[i]))
+            << c.name << " on " << device.str() << ": " << what << "[" << i << "] cpu " << want[i]
+            << " vs " << got[i];
+    };
+    expect_close(reference.output, other.output, "output");
+    for (size_t d = 0; d < reference.grads.size(); ++d)
+      expect_close(reference.grads[d], other.grads[d], "grad of input " + std::to_string(d));
+    ++compared;
+  }
+  if (compared == 0) GTEST_SKIP() << "only the cpu backend is available in this build";
+}
+
+std::string case_name(const ::testing::TestParamInfo<size_t>& info) {
+  std::string name = op_cases()[info.param].name;
+  for (char& ch : name)
+    if (!std::isalnum(static_cast<unsigned char>(ch))) ch = '_';
+  return name;
+}
+
+INSTANTIATE_TEST_SUITE_P(Ops, OpTable, ::testing::Range<size_t>(0, op_cases().size()), case_name);
+
+TEST(OpTableCoverage, EveryDifferentiableOpFamilyHasACase) {
+  std::set<std::string> families;
+  for (const OpCase& c : op_cases()) families.insert(c.name.substr(0, c.name.find('/')));
+  for (const char* op : {"add", "sub", "mul", "affine", "matmul", "embedding", "index_select",
+                         "concat", "slice", "view", "sum", "mean", "layernorm", "rms_norm",
+                         "activation", "masked_softmax", "attention", "cross_entropy", "dropout"})
+    EXPECT_TRUE(families.count(op)) << "no op-table case for " << op;
+}
+
+}  // namespace
+}  // namespace sp::testing

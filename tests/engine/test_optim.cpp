@@ -1,0 +1,83 @@
+// AdamW and clip_grad_norm against torch (golden/adamw.safetensors from
+// scripts/fixtures/gpt2_fixtures.py: torch.optim.AdamW foreach=False, clip_grad_norm_).
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "engine/error.h"
+#include "engine/optim/adamw.h"
+#include "engine/safetensors.h"
+
+namespace sp {
+namespace {
+
+const std::string kGolden = std::string(SOFTPROMPT_FIXTURES) + "/golden/adamw.safetensors";
+
+// Element-wise closeness: torch runs the same fp32 operations, differing at most in the order
+// of a multiply-add, so a few ulps (1e-6 relative) suffice after five steps.
+void expect_close(const std::vector<float>& want, const std::vector<float>& got, const char* what) {
+  ASSERT_EQ(want.size(), got.size());
+  for (size_t i = 0; i < want.size(); ++i)
+    EXPECT_NEAR(got[i], want[i], 1e-6f + 1e-6f * std::abs(want[i])) << what << "[" << i << "]";
+}
+
+TEST(AdamW, MatchesTorchStepByStep) {
+  auto golden = SafetensorsFile::open(kGolden);
+  const auto& meta = golden->metadata();
+  AdamWOptions options;
+  options.lr = std::stof(meta.at("lr"));
+  options.beta1 = std::stof(meta.at("beta1"));
+  options.beta2 = std::stof(meta.at("beta2"));
+  options.eps = std::stof(meta.at("eps"));
+  options.weight_decay = std::stof(meta.at("weight_decay"));
+  Tensor param = golden->get("param_init").clone();
+  param.set_requires_grad(true);
+  AdamW optimizer({param}, options);
+  for (int step = 0; step < 5; ++step) {
+    std::string k = std::to_string(step);
+    param.set_grad(golden->get("grad_step" + k).clone());
+    optimizer.step();
+    expect_close(golden->get("exp_avg_step" + k).to_floats(), optimizer.exp_avg()[0].to_floats(),
+                 "exp_avg");
+    expect_close(golden->get("exp_avg_sq_step" + k).to_floats(),
+                 optimizer.exp_avg_sq()[0].to_floats(), "exp_avg_sq");
+    expect_close(golden->get("param_step" + k).to_floats(), param.to_floats(), "param");
+  }
+  EXPECT_EQ(optimizer.steps_taken(), 5);
+}
+
+TEST(AdamW, RejectsBadHyperParametersAndFrozenParams) {
+  Tensor p = Tensor::zeros({2});
+  EXPECT_THROW(AdamW({p}, AdamWOptions{}), Error);  // not trainable
+  p.set_requires_grad(true);
+  AdamWOptions bad;
+  bad.beta1 = 1.0f;
+  EXPECT_THROW(AdamW({p}, bad), Error);
+  bad = AdamWOptions{};
+  bad.lr = -1.0f;
+  EXPECT_THROW(AdamW({p}, bad), Error);
+}
+
+void check_clip(const std::string& prefix) {
+  auto golden = SafetensorsFile::open(kGolden);
+  Tensor a = Tensor::zeros({3, 4}), b = Tensor::zeros({5});
+  a.set_requires_grad(true);
+  b.set_requires_grad(true);
+  a.set_grad(golden->get(prefix + "grad0_in").clone());
+  b.set_grad(golden->get(prefix + "grad1_in").clone());
+  double norm = clip_grad_norm({a, b}, 1.0);
+  // torch reduces in fp32; we accumulate in double: agreement to fp32 rounding.
+  EXPECT_NEAR(norm, golden->get(prefix + "total_norm").item(), 1e-5 * norm);
+  expect_close(golden->get(prefix + "grad0_out").to_floats(), a.grad().to_floats(), "grad0");
+  expect_close(golden->get(prefix + "grad1_out").to_floats(), b.grad().to_floats(), "grad1");
+}
+
+TEST(ClipGradNorm, MatchesTorchAboveTheLimit) {
+  check_clip("clip_");
+}
+TEST(ClipGradNorm, LeavesGradientsBelowTheLimitUnchanged) {
+  check_clip("clip_small_");
+}
+
+}  // namespace
+}  // namespace sp
