@@ -33,10 +33,10 @@ bool grad_mode_enabled() {
   return g_grad_enabled;
 }
 
-NoGradGuard::NoGradGuard() : previous_(g_grad_enabled) {
-  g_grad_enabled = false;
+GradModeGuard::GradModeGuard(bool enabled) : previous_(g_grad_enabled) {
+  g_grad_enabled = enabled;
 }
-NoGradGuard::~NoGradGuard() {
+GradModeGuard::~GradModeGuard() {
   g_grad_enabled = previous_;
 }
 

@@ -35,15 +35,22 @@ struct Node {
 // Whether ops currently record (false inside a NoGradGuard). Thread-local.
 bool grad_mode_enabled();
 
-class NoGradGuard {
+// Sets grad mode for its scope and restores the previous mode afterwards.
+class GradModeGuard {
  public:
-  NoGradGuard();
-  ~NoGradGuard();
-  NoGradGuard(const NoGradGuard&) = delete;
-  NoGradGuard& operator=(const NoGradGuard&) = delete;
+  explicit GradModeGuard(bool enabled);
+  ~GradModeGuard();
+  GradModeGuard(const GradModeGuard&) = delete;
+  GradModeGuard& operator=(const GradModeGuard&) = delete;
 
  private:
   bool previous_;
+};
+
+// Inference scope: ops record nothing.
+class NoGradGuard : public GradModeGuard {
+ public:
+  NoGradGuard() : GradModeGuard(false) {}
 };
 
 // True if grad mode is on and any defined input requires grad.

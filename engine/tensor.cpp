@@ -120,7 +120,7 @@ Tensor Tensor::from_ints(std::initializer_list<int64_t> values, const Shape& sha
 }
 
 Tensor Tensor::arange(int64_t begin, int64_t end, DType dtype, Device device) {
-  std::vector<int64_t> values(size_t(std::max<int64_t>(end - begin, 0)));
+  std::vector<int64_t> values(static_cast<size_t>(std::max<int64_t>(end - begin, 0)));
   std::iota(values.begin(), values.end(), begin);
   return from_ints(values, {int64_t(values.size())}, dtype, device);
 }
@@ -225,7 +225,7 @@ std::vector<float> Tensor::to_floats() const {
 
 std::vector<int64_t> Tensor::to_ints() const {
   Tensor host = to(Device::cpu()).contiguous();
-  std::vector<int64_t> values(size_t(host.numel()));
+  std::vector<int64_t> values(static_cast<size_t>(host.numel()));
   if (host.dtype() == DType::I64) {
     std::memcpy(values.data(), host.raw_data(), host.nbytes());
   } else if (host.dtype() == DType::I32) {

@@ -3,6 +3,8 @@
 
 #include "engine/autograd.h"
 #include "engine/ops/common.h"
+#include "engine/ops/dropout.h"
+#include "engine/ops/matmul.h"
 
 namespace sp {
 
@@ -87,6 +89,18 @@ Tensor attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in,
            return grads;
          });
   return out;
+}
+
+Tensor attention_materialized(const Tensor& q, const Tensor& k, const Tensor& v,
+                              const AttentionMask& mask, float dropout_p, uint64_t dropout_seed,
+                              uint64_t dropout_offset) {
+  // [B, T, H, D] -> [B, H, T, D] views; matmul copies only if the batch axes need it.
+  Tensor qh = q.permute({0, 2, 1, 3});
+  Tensor kh = k.permute({0, 2, 1, 3});
+  Tensor vh = v.permute({0, 2, 1, 3});
+  Tensor scores = matmul(qh, kh.transpose(-1, -2));
+  Tensor probs = dropout(masked_softmax(scores, mask), dropout_p, dropout_seed, dropout_offset);
+  return matmul(probs, vh).permute({0, 2, 1, 3}).contiguous();
 }
 
 }  // namespace sp

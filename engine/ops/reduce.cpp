@@ -77,7 +77,7 @@ Tensor mean(const Tensor& x, const std::vector<int64_t>& axes, bool keepdim) {
 }
 
 Tensor sum_all(const Tensor& x) {
-  std::vector<int64_t> axes(size_t(x.dim()));
+  std::vector<int64_t> axes(static_cast<size_t>(x.dim()));
   for (int64_t a = 0; a < x.dim(); ++a) axes[size_t(a)] = a;
   return sum(x, axes, false);
 }

@@ -19,7 +19,7 @@ Tensor random_away_from_zero(const Shape& shape, uint64_t seed, float margin) {
 
 Tensor random_ids(const Shape& shape, int64_t vocab, uint64_t seed) {
   Generator gen(seed);
-  std::vector<int64_t> ids(size_t(shape_numel(shape)));
+  std::vector<int64_t> ids(static_cast<size_t>(shape_numel(shape)));
   for (auto& id : ids) id = gen.uniform_int(vocab);
   return Tensor::from_ints(ids, shape);
 }
