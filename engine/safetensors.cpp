@@ -310,7 +310,11 @@ void write_file_atomically(const std::string& path, const std::string& contents)
   namespace fs = std::filesystem;
   fs::path target(path);
   fs::path dir = target.has_parent_path() ? target.parent_path() : fs::path(".");
-  std::string tmp_template = (dir / ("." + target.filename().string() + ".tmpXXXXXX")).string();
+  // Built by appends: GCC 12 misreports `"." + name` as an overlapping memcpy (-Wrestrict).
+  std::string hidden_name = ".";
+  hidden_name += target.filename().string();
+  hidden_name += ".tmpXXXXXX";
+  std::string tmp_template = (dir / hidden_name).string();
   std::vector<char> tmp_name(tmp_template.begin(), tmp_template.end());
   tmp_name.push_back('\0');
   int fd = mkstemp(tmp_name.data());

@@ -50,6 +50,8 @@ class CausalLM {
                                const ForwardOptions& options) = 0;
   // Logits [..., V] for hidden states [..., d] (compute them only where needed).
   virtual Tensor logits(const Tensor& hidden) const = 0;
+  // The LM head as a [V, d] matrix: logits = hidden @ output_embeddings()^T.
+  virtual Tensor output_embeddings() const = 0;
   virtual KvCache make_cache(int64_t batch, int64_t capacity) const = 0;
 };
 

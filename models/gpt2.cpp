@@ -233,8 +233,7 @@ Tensor Gpt2Model::hidden_states(const Tensor& inputs_embeds, const Tensor& atten
 }
 
 Tensor Gpt2Model::logits(const Tensor& hidden) const {
-  const Tensor& head = config_.tie_word_embeddings ? wte_ : lm_head_;
-  return matmul(hidden, head.transpose(0, 1));
+  return matmul(hidden, output_embeddings().transpose(0, 1));
 }
 
 }  // namespace sp

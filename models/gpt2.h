@@ -57,6 +57,7 @@ class Gpt2Model final : public CausalLM {
                        const Tensor& position_ids, KvCache* cache,
                        const ForwardOptions& options) override;
   Tensor logits(const Tensor& hidden) const override;
+  Tensor output_embeddings() const override { return config_.tie_word_embeddings ? wte_ : lm_head_; }
   KvCache make_cache(int64_t batch, int64_t capacity) const override;
   const Gpt2Config& config() const { return config_; }
 

@@ -1,24 +1,31 @@
 // Language-model losses computed only where labels are not -100: the LM head runs on the
-// selected rows alone, as a prompt-tuning step needs (transformers computes all logits first).
+// selected rows alone (fused with the loss, see linear_cross_entropy), never on all positions.
 #pragma once
 
 #include "engine/ops/cross_entropy.h"
 #include "engine/tensor.h"
 #include "models/causal_lm.h"
+#include "models/seq2seq_lm.h"
 
 namespace sp {
 
-// Causal LM loss: hidden [B, T, d] (final states), labels [B, T] with -100 ignored; position t
-// predicts labels[t + 1]; mean over counted targets (transformers' ForCausalLMLoss).
-CrossEntropyResult causal_lm_loss(const CausalLM& model, const Tensor& hidden,
-                                  const Tensor& labels);
-
-// Row indices into the flattened [B * T] positions whose next-token label counts, and the
-// matching targets. Shared by losses and accuracy metrics.
+// Row indices into the flattened [B * T] positions whose label counts, and the matching
+// targets. Shifted (causal LM): position t predicts labels[t + 1]. Unshifted (seq2seq): position
+// t predicts labels[t]. Shared by the losses and the accuracy metrics.
 struct SelectedTargets {
   Tensor rows;     // I64 [n]
   Tensor targets;  // I64 [n]
 };
-SelectedTargets shifted_targets(const Tensor& labels, int64_t ignore_index = -100);
+SelectedTargets select_targets(const Tensor& labels, bool shifted, int64_t ignore_index = -100);
+
+// Causal LM loss: hidden [B, T, d] (final states), labels [B, T] with -100 ignored; mean over
+// counted targets (transformers' ForCausalLMLoss).
+CrossEntropyResult causal_lm_loss(const CausalLM& model, const Tensor& hidden,
+                                  const Tensor& labels);
+
+// Seq2seq LM loss: decoder states [B, T, d] vs unshifted labels [B, T], as
+// T5ForConditionalGeneration computes it (the model's output scaling included).
+CrossEntropyResult seq2seq_lm_loss(const Seq2SeqLM& model, const Tensor& decoder_hidden,
+                                   const Tensor& labels);
 
 }  // namespace sp

@@ -1,5 +1,5 @@
-// Opens a Hugging Face model directory by its config.json model_type: GPT-2 as a CausalLM
-// (T5 lives in models/t5.h). Unsupported types give one error listing the supported ones.
+// Opens a Hugging Face model directory by its config.json model_type: GPT-2 as a CausalLM, T5 as
+// a Seq2SeqLM. Unsupported types give one error listing the supported ones.
 #pragma once
 
 #include <memory>
@@ -8,6 +8,7 @@
 #include "engine/device.h"
 #include "engine/dtype.h"
 #include "models/causal_lm.h"
+#include "models/seq2seq_lm.h"
 
 namespace sp {
 
@@ -16,5 +17,8 @@ std::string read_model_type(const std::string& model_dir);
 
 std::unique_ptr<CausalLM> load_causal_lm(const std::string& model_dir,
                                          Device device = Device::cpu(), DType dtype = DType::F32);
+
+std::unique_ptr<Seq2SeqLM> load_seq2seq_lm(const std::string& model_dir,
+                                           Device device = Device::cpu(), DType dtype = DType::F32);
 
 }  // namespace sp

@@ -44,7 +44,8 @@ void softmax_rows(Matrix& s, int64_t b, int64_t h, int64_t H, const AttentionMas
       lse[i] = -std::numeric_limits<float>::infinity();
       continue;
     }
-    r = (r - max).exp();
+    // Eigen's vectorised exp returns ~3e-39 for -inf; masked keys must get exactly 0.
+    r = (r == -std::numeric_limits<float>::infinity()).select(0.0f, (r - max).exp());
     float sum = r.sum();
     r /= sum;
     lse[i] = max + std::log(sum);
@@ -105,7 +106,7 @@ void CpuBackend::attention_backward(const Tensor& q, const Tensor& k, const Tens
         cpu::mask_scores_row(row, b, h, i, H, Tq, Tk, mask);
         Eigen::Map<Eigen::ArrayXf> r(row, Tk);
         if (std::isfinite(row_lse[i]))
-          r = (r - row_lse[i]).exp();
+          r = (r == -std::numeric_limits<float>::infinity()).select(0.0f, (r - row_lse[i]).exp());
         else
           r.setZero();
       }

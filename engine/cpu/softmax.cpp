@@ -2,6 +2,7 @@
 // reference that the fused attention is checked against).
 #include <Eigen/Core>
 #include <cmath>
+#include <limits>
 
 #include "engine/cpu/attention_mask.h"
 #include "engine/cpu/cpu_backend.h"
@@ -36,7 +37,8 @@ void CpuBackend::masked_softmax_forward(const Tensor& scores, const AttentionMas
                      r.setZero();
                      continue;
                    }
-                   r = (r - max).exp();
+                   // Eigen's vectorised exp returns ~3e-39 for -inf; masked keys must be 0.
+                   r = (r == -std::numeric_limits<float>::infinity()).select(0.0f, (r - max).exp());
                    r /= r.sum();
                  }
                });

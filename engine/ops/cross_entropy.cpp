@@ -4,6 +4,7 @@
 #include <limits>
 
 #include "engine/autograd.h"
+#include "engine/ops/elementwise.h"
 #include "engine/ops/common.h"
 
 namespace sp {
@@ -47,6 +48,109 @@ CrossEntropyResult cross_entropy(const Tensor& logits_in, const Tensor& targets_
              backend_for(logits.device())
                  .cross_entropy_backward(logits, targets, ignore_index, lse, grad_scale, d_logits);
            return std::vector<Tensor>{d_logits.view(shape)};
+         });
+  return {loss, counted};
+}
+
+namespace {
+
+// Rows per chunk: keeps a chunk's logits near 16 MiB of floats.
+int64_t chunk_rows(int64_t vocab) { return std::max<int64_t>(16, (int64_t(1) << 22) / std::max<int64_t>(vocab, 1)); }
+
+// out[rows, N] (= beta * out +) a[rows, K] @ op(b); b is [N, K] when trans_b, else [K, N].
+void chunk_gemm(Backend& backend, const Tensor& a, const Tensor& b, bool trans_a, bool trans_b,
+                const Tensor& out, float beta) {
+  GemmArgs g;
+  g.dtype = a.dtype();
+  g.a = a.raw_data();
+  g.b = b.raw_data();
+  g.c = out.raw_data();
+  g.trans_a = trans_a;
+  g.trans_b = trans_b;
+  g.m = out.size(0);
+  g.n = out.size(1);
+  g.k = trans_a ? a.size(0) : a.size(1);
+  g.lda = a.size(1);
+  g.ldb = b.size(1);
+  g.ldc = out.size(1);
+  g.beta = beta;
+  backend.gemm(g);
+}
+
+}  // namespace
+
+CrossEntropyResult linear_cross_entropy(const Tensor& hidden_in, const Tensor& weight_in,
+                                        const Tensor& targets_in, int64_t ignore_index) {
+  ops_detail::check_defined("linear_cross_entropy", {&hidden_in, &weight_in, &targets_in});
+  ops_detail::check_float_inputs("linear_cross_entropy", {&hidden_in, &weight_in});
+  ops_detail::check_index_tensor("linear_cross_entropy", targets_in, hidden_in);
+  SP_CHECK(hidden_in.dim() == 2 && weight_in.dim() == 2 && hidden_in.size(1) == weight_in.size(1),
+           "linear_cross_entropy: hidden ", hidden_in.describe(), " and weight ", weight_in.describe(),
+           " must be [n, d] and [V, d]");
+  const int64_t n = hidden_in.size(0), V = weight_in.size(0), d = hidden_in.size(1);
+  SP_CHECK(targets_in.numel() == n, "linear_cross_entropy: ", targets_in.describe(), " does not have ",
+           n, " targets");
+  Tensor hidden = hidden_in.contiguous(), weight = weight_in.contiguous();
+  Tensor targets = targets_in.contiguous().view({n});
+  int64_t counted = 0;
+  for (int64_t t : targets.to_ints()) {
+    if (t == ignore_index) continue;
+    SP_CHECK(t >= 0 && t < V, "linear_cross_entropy: target ", t, " is outside the vocabulary [0, ",
+             V, ") and is not the ignore index ", ignore_index);
+    ++counted;
+  }
+  Backend& backend = backend_for(hidden.device());
+  const bool grad_hidden = grad_mode_enabled() && hidden_in.requires_grad();
+  const float inverse_count = counted == 0 ? 0.0f : 1.0f / float(counted);
+  const int64_t step = chunk_rows(V);
+  Tensor row_loss = Tensor::empty({n}, DType::F32, hidden.device());
+  Tensor lse = Tensor::empty({n}, DType::F32, hidden.device());
+  Tensor unit_grad = grad_hidden ? Tensor::empty({n, d}, hidden.dtype(), hidden.device()) : Tensor();
+  Tensor logits = Tensor::empty({std::min(step, std::max<int64_t>(n, 1)), V}, hidden.dtype(), hidden.device());
+  for (int64_t r0 = 0; r0 < n; r0 += step) {
+    const int64_t rows = std::min(step, n - r0);
+    Tensor chunk_logits = logits.slice(0, 0, rows);
+    Tensor chunk_targets = targets.slice(0, r0, r0 + rows);
+    chunk_gemm(backend, hidden.slice(0, r0, r0 + rows), weight, false, true, chunk_logits, 0.0f);
+    backend.cross_entropy_forward(chunk_logits, chunk_targets, ignore_index, row_loss.slice(0, r0, r0 + rows),
+                                  lse.slice(0, r0, r0 + rows));
+    if (grad_hidden) {
+      // d(mean loss)/d logits for an upstream gradient of 1, in place, then through the head.
+      backend.cross_entropy_backward(chunk_logits, chunk_targets, ignore_index, lse.slice(0, r0, r0 + rows),
+                                     inverse_count, chunk_logits);
+      chunk_gemm(backend, chunk_logits, weight, false, false, unit_grad.slice(0, r0, r0 + rows), 0.0f);
+    }
+  }
+  double total = 0.0;
+  for (float value : row_loss.to_floats()) total += double(value);
+  float mean = counted == 0 ? 0.0f : float(total / double(counted));
+  Tensor loss = Tensor::full({}, mean, DType::F32, Device::cpu()).to(hidden.device());
+  record(loss, "linear_cross_entropy", {hidden_in, weight_in},
+         [unit_grad, hidden = hidden.detach(), weight = weight.detach(), targets, lse, ignore_index,
+          inverse_count, step](const Tensor& g, const NeedsGrad& need) {
+           std::vector<Tensor> grads(2);
+           const float upstream = g.item();
+           if (need[0]) {
+             SP_ASSERT(unit_grad.defined());
+             grads[0] = scale(unit_grad, upstream);
+           }
+           if (need[1]) {
+             Backend& b = backend_for(hidden.device());
+             const int64_t rows_total = hidden.size(0), vocab = weight.size(0);
+             grads[1] = Tensor::zeros(weight.shape(), weight.dtype(), weight.device());
+             Tensor logits = Tensor::empty({std::min(step, std::max<int64_t>(rows_total, 1)), vocab},
+                                           hidden.dtype(), hidden.device());
+             for (int64_t r0 = 0; r0 < rows_total; r0 += step) {
+               const int64_t rows = std::min(step, rows_total - r0);
+               Tensor chunk_logits = logits.slice(0, 0, rows);
+               Tensor h = hidden.slice(0, r0, r0 + rows);
+               chunk_gemm(b, h, weight, false, true, chunk_logits, 0.0f);
+               b.cross_entropy_backward(chunk_logits, targets.slice(0, r0, r0 + rows), ignore_index,
+                                        lse.slice(0, r0, r0 + rows), upstream * inverse_count, chunk_logits);
+               chunk_gemm(b, chunk_logits, h, true, false, grads[1], 1.0f);  // dW += dlogits^T h
+             }
+           }
+           return grads;
          });
   return {loss, counted};
 }

@@ -1,5 +1,6 @@
 // Runs the op table (tests/op_table) in two of its three modes: finite-difference gradient
-// checks on the CPU reference, and consistency of every other available backend with the CPU.
+// checks on the CPU reference, and consistency of every other available backend with the CPU
+// (in fp32, and for CUDA backends also in bf16 against the same fp32 CPU reference).
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -18,21 +19,25 @@ struct RunResult {
   std::vector<std::vector<float>> grads;  // per differentiable input
 };
 
-// loss = sum(out * w): w makes every output element matter with a different weight.
-RunResult run_with_grads(const OpCase& c, Device device, const std::vector<Tensor>& host_inputs) {
+// loss = sum(out * w): w makes every output element matter with a different weight. With
+// `dtype` BF16 the differentiable inputs are cast on the device (masks and ids keep their types)
+// and the op runs, and differentiates, in bf16.
+RunResult run_with_grads(const OpCase& c, Device device, const std::vector<Tensor>& host_inputs,
+                         DType dtype = DType::F32) {
   std::vector<Tensor> inputs;
   for (size_t i = 0; i < host_inputs.size(); ++i) {
     Tensor t = host_inputs[i].to(device);
     if (t.device() == host_inputs[i].device()) t = t.clone();
     bool diff =
         std::find(c.differentiable.begin(), c.differentiable.end(), i) != c.differentiable.end();
+    if (diff && t.dtype() != dtype) t = t.to(dtype);
     if (diff) t.set_requires_grad(true);
     inputs.push_back(t);
   }
   Tensor out = c.run(inputs);
   RunResult result;
   result.output = out.to_floats();
-  Tensor weights = random_tensor(out.shape(), 999).to(device);
+  Tensor weights = random_tensor(out.shape(), 999).to(device).to(out.dtype());
   Tensor loss = sum_all(mul(out, weights));
   loss.backward();
   for (size_t i : c.differentiable) {
@@ -83,6 +88,21 @@ TEST_P(OpTable, GradientMatchesFiniteDifferences) {
   }
 }
 
+void expect_matches(const OpCase& c, const RunResult& reference, const RunResult& other,
+                    const std::string& where, float atol, float rtol) {
+  auto expect_close = [&](const std::vector<float>& want, const std::vector<float>& got,
+                          const std::string& what) {
+    ASSERT_EQ(want.size(), got.size()) << c.name << " " << what;
+    for (size_t i = 0; i < want.size(); ++i)
+      ASSERT_LE(std::abs(want[i] - got[i]), atol + rtol * std::abs(want[i]))
+          << c.name << " on " << where << ": " << what << "[" << i << "] cpu " << want[i]
+          << " vs " << got[i];
+  };
+  expect_close(reference.output, other.output, "output");
+  for (size_t d = 0; d < reference.grads.size(); ++d)
+    expect_close(reference.grads[d], other.grads[d], "grad of input " + std::to_string(d));
+}
+
 TEST_P(OpTable, EveryBackendMatchesCpu) {
   const OpCase& c = op_cases()[GetParam()];
   std::vector<Tensor> inputs = c.make_inputs(CaseSize::kTest);
@@ -91,20 +111,28 @@ TEST_P(OpTable, EveryBackendMatchesCpu) {
   for (Device device : available_devices()) {
     if (device.is_cpu()) continue;
     RunResult other = run_with_grads(c, device, inputs);
-    auto expect_close = [&](const std::vector<float>& want, const std::vector<float>& got,
-                            const std::string& what) {
-      ASSERT_EQ(want.size(), got.size()) << c.name << " " << what;
-      for (size_t i = 0; i < want.size(); ++i)
-        ASSERT_LE(std::abs(want[i] - got[i]), c.atol + c.rtol * std::abs(want[i]))
-            << c.name << " on " << device.str() << ": " << what << "[" << i << "] cpu " << want[i]
-            << " vs " << got[i];
-    };
-    expect_close(reference.output, other.output, "output");
-    for (size_t d = 0; d < reference.grads.size(); ++d)
-      expect_close(reference.grads[d], other.grads[d], "grad of input " + std::to_string(d));
+    expect_matches(c, reference, other, device.str(), c.atol, c.rtol);
     ++compared;
   }
   if (compared == 0) GTEST_SKIP() << "only the cpu backend is available in this build";
+}
+
+// CUDA backends also compute in bf16 (the CPU refuses it): the same case with its differentiable
+// inputs in bf16 must stay within the case's bf16 tolerance of the fp32 CPU result (see
+// OpCase::bf16_atol for why those tolerances are what they are).
+TEST_P(OpTable, Bf16OnCudaBackendsMatchesFp32Cpu) {
+  const OpCase& c = op_cases()[GetParam()];
+  if (!c.bf16) GTEST_SKIP() << c.name << " has no bf16 variant";
+  std::vector<Tensor> inputs = c.make_inputs(CaseSize::kTest);
+  RunResult reference = run_with_grads(c, Device::cpu(), inputs);
+  int compared = 0;
+  for (Device device : available_devices()) {
+    if (device.kind != DeviceKind::CUDA && device.kind != DeviceKind::CUDA_EMU) continue;
+    RunResult other = run_with_grads(c, device, inputs, DType::BF16);
+    expect_matches(c, reference, other, device.str() + " in bf16", c.bf16_atol, c.bf16_rtol);
+    ++compared;
+  }
+  if (compared == 0) GTEST_SKIP() << "no CUDA backend in this build";
 }
 
 std::string case_name(const ::testing::TestParamInfo<size_t>& info) {
@@ -121,7 +149,8 @@ TEST(OpTableCoverage, EveryDifferentiableOpFamilyHasACase) {
   for (const OpCase& c : op_cases()) families.insert(c.name.substr(0, c.name.find('/')));
   for (const char* op : {"add", "sub", "mul", "affine", "matmul", "embedding", "index_select",
                          "concat", "slice", "view", "sum", "mean", "layernorm", "rms_norm",
-                         "activation", "masked_softmax", "attention", "cross_entropy", "dropout"})
+                         "activation", "masked_softmax", "attention", "cross_entropy", "linear_cross_entropy",
+                         "dropout"})
     EXPECT_TRUE(families.count(op)) << "no op-table case for " << op;
 }
 

@@ -342,6 +342,18 @@ std::vector<OpCase> build_cases() {
        },
        {0},
        [](const std::vector<Tensor>& in) { return cross_entropy(in[0], in[1]).loss; }});
+  add_case({"linear_cross_entropy/chunked_head",
+            [](CaseSize s) {
+              int64_t n = perf(s) ? 1024 : 5, d = perf(s) ? 768 : 4, v = perf(s) ? 50257 : 7;
+              std::vector<int64_t> t = random_ids({n}, v, 64).to_ints();
+              t[1] = -100;
+              return std::vector<Tensor>{random_tensor({n, d}, 63), random_tensor({v, d}, 65),
+                                         Tensor::from_ints(t, {n})};
+            },
+            {0, 1},
+            [](const std::vector<Tensor>& in) {
+              return linear_cross_entropy(in[0], in[1], in[2]).loss;
+            }});
   add_case(
       {"dropout/train_mode",
        [](CaseSize s) { return std::vector<Tensor>{random_tensor({perf(s) ? 1 << 22 : 40}, 62)}; },

@@ -1,0 +1,100 @@
+// Micro-benchmarks of the engine: GEMM GFLOP/s at GPT-2 small's shapes (OpenBLAS and Eigen) as a
+// fraction of this machine's sgemm peak, and the op table's perf mode (forward + backward of
+// every op case at benchmark size: layernorm, softmax, attention, ...).
+#include <benchmark/benchmark.h>
+
+#include <chrono>
+#include <vector>
+
+#include "engine/autograd.h"
+#include "engine/backend.h"
+#include "engine/cpu/cpu_backend.h"
+#include "engine/ops/ops.h"
+#include "engine/thread_pool.h"
+#include "tests/op_table/op_cases.h"
+
+namespace sp {
+namespace {
+
+double g_peak_gflops = 0;
+
+double measure_peak() {
+  const int64_t n = 2048;
+  std::vector<float> a(size_t(n * n), 0.5f), b(size_t(n * n), 0.25f), c(size_t(n * n));
+  double best = 0;
+  for (int i = 0; i < 3; ++i) {
+    auto t = std::chrono::steady_clock::now();
+    cpu_sgemm(false, false, n, n, n, 1.0f, a.data(), n, b.data(), n, 0.0f, c.data(), n, false);
+    double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+    best = std::max(best, 2.0 * double(n) * double(n) * double(n) / s / 1e9);
+  }
+  return best;
+}
+
+// C[M, N] = A[M, K] @ B[K, N] as GPT-2 small's projections run (x @ W with W [in, out]).
+void BM_Gemm(benchmark::State& state, CpuBackend::GemmLibrary library) {
+  const int64_t M = state.range(0), K = state.range(1), N = state.range(2);
+  CpuBackend::set_gemm_library(library);
+  std::vector<float> a(size_t(M * K), 0.01f), b(size_t(K * N), 0.02f), c(size_t(M * N));
+  for (auto _ : state) {
+    cpu_sgemm(false, false, M, N, K, 1.0f, a.data(), K, b.data(), N, 0.0f, c.data(), N, false);
+    benchmark::DoNotOptimize(c.data());
+  }
+  CpuBackend::set_gemm_library(CpuBackend::GemmLibrary::kOpenBlas);
+  const double flops = 2.0 * double(M) * double(N) * double(K);
+  state.counters["GFLOP/s"] = benchmark::Counter(flops * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["peak_frac"] = benchmark::Counter(
+      flops * 1e-9 / g_peak_gflops, benchmark::Counter::kIsIterationInvariantRate);
+}
+
+void BM_PeakSgemm2048(benchmark::State& state) {
+  for (auto _ : state) benchmark::DoNotOptimize(g_peak_gflops = std::max(g_peak_gflops, measure_peak()));
+  state.counters["GFLOP/s"] = g_peak_gflops;
+}
+
+void register_gemms() {
+  benchmark::RegisterBenchmark("peak/sgemm_2048^3_best_of_3", BM_PeakSgemm2048)->Iterations(1)->Unit(benchmark::kMillisecond);
+  for (auto [name, library] : {std::pair{"openblas", CpuBackend::GemmLibrary::kOpenBlas},
+                               {"eigen", CpuBackend::GemmLibrary::kEigen}}) {
+    auto* b = benchmark::RegisterBenchmark((std::string("gemm/") + name).c_str(), BM_Gemm, library);
+    for (int64_t m : {1024, 2048, 4096})
+      for (auto [k, n] : {std::pair<int64_t, int64_t>{768, 2304}, {768, 3072}, {768, 50257}}) b->Args({m, k, n});
+    b->ArgNames({"M", "K", "N"})->Unit(benchmark::kMillisecond)->MinTime(0.2);
+  }
+}
+
+// The op table's third mode: forward and backward of each case at benchmark size.
+void register_op_cases() {
+  for (const testing::OpCase& c : testing::op_cases()) {
+    benchmark::RegisterBenchmark(("op/" + c.name).c_str(), [&c](benchmark::State& state) {
+      std::vector<Tensor> inputs = c.make_inputs(testing::CaseSize::kPerf);
+      for (size_t i : c.differentiable) inputs[i] = inputs[i].detach().set_requires_grad(true);
+      int64_t bytes = 0;
+      for (const Tensor& t : inputs) bytes += int64_t(t.nbytes());
+      for (auto _ : state) {
+        Tensor out = c.run(inputs);
+        if (!c.differentiable.empty()) {
+          Tensor loss = sum_all(out);
+          loss.backward();
+          for (size_t i : c.differentiable) inputs[i].zero_grad();
+        }
+      }
+      state.SetBytesProcessed(state.iterations() * bytes);
+    })->Unit(benchmark::kMillisecond)->MinTime(0.2);
+  }
+}
+
+}  // namespace
+}  // namespace sp
+
+int main(int argc, char** argv) {
+  sp::g_peak_gflops = sp::measure_peak();
+  sp::register_gemms();
+  sp::register_op_cases();
+  benchmark::Initialize(&argc, argv);
+  benchmark::AddCustomContext("threads", std::to_string(sp::num_threads()));
+  benchmark::AddCustomContext("sgemm_peak_gflops", std::to_string(sp::g_peak_gflops));
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}

@@ -1,0 +1,195 @@
+// softprompt bench: synthetic prompt-tuning train-step and generation throughput (tokens/s,
+// ms/step, GEMM FLOP/s and % of this machine's measured sgemm peak, peak RSS).
+#include <sys/resource.h>
+
+#include <CLI/CLI.hpp>
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <nlohmann/json.hpp>
+
+#include "cli/commands.h"
+#include "cli/common.h"
+#include "engine/backend.h"
+#include "engine/cpu/cpu_backend.h"
+#include "engine/error.h"
+#include "engine/ops/ops.h"
+#include "engine/optim/adamw.h"
+#include "engine/thread_pool.h"
+#include "models/gpt2.h"
+#include "peft/peft_model.h"
+
+namespace sp::cli {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+double peak_rss_mb() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  return double(usage.ru_maxrss) / 1024.0;
+}
+
+// This machine's fp32 GEMM peak as softprompt reaches it: the best of a few 2048^3 sgemms.
+double measure_sgemm_gflops() {
+  const int64_t n = 2048;
+  std::vector<float> a(size_t(n * n), 0.5f), b(size_t(n * n), 0.25f), c(size_t(n * n));
+  double best = 0;
+  for (int i = 0; i < 3; ++i) {
+    auto t = Clock::now();
+    cpu_sgemm(false, false, n, n, n, 1.0f, a.data(), n, b.data(), n, 0.0f, c.data(), n, false);
+    best = std::max(best, 2.0 * double(n * n * n) / seconds_since(t) / 1e9);
+  }
+  return best;
+}
+
+Gpt2Config named_config(const std::string& name) {
+  Gpt2Config c;  // defaults are GPT-2 small (124M)
+  if (name == "gpt2-small" || name == "gpt2") return c;
+  if (name == "gpt2-medium") {
+    c.n_embd = 1024, c.n_head = 16, c.n_layer = 24, c.n_inner = 4096;
+    return c;
+  }
+  if (name == "gpt2-tiny") {
+    c.n_embd = 64, c.n_head = 4, c.n_layer = 2, c.n_inner = 256, c.vocab_size = 512, c.n_positions = 256;
+    return c;
+  }
+  fail(ErrorKind::kInvalidArgument, "unknown --config '", name, "': expected gpt2-small, gpt2-medium or gpt2-tiny");
+}
+
+}  // namespace
+
+CommandRunner add_bench_command(CLI::App& app) {
+  struct Options {
+    CommonOptions common;
+    std::string config = "gpt2-small", model;
+    int64_t batch = 8, seq = 128, virtual_tokens = 20, steps = 5, warmup = 1;
+    int64_t gen_batch = 1, gen_prompt = 32, gen_tokens = 64;
+    bool dropout = true, json = false, skip_generation = false;
+    bool checkpoint_activations = false;
+  };
+  auto o = std::make_shared<Options>();
+  CLI::App* cmd = app.add_subcommand("bench", "Measure train-step and generation throughput on a synthetic batch");
+  cmd->footer(kExitCodeHelp);
+  add_common_options(*cmd, o->common);
+  cmd->add_option("--config", o->config, "random-weight architecture: gpt2-small, gpt2-medium, gpt2-tiny")->capture_default_str();
+  cmd->add_option("--model", o->model, "benchmark a real model directory instead");
+  cmd->add_option("--batch-size", o->batch)->capture_default_str();
+  cmd->add_option("--seq-len", o->seq, "text tokens per row")->capture_default_str();
+  cmd->add_option("--virtual-tokens", o->virtual_tokens)->capture_default_str();
+  cmd->add_option("--steps", o->steps, "timed train steps")->capture_default_str();
+  cmd->add_option("--warmup", o->warmup, "untimed train steps first")->capture_default_str();
+  cmd->add_option("--gen-batch", o->gen_batch)->capture_default_str();
+  cmd->add_option("--gen-prompt", o->gen_prompt, "prompt tokens for the generation benchmark")->capture_default_str();
+  cmd->add_option("--gen-tokens", o->gen_tokens, "new tokens to generate")->capture_default_str();
+  cmd->add_flag("!--no-dropout", o->dropout, "train-mode dropout off (PEFT trains with it on)");
+  cmd->add_flag("--checkpoint-activations", o->checkpoint_activations);
+  cmd->add_flag("--skip-generation", o->skip_generation);
+  cmd->add_flag("--json", o->json, "print one JSON object");
+
+  return [o]() -> int {
+    Device device = apply_common_options(o->common);
+    std::shared_ptr<CausalLM> base;
+    if (!o->model.empty()) {
+      base = load_model(o->model, device).causal;
+      SP_CHECK(base != nullptr, "bench: --model must be a causal LM (gpt2); ", o->model, " is not");
+    } else
+      base = Gpt2Model::random(named_config(o->config), 1, device);
+    const ModelInfo& info = base->info();
+    const double peak = device.is_cpu() ? measure_sgemm_gflops() : 0.0;
+    PeftModel model(base);
+    PromptTuningConfig prompt;
+    prompt.task_type = TaskType::kCausalLm;
+    prompt.num_virtual_tokens = o->virtual_tokens;
+    PromptAdapter& adapter = model.add_adapter("bench", prompt, 1);
+    AdamW optimizer(adapter.parameters(), AdamWOptions{});
+    Generator gen(7);
+    std::vector<int64_t> ids(size_t(o->batch * o->seq));
+    for (auto& id : ids) id = gen.uniform_int(info.vocab_size);
+    PeftBatch batch;
+    batch.input_ids = Tensor::from_ints(ids, {o->batch, o->seq});
+    batch.labels = batch.input_ids;
+    ForwardOptions train;
+    train.train = o->dropout;
+    train.checkpoint_activations = o->checkpoint_activations;
+    Backend& backend = backend_for(device);
+    std::vector<double> times;
+    double flops = 0;
+    for (int64_t s = 0; s < o->warmup + o->steps; ++s) {
+      backend.reset_stats();
+      auto t = Clock::now();
+      train.dropout_seed = uint64_t(s);
+      PeftOutput out = model.forward(batch, train);
+      out.loss.backward();
+      optimizer.step();
+      optimizer.zero_grad();
+      backend.synchronize();
+      double elapsed = seconds_since(t);
+      if (s >= o->warmup) {
+        times.push_back(elapsed);
+        flops += backend.stats().gemm_flops;
+      }
+    }
+    double total = 0;
+    for (double t : times) total += t;
+    const double mean = times.empty() ? 0 : total / double(times.size());
+    const double best = times.empty() ? 0 : *std::min_element(times.begin(), times.end());
+    const double tokens_per_s = mean > 0 ? double(o->batch * o->seq) / mean : 0;
+    const double gemm_gflops = total > 0 ? flops / total / 1e9 : 0;
+
+    double gen_tokens_per_s = 0, prefill_ms = 0;
+    if (!o->skip_generation && o->gen_tokens > 0) {
+      std::vector<std::vector<int64_t>> prompts(size_t(o->gen_batch));
+      for (auto& p : prompts)
+        for (int64_t i = 0; i < o->gen_prompt; ++i) p.push_back(gen.uniform_int(info.vocab_size));
+      GenerationConfig g;
+      g.max_new_tokens = 1;
+      auto t = Clock::now();
+      model.generate(prompts, g);
+      prefill_ms = seconds_since(t) * 1e3;
+      g.max_new_tokens = o->gen_tokens;
+      t = Clock::now();
+      model.generate(prompts, g);
+      const double elapsed = seconds_since(t) - prefill_ms / 1e3;
+      gen_tokens_per_s = elapsed > 0 ? double(o->gen_batch * (o->gen_tokens - 1)) / elapsed : 0;
+    }
+    const double rss = peak_rss_mb();
+    nlohmann::json result = {
+        {"model", o->model.empty() ? o->config : o->model},
+        {"device", device.str()},
+        {"threads", num_threads()},
+        {"batch_size", o->batch},
+        {"seq_len", o->seq},
+        {"virtual_tokens", o->virtual_tokens},
+        {"dropout", o->dropout},
+        {"ms_per_step", mean * 1e3},
+        {"best_ms_per_step", best * 1e3},
+        {"tokens_per_s", tokens_per_s},
+        {"gemm_gflops", gemm_gflops},
+        {"machine_sgemm_gflops", peak},
+        {"gemm_peak_fraction", peak > 0 ? gemm_gflops / peak : 0.0},
+        {"generate_tokens_per_s", gen_tokens_per_s},
+        {"prefill_ms", prefill_ms},
+        {"peak_rss_mb", rss}};
+    if (o->json) {
+      std::printf("%s\n", result.dump().c_str());
+      return kExitOk;
+    }
+    std::printf("model %s, %lld threads, batch %lld x %lld tokens + %lld virtual tokens, dropout %s\n",
+                result["model"].get<std::string>().c_str(), (long long)num_threads(), (long long)o->batch,
+                (long long)o->seq, (long long)o->virtual_tokens, o->dropout ? "on" : "off");
+    std::printf("train step: %.1f ms (best %.1f ms), %.0f tokens/s\n", mean * 1e3, best * 1e3, tokens_per_s);
+    std::printf("GEMMs: %.1f GFLOP/s = %.0f%% of this machine's sgemm peak (%.1f GFLOP/s)\n", gemm_gflops,
+                peak > 0 ? 100.0 * gemm_gflops / peak : 0.0, peak);
+    if (gen_tokens_per_s > 0)
+      std::printf("generation: prefill %.1f ms, %.1f tokens/s with the KV cache (batch %lld)\n", prefill_ms,
+                  gen_tokens_per_s, (long long)o->gen_batch);
+    std::printf("peak RSS: %.0f MB\n", rss);
+    return kExitOk;
+  };
+}
+
+}  // namespace sp::cli

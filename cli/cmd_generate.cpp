@@ -1,0 +1,107 @@
+// softprompt generate: text from prompts, with one or several PEFT adapters on one frozen model
+// (each prompt may pick its adapter and task).
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <nlohmann/json.hpp>
+
+#include "cli/commands.h"
+#include "cli/common.h"
+#include "cli/train_pipeline.h"
+#include "engine/error.h"
+#include "peft/data.h"
+
+namespace sp::cli {
+
+CommandRunner add_generate_command(CLI::App& app) {
+  struct Options {
+    CommonOptions common;
+    std::string model, input_file;
+    std::vector<std::string> adapters, prompts, row_adapters, tasks;
+    GenerationConfig gen;
+    bool json = false;
+  };
+  auto o = std::make_shared<Options>();
+  o->gen.max_new_tokens = 32;
+  CLI::App* cmd = app.add_subcommand("generate", "Generate text with a model and optional PEFT adapters");
+  cmd->footer(kExitCodeHelp);
+  add_common_options(*cmd, o->common);
+  cmd->add_option("--model", o->model, "Hugging Face model directory")->required();
+  cmd->add_option("--adapter", o->adapters, "PEFT adapter directory, or NAME=DIR; repeat to load several");
+  cmd->add_option("--prompt", o->prompts, "prompt text (repeatable)");
+  cmd->add_option("--input", o->input_file, "JSONL of prompts: {\"input\": ..., \"adapter\"/\"task\": optional}");
+  cmd->add_option("--use", o->row_adapters, "adapter name for each --prompt, in order (default: the first adapter)");
+  cmd->add_option("--task", o->tasks, "task (name or id) for each --prompt, or one for all (multitask adapters)");
+  cmd->add_option("--max-new-tokens", o->gen.max_new_tokens)->capture_default_str();
+  cmd->add_flag("--do-sample", o->gen.do_sample, "sample instead of greedy decoding");
+  cmd->add_option("--temperature", o->gen.temperature)->capture_default_str();
+  cmd->add_option("--top-k", o->gen.top_k, "0 = off")->capture_default_str();
+  cmd->add_option("--top-p", o->gen.top_p, "1 = off")->capture_default_str();
+  cmd->add_option("--seed", o->gen.seed, "sampling seed")->capture_default_str();
+  cmd->add_flag("--json", o->json, "one JSON object per output line");
+
+  return [o]() -> int {
+    Device device = apply_common_options(o->common);
+    LoadedModel loaded = load_model(o->model, device);
+    std::unique_ptr<PeftModel> peft = loaded.peft();
+    PeftModel& model = *peft;
+    std::vector<std::string> names;
+    std::map<std::string, std::vector<std::string>> task_names;
+    for (const std::string& spec : o->adapters) {
+      size_t eq = spec.find('=');
+      std::string name = eq == std::string::npos ? "adapter" + std::to_string(names.size()) : spec.substr(0, eq);
+      std::string dir = eq == std::string::npos ? spec : spec.substr(eq + 1);
+      model.load_adapter(dir, name);
+      task_names[name] = read_task_names(dir);
+      names.push_back(name);
+    }
+    std::vector<std::string> texts = o->prompts, rows = o->row_adapters, tasks = o->tasks;
+    if (!o->input_file.empty()) {
+      Dataset data = load_jsonl(o->input_file);  // output may be "" for pure prompts
+      for (const Example& e : data.examples) {
+        texts.push_back(e.input);
+        if (e.task) tasks.push_back(*e.task);
+      }
+    }
+    SP_CHECK(!texts.empty(), "generate: give --prompt or --input");
+    SP_CHECK(rows.empty() || rows.size() == texts.size(), "--use names ", rows.size(), " adapters for ", texts.size(), " prompts");
+    if (tasks.size() == 1 && texts.size() > 1) tasks.assign(texts.size(), tasks[0]);
+    SP_CHECK(tasks.empty() || tasks.size() == texts.size(), "--task gives ", tasks.size(), " tasks for ", texts.size(), " prompts");
+    std::vector<std::vector<int64_t>> ids;
+    for (const std::string& t : texts) ids.push_back(loaded.tokenizer->encode(t, true));
+    o->gen.eos_token_id = loaded.tokenizer->eos_id();
+    std::vector<std::vector<int64_t>> outputs;
+    if (names.empty()) {
+      outputs = model.generate(ids, o->gen, {}, {}, /*use_adapter=*/false);
+    } else {
+      if (rows.empty()) rows.assign(texts.size(), names[0]);
+      std::vector<int64_t> task_ids;
+      for (size_t i = 0; i < tasks.size(); ++i) {
+        const auto& known = task_names[rows[i]];
+        auto it = std::find(known.begin(), known.end(), tasks[i]);
+        if (it != known.end()) {
+          task_ids.push_back(int64_t(it - known.begin()));
+        } else {
+          char* end = nullptr;
+          long long value = std::strtoll(tasks[i].c_str(), &end, 10);
+          SP_CHECK(end && *end == '\0' && value >= 0, "unknown task '", tasks[i], "' for adapter '", rows[i], "'");
+          task_ids.push_back(value);
+        }
+      }
+      outputs = model.generate(ids, o->gen, rows, task_ids);
+    }
+    for (size_t i = 0; i < outputs.size(); ++i) {
+      std::vector<int64_t> out = outputs[i];
+      if (!out.empty() && o->gen.eos_token_id && out.back() == *o->gen.eos_token_id) out.pop_back();
+      std::string text = loaded.tokenizer->decode(out, true);
+      if (o->json)
+        std::printf("%s\n", nlohmann::json{{"prompt", texts[i]}, {"output", text}, {"ids", outputs[i]}}.dump().c_str());
+      else if (model.is_seq2seq())
+        std::printf("%s\n", text.c_str());
+      else
+        std::printf("%s\n", (texts[i] + text).c_str());
+    }
+    return kExitOk;
+  };
+}
+
+}  // namespace sp::cli

@@ -1,0 +1,23 @@
+// Warnings and notes for the user: printed to stderr as "softprompt: warning: ...", silenced
+// by set_quiet(), and capturable by tests through a sink.
+#pragma once
+
+#include <functional>
+#include <string>
+
+#include "engine/error.h"
+
+namespace sp {
+
+void set_quiet(bool quiet);
+bool is_quiet();
+// Replaces the stderr printer (tests collect messages); pass nullptr to restore it.
+void set_warning_sink(std::function<void(const std::string&)> sink);
+void emit_warning(const std::string& message);
+
+template <class... Args>
+void warn(Args&&... args) {
+  emit_warning(str_cat(std::forward<Args>(args)...));
+}
+
+}  // namespace sp

@@ -1,0 +1,35 @@
+// kernels/cuda_compat.h: the one include of every kernel .cuh and CUDA host .cu file. Defines
+// SP_CUDA_NS, SP_LAUNCH and SP_DYNAMIC_SHARED for nvcc (real CUDA) and g++ (kernels/emu).
+#pragma once
+
+#if defined(__CUDACC__)
+
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+// Kernels and CUDA host code live in namespace sp::SP_CUDA_NS, so the nvcc-built flavour and the
+// g++-built emulated flavour can link into one binary without clashing.
+#define SP_CUDA_NS cuda_real
+#define SP_CUDA_EMU 0
+
+// SP_LAUNCH(grid, block, smem_bytes, stream, kernel...)(args...): the kernel is variadic so
+// template ids with commas (my_kernel<float, 4>) pass through unparenthesised.
+#define SP_LAUNCH(grid, block, smem_bytes, stream, ...) \
+  __VA_ARGS__<<<(grid), (block), (smem_bytes), (stream)>>>
+
+// SP_DYNAMIC_SHARED(T, name): T* name at the block's dynamic shared memory. Every kernel declares
+// the same unsigned char array, so kernels of different element types can share a translation
+// unit (differently typed extern __shared__ arrays of one name do not compile).
+#define SP_DYNAMIC_SHARED(T, name)                                           \
+  extern __shared__ __align__(16) unsigned char sp_dynamic_shared_memory_[]; \
+  T* name = reinterpret_cast<T*>(sp_dynamic_shared_memory_)
+
+#else
+
+#include "kernels/emu/cuda_runtime_emu.h"
+#include "kernels/emu/emu.h"
+
+#define SP_CUDA_NS cuda_emu
+
+#endif

@@ -1,0 +1,164 @@
+// The softprompt binary end to end: --help on every command, exit codes, errors on bad
+// arguments and inputs, and train -> eval -> generate -> forward -> inspect on the tiny model.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+
+#include <array>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "engine/safetensors.h"
+
+namespace sp {
+namespace {
+
+namespace fs = std::filesystem;
+const std::string kBinary = SOFTPROMPT_BINARY;
+const std::string kFixtures = SOFTPROMPT_FIXTURES;
+
+struct CommandResult {
+  int code = -1;
+  std::string output;  // stdout and stderr together
+};
+
+CommandResult run(const std::string& args) {
+  std::string command = kBinary + " " + args + " 2>&1";
+  FILE* pipe = popen(command.c_str(), "r");
+  CommandResult result;
+  std::array<char, 4096> buffer;
+  size_t n;
+  while ((n = fread(buffer.data(), 1, buffer.size(), pipe)) > 0) result.output.append(buffer.data(), n);
+  int status = pclose(pipe);
+  result.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return result;
+}
+
+class Cli : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() /
+           ("sp_cli_" + std::to_string(::getpid()) + "_" +
+            ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+  std::string path(const std::string& name) const { return (dir_ / name).string(); }
+  std::string write(const std::string& name, const std::string& text) {
+    std::ofstream(path(name)) << text;
+    return path(name);
+  }
+  std::string data_file() {
+    std::string text;
+    for (const char* w : {"hot", "up", "big", "day", "open", "left", "fast", "old"})
+      text += std::string("{\"input\": \"The opposite of ") + w + " is\", \"output\": \" x\"}\n";
+    return write("train.jsonl", text);
+  }
+  fs::path dir_;
+};
+
+TEST_F(Cli, EveryCommandHasHelp) {
+  for (const char* command : {"train", "eval", "generate", "forward", "inspect", "bench", "demo"}) {
+    CommandResult r = run(std::string(command) + " --help");
+    EXPECT_EQ(r.code, 0) << command;
+    EXPECT_NE(r.output.find("Usage:"), std::string::npos) << command;
+    EXPECT_NE(r.output.find("Exit codes:"), std::string::npos) << command;
+  }
+  EXPECT_EQ(run("--help").code, 0);
+}
+
+TEST_F(Cli, BadArgumentsExitWithUsageCode) {
+  EXPECT_EQ(run("").code, 2);
+  EXPECT_EQ(run("train").code, 2);  // required options missing
+  CommandResult r = run("train --model x --data y --output z --lr notanumber");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.output.find("--lr"), std::string::npos) << r.output;
+}
+
+TEST_F(Cli, MissingModelDirectoryIsAClearError) {
+  CommandResult r = run("train --model " + path("nope") + " --data " + data_file() + " --output " + path("out"));
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.output.find("nope: not a directory"), std::string::npos) << r.output;
+  EXPECT_FALSE(fs::exists(path("out")));
+}
+
+TEST_F(Cli, MalformedJsonlRefusesToStartAndSkipBadLinesCounts) {
+  std::string data = write("bad.jsonl", "{\"input\": \"a\", \"output\": \"b\"}\n{\"input\": \"a\"}\n");
+  std::string base = "train -q --model " + kFixtures + "/gpt2_tiny_a --output " + path("out") +
+                     " --max-steps 1 --batch-size 1 --num-virtual-tokens 2 --metric loss --data " + data;
+  CommandResult r = run(base);
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.output.find("bad.jsonl:2: missing field 'output'"), std::string::npos) << r.output;
+  CommandResult skipped = run(base + " --skip-bad-lines");
+  EXPECT_EQ(skipped.code, 0) << skipped.output;
+  EXPECT_TRUE(fs::exists(path("out/adapter_model.safetensors")));
+}
+
+TEST_F(Cli, AdapterForAnotherModelIsRefused) {
+  CommandResult r = run("eval --model " + kFixtures + "/gpt2_tiny_b --adapter " + kFixtures +
+              "/peft/gpt2_tiny_a/pt_random --data " + data_file());
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.output.find("token_dim = 64 does not match the model's hidden size = 48"), std::string::npos)
+      << r.output;
+}
+
+TEST_F(Cli, UnavailableDeviceIsUnsupported) {
+  CommandResult r = run("inspect " + kFixtures + "/gpt2_tiny_a --device cuda:3");
+  EXPECT_EQ(r.code, 4) << r.output;
+}
+
+TEST_F(Cli, TrainEvalGenerateForwardInspect) {
+  const std::string model = kFixtures + "/gpt2_tiny_a";
+  CommandResult train = run("train -q --model " + model + " --data " + data_file() + " --eval-data " + data_file() +
+                  " --output " + path("adapter") +
+                  " --max-steps 6 --batch-size 4 --num-virtual-tokens 3 --init TEXT --init-text 'Answer:' --lr 0.1 --metric token_accuracy");
+  ASSERT_EQ(train.code, 0) << train.output;
+  EXPECT_NE(train.output.find("trained 6 steps"), std::string::npos) << train.output;
+  nlohmann::json config;
+  std::ifstream(path("adapter/adapter_config.json")) >> config;
+  EXPECT_EQ(config["peft_type"], "PROMPT_TUNING");
+  EXPECT_EQ(config["prompt_tuning_init"], "TEXT");
+  EXPECT_EQ(config["inference_mode"], true);
+  EXPECT_EQ(config["token_dim"], 64);
+  int lines = 0;
+  std::ifstream metrics(path("adapter/metrics.jsonl"));
+  for (std::string line; std::getline(metrics, line);) ++lines;
+  EXPECT_EQ(lines, 7);  // 6 train steps + the final evaluation
+
+  CommandResult eval = run("eval -q --model " + model + " --adapter " + path("adapter") + " --data " + data_file() +
+                 " --metric token_accuracy --json");
+  ASSERT_EQ(eval.code, 0) << eval.output;
+  nlohmann::json result = nlohmann::json::parse(eval.output);
+  EXPECT_EQ(result["examples"], 8);
+
+  CommandResult gen = run("generate -q --model " + model + " --adapter a=" + path("adapter") + " --adapter b=" + kFixtures +
+                "/peft/gpt2_tiny_a/pt_random --prompt 'The opposite of up is' --prompt 'hello' --use a --use b "
+                "--max-new-tokens 3 --json");
+  ASSERT_EQ(gen.code, 0) << gen.output;
+  EXPECT_EQ(std::count(gen.output.begin(), gen.output.end(), '\n'), 2);
+
+  CommandResult fwd = run("forward -q --model " + model + " --text 'hello world' --output " + path("fwd.safetensors"));
+  ASSERT_EQ(fwd.code, 0) << fwd.output;
+  auto dump = SafetensorsFile::open(path("fwd.safetensors"));
+  for (const char* key : {"input_ids", "logits", "loss", "grad_inputs_embeds"}) EXPECT_TRUE(dump->contains(key)) << key;
+
+  CommandResult inspect = run("inspect " + path("adapter") + " --model " + model);
+  ASSERT_EQ(inspect.code, 0) << inspect.output;
+  EXPECT_NE(inspect.output.find("trainable params: 192 || all params: 141,248"), std::string::npos) << inspect.output;
+  CommandResult inspect_model = run("inspect " + model);
+  EXPECT_NE(inspect_model.output.find("hidden size 64, layers 2, heads 4"), std::string::npos) << inspect_model.output;
+}
+
+TEST_F(Cli, BenchRunsOnATinyConfig) {
+  CommandResult r = run("bench --config gpt2-tiny --batch-size 2 --seq-len 8 --virtual-tokens 2 --steps 1 --warmup 0 "
+              "--gen-tokens 4 --json");
+  ASSERT_EQ(r.code, 0) << r.output;
+  nlohmann::json j = nlohmann::json::parse(r.output.substr(r.output.find('{')));
+  EXPECT_GT(j["tokens_per_s"].get<double>(), 0);
+  EXPECT_GT(j["peak_rss_mb"].get<double>(), 0);
+}
+
+}  // namespace
+}  // namespace sp

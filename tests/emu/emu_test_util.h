@@ -1,0 +1,58 @@
+// tests/emu/emu_test_util.h: helpers shared by the emulator tests: running a check under every
+// schedule order, and expecting a ThreadSanitizer race report from a child process.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "kernels/emu/emu.h"
+
+#if defined(__SANITIZE_THREAD__)
+#define SP_TEST_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define SP_TEST_TSAN 1
+#endif
+#endif
+#ifndef SP_TEST_TSAN
+#define SP_TEST_TSAN 0
+#endif
+
+namespace sp::emu_test_util {
+
+// Runs check() once under each of sp::emu::test_schedules() and returns the names of the
+// schedules under which it returned false.
+template <class Check>
+std::vector<std::string> failing_schedules(Check&& check) {
+  std::vector<std::string> failing;
+  for (const auto& spec : ::sp::emu::test_schedules()) {
+    ::sp::emu::ScopedSchedule scoped(spec);
+    if (!check()) failing.push_back(::sp::emu::schedule_name(spec));
+  }
+  return failing;
+}
+
+inline std::string join(const std::vector<std::string>& parts) {
+  std::string out;
+  for (const auto& p : parts) out += (out.empty() ? "" : ", ") + p;
+  return out.empty() ? "(none)" : out;
+}
+
+}  // namespace sp::emu_test_util
+
+// In the ThreadSanitizer build: runs `statement` in a re-executed child process and expects
+// ThreadSanitizer to report a data race there (TSan makes such a process exit with 66). The
+// parent stays race-free, so the rest of the suite keeps passing.
+#define SP_EXPECT_TSAN_RACE(statement)                                \
+  do {                                                                \
+    GTEST_FLAG_SET(death_test_style, "threadsafe");                   \
+    EXPECT_EXIT(                                                      \
+        {                                                             \
+          statement;                                                  \
+          std::exit(0);                                               \
+        },                                                            \
+        ::testing::ExitedWithCode(66), "ThreadSanitizer: data race"); \
+  } while (0)
