@@ -44,9 +44,11 @@ SP_HOST_DEVICE inline float to_unit_float(uint32_t bits) {
   return float(bits >> 8) * (1.0f / 16777216.0f);
 }
 
-// Uniform [0, 1) for element `index` of the stream (seed, offset).
+// Uniform [0, 1) for element `index` of the stream (seed, offset). Element c = offset + index
+// takes word c % 4 of block c / 4, so one Philox block serves four consecutive elements.
 SP_HOST_DEVICE inline float uniform(uint64_t seed, uint64_t offset, uint64_t index) {
-  return to_unit_float(generate(offset + index, seed).v[0]);
+  const uint64_t c = offset + index;
+  return to_unit_float(generate(c >> 2, seed).v[c & 3]);
 }
 
 // Standard normal for element `index` (Box-Muller on two words of one Philox block).

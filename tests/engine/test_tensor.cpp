@@ -7,6 +7,8 @@
 #include "engine/error.h"
 #include "engine/ops/ops.h"
 #include "engine/tensor.h"
+#include "engine/allocator.h"
+#include "kernels/philox.h"
 
 namespace sp {
 namespace {
@@ -126,6 +128,39 @@ TEST(Device, ParsesNames) {
   EXPECT_EQ(Device::parse("cuda:1"), Device::cuda(1));
   EXPECT_THROW(Device::parse("tpu"), Error);
   EXPECT_THROW(Device::parse("cuda:x"), Error);
+}
+
+}  // namespace
+}  // namespace sp
+
+namespace sp {
+namespace {
+
+TEST(Dropout, MaskIsPhiloxUniformPerElement) {
+  const float p = 0.25f;
+  const uint64_t seed = 99, offset = 6;  // an offset that is not a multiple of 4 words
+  Tensor x = Tensor::full({1001}, 1.0f);
+  std::vector<float> y = dropout(x, p, seed, offset).to_floats();
+  int64_t dropped = 0;
+  for (size_t i = 0; i < y.size(); ++i) {
+    const bool drop = philox::uniform(seed, offset, i) < p;
+    EXPECT_EQ(y[i], drop ? 0.0f : 1.0f / (1.0f - p)) << i;
+    dropped += drop;
+  }
+  // 1001 Bernoulli(0.25) draws: standard deviation 13.7; 5 sigma either side.
+  EXPECT_NEAR(double(dropped), 250.0, 70.0);
+}
+
+TEST(HostAllocator, LargeBlocksAreReusedAcrossSteps) {
+  Allocator& host = cpu_allocator();
+  void* first = nullptr;
+  {
+    Tensor big = Tensor::empty({3 << 20});
+    first = big.raw_data();
+  }
+  Tensor again = Tensor::empty({3 << 20});
+  EXPECT_EQ(again.raw_data(), first);  // the cached block came back: no new pages to fault in
+  EXPECT_GE(host.stats().bytes_in_use, size_t(12) << 20);
 }
 
 }  // namespace
