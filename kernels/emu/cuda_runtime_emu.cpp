@@ -17,7 +17,7 @@
 #include <unordered_set>
 #include <vector>
 
-#include "engine/error.h"
+#include "kernels/error.h"
 
 namespace sp::cuda_emu {
 

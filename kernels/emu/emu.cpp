@@ -13,7 +13,7 @@
 #include <random>
 #include <sstream>
 
-#include "engine/error.h"
+#include "kernels/error.h"
 
 #if defined(__SANITIZE_ADDRESS__)
 #define SP_EMU_ASAN 1
