@@ -1,7 +1,13 @@
 // The softprompt binary end to end: --help on every command, exit codes, errors on bad
 // arguments and inputs, and train -> eval -> generate -> forward -> inspect on the tiny model.
 #include <gtest/gtest.h>
+#include <signal.h>
+#include <spawn.h>
 #include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <thread>
 
 #include <array>
 #include <cstdio>
@@ -29,7 +35,8 @@ CommandResult run(const std::string& args) {
   CommandResult result;
   std::array<char, 4096> buffer;
   size_t n;
-  while ((n = fread(buffer.data(), 1, buffer.size(), pipe)) > 0) result.output.append(buffer.data(), n);
+  while ((n = fread(buffer.data(), 1, buffer.size(), pipe)) > 0)
+    result.output.append(buffer.data(), n);
   int status = pclose(pipe);
   result.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
   return result;
@@ -78,16 +85,19 @@ TEST_F(Cli, BadArgumentsExitWithUsageCode) {
 }
 
 TEST_F(Cli, MissingModelDirectoryIsAClearError) {
-  CommandResult r = run("train --model " + path("nope") + " --data " + data_file() + " --output " + path("out"));
+  CommandResult r =
+      run("train --model " + path("nope") + " --data " + data_file() + " --output " + path("out"));
   EXPECT_EQ(r.code, 1);
   EXPECT_NE(r.output.find("nope: not a directory"), std::string::npos) << r.output;
   EXPECT_FALSE(fs::exists(path("out")));
 }
 
 TEST_F(Cli, MalformedJsonlRefusesToStartAndSkipBadLinesCounts) {
-  std::string data = write("bad.jsonl", "{\"input\": \"a\", \"output\": \"b\"}\n{\"input\": \"a\"}\n");
+  std::string data =
+      write("bad.jsonl", "{\"input\": \"a\", \"output\": \"b\"}\n{\"input\": \"a\"}\n");
   std::string base = "train -q --model " + kFixtures + "/gpt2_tiny_a --output " + path("out") +
-                     " --max-steps 1 --batch-size 1 --num-virtual-tokens 2 --metric loss --data " + data;
+                     " --max-steps 1 --batch-size 1 --num-virtual-tokens 2 --metric loss --data " +
+                     data;
   CommandResult r = run(base);
   EXPECT_EQ(r.code, 1);
   EXPECT_NE(r.output.find("bad.jsonl:2: missing field 'output'"), std::string::npos) << r.output;
@@ -98,9 +108,10 @@ TEST_F(Cli, MalformedJsonlRefusesToStartAndSkipBadLinesCounts) {
 
 TEST_F(Cli, AdapterForAnotherModelIsRefused) {
   CommandResult r = run("eval --model " + kFixtures + "/gpt2_tiny_b --adapter " + kFixtures +
-              "/peft/gpt2_tiny_a/pt_random --data " + data_file());
+                        "/peft/gpt2_tiny_a/pt_random --data " + data_file());
   EXPECT_EQ(r.code, 1);
-  EXPECT_NE(r.output.find("token_dim = 64 does not match the model's hidden size = 48"), std::string::npos)
+  EXPECT_NE(r.output.find("token_dim = 64 does not match the model's hidden size = 48"),
+            std::string::npos)
       << r.output;
 }
 
@@ -111,9 +122,10 @@ TEST_F(Cli, UnavailableDeviceIsUnsupported) {
 
 TEST_F(Cli, TrainEvalGenerateForwardInspect) {
   const std::string model = kFixtures + "/gpt2_tiny_a";
-  CommandResult train = run("train -q --model " + model + " --data " + data_file() + " --eval-data " + data_file() +
-                  " --output " + path("adapter") +
-                  " --max-steps 6 --batch-size 4 --num-virtual-tokens 3 --init TEXT --init-text 'Answer:' --lr 0.1 --metric token_accuracy");
+  CommandResult train = run("train -q --model " + model + " --data " + data_file() +
+                            " --eval-data " + data_file() + " --output " + path("adapter") +
+                            " --max-steps 6 --batch-size 4 --num-virtual-tokens 3 --init TEXT "
+                            "--init-text 'Answer:' --lr 0.1 --metric token_accuracy");
   ASSERT_EQ(train.code, 0) << train.output;
   EXPECT_NE(train.output.find("trained 6 steps"), std::string::npos) << train.output;
   nlohmann::json config;
@@ -127,33 +139,111 @@ TEST_F(Cli, TrainEvalGenerateForwardInspect) {
   for (std::string line; std::getline(metrics, line);) ++lines;
   EXPECT_EQ(lines, 7);  // 6 train steps + the final evaluation
 
-  CommandResult eval = run("eval -q --model " + model + " --adapter " + path("adapter") + " --data " + data_file() +
-                 " --metric token_accuracy --json");
+  CommandResult eval = run("eval -q --model " + model + " --adapter " + path("adapter") +
+                           " --data " + data_file() + " --metric token_accuracy --json");
   ASSERT_EQ(eval.code, 0) << eval.output;
   nlohmann::json result = nlohmann::json::parse(eval.output);
   EXPECT_EQ(result["examples"], 8);
 
-  CommandResult gen = run("generate -q --model " + model + " --adapter a=" + path("adapter") + " --adapter b=" + kFixtures +
-                "/peft/gpt2_tiny_a/pt_random --prompt 'The opposite of up is' --prompt 'hello' --use a --use b "
-                "--max-new-tokens 3 --json");
+  CommandResult gen = run("generate -q --model " + model + " --adapter a=" + path("adapter") +
+                          " --adapter b=" + kFixtures +
+                          "/peft/gpt2_tiny_a/pt_random --prompt 'The opposite of up is' --prompt "
+                          "'hello' --use a --use b "
+                          "--max-new-tokens 3 --json");
   ASSERT_EQ(gen.code, 0) << gen.output;
   EXPECT_EQ(std::count(gen.output.begin(), gen.output.end(), '\n'), 2);
 
-  CommandResult fwd = run("forward -q --model " + model + " --text 'hello world' --output " + path("fwd.safetensors"));
+  CommandResult fwd = run("forward -q --model " + model + " --text 'hello world' --output " +
+                          path("fwd.safetensors"));
   ASSERT_EQ(fwd.code, 0) << fwd.output;
   auto dump = SafetensorsFile::open(path("fwd.safetensors"));
-  for (const char* key : {"input_ids", "logits", "loss", "grad_inputs_embeds"}) EXPECT_TRUE(dump->contains(key)) << key;
+  for (const char* key : {"input_ids", "logits", "loss", "grad_inputs_embeds"})
+    EXPECT_TRUE(dump->contains(key)) << key;
 
   CommandResult inspect = run("inspect " + path("adapter") + " --model " + model);
   ASSERT_EQ(inspect.code, 0) << inspect.output;
-  EXPECT_NE(inspect.output.find("trainable params: 192 || all params: 141,248"), std::string::npos) << inspect.output;
+  EXPECT_NE(inspect.output.find("trainable params: 192 || all params: 141,248"), std::string::npos)
+      << inspect.output;
   CommandResult inspect_model = run("inspect " + model);
-  EXPECT_NE(inspect_model.output.find("hidden size 64, layers 2, heads 4"), std::string::npos) << inspect_model.output;
+  EXPECT_NE(inspect_model.output.find("hidden size 64, layers 2, heads 4"), std::string::npos)
+      << inspect_model.output;
+}
+
+TEST_F(Cli, TwoStageMultitaskRecipe) {
+  // Stage 1: multitask prompt tuning over two source tasks.
+  std::string source;
+  for (int i = 0; i < 8; ++i)
+    source += std::string("{\"input\": \"word ") + std::to_string(i) + "\", \"output\": \" " +
+              (i % 2 ? "odd" : "even") + "\", \"task\": \"" + (i < 4 ? "parity" : "copy") + "\"}\n";
+  write("source.jsonl", source);
+  const std::string model = kFixtures + "/gpt2_tiny_a";
+  CommandResult stage1 = run("train -q --model " + model + " --data " + path("source.jsonl") +
+                             " --output " + path("source") +
+                             " --multitask --num-ranks 2 --num-virtual-tokens 3 --max-steps 3 "
+                             "--batch-size 4 --metric loss");
+  ASSERT_EQ(stage1.code, 0) << stage1.output;
+  nlohmann::json tasks;
+  std::ifstream(path("source/tasks.json")) >> tasks;
+  EXPECT_EQ(tasks, nlohmann::json({"copy", "parity"}));
+  // Stage 2: one target task initialised from source task 1 ("parity").
+  write("target.jsonl", "{\"input\": \"word 9\", \"output\": \" odd\", \"task\": 0}\n");
+  CommandResult stage2 = run("train -q --model " + model + " --data " + path("target.jsonl") +
+                             " --output " + path("target") +
+                             " --multitask --num-tasks 1 --num-ranks 2 --num-virtual-tokens 3 "
+                             "--init EXACT_SOURCE_TASK --init-from " +
+                             path("source/adapter_model.safetensors") +
+                             " --init-task 1 --max-steps 1 --batch-size 1 --metric loss --lr 0");
+  ASSERT_EQ(stage2.code, 0) << stage2.output;
+  auto src = SafetensorsFile::open(path("source/adapter_model.safetensors"));
+  auto dst = SafetensorsFile::open(path("target/adapter_model.safetensors"));
+  // lr 0 leaves every parameter as initialised (the decay factor 1 - lr * wd is 1 too).
+  EXPECT_EQ(dst->get("prefix_task_cols").to_floats(),
+            src->get("prefix_task_cols").select(0, 1).contiguous().to_floats());
+  EXPECT_EQ(dst->get("prompt_embeddings").to_floats(), src->get("prompt_embeddings").to_floats());
+}
+
+TEST_F(Cli, SigintDuringTrainingCheckpointsAndExits130) {
+  std::string text;
+  for (int i = 0; i < 64; ++i) text += "{\"input\": \"a b c\", \"output\": \" d\"}\n";
+  write("long.jsonl", text);
+  std::vector<std::string> args = {kBinary,
+                                   "train",
+                                   "-q",
+                                   "--model",
+                                   kFixtures + "/gpt2_tiny_a",
+                                   "--data",
+                                   path("long.jsonl"),
+                                   "--output",
+                                   path("run"),
+                                   "--max-steps",
+                                   "100000",
+                                   "--batch-size",
+                                   "2",
+                                   "--metric",
+                                   "loss"};
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  pid_t pid;
+  ASSERT_EQ(posix_spawn(&pid, kBinary.c_str(), nullptr, nullptr, argv.data(), environ), 0);
+  // Wait until training is under way (metrics are being written), then interrupt.
+  for (int i = 0; i < 600 && !(fs::exists(path("run/metrics.jsonl")) &&
+                               fs::file_size(path("run/metrics.jsonl")) > 0);
+       ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  kill(pid, SIGINT);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 130);
+  EXPECT_TRUE(fs::exists(path("run/training_state/trainer_state.json")));
+  EXPECT_TRUE(fs::exists(path("run/adapter_model.safetensors")));
 }
 
 TEST_F(Cli, BenchRunsOnATinyConfig) {
-  CommandResult r = run("bench --config gpt2-tiny --batch-size 2 --seq-len 8 --virtual-tokens 2 --steps 1 --warmup 0 "
-              "--gen-tokens 4 --json");
+  CommandResult r = run(
+      "bench --config gpt2-tiny --batch-size 2 --seq-len 8 --virtual-tokens 2 --steps 1 --warmup 0 "
+      "--gen-tokens 4 --json");
   ASSERT_EQ(r.code, 0) << r.output;
   nlohmann::json j = nlohmann::json::parse(r.output.substr(r.output.find('{')));
   EXPECT_GT(j["tokens_per_s"].get<double>(), 0);
