@@ -7,6 +7,7 @@
 #include "engine/error.h"
 #include "engine/optim/adamw.h"
 #include "engine/safetensors.h"
+#include "tests/test_util.h"
 
 namespace sp {
 namespace {
@@ -24,12 +25,7 @@ void expect_close(const std::vector<float>& want, const std::vector<float>& got,
 TEST(AdamW, MatchesTorchStepByStep) {
   auto golden = SafetensorsFile::open(kGolden);
   const auto& meta = golden->metadata();
-  AdamWOptions options;
-  options.lr = std::stof(meta.at("lr"));
-  options.beta1 = std::stof(meta.at("beta1"));
-  options.beta2 = std::stof(meta.at("beta2"));
-  options.eps = std::stof(meta.at("eps"));
-  options.weight_decay = std::stof(meta.at("weight_decay"));
+  AdamWOptions options = testing::adamw_options_from(meta);
   Tensor param = golden->get("param_init").clone();
   param.set_requires_grad(true);
   AdamW optimizer({param}, options);

@@ -16,9 +16,13 @@
 #include "models/gpt2.h"
 #include "models/lm_loss.h"
 #include "models/model_loader.h"
+#include "tests/test_util.h"
 
 namespace sp {
 namespace {
+
+using testing::expect_all_close;
+using testing::unpadded_rows;
 
 namespace fs = std::filesystem;
 const std::string kFixtures = SOFTPROMPT_FIXTURES;
@@ -28,19 +32,6 @@ const std::string kFixtures = SOFTPROMPT_FIXTURES;
 // absolute on logits and gradients bounds that with margin while any real mistake (a wrong
 // mask, scale, or position) moves values by 1e-2 or more.
 constexpr float kAbsTol = 1e-4f;
-
-void expect_all_close(const std::vector<float>& want, const std::vector<float>& got, float atol,
-                      const std::string& what) {
-  ASSERT_EQ(want.size(), got.size()) << what;
-  float worst = 0;
-  size_t worst_i = 0;
-  for (size_t i = 0; i < want.size(); ++i) {
-    float diff = std::abs(want[i] - got[i]);
-    if (diff > worst) worst = diff, worst_i = i;
-  }
-  EXPECT_LE(worst, atol) << what << ": max |diff| at " << worst_i << " want " << want[worst_i]
-                         << " got " << got[worst_i];
-}
 
 class Gpt2Parity : public ::testing::TestWithParam<std::string> {
  protected:
@@ -98,15 +89,13 @@ TEST_P(Gpt2Parity, GreedyGenerationWithKvCache) {
 }
 
 TEST_P(Gpt2Parity, LeftPaddedBatchGeneratesLikeEachRowAlone) {
-  std::vector<int64_t> ids = golden_->get("gen_lp_input_ids").to_ints();
-  std::vector<int64_t> mask = golden_->get("gen_lp_attention_mask").to_ints();
+  auto rows =
+      unpadded_rows(golden_->get("gen_lp_input_ids"), golden_->get("gen_lp_attention_mask"));
   Tensor want_tensor = golden_->get("gen_lp_output_ids");
   std::vector<int64_t> want = want_tensor.to_ints();
   const int64_t B = 3, T = 7, W = want_tensor.size(1);
   std::vector<GenerationRequest> requests(B);
-  for (int64_t b = 0; b < B; ++b)
-    for (int64_t t = 0; t < T; ++t)
-      if (mask[size_t(b * T + t)]) requests[size_t(b)].prompt_ids.push_back(ids[size_t(b * T + t)]);
+  for (int64_t b = 0; b < B; ++b) requests[size_t(b)].prompt_ids = rows[size_t(b)];
   GenerationConfig config;
   config.max_new_tokens = W - T;
   auto out = generate(*model_, requests, config);

@@ -22,9 +22,13 @@
 #include "models/lm_loss.h"
 #include "models/model_loader.h"
 #include "models/t5.h"
+#include "tests/test_util.h"
 
 namespace sp {
 namespace {
+
+using testing::expect_all_close;
+using testing::unpadded_rows;
 
 namespace fs = std::filesystem;
 const std::string kFixtures = SOFTPROMPT_FIXTURES;
@@ -35,31 +39,6 @@ const std::string kFixtures = SOFTPROMPT_FIXTURES;
 // 1e-4 absolute bounds that noise with two orders of margin while every real mistake (a scaled
 // score, a missing bias, a wrong bucket, the head scale, a mask) moves values by 1e-2 or more.
 constexpr float kAbsTol = 1e-4f;
-
-void expect_all_close(const std::vector<float>& want, const std::vector<float>& got, float atol,
-                      const std::string& what) {
-  ASSERT_EQ(want.size(), got.size()) << what;
-  float worst = 0;
-  size_t worst_i = 0;
-  for (size_t i = 0; i < want.size(); ++i) {
-    float diff = std::abs(want[i] - got[i]);
-    if (diff > worst) worst = diff, worst_i = i;
-  }
-  std::cout << "[ measured ] " << what << ": max |diff| = " << worst << "\n";
-  EXPECT_LE(worst, atol) << what << ": max |diff| at " << worst_i << " want " << want[worst_i]
-                         << " got " << got[worst_i];
-}
-
-// Rows of an I64 [B, T] tensor with the positions where mask == 1 (right-padded batches).
-std::vector<std::vector<int64_t>> unpadded_rows(const Tensor& ids, const Tensor& mask) {
-  std::vector<int64_t> flat = ids.to_ints(), keep = mask.to_ints();
-  const int64_t B = ids.size(0), T = ids.size(1);
-  std::vector<std::vector<int64_t>> rows(static_cast<size_t>(B));
-  for (int64_t b = 0; b < B; ++b)
-    for (int64_t t = 0; t < T; ++t)
-      if (keep[size_t(b * T + t)]) rows[size_t(b)].push_back(flat[size_t(b * T + t)]);
-  return rows;
-}
 
 // Greedy decoding without any cache: the whole decoder prefix is re-run every step.
 std::vector<int64_t> greedy_without_cache(T5Model& model, const Tensor& encoder_embeds,

@@ -29,7 +29,8 @@ TEST_P(PeftAdapterParity, LogitsLossAndPromptGradients) {
   batch.labels = golden->get("labels");
   if (golden->contains("task_ids")) batch.task_ids = golden->get("task_ids");
   PeftOutput out = model->forward(batch, {}, /*return_logits=*/true);
-  expect_close(golden->get("logits").to_floats(), out.logits.to_floats(), kAbsTol, name + " logits");
+  expect_close(golden->get("logits").to_floats(), out.logits.to_floats(), kAbsTol,
+               name + " logits");
   float want_loss = golden->get("loss").item();
   EXPECT_NEAR(out.loss.item(), want_loss, 1e-5f * std::abs(want_loss)) << name;
   out.loss.backward();
@@ -50,20 +51,18 @@ TEST(PeftParity, TenAdamWStepsFollowPeftsLossTrajectory) {
   const auto& meta = golden->metadata();
   expect_close(golden->get("initial_prompt_embeddings").to_floats(),
                adapter.parameters()[0].to_floats(), 0.0f, "initial prompt");
-  AdamWOptions options;
-  options.lr = std::stof(meta.at("lr"));
-  options.beta1 = std::stof(meta.at("beta1"));
-  options.beta2 = std::stof(meta.at("beta2"));
-  options.eps = std::stof(meta.at("eps"));
-  options.weight_decay = std::stof(meta.at("weight_decay"));
+  AdamWOptions options = testing::adamw_options_from(meta);
   AdamW optimizer(adapter.parameters(), options);
   std::vector<float> losses = golden->get("losses").to_floats();
   ForwardOptions train;
   train.train = true;  // the fixture's dropout is 0, as in PEFT's train-mode run
   for (int step = 0; step < 10; ++step) {
     std::string k = "batch" + std::to_string(step) + "_";
-    PeftBatch batch{golden->get(k + "input_ids"), golden->get(k + "attention_mask"),
-                    golden->get(k + "labels"), Tensor(), {}};
+    PeftBatch batch{golden->get(k + "input_ids"),
+                    golden->get(k + "attention_mask"),
+                    golden->get(k + "labels"),
+                    Tensor(),
+                    {}};
     PeftOutput out = model->forward(batch, train);
     // Ten Adam steps amplify ulp-level differences a little; 1e-4 relative is the bound.
     EXPECT_NEAR(out.loss.item(), losses[size_t(step)], 1e-4f * std::abs(losses[size_t(step)]))
@@ -88,14 +87,16 @@ TEST_P(PeftGeneration, GreedyIdsMatchPeftGenerate) {
   const int64_t B = inputs.size(0), T = inputs.size(1);
   const int64_t W = int64_t(want.size()) / B;
   std::vector<std::vector<int64_t>> prompts;
-  for (int64_t b = 0; b < B; ++b) prompts.emplace_back(flat.begin() + b * T, flat.begin() + (b + 1) * T);
+  for (int64_t b = 0; b < B; ++b)
+    prompts.emplace_back(flat.begin() + b * T, flat.begin() + (b + 1) * T);
   std::vector<int64_t> task_ids;
   if (golden->contains("gen_task_ids")) task_ids = golden->get("gen_task_ids").to_ints();
   GenerationConfig config;
   config.max_new_tokens = W - T;
   auto out = model->generate(prompts, config, {}, task_ids);
   for (int64_t b = 0; b < B; ++b)
-    EXPECT_EQ(out[size_t(b)], std::vector<int64_t>(want.begin() + b * W + T, want.begin() + (b + 1) * W))
+    EXPECT_EQ(out[size_t(b)],
+              std::vector<int64_t>(want.begin() + b * W + T, want.begin() + (b + 1) * W))
         << name << " row " << b;
 }
 
