@@ -22,7 +22,7 @@ test: build
 
 demo: configure
 	@cmake --build $(BUILD) -j $(JOBS) --target softprompt
-	@$(BUILD)/cli/softprompt demo
+	@$(BUILD)/cli/softprompt demo --output $(BUILD)/demo-adapter
 
 bench: build
 	@bash bench/run_all.sh $(BUILD)
