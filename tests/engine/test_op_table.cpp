@@ -95,8 +95,8 @@ void expect_matches(const OpCase& c, const RunResult& reference, const RunResult
     ASSERT_EQ(want.size(), got.size()) << c.name << " " << what;
     for (size_t i = 0; i < want.size(); ++i)
       ASSERT_LE(std::abs(want[i] - got[i]), atol + rtol * std::abs(want[i]))
-          << c.name << " on " << where << ": " << what << "[" << i << "] cpu " << want[i]
-          << " vs " << got[i];
+          << c.name << " on " << where << ": " << what << "[" << i << "] cpu " << want[i] << " vs "
+          << got[i];
   };
   expect_close(reference.output, other.output, "output");
   for (size_t d = 0; d < reference.grads.size(); ++d)
@@ -147,9 +147,25 @@ INSTANTIATE_TEST_SUITE_P(Ops, OpTable, ::testing::Range<size_t>(0, op_cases().si
 TEST(OpTableCoverage, EveryDifferentiableOpFamilyHasACase) {
   std::set<std::string> families;
   for (const OpCase& c : op_cases()) families.insert(c.name.substr(0, c.name.find('/')));
-  for (const char* op : {"add", "sub", "mul", "affine", "matmul", "embedding", "index_select",
-                         "concat", "slice", "view", "sum", "mean", "layernorm", "rms_norm",
-                         "activation", "masked_softmax", "attention", "cross_entropy", "linear_cross_entropy",
+  for (const char* op : {"add",
+                         "sub",
+                         "mul",
+                         "affine",
+                         "matmul",
+                         "embedding",
+                         "index_select",
+                         "concat",
+                         "slice",
+                         "view",
+                         "sum",
+                         "mean",
+                         "layernorm",
+                         "rms_norm",
+                         "activation",
+                         "masked_softmax",
+                         "attention",
+                         "cross_entropy",
+                         "linear_cross_entropy",
                          "dropout"})
     EXPECT_TRUE(families.count(op)) << "no op-table case for " << op;
 }

@@ -1,0 +1,137 @@
+// CudaBackend fused attention (kernels/attention.cuh): tile sizes from the head dimension and
+// the device's shared memory, then the forward kernel, or the backward's three kernels (row dots
+// of dO and O, then dQ per query tile and dK/dV per key tile).
+#include "engine/cuda/attention_mask_args.h"
+#include "engine/cuda/cuda_backend.h"
+#include "engine/cuda/cuda_check.h"
+#include "engine/cuda/launch.h"
+#include "engine/cuda/workspace.h"
+#include "kernels/attention.cuh"
+
+namespace sp::SP_CUDA_NS {
+
+namespace {
+
+AttentionShape attention_shape(const char* op, const Tensor& q, const Tensor& k, const Tensor& v) {
+  SP_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4 && q.stride(3) == 1 && k.stride(3) == 1 &&
+               v.stride(3) == 1,
+           op, ": q, k, v must be [B, T, H, D] views with unit stride on D, got ", q.describe(),
+           ", ", k.describe(), ", ", v.describe());
+  AttentionShape s;
+  s.batch = q.size(0);
+  s.q_len = q.size(1);
+  s.heads = q.size(2);
+  s.head_dim = q.size(3);
+  s.k_len = k.size(1);
+  // Batch x heads is the grid's y dimension.
+  SP_CHECK(s.batch * s.heads <= 65535, op, ": batch * heads = ", s.batch * s.heads,
+           " exceeds the 65535 blocks of a grid's y dimension");
+  const int axes[3] = {0, 1, 2};
+  for (int a : axes) {
+    s.q_stride[a] = q.stride(a);
+    s.k_stride[a] = k.stride(a);
+    s.v_stride[a] = v.stride(a);
+  }
+  return s;
+}
+
+// The widest key tile (32, 16 or 8 keys) whose shared memory fits the device.
+template <class SmemFloats>
+AttentionTiles choose_tiles(const char* op, int64_t head_dim, size_t max_bytes, SmemFloats smem) {
+  for (int block_k : {32, 16, 8}) {
+    const AttentionTiles tiles{16, block_k};
+    if (size_t(smem(tiles, head_dim)) * sizeof(float) <= max_bytes) return tiles;
+  }
+  fail(ErrorKind::kUnsupported, op, ": head dimension ", head_dim,
+       " needs more shared memory than this device offers (", max_bytes,
+       " bytes per block); use the materialised attention path");
+}
+
+// Kernels needing more than the default 48 KiB of dynamic shared memory must opt in.
+template <class Kernel>
+void allow_shared_memory(const char* op, Kernel* kernel, size_t bytes) {
+  if (bytes > 48 * 1024)
+    SP_CUDA_CHECK(
+        op, cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
+}
+
+}  // namespace
+
+void CudaBackend::attention_forward(const Tensor& q, const Tensor& k, const Tensor& v,
+                                    const AttentionMask& mask, const Tensor& out,
+                                    const Tensor& lse) {
+  const char* op = "attention_forward";
+  const AttentionShape shape = attention_shape(op, q, k, v);
+  expect_dtype(op, q.dtype(), {&k, &v, &out});
+  expect_dtype(op, DType::F32, {&lse});
+  expect_contiguous(op, {&out, &lse});
+  if (shape.batch * shape.heads * shape.q_len == 0) return;
+  activate(op);
+  const AttentionMaskArgs args = attention_mask_args(op, mask);
+  const AttentionTiles tiles =
+      choose_tiles(op, shape.head_dim, max_shared_memory_, attention_forward_smem_floats);
+  const size_t smem = size_t(attention_forward_smem_floats(tiles, shape.head_dim)) * sizeof(float);
+  const dim3 grid(unsigned((shape.q_len + tiles.block_q - 1) / tiles.block_q),
+                  unsigned(shape.batch * shape.heads));
+  dispatch_float(op, q, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    allow_shared_memory(op, attention_forward_kernel<T>, smem);
+    SP_LAUNCH(grid, kAttentionThreads, smem, stream_, attention_forward_kernel<T>)
+    (const_ptr<T>(q), const_ptr<T>(k), const_ptr<T>(v), shape, args, tiles, mutable_ptr<T>(out),
+     mutable_ptr<float>(lse));
+    SP_CUDA_CHECK_LAUNCH(op, "attention_forward_kernel");
+  });
+}
+
+void CudaBackend::attention_backward(const Tensor& q, const Tensor& k, const Tensor& v,
+                                     const AttentionMask& mask, const Tensor& out,
+                                     const Tensor& lse, const Tensor& d_out, const Tensor& dq,
+                                     const Tensor& dk, const Tensor& dv) {
+  const char* op = "attention_backward";
+  const AttentionShape shape = attention_shape(op, q, k, v);
+  expect_dtype(op, q.dtype(), {&k, &v, &out, &d_out, &dq, &dk, &dv});
+  expect_dtype(op, DType::F32, {&lse});
+  expect_contiguous(op, {&out, &lse, &d_out, &dq, &dk, &dv});
+  if (shape.batch * shape.heads * shape.q_len == 0 || shape.k_len == 0) return;
+  if (!dq.defined() && !dk.defined() && !dv.defined()) return;
+  activate(op);
+  const AttentionMaskArgs args = attention_mask_args(op, mask);
+  const int64_t bh = shape.batch * shape.heads;
+  Workspace delta(*this, size_t(bh * shape.q_len) * sizeof(float));
+  dispatch_float(op, q, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    const int delta_threads = 128;
+    SP_LAUNCH(grid_for(bh * shape.q_len * 32, delta_threads), delta_threads, 0, stream_,
+              attention_backward_delta_kernel<T>)
+    (const_ptr<T>(out), const_ptr<T>(d_out), shape.batch, shape.q_len, shape.heads, shape.head_dim,
+     delta.as<float>());
+    SP_CUDA_CHECK_LAUNCH(op, "attention_backward_delta_kernel");
+    if (dq.defined()) {
+      const AttentionTiles tiles =
+          choose_tiles(op, shape.head_dim, max_shared_memory_, attention_backward_dq_smem_floats);
+      const size_t smem =
+          size_t(attention_backward_dq_smem_floats(tiles, shape.head_dim)) * sizeof(float);
+      allow_shared_memory(op, attention_backward_dq_kernel<T>, smem);
+      const dim3 grid(unsigned((shape.q_len + tiles.block_q - 1) / tiles.block_q), unsigned(bh));
+      SP_LAUNCH(grid, kAttentionThreads, smem, stream_, attention_backward_dq_kernel<T>)
+      (const_ptr<T>(q), const_ptr<T>(k), const_ptr<T>(v), const_ptr<T>(d_out),
+       const_ptr<float>(lse), delta.as<float>(), shape, args, tiles, mutable_ptr<T>(dq));
+      SP_CUDA_CHECK_LAUNCH(op, "attention_backward_dq_kernel");
+    }
+    if (dk.defined() || dv.defined()) {
+      const AttentionTiles tiles =
+          choose_tiles(op, shape.head_dim, max_shared_memory_, attention_backward_dkv_smem_floats);
+      const size_t smem =
+          size_t(attention_backward_dkv_smem_floats(tiles, shape.head_dim)) * sizeof(float);
+      allow_shared_memory(op, attention_backward_dkv_kernel<T>, smem);
+      const dim3 grid(unsigned((shape.k_len + tiles.block_k - 1) / tiles.block_k), unsigned(bh));
+      SP_LAUNCH(grid, kAttentionThreads, smem, stream_, attention_backward_dkv_kernel<T>)
+      (const_ptr<T>(q), const_ptr<T>(k), const_ptr<T>(v), const_ptr<T>(d_out),
+       const_ptr<float>(lse), delta.as<float>(), shape, args, tiles, mutable_ptr<T>(dk),
+       mutable_ptr<T>(dv));
+      SP_CUDA_CHECK_LAUNCH(op, "attention_backward_dkv_kernel");
+    }
+  });
+}
+
+}  // namespace sp::SP_CUDA_NS

@@ -1,0 +1,67 @@
+// CudaBackend cross-entropy forward/backward (kernels/cross_entropy.cuh); the backward may write
+// d_logits over the logits.
+#include "engine/cuda/cuda_backend.h"
+#include "engine/cuda/cuda_check.h"
+#include "engine/cuda/launch.h"
+#include "kernels/cross_entropy.cuh"
+
+namespace sp::SP_CUDA_NS {
+
+namespace {
+
+void check_targets(const char* op, const Tensor& targets, int64_t rows) {
+  SP_CHECK((targets.dtype() == DType::I32 || targets.dtype() == DType::I64) &&
+               targets.is_contiguous() && targets.numel() == rows,
+           op, ": targets must be ", rows, " contiguous I32 or I64 values, got ",
+           targets.describe());
+}
+
+}  // namespace
+
+void CudaBackend::cross_entropy_forward(const Tensor& logits, const Tensor& targets,
+                                        int64_t ignore_index, const Tensor& loss,
+                                        const Tensor& lse) {
+  const char* op = "cross_entropy_forward";
+  expect_dtype(op, DType::F32, {&loss, &lse});
+  expect_contiguous(op, {&logits, &loss, &lse});
+  const int64_t vocab = logits.size(-1);
+  const int64_t rows = vocab == 0 ? 0 : logits.numel() / vocab;
+  check_targets(op, targets, rows);
+  if (rows == 0) return;
+  activate(op);
+  dispatch_float(op, logits, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    const bool vectorized = rows_vectorizable(vocab, sizeof(T), {logits.raw_data()});
+    const int threads = threads_for_row(vocab, vectorized ? Pack<T>::kSize : 1);
+    SP_LAUNCH(grid_for_rows(rows), threads, 0, stream_, cross_entropy_forward_kernel<T>)
+    (const_ptr<T>(logits), targets.raw_data(), targets.dtype() == DType::I64, ignore_index, rows,
+     vocab, mutable_ptr<float>(loss), mutable_ptr<float>(lse), vectorized);
+    SP_CUDA_CHECK_LAUNCH(op, "cross_entropy_forward_kernel");
+  });
+}
+
+void CudaBackend::cross_entropy_backward(const Tensor& logits, const Tensor& targets,
+                                         int64_t ignore_index, const Tensor& lse, float grad_scale,
+                                         const Tensor& d_logits) {
+  const char* op = "cross_entropy_backward";
+  expect_dtype(op, logits.dtype(), {&d_logits});
+  expect_dtype(op, DType::F32, {&lse});
+  expect_contiguous(op, {&logits, &lse, &d_logits});
+  const int64_t vocab = logits.size(-1);
+  const int64_t rows = vocab == 0 ? 0 : logits.numel() / vocab;
+  check_targets(op, targets, rows);
+  if (rows == 0) return;
+  activate(op);
+  dispatch_float(op, logits, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    const bool vectorized =
+        rows_vectorizable(vocab, sizeof(T), {logits.raw_data(), d_logits.raw_data()});
+    const int threads = threads_for_row(vocab, vectorized ? Pack<T>::kSize : 1);
+    SP_LAUNCH(grid_for_rows(rows), threads, 0, stream_, cross_entropy_backward_kernel<T>)
+    (const_ptr<T>(logits), targets.raw_data(), targets.dtype() == DType::I64, ignore_index,
+     const_ptr<float>(lse), grad_scale, rows, vocab, mutable_ptr<T>(d_logits), vectorized);
+    SP_CUDA_CHECK_LAUNCH(op, "cross_entropy_backward_kernel");
+  });
+}
+
+}  // namespace sp::SP_CUDA_NS

@@ -1,0 +1,144 @@
+// CudaBackend construction, device/stream/cuBLAS setup, host <-> device copies, launch geometry,
+// and the factory entry points engine/backend.cpp calls (one set per flavour).
+#include "engine/cuda/cuda_backend.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+
+#include "engine/cuda/cuda_backend_factory.h"
+#include "engine/cuda/cuda_check.h"
+#include "engine/error.h"
+
+namespace sp::SP_CUDA_NS {
+
+namespace {
+
+bool env_flag(const char* name) {
+  const char* value = std::getenv(name);
+  return value != nullptr && (std::strcmp(value, "1") == 0 || std::strcmp(value, "true") == 0);
+}
+
+}  // namespace
+
+CudaBackend::CudaBackend(int device_index) : device_index_(device_index) {
+  const char* op = "CudaBackend";
+  SP_CUDA_CHECK(op, cudaSetDevice(device_index_));
+  cudaDeviceProp props{};
+  SP_CUDA_CHECK(op, cudaGetDeviceProperties(&props, device_index_));
+  multiprocessors_ = std::max(1, props.multiProcessorCount);
+  int optin = 0;
+  SP_CUDA_CHECK(
+      op, cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device_index_));
+  max_shared_memory_ = std::max<size_t>(size_t(optin), 48 * 1024);
+  SP_CUDA_CHECK(op, cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+  SP_CUBLAS_CHECK(op, cublasCreate(&cublas_));
+  SP_CUBLAS_CHECK(op, cublasSetStream(cublas_, stream_));
+  allow_tf32_.store(env_flag("SOFTPROMPT_CUDA_TF32"));
+  // Deliberately leaked: Storage objects keep a pointer to their allocator and may be destroyed
+  // after this backend during static destruction.
+  allocator_ = new CachingAllocator(device_index_);
+}
+
+CudaBackend::~CudaBackend() {
+  // Errors are ignored here: at process exit the CUDA runtime may already be shutting down.
+  if (cublas_) (void)cublasDestroy(cublas_);
+  if (stream_) (void)cudaStreamDestroy(stream_);
+}
+
+Device CudaBackend::device() const {
+  return SP_CUDA_EMU ? Device::cuda_emu() : Device::cuda(device_index_);
+}
+
+void CudaBackend::activate(const char* op) const {
+  int current = -1;
+  SP_CUDA_CHECK(op, cudaGetDevice(&current));
+  if (current != device_index_) SP_CUDA_CHECK(op, cudaSetDevice(device_index_));
+}
+
+void CudaBackend::synchronize() {
+  activate("synchronize");
+  SP_CUDA_CHECK("synchronize", cudaStreamSynchronize(stream_));
+}
+
+void CudaBackend::copy_from_host(void* dst, const void* src, size_t nbytes) {
+  if (nbytes == 0) return;
+  activate("copy_from_host");
+  SP_CUDA_CHECK("copy_from_host",
+                cudaMemcpyAsync(dst, src, nbytes, cudaMemcpyHostToDevice, stream_));
+  // The host buffer may be freed as soon as we return.
+  SP_CUDA_CHECK("copy_from_host", cudaStreamSynchronize(stream_));
+}
+
+void CudaBackend::copy_to_host(void* dst, const void* src, size_t nbytes) {
+  if (nbytes == 0) return;
+  activate("copy_to_host");
+  SP_CUDA_CHECK("copy_to_host", cudaMemcpyAsync(dst, src, nbytes, cudaMemcpyDeviceToHost, stream_));
+  SP_CUDA_CHECK("copy_to_host", cudaStreamSynchronize(stream_));
+}
+
+void CudaBackend::copy_on_device(void* dst, const void* src, size_t nbytes) {
+  if (nbytes == 0) return;
+  activate("copy_on_device");
+  SP_CUDA_CHECK("copy_on_device",
+                cudaMemcpyAsync(dst, src, nbytes, cudaMemcpyDeviceToDevice, stream_));
+}
+
+unsigned int CudaBackend::grid_for(int64_t work, int threads) const {
+  // Enough blocks to fill every SM several times over; grid-stride loops cover the rest.
+  const int64_t cap = int64_t(multiprocessors_) * 32;
+  return unsigned(std::clamp<int64_t>((work + threads - 1) / threads, 1, cap));
+}
+
+unsigned int CudaBackend::grid_for_rows(int64_t rows) const {
+  const int64_t cap = int64_t(multiprocessors_) * 32;
+  return unsigned(std::clamp<int64_t>(rows, 1, cap));
+}
+
+int CudaBackend::threads_for_row(int64_t cols, int per_thread) {
+  const int64_t wanted = (cols + per_thread - 1) / per_thread;
+  return int(std::clamp<int64_t>((wanted + 31) / 32 * 32, 32, 256));
+}
+
+}  // namespace sp::SP_CUDA_NS
+
+namespace sp {
+
+#if SP_CUDA_EMU
+
+std::unique_ptr<Backend> make_cuda_emu_backend() {
+  return std::make_unique<cuda_emu::CudaBackend>(0);
+}
+
+bool cuda_emu_backend_built() {
+  return true;
+}
+
+#else
+
+int cuda_device_count() {
+  // Without a driver or a GPU the runtime reports an error: that simply means no devices.
+  static const int count = [] {
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess) {
+      (void)cudaGetLastError();
+      return 0;
+    }
+    return n;
+  }();
+  return count;
+}
+
+std::unique_ptr<Backend> make_cuda_backend(int device_index) {
+  const int count = cuda_device_count();
+  if (device_index < 0 || device_index >= count)
+    fail(ErrorKind::kUnsupported, "device cuda:", device_index, ": ",
+         count == 0 ? std::string("no CUDA device is visible (driver missing or no GPU)")
+                    : str_cat("this machine has ", count, " CUDA device(s)"));
+  return std::make_unique<cuda_real::CudaBackend>(device_index);
+}
+
+#endif
+
+}  // namespace sp

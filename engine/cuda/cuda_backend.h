@@ -1,0 +1,124 @@
+// engine/cuda/cuda_backend.h: CudaBackend, engine/backend.h on a CUDA device: kernels from
+// kernels/*.cuh, cuBLAS GEMMs, a caching allocator and one stream. The same sources build the
+// real backend (nvcc, sp::cuda_real, device "cuda:N") and the emulated one (g++ over kernels/emu,
+// sp::cuda_emu, device "cuda-emu"); see engine/cuda/README.md.
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+
+#include "engine/backend.h"
+#include "engine/cuda/caching_allocator.h"
+#include "kernels/cuda_compat.h"
+
+namespace sp::SP_CUDA_NS {
+
+class CudaBackend final : public Backend {
+ public:
+  // Selects the device, creates the stream and the cuBLAS handle; throws sp::Error on failure.
+  explicit CudaBackend(int device_index);
+  ~CudaBackend() override;
+  CudaBackend(const CudaBackend&) = delete;
+  CudaBackend& operator=(const CudaBackend&) = delete;
+
+  Device device() const override;
+  Allocator& allocator() override { return *allocator_; }
+  void synchronize() override;
+
+  void copy_from_host(void* dst, const void* src, size_t nbytes) override;
+  void copy_to_host(void* dst, const void* src, size_t nbytes) override;
+  void copy_on_device(void* dst, const void* src, size_t nbytes) override;
+
+  void copy(const Tensor& src, const Tensor& dst) override;
+  void cast(const Tensor& src, const Tensor& dst) override;
+  void fill(const Tensor& dst, float value) override;
+
+  void gemm(const GemmArgs& args) override;
+  void binary(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& out) override;
+  void affine(const Tensor& x, float scale, float shift, const Tensor& out) override;
+  void sum_last(const Tensor& x, const Tensor& out) override;
+  void sum_rows(const Tensor& x, const Tensor& out) override;
+  void sum_to(const Tensor& x, const Tensor& out) override;
+  double sum_squares(const Tensor& x) override;
+
+  void activation_forward(Activation act, const Tensor& x, const Tensor& y) override;
+  void activation_backward(Activation act, const Tensor& x, const Tensor& dy,
+                           const Tensor& dx) override;
+  void gated_forward(Activation act, const Tensor& gate, const Tensor& up,
+                     const Tensor& y) override;
+  void gated_backward(Activation act, const Tensor& gate, const Tensor& up, const Tensor& dy,
+                      const Tensor& d_gate, const Tensor& d_up) override;
+
+  void layernorm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, float eps,
+                         const Tensor& y, const Tensor& mean, const Tensor& rstd) override;
+  void layernorm_backward(const Tensor& x, const Tensor& weight, const Tensor& mean,
+                          const Tensor& rstd, const Tensor& dy, const Tensor& dx,
+                          const Tensor& d_weight, const Tensor& d_bias) override;
+  void rmsnorm_forward(const Tensor& x, const Tensor& weight, float eps, const Tensor& y,
+                       const Tensor& rstd) override;
+  void rmsnorm_backward(const Tensor& x, const Tensor& weight, const Tensor& rstd, const Tensor& dy,
+                        const Tensor& dx, const Tensor& d_weight) override;
+
+  void masked_softmax_forward(const Tensor& scores, const AttentionMask& mask,
+                              const Tensor& probs) override;
+  void masked_softmax_backward(const Tensor& probs, const Tensor& d_probs, float scale,
+                               const Tensor& d_scores) override;
+
+  void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v,
+                         const AttentionMask& mask, const Tensor& out, const Tensor& lse) override;
+  void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v,
+                          const AttentionMask& mask, const Tensor& out, const Tensor& lse,
+                          const Tensor& d_out, const Tensor& dq, const Tensor& dk,
+                          const Tensor& dv) override;
+
+  void gather_rows(const Tensor& table, const Tensor& ids, const Tensor& out) override;
+  void scatter_add_rows(const Tensor& d_out, const Tensor& ids, const Tensor& d_table) override;
+
+  void cross_entropy_forward(const Tensor& logits, const Tensor& targets, int64_t ignore_index,
+                             const Tensor& loss, const Tensor& lse) override;
+  void cross_entropy_backward(const Tensor& logits, const Tensor& targets, int64_t ignore_index,
+                              const Tensor& lse, float grad_scale, const Tensor& d_logits) override;
+
+  void dropout(const Tensor& x, float p, uint64_t seed, uint64_t offset, const Tensor& y) override;
+  void normal_fill(const Tensor& dst, float mean, float std, uint64_t seed,
+                   uint64_t offset) override;
+
+  void relative_position_bias(const Tensor& table, int64_t query_offset, bool bidirectional,
+                              int64_t num_buckets, int64_t max_distance,
+                              const Tensor& out) override;
+
+  void adamw_step(const Tensor& param, const Tensor& grad, const Tensor& exp_avg,
+                  const Tensor& exp_avg_sq, float lr, float beta1, float beta2, float eps,
+                  float weight_decay, int64_t step) override;
+
+  // TF32 tensor cores for fp32 GEMMs (10-bit mantissa inputs, fp32 accumulation): off by
+  // default so fp32 results match the CPU reference; SOFTPROMPT_CUDA_TF32=1 turns it on at start.
+  void set_allow_tf32(bool allow) { allow_tf32_.store(allow); }
+  bool allow_tf32() const { return allow_tf32_.load(); }
+
+  CachingAllocator& caching_allocator() { return *allocator_; }
+  cudaStream_t stream() const { return stream_; }
+
+  // ---- launch geometry (used by the per-op-family .cu files) ----
+  // Blocks for a grid-stride loop over `work` items with `threads` per block.
+  unsigned int grid_for(int64_t work, int threads) const;
+  // Blocks for a kernel that loops a block over `rows` rows.
+  unsigned int grid_for_rows(int64_t rows) const;
+  // Threads per block for a row of `cols` elements read `per_thread` at a time (32..256).
+  static int threads_for_row(int64_t cols, int per_thread);
+  // Dynamic shared memory a block may use after opting in (cudaFuncSetAttribute).
+  size_t max_shared_memory() const { return max_shared_memory_; }
+  // Makes this backend's device current on the calling thread.
+  void activate(const char* op) const;
+
+ private:
+  const int device_index_;
+  cudaStream_t stream_ = nullptr;
+  cublasHandle_t cublas_ = nullptr;
+  CachingAllocator* allocator_ = nullptr;  // never freed: tensors may outlive the backend
+  int multiprocessors_ = 1;
+  size_t max_shared_memory_ = 48 * 1024;
+  std::atomic<bool> allow_tf32_{false};
+};
+
+}  // namespace sp::SP_CUDA_NS

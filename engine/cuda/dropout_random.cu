@@ -1,0 +1,47 @@
+// CudaBackend dropout and normal_fill (kernels/dropout_random.cuh): the same Philox stream as
+// the CPU backend.
+#include "engine/cuda/cuda_backend.h"
+#include "engine/cuda/cuda_check.h"
+#include "engine/cuda/launch.h"
+#include "kernels/dropout_random.cuh"
+
+namespace sp::SP_CUDA_NS {
+
+void CudaBackend::dropout(const Tensor& x, float p, uint64_t seed, uint64_t offset,
+                          const Tensor& y) {
+  const char* op = "dropout";
+  expect_dtype(op, x.dtype(), {&y});
+  expect_contiguous(op, {&x, &y});
+  SP_CHECK(p >= 0.0f && p < 1.0f, op, ": probability must be in [0, 1), got ", p);
+  const int64_t n = x.numel();
+  if (n == 0) return;
+  activate(op);
+  // Computed on the host exactly as the CPU backend does, so kept values match bit for bit.
+  const float keep_scale = 1.0f / (1.0f - p);
+  dispatch_float(op, x, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    const bool vectorized = aligned16({x.raw_data(), y.raw_data()});
+    SP_LAUNCH(grid_for(n / Pack<T>::kSize + 1, kElementwiseThreads), kElementwiseThreads, 0,
+              stream_, dropout_kernel<T>)
+    (const_ptr<T>(x), mutable_ptr<T>(y), n, p, keep_scale, seed, offset, vectorized);
+    SP_CUDA_CHECK_LAUNCH(op, "dropout_kernel");
+  });
+}
+
+void CudaBackend::normal_fill(const Tensor& dst, float mean, float std, uint64_t seed,
+                              uint64_t offset) {
+  const char* op = "normal_fill";
+  expect_contiguous(op, {&dst});
+  const int64_t n = dst.numel();
+  if (n == 0) return;
+  activate(op);
+  dispatch_float(op, dst, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    SP_LAUNCH(grid_for(n, kElementwiseThreads), kElementwiseThreads, 0, stream_,
+              normal_fill_kernel<T>)
+    (mutable_ptr<T>(dst), n, mean, std, seed, offset);
+    SP_CUDA_CHECK_LAUNCH(op, "normal_fill_kernel");
+  });
+}
+
+}  // namespace sp::SP_CUDA_NS

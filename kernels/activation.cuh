@@ -1,0 +1,127 @@
+// kernels/activation.cuh: elementwise activations (gelu_new, exact GELU, ReLU) and the gated
+// form act(gate) * up, forward and backward; the formulas are kernels/activation_math.h's.
+#pragma once
+
+#include "kernels/activation_math.h"
+#include "kernels/kernel_common.cuh"
+
+namespace sp::SP_CUDA_NS {
+
+enum class ActivationKind : int { kGeluTanh = 0, kGeluErf = 1, kRelu = 2 };
+
+__device__ __forceinline__ float activation_value(ActivationKind kind, float x) {
+  switch (kind) {
+    case ActivationKind::kGeluTanh:
+      return act::gelu_tanh(x);
+    case ActivationKind::kGeluErf:
+      return act::gelu_erf(x);
+    case ActivationKind::kRelu:
+      return act::relu(x);
+  }
+  return 0.0f;
+}
+
+__device__ __forceinline__ float activation_derivative(ActivationKind kind, float x) {
+  switch (kind) {
+    case ActivationKind::kGeluTanh:
+      return act::gelu_tanh_grad(x);
+    case ActivationKind::kGeluErf:
+      return act::gelu_erf_grad(x);
+    case ActivationKind::kRelu:
+      return act::relu_grad(x);
+  }
+  return 0.0f;
+}
+
+// y = act(x)
+template <class T>
+__global__ void activation_forward_kernel(ActivationKind kind, const T* x, T* y, int64_t n,
+                                          bool vectorized) {
+  constexpr int kPack = Pack<T>::kSize;
+  grid_stride_elements<kPack>(
+      n, vectorized,
+      [&](int64_t i) {
+        Pack<T> px, py;
+        load_pack(px, x + i);
+        for (int e = 0; e < kPack; ++e)
+          py.v[e] = from_float<T>(activation_value(kind, to_float(px.v[e])));
+        store_pack(y + i, py);
+      },
+      [&](int64_t i) { y[i] = from_float<T>(activation_value(kind, to_float(x[i]))); });
+}
+
+// dx = dy * act'(x)
+template <class T>
+__global__ void activation_backward_kernel(ActivationKind kind, const T* x, const T* dy, T* dx,
+                                           int64_t n, bool vectorized) {
+  constexpr int kPack = Pack<T>::kSize;
+  grid_stride_elements<kPack>(
+      n, vectorized,
+      [&](int64_t i) {
+        Pack<T> px, pg, pd;
+        load_pack(px, x + i);
+        load_pack(pg, dy + i);
+        for (int e = 0; e < kPack; ++e)
+          pd.v[e] =
+              from_float<T>(to_float(pg.v[e]) * activation_derivative(kind, to_float(px.v[e])));
+        store_pack(dx + i, pd);
+      },
+      [&](int64_t i) {
+        dx[i] = from_float<T>(to_float(dy[i]) * activation_derivative(kind, to_float(x[i])));
+      });
+}
+
+// y = act(gate) * up
+template <class T>
+__global__ void gated_forward_kernel(ActivationKind kind, const T* gate, const T* up, T* y,
+                                     int64_t n, bool vectorized) {
+  constexpr int kPack = Pack<T>::kSize;
+  grid_stride_elements<kPack>(
+      n, vectorized,
+      [&](int64_t i) {
+        Pack<T> pg, pu, py;
+        load_pack(pg, gate + i);
+        load_pack(pu, up + i);
+        for (int e = 0; e < kPack; ++e)
+          py.v[e] = from_float<T>(activation_value(kind, to_float(pg.v[e])) * to_float(pu.v[e]));
+        store_pack(y + i, py);
+      },
+      [&](int64_t i) {
+        y[i] = from_float<T>(activation_value(kind, to_float(gate[i])) * to_float(up[i]));
+      });
+}
+
+// d_gate = dy * up * act'(gate), d_up = dy * act(gate); either output may be null.
+template <class T>
+__global__ void gated_backward_kernel(ActivationKind kind, const T* gate, const T* up, const T* dy,
+                                      T* d_gate, T* d_up, int64_t n, bool vectorized) {
+  constexpr int kPack = Pack<T>::kSize;
+  auto compute = [&](float g, float u, float grad, float& dg, float& du) {
+    dg = grad * u * activation_derivative(kind, g);
+    du = grad * activation_value(kind, g);
+  };
+  grid_stride_elements<kPack>(
+      n, vectorized,
+      [&](int64_t i) {
+        Pack<T> pg, pu, pd, out_gate, out_up;
+        load_pack(pg, gate + i);
+        load_pack(pu, up + i);
+        load_pack(pd, dy + i);
+        for (int e = 0; e < kPack; ++e) {
+          float dg, du;
+          compute(to_float(pg.v[e]), to_float(pu.v[e]), to_float(pd.v[e]), dg, du);
+          out_gate.v[e] = from_float<T>(dg);
+          out_up.v[e] = from_float<T>(du);
+        }
+        if (d_gate) store_pack(d_gate + i, out_gate);
+        if (d_up) store_pack(d_up + i, out_up);
+      },
+      [&](int64_t i) {
+        float dg, du;
+        compute(to_float(gate[i]), to_float(up[i]), to_float(dy[i]), dg, du);
+        if (d_gate) d_gate[i] = from_float<T>(dg);
+        if (d_up) d_up[i] = from_float<T>(du);
+      });
+}
+
+}  // namespace sp::SP_CUDA_NS

@@ -1,0 +1,327 @@
+// kernels/attention.cuh: fused scaled-dot-product attention that never materialises the Tq x Tk
+// score matrix. The forward streams key tiles through shared memory with an online softmax and
+// saves each row's log-sum-exp; the backward recomputes probabilities from it (FlashAttention-2
+// style) in two deterministic kernels, one per query tile (dQ) and one per key tile (dK, dV).
+// q/k/v are strided [B, T, H, D] views with unit stride on D; out/dq/dk/dv are contiguous.
+#pragma once
+
+#include "kernels/attention_mask.cuh"
+#include "kernels/kernel_common.cuh"
+
+namespace sp::SP_CUDA_NS {
+
+struct AttentionShape {
+  int64_t batch = 0, heads = 0, q_len = 0, k_len = 0, head_dim = 0;
+  // Element strides of the batch, time and head axes of q, k and v.
+  int64_t q_stride[3] = {}, k_stride[3] = {}, v_stride[3] = {};
+};
+
+// Rows per query tile and keys per key tile; block_k <= 32 (a key per lane in the softmax step).
+struct AttentionTiles {
+  int block_q = 16;
+  int block_k = 32;
+};
+
+constexpr int kAttentionThreads = 128;
+
+// K and V tiles are stored with rows of d + 1 floats: the score loops read one key row per lane,
+// and an odd row length puts those reads in different shared-memory banks.
+__host__ __device__ inline int64_t attention_kv_ld(int64_t d) {
+  return d + 1;
+}
+
+// Shared-memory floats each kernel needs for a tiling (the host sizes its launches with these).
+__host__ __device__ inline int64_t attention_forward_smem_floats(AttentionTiles t, int64_t d) {
+  return 2 * t.block_q * d + 2 * t.block_k * attention_kv_ld(d) + int64_t(t.block_q) * t.block_k +
+         3 * t.block_q;
+}
+__host__ __device__ inline int64_t attention_backward_dq_smem_floats(AttentionTiles t, int64_t d) {
+  return 3 * t.block_q * d + 2 * t.block_k * attention_kv_ld(d) + int64_t(t.block_q) * t.block_k +
+         2 * t.block_q;
+}
+__host__ __device__ inline int64_t attention_backward_dkv_smem_floats(AttentionTiles t, int64_t d) {
+  return 2 * t.block_q * d + 2 * t.block_k * d + 2 * t.block_k * attention_kv_ld(d) +
+         2 * int64_t(t.block_q) * t.block_k + 2 * t.block_q;
+}
+
+// Loads rows [first, first + count) of one head of a [B, T, H, D] view into tile[rows][ld] as
+// fp32; rows past `count` (up to tile_rows) become zeros.
+template <class T>
+__device__ __forceinline__ void load_head_tile(const T* base, const int64_t (&stride)[3], int64_t b,
+                                               int64_t h, int64_t first, int count, int tile_rows,
+                                               int64_t d, int64_t ld, float* tile) {
+  const T* head = base + b * stride[0] + h * stride[2];
+  for (int64_t e = thread_index(); e < tile_rows * d; e += block_threads()) {
+    const int64_t r = e / d, c = e % d;
+    tile[r * ld + c] = r < count ? to_float(head[(first + r) * stride[1] + c]) : 0.0f;
+  }
+}
+
+// The last key a tile of queries [q0, q0 + rows) can see, plus one (causal masks the rest).
+__device__ __forceinline__ int64_t attention_key_end(const AttentionShape& shape,
+                                                     const AttentionMaskArgs& mask, int64_t q0,
+                                                     int rows) {
+  if (!mask.causal) return shape.k_len;
+  const int64_t visible = mask.query_offset + q0 + rows;
+  return visible < shape.k_len ? visible : shape.k_len;
+}
+
+// ---- forward: a block per (query tile, batch * head) ----
+template <class T>
+__global__ void __launch_bounds__(kAttentionThreads)
+    attention_forward_kernel(const T* q, const T* k, const T* v, AttentionShape shape,
+                             AttentionMaskArgs mask, AttentionTiles tiles, T* out, float* lse) {
+  SP_DYNAMIC_SHARED(float, smem);
+  const int64_t d = shape.head_dim, heads = shape.heads;
+  const int bq = tiles.block_q, bk = tiles.block_k;
+  const int64_t ld = attention_kv_ld(d);
+  float* s_q = smem;              // [bq][d]
+  float* s_o = s_q + bq * d;      // [bq][d] unnormalised output
+  float* s_k = s_o + bq * d;      // [bk][ld]
+  float* s_v = s_k + bk * ld;     // [bk][ld]
+  float* s_p = s_v + bk * ld;     // [bq][bk] scores, then probabilities
+  float* s_max = s_p + bq * bk;   // [bq] running max
+  float* s_sum = s_max + bq;      // [bq] running sum of exp(score - max)
+  float* s_rescale = s_sum + bq;  // [bq] exp(old max - new max) of the current tile
+
+  const int tid = thread_index(), threads = block_threads();
+  const int lane = tid % 32, warp = tid / 32, warps = threads / 32;
+  const int64_t b = blockIdx.y / heads, h = blockIdx.y % heads;
+  const int64_t q0 = int64_t(blockIdx.x) * bq;
+  const int rows = int(shape.q_len - q0 < bq ? shape.q_len - q0 : bq);
+
+  load_head_tile(q, shape.q_stride, b, h, q0, rows, bq, d, d, s_q);
+  for (int64_t e = tid; e < bq * d; e += threads) s_o[e] = 0.0f;
+  for (int r = tid; r < bq; r += threads) {
+    s_max[r] = -INFINITY;
+    s_sum[r] = 0.0f;
+  }
+  const int64_t key_end = attention_key_end(shape, mask, q0, rows);
+  for (int64_t k0 = 0; k0 < key_end; k0 += bk) {
+    const int cols = int(key_end - k0 < bk ? key_end - k0 : bk);
+    __syncthreads();  // the previous tile's readers of s_k, s_v and s_p are done
+    load_head_tile(k, shape.k_stride, b, h, k0, cols, bk, d, ld, s_k);
+    load_head_tile(v, shape.v_stride, b, h, k0, cols, bk, d, ld, s_v);
+    __syncthreads();
+    for (int e = tid; e < bq * bk; e += threads) {
+      const int r = e / bk, c = e % bk;
+      float s = -INFINITY;
+      if (r < rows && c < cols) {
+        float dot = 0.0f;
+        for (int64_t x = 0; x < d; ++x) dot += s_q[r * d + x] * s_k[c * ld + x];
+        s = masked_score(dot, mask, b, h, q0 + r, k0 + c, heads, shape.q_len, shape.k_len);
+      }
+      s_p[e] = s;
+    }
+    __syncthreads();
+    // Online softmax, a warp per row: fold this tile's scores into the running max and sum.
+    for (int r = warp; r < bq; r += warps) {
+      const float s = lane < bk ? s_p[r * bk + lane] : -INFINITY;
+      const float old_max = s_max[r];
+      const float new_max = fmaxf(old_max, warp_max(s));
+      const float p = new_max == -INFINITY ? 0.0f : expf(s - new_max);
+      const float tile_sum = warp_sum(p);
+      if (lane < bk) s_p[r * bk + lane] = p;
+      if (lane == 0) {
+        const float rescale = new_max == -INFINITY ? 1.0f : expf(old_max - new_max);
+        s_rescale[r] = rescale;
+        s_sum[r] = s_sum[r] * rescale + tile_sum;
+        s_max[r] = new_max;
+      }
+    }
+    __syncthreads();
+    for (int64_t e = tid; e < bq * d; e += threads) {
+      const int64_t r = e / d, x = e % d;
+      float acc = s_o[e] * s_rescale[r];
+      for (int c = 0; c < cols; ++c) acc += s_p[r * bk + c] * s_v[c * ld + x];
+      s_o[e] = acc;
+    }
+  }
+  __syncthreads();
+  for (int64_t e = tid; e < rows * d; e += threads) {
+    const int64_t r = e / d, x = e % d;
+    const float sum = s_sum[r];
+    out[((b * shape.q_len + q0 + r) * heads + h) * d + x] =
+        from_float<T>(sum > 0.0f ? s_o[e] / sum : 0.0f);
+  }
+  for (int r = tid; r < rows; r += threads) {
+    const float sum = s_sum[r];
+    lse[(b * heads + h) * shape.q_len + q0 + r] = sum > 0.0f ? s_max[r] + logf(sum) : -INFINITY;
+  }
+}
+
+// ---- backward ----
+
+// delta[b, h, i] = sum_d dO[b, i, h, d] * O[b, i, h, d] (= rowsum(P * dP)); a warp per row of
+// the contiguous [B, Tq, H, D] out and d_out.
+template <class T>
+__global__ void attention_backward_delta_kernel(const T* out, const T* d_out, int64_t batch,
+                                                int64_t q_len, int64_t heads, int64_t d,
+                                                float* delta) {
+  const int lane = thread_index() % 32;
+  const int64_t rows = batch * q_len * heads;
+  const int64_t warps_total = int64_t(gridDim.x) * (block_threads() / 32);
+  for (int64_t row = global_thread_index() / 32; row < rows; row += warps_total) {
+    float dot = 0.0f;
+    for (int64_t x = lane; x < d; x += 32)
+      dot += to_float(d_out[row * d + x]) * to_float(out[row * d + x]);
+    dot = warp_sum(dot);
+    const int64_t h = row % heads, i = (row / heads) % q_len, b = row / (heads * q_len);
+    if (lane == 0) delta[(b * heads + h) * q_len + i] = dot;
+  }
+}
+
+// P[r][c] recomputed as exp(masked score - lse) and dS = scale * P * (dP - delta) for a tile;
+// entries outside the tile or of fully masked rows are zero.
+__device__ __forceinline__ void attention_tile_gradients(
+    const float* s_q, const float* s_do, const float* s_k, const float* s_v, const float* s_lse,
+    const float* s_delta, const AttentionShape& shape, const AttentionMaskArgs& mask, int64_t b,
+    int64_t h, int64_t q0, int rows, int64_t k0, int cols, int bk, int bq, float* s_p,
+    float* s_ds) {
+  const int64_t d = shape.head_dim, ld = attention_kv_ld(d);
+  for (int e = thread_index(); e < bq * bk; e += block_threads()) {
+    const int r = e / bk, c = e % bk;
+    float p = 0.0f, ds = 0.0f;
+    if (r < rows && c < cols && s_lse[r] != -INFINITY) {
+      float qk = 0.0f, dp = 0.0f;
+      for (int64_t x = 0; x < d; ++x) {
+        qk += s_q[r * d + x] * s_k[c * ld + x];
+        dp += s_do[r * d + x] * s_v[c * ld + x];
+      }
+      const float s =
+          masked_score(qk, mask, b, h, q0 + r, k0 + c, shape.heads, shape.q_len, shape.k_len);
+      p = expf(s - s_lse[r]);
+      ds = mask.scale * p * (dp - s_delta[r]);
+    }
+    if (s_p) s_p[e] = p;
+    s_ds[e] = ds;
+  }
+}
+
+// dQ for a block per (query tile, batch * head): dQ = sum over key tiles of dS K.
+template <class T>
+__global__ void __launch_bounds__(kAttentionThreads)
+    attention_backward_dq_kernel(const T* q, const T* k, const T* v, const T* d_out,
+                                 const float* lse, const float* delta, AttentionShape shape,
+                                 AttentionMaskArgs mask, AttentionTiles tiles, T* dq) {
+  SP_DYNAMIC_SHARED(float, smem);
+  const int64_t d = shape.head_dim, heads = shape.heads;
+  const int bq = tiles.block_q, bk = tiles.block_k;
+  const int64_t ld = attention_kv_ld(d);
+  float* s_q = smem;              // [bq][d]
+  float* s_do = s_q + bq * d;     // [bq][d]
+  float* s_dq = s_do + bq * d;    // [bq][d]
+  float* s_k = s_dq + bq * d;     // [bk][ld]
+  float* s_v = s_k + bk * ld;     // [bk][ld]
+  float* s_ds = s_v + bk * ld;    // [bq][bk]
+  float* s_lse = s_ds + bq * bk;  // [bq]
+  float* s_delta = s_lse + bq;    // [bq]
+
+  const int tid = thread_index(), threads = block_threads();
+  const int64_t b = blockIdx.y / heads, h = blockIdx.y % heads;
+  const int64_t q0 = int64_t(blockIdx.x) * bq;
+  const int rows = int(shape.q_len - q0 < bq ? shape.q_len - q0 : bq);
+  const int64_t contiguous_stride[3] = {shape.q_len * heads * d, heads * d, d};
+
+  load_head_tile(q, shape.q_stride, b, h, q0, rows, bq, d, d, s_q);
+  load_head_tile(d_out, contiguous_stride, b, h, q0, rows, bq, d, d, s_do);
+  for (int64_t e = tid; e < bq * d; e += threads) s_dq[e] = 0.0f;
+  for (int r = tid; r < bq; r += threads) {
+    const int64_t row = (b * heads + h) * shape.q_len + q0 + r;
+    s_lse[r] = r < rows ? lse[row] : -INFINITY;
+    s_delta[r] = r < rows ? delta[row] : 0.0f;
+  }
+  const int64_t key_end = attention_key_end(shape, mask, q0, rows);
+  for (int64_t k0 = 0; k0 < key_end; k0 += bk) {
+    const int cols = int(key_end - k0 < bk ? key_end - k0 : bk);
+    __syncthreads();
+    load_head_tile(k, shape.k_stride, b, h, k0, cols, bk, d, ld, s_k);
+    load_head_tile(v, shape.v_stride, b, h, k0, cols, bk, d, ld, s_v);
+    __syncthreads();
+    attention_tile_gradients(s_q, s_do, s_k, s_v, s_lse, s_delta, shape, mask, b, h, q0, rows, k0,
+                             cols, bk, bq, nullptr, s_ds);
+    __syncthreads();
+    for (int64_t e = tid; e < bq * d; e += threads) {
+      const int64_t r = e / d, x = e % d;
+      float acc = s_dq[e];
+      for (int c = 0; c < cols; ++c) acc += s_ds[r * bk + c] * s_k[c * ld + x];
+      s_dq[e] = acc;
+    }
+  }
+  for (int64_t e = tid; e < rows * d; e += threads) {
+    const int64_t r = e / d, x = e % d;
+    dq[((b * shape.q_len + q0 + r) * heads + h) * d + x] = from_float<T>(s_dq[e]);
+  }
+}
+
+// dK and dV for a block per (key tile, batch * head): dV = sum P^T dO, dK = sum dS^T Q over the
+// query tiles that can see the keys. Either output may be null.
+template <class T>
+__global__ void __launch_bounds__(kAttentionThreads)
+    attention_backward_dkv_kernel(const T* q, const T* k, const T* v, const T* d_out,
+                                  const float* lse, const float* delta, AttentionShape shape,
+                                  AttentionMaskArgs mask, AttentionTiles tiles, T* dk, T* dv) {
+  SP_DYNAMIC_SHARED(float, smem);
+  const int64_t d = shape.head_dim, heads = shape.heads;
+  const int bq = tiles.block_q, bk = tiles.block_k;
+  const int64_t ld = attention_kv_ld(d);
+  float* s_k = smem;              // [bk][ld]
+  float* s_v = s_k + bk * ld;     // [bk][ld]
+  float* s_dk = s_v + bk * ld;    // [bk][d]
+  float* s_dv = s_dk + bk * d;    // [bk][d]
+  float* s_q = s_dv + bk * d;     // [bq][d]
+  float* s_do = s_q + bq * d;     // [bq][d]
+  float* s_p = s_do + bq * d;     // [bq][bk]
+  float* s_ds = s_p + bq * bk;    // [bq][bk]
+  float* s_lse = s_ds + bq * bk;  // [bq]
+  float* s_delta = s_lse + bq;    // [bq]
+
+  const int tid = thread_index(), threads = block_threads();
+  const int64_t b = blockIdx.y / heads, h = blockIdx.y % heads;
+  const int64_t k0 = int64_t(blockIdx.x) * bk;
+  const int cols = int(shape.k_len - k0 < bk ? shape.k_len - k0 : bk);
+  const int64_t contiguous_stride[3] = {shape.q_len * heads * d, heads * d, d};
+
+  load_head_tile(k, shape.k_stride, b, h, k0, cols, bk, d, ld, s_k);
+  load_head_tile(v, shape.v_stride, b, h, k0, cols, bk, d, ld, s_v);
+  for (int64_t e = tid; e < bk * d; e += threads) {
+    s_dk[e] = 0.0f;
+    s_dv[e] = 0.0f;
+  }
+  // Causal: query i sees key j iff j <= query_offset + i, so earlier queries never see this tile.
+  int64_t first_query = 0;
+  if (mask.causal && k0 - mask.query_offset > 0) first_query = k0 - mask.query_offset;
+  for (int64_t q0 = first_query; q0 < shape.q_len; q0 += bq) {
+    const int rows = int(shape.q_len - q0 < bq ? shape.q_len - q0 : bq);
+    __syncthreads();
+    load_head_tile(q, shape.q_stride, b, h, q0, rows, bq, d, d, s_q);
+    load_head_tile(d_out, contiguous_stride, b, h, q0, rows, bq, d, d, s_do);
+    for (int r = tid; r < bq; r += threads) {
+      const int64_t row = (b * heads + h) * shape.q_len + q0 + r;
+      s_lse[r] = r < rows ? lse[row] : -INFINITY;
+      s_delta[r] = r < rows ? delta[row] : 0.0f;
+    }
+    __syncthreads();
+    attention_tile_gradients(s_q, s_do, s_k, s_v, s_lse, s_delta, shape, mask, b, h, q0, rows, k0,
+                             cols, bk, bq, s_p, s_ds);
+    __syncthreads();
+    for (int64_t e = tid; e < bk * d; e += threads) {
+      const int64_t c = e / d, x = e % d;
+      float acc_v = s_dv[e], acc_k = s_dk[e];
+      for (int r = 0; r < rows; ++r) {
+        acc_v += s_p[r * bk + c] * s_do[r * d + x];
+        acc_k += s_ds[r * bk + c] * s_q[r * d + x];
+      }
+      s_dv[e] = acc_v;
+      s_dk[e] = acc_k;
+    }
+  }
+  for (int64_t e = tid; e < cols * d; e += threads) {
+    const int64_t c = e / d, x = e % d;
+    const int64_t index = ((b * shape.k_len + k0 + c) * heads + h) * d + x;
+    if (dk) dk[index] = from_float<T>(s_dk[e]);
+    if (dv) dv[index] = from_float<T>(s_dv[e]);
+  }
+}
+
+}  // namespace sp::SP_CUDA_NS

@@ -1,0 +1,102 @@
+// kernels/cross_entropy.cuh: cross-entropy fused with log-softmax, a block per row. The forward
+// keeps an online (max, sum of exp) per thread so logits are read once; the backward writes
+// grad_scale * (softmax - onehot) in place (d_logits may alias logits) from the saved
+// log-sum-exp, never materialising probabilities. Rows whose target is ignore_index give zeros.
+#pragma once
+
+#include "kernels/kernel_common.cuh"
+
+namespace sp::SP_CUDA_NS {
+
+// A running softmax normaliser: sum = sum of exp(x - max) over the values seen.
+struct MaxSum {
+  float max;
+  float sum;
+};
+
+__device__ __forceinline__ MaxSum combine(MaxSum a, MaxSum b) {
+  const float max = fmaxf(a.max, b.max);
+  if (max == -INFINITY) return {max, 0.0f};
+  return {max, a.sum * expf(a.max - max) + b.sum * expf(b.max - max)};
+}
+
+__device__ __forceinline__ MaxSum warp_combine(MaxSum v) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) {
+    MaxSum other{__shfl_xor_sync(kFullWarp, v.max, offset),
+                 __shfl_xor_sync(kFullWarp, v.sum, offset)};
+    v = combine(v, other);
+  }
+  return v;
+}
+
+// loss[r] = lse - logits[r, t] and lse[r] (both 0 for ignored rows).
+template <class T>
+__global__ void cross_entropy_forward_kernel(const T* logits, const void* targets,
+                                             bool targets_are_64bit, int64_t ignore_index,
+                                             int64_t rows, int64_t vocab, float* loss, float* lse,
+                                             bool vectorized) {
+  __shared__ float scratch_max[32];
+  __shared__ float scratch_sum[32];
+  const int lane = thread_index() % 32, warp = thread_index() / 32;
+  const int warps = block_threads() / 32;
+  for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
+    const int64_t target = load_index(targets, targets_are_64bit, row);
+    if (target == ignore_index) {  // uniform across the block
+      if (thread_index() == 0) loss[row] = lse[row] = 0.0f;
+      continue;
+    }
+    const T* in[1] = {logits + row * vocab};
+    MaxSum acc{-INFINITY, 0.0f};
+    for_each_column(vectorized, vocab, in, [&](int64_t, const float(&v)[1]) {
+      if (v[0] > acc.max) {
+        acc.sum = acc.sum * expf(acc.max - v[0]) + 1.0f;
+        acc.max = v[0];
+      } else if (v[0] != -INFINITY) {  // a -inf logit adds nothing (and -inf - -inf is NaN)
+        acc.sum += expf(v[0] - acc.max);
+      }
+    });
+    acc = warp_combine(acc);
+    __syncthreads();  // the previous row's readers of the scratch are done
+    if (lane == 0) {
+      scratch_max[warp] = acc.max;
+      scratch_sum[warp] = acc.sum;
+    }
+    __syncthreads();
+    MaxSum total{-INFINITY, 0.0f};
+    if (lane < warps) total = MaxSum{scratch_max[lane], scratch_sum[lane]};
+    total = warp_combine(total);
+    if (thread_index() == 0) {
+      const float row_lse = total.max + logf(total.sum);
+      lse[row] = row_lse;
+      loss[row] = row_lse - to_float(logits[row * vocab + target]);
+    }
+  }
+}
+
+// d_logits[r] = grad_scale * (exp(logits[r] - lse[r]) - onehot(target)), zeros for ignored
+// rows. Each element is read and then written by the same thread, so d_logits may alias logits.
+template <class T>
+__global__ void cross_entropy_backward_kernel(const T* logits, const void* targets,
+                                              bool targets_are_64bit, int64_t ignore_index,
+                                              const float* lse, float grad_scale, int64_t rows,
+                                              int64_t vocab, T* d_logits, bool vectorized) {
+  for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
+    const int64_t target = load_index(targets, targets_are_64bit, row);
+    T* out = d_logits + row * vocab;
+    if (target == ignore_index) {
+      for (int64_t j = thread_index(); j < vocab; j += block_threads())
+        out[j] = from_float<T>(0.0f);
+      continue;
+    }
+    const float row_lse = lse[row];
+    const T* in[1] = {logits + row * vocab};
+    for_each_column(vectorized, vocab, in, [&](int64_t j, const float(&v)[1]) {
+      float d = expf(v[0] - row_lse) * grad_scale;
+      if (j == target) d -= grad_scale;
+      out[j] = from_float<T>(d);
+    });
+  }
+}
+
+}  // namespace sp::SP_CUDA_NS

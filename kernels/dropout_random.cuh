@@ -1,0 +1,37 @@
+// kernels/dropout_random.cuh: dropout and normal fills from the counter-based Philox stream of
+// kernels/philox.h, element i drawing from (seed, offset + i) exactly as the CPU backend does.
+#pragma once
+
+#include "kernels/kernel_common.cuh"
+#include "kernels/philox.h"
+
+namespace sp::SP_CUDA_NS {
+
+// y = x * keep_scale where uniform(seed, offset, i) >= p, else 0 (keep_scale = 1 / (1 - p)).
+template <class T>
+__global__ void dropout_kernel(const T* x, T* y, int64_t n, float p, float keep_scale,
+                               uint64_t seed, uint64_t offset, bool vectorized) {
+  constexpr int kPack = Pack<T>::kSize;
+  auto keep = [&](int64_t i, float v) {
+    return philox::uniform(seed, offset, uint64_t(i)) < p ? 0.0f : v * keep_scale;
+  };
+  grid_stride_elements<kPack>(
+      n, vectorized,
+      [&](int64_t i) {
+        Pack<T> px, py;
+        load_pack(px, x + i);
+        for (int e = 0; e < kPack; ++e) py.v[e] = from_float<T>(keep(i + e, to_float(px.v[e])));
+        store_pack(y + i, py);
+      },
+      [&](int64_t i) { y[i] = from_float<T>(keep(i, to_float(x[i]))); });
+}
+
+// dst[i] = mean + std * normal(seed, offset, i)
+template <class T>
+__global__ void normal_fill_kernel(T* dst, int64_t n, float mean, float std, uint64_t seed,
+                                   uint64_t offset) {
+  for (int64_t i = global_thread_index(); i < n; i += global_thread_count())
+    dst[i] = from_float<T>(mean + std * philox::normal(seed, offset, uint64_t(i)));
+}
+
+}  // namespace sp::SP_CUDA_NS

@@ -1,0 +1,183 @@
+// The fused attention kernels on the emulated device against their oracle, the materialised path
+// (GEMM, masked softmax, GEMM) on the same device, and against the CPU backend: every mask kind,
+// KV-cache offsets, cross-attention, strided q/k/v views, several query/key tiles, a head
+// dimension that needs the shared-memory opt-in, bf16, and no T x T buffer.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "engine/allocator.h"
+#include "engine/autograd.h"
+#include "tests/cuda/cuda_test_util.h"
+
+namespace sp::cuda_test {
+namespace {
+
+struct AttentionCase {
+  std::string name;
+  int64_t batch, q_len, k_len, heads, head_dim;
+  bool causal = false;
+  int64_t query_offset = 0;
+  bool padding = false;      // batch 1 masks every third key
+  int bias = 0;              // 0 none, 1 [H, Tq, Tk], 2 [B, H, Tq, Tk]
+  bool strided = false;      // q/k/v as permuted views (non-contiguous, unit stride on D)
+  bool blind_batch = false;  // batch 0 sees no key at all (rows of zeros, lse -inf)
+  float scale = 0.5f;
+};
+
+std::vector<AttentionCase> attention_cases() {
+  return {
+      {"single_query_single_key", 1, 1, 1, 1, 1, false, 0, false, 0, false, false, 1.0f},
+      {"causal_two_query_tiles_two_key_tiles", 2, 33, 33, 2, 8, true},
+      {"bidirectional_padding_bias_per_head", 2, 17, 17, 2, 3, false, 0, true, 1},
+      {"cross_attention_bias_per_batch", 2, 5, 70, 2, 4, false, 0, true, 2},
+      {"kv_cache_offset", 2, 3, 40, 3, 8, true, 37},
+      {"kv_cache_single_step", 1, 1, 34, 2, 16, true, 33},
+      {"strided_views_causal_padding", 2, 20, 20, 2, 8, true, 0, true, 0, true},
+      {"rows_without_visible_keys", 2, 6, 9, 2, 5, false, 0, false, 0, false, true},
+      {"head_dim_64", 1, 18, 18, 2, 64, true},
+      {"head_dim_160_needs_shared_memory_opt_in", 1, 9, 40, 1, 160, true, 31},
+  };
+}
+
+struct Inputs {
+  Tensor q, k, v;  // host, contiguous [B, T, H, D]
+  AttentionMask mask;
+};
+
+// With dtype BF16 the data are bf16-representable, so the fp32 CPU reference sees exactly what
+// the device computes on (attention amplifies input perturbations through exp of the scores:
+// that is the data's sensitivity, not the kernel's error).
+Inputs make_inputs(const AttentionCase& c, DType dtype = DType::F32) {
+  Inputs in;
+  in.q = data({c.batch, c.q_len, c.heads, c.head_dim}, 1, dtype);
+  in.k = data({c.batch, c.k_len, c.heads, c.head_dim}, 2, dtype);
+  in.v = data({c.batch, c.k_len, c.heads, c.head_dim}, 3, dtype);
+  in.mask.scale = c.scale;
+  in.mask.causal = c.causal;
+  in.mask.query_offset = c.query_offset;
+  if (c.padding || c.blind_batch) {
+    std::vector<float> keep(size_t(c.batch * c.k_len), 1.0f);
+    for (int64_t j = 0; j < c.k_len; ++j) {
+      if (c.padding && c.batch > 1 && j % 3 == 1) keep[size_t(c.k_len + j)] = 0.0f;
+      if (c.blind_batch) keep[size_t(j)] = 0.0f;
+    }
+    in.mask.key_padding = Tensor::from_floats(keep, {c.batch, c.k_len});
+  }
+  if (c.bias == 1) in.mask.bias = data({c.heads, c.q_len, c.k_len}, 4);
+  if (c.bias == 2) in.mask.bias = data({c.batch, c.heads, c.q_len, c.k_len}, 5);
+  return in;
+}
+
+struct Result {
+  Tensor out, dq, dk, dv;
+};
+
+// Moves a [B, T, H, D] host tensor to `device` in `dtype`, as a permuted view of [B, H, T, D]
+// storage when strided (so only D has unit stride).
+Tensor place(const Tensor& host, Device device, DType dtype, bool strided) {
+  Tensor t = host.to(device);
+  if (t.dtype() != dtype) t = t.to(dtype);
+  if (!strided) return t.detach();
+  return t.permute({0, 2, 1, 3}).contiguous().permute({0, 2, 1, 3}).detach();
+}
+
+template <class AttentionFn>
+Result run(const AttentionCase& c, const Inputs& in, Device device, DType dtype, AttentionFn fn) {
+  Tensor q = place(in.q, device, dtype, c.strided).set_requires_grad(true);
+  Tensor k = place(in.k, device, dtype, c.strided).set_requires_grad(true);
+  Tensor v = place(in.v, device, dtype, c.strided).set_requires_grad(true);
+  AttentionMask mask = in.mask;
+  if (mask.key_padding.defined()) mask.key_padding = mask.key_padding.to(device);
+  if (mask.bias.defined()) mask.bias = mask.bias.to(device);
+  Tensor out = fn(q, k, v, mask);
+  // bf16-representable weights: the bf16 run's upstream gradient is exactly the fp32 one.
+  Tensor weights = data(out.shape(), 9, DType::BF16).to(device).to(out.dtype());
+  sum_all(mul(out, weights)).backward();
+  return {out.detach(), q.grad(), k.grad(), v.grad()};
+}
+
+Tensor fused(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionMask& mask) {
+  return attention(q, k, v, mask);
+}
+Tensor materialised(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionMask& mask) {
+  return attention_materialized(q, k, v, mask, 0.0f, 0, 0);
+}
+
+void expect_results_close(const Result& want, const Result& got, float atol, float rtol,
+                          const std::string& what) {
+  EXPECT_TRUE(all_close(want.out, got.out, atol, rtol)) << what << ": out";
+  EXPECT_TRUE(all_close(want.dq, got.dq, atol, rtol)) << what << ": dq";
+  EXPECT_TRUE(all_close(want.dk, got.dk, atol, rtol)) << what << ": dk";
+  EXPECT_TRUE(all_close(want.dv, got.dv, atol, rtol)) << what << ": dv";
+}
+
+class CudaAttention : public ::testing::TestWithParam<AttentionCase> {};
+
+INSTANTIATE_TEST_SUITE_P(Cases, CudaAttention, ::testing::ValuesIn(attention_cases()),
+                         [](const ::testing::TestParamInfo<AttentionCase>& info) {
+                           return info.param.name;
+                         });
+
+// fp32: both paths sum the same products in different orders (online vs two-pass softmax,
+// tiled dot products vs BLAS), a few ulps of O(1) values; 2e-5 + 1e-4 relative bounds that.
+TEST_P(CudaAttention, FusedMatchesMaterialisedOnTheDevice) {
+  const AttentionCase& c = GetParam();
+  Inputs in = make_inputs(c);
+  Result oracle = run(c, in, emu_device(), DType::F32, materialised);
+  Result got = run(c, in, emu_device(), DType::F32, fused);
+  expect_results_close(oracle, got, 2e-5f, 1e-4f, c.name);
+}
+
+TEST_P(CudaAttention, FusedMatchesCpu) {
+  const AttentionCase& c = GetParam();
+  Inputs in = make_inputs(c);
+  Result cpu_result = run(c, in, Device::cpu(), DType::F32, fused);
+  Result got = run(c, in, emu_device(), DType::F32, fused);
+  expect_results_close(cpu_result, got, 2e-5f, 1e-4f, c.name);
+}
+
+// bf16 storage, fp32 math inside the kernel, on bf16-representable data: outputs round once to
+// 8 significant bits (2^-9 relative), so 3e-2 absolute + 3e-2 relative of the fp32 CPU result
+// for O(1) values. The backward also re-reads the rounded output in delta = dO . O, a sum of D
+// products whose absolute error grows like sqrt(D) 2^-9 |dO| |O| and enters dS = P (dP - delta)
+// after a cancellation, so the gradient allowance scales with sqrt(D / 16) (FlashAttention has
+// the same property: it too computes delta from the stored low-precision output).
+TEST_P(CudaAttention, Bf16StaysCloseToFp32Cpu) {
+  const AttentionCase& c = GetParam();
+  Inputs in = make_inputs(c, DType::BF16);
+  Result cpu_result = run(c, in, Device::cpu(), DType::F32, fused);
+  Result got = run(c, in, emu_device(), DType::BF16, fused);
+  EXPECT_TRUE(all_close(cpu_result.out, got.out, 3e-2f, 3e-2f)) << c.name << ": out";
+  const float grad_tol = 3e-2f * std::sqrt(std::max(1.0f, float(c.head_dim) / 16.0f));
+  EXPECT_TRUE(all_close(cpu_result.dq, got.dq, grad_tol, 3e-2f)) << c.name << ": dq";
+  EXPECT_TRUE(all_close(cpu_result.dk, got.dk, grad_tol, 3e-2f)) << c.name << ": dk";
+  EXPECT_TRUE(all_close(cpu_result.dv, got.dv, grad_tol, 3e-2f)) << c.name << ": dv";
+}
+
+TEST(CudaAttentionMemory, FusedForwardNeverHoldsTheScoreMatrix) {
+  const int64_t T = 256, D = 4;
+  Tensor q = data({1, T, 1, D}, 1).to(emu_device());
+  Tensor k = data({1, T, 1, D}, 2).to(emu_device());
+  Tensor v = data({1, T, 1, D}, 3).to(emu_device());
+  AttentionMask mask;
+  mask.causal = true;
+  NoGradGuard no_grad;
+  Allocator& allocator = emu().allocator();
+  const size_t before = allocator.stats().bytes_in_use;
+  allocator.reset_peak();
+  Tensor out = attention(q, k, v, mask);
+  const size_t peak = allocator.stats().peak_bytes - before;
+  // out (T * D floats) and lse (T floats); a materialised score matrix alone is T * T floats.
+  EXPECT_LE(peak, size_t(T * (D + 1)) * sizeof(float));
+  EXPECT_LT(peak, size_t(T * T) * sizeof(float) / 10);
+  EXPECT_TRUE(
+      all_close(attention(q.to(Device::cpu()), k.to(Device::cpu()), v.to(Device::cpu()), mask), out,
+                2e-5f, 1e-4f));
+}
+
+}  // namespace
+}  // namespace sp::cuda_test

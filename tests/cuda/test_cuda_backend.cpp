@@ -1,0 +1,292 @@
+// The CUDA backend's host side on the emulated device: the caching allocator (and that a
+// steady-state training step makes no cudaMalloc), the TF32 GEMM mode, error reporting, the
+// GPT-2 tiny model forward and backward against the CPU, and the README's kernel -> test list.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <regex>
+#include <set>
+#include <sstream>
+
+#include "engine/autograd.h"
+#include "engine/error.h"
+#include "engine/optim/adamw.h"
+#include "engine/safetensors.h"
+#include "kernels/emu/cuda_runtime_emu.h"
+#include "models/gpt2.h"
+#include "models/lm_loss.h"
+#include "tests/cuda/cuda_test_util.h"
+
+namespace sp::cuda_test {
+namespace {
+
+namespace fs = std::filesystem;
+const std::string kFixtures = SOFTPROMPT_FIXTURES;
+
+// ---- caching allocator ----
+
+TEST(CudaAllocator, SizeClassesWasteAtMostAQuarter) {
+  using cuda_emu::CachingAllocator;
+  size_t previous = 0;
+  for (size_t n :
+       {size_t(0), size_t(1), size_t(511), size_t(512), size_t(513), size_t(4096), size_t(4097),
+        size_t(6000), size_t(1) << 20, (size_t(1) << 20) + 1, size_t(123456789)}) {
+    const size_t c = CachingAllocator::size_class(n);
+    EXPECT_GE(c, n);
+    EXPECT_GE(c, previous) << "classes grow with the request";
+    EXPECT_EQ(c % 512, 0u) << n;
+    if (n > 4096) {
+      EXPECT_LE(double(c - n), 0.25 * double(n)) << n;
+    }
+    EXPECT_EQ(CachingAllocator::size_class(c), c) << "a class serves itself";
+    previous = c;
+  }
+}
+
+TEST(CudaAllocator, FreedBlocksAreReusedWithoutCudaMalloc) {
+  cuda_emu::CachingAllocator allocator(0);
+  void* a = allocator.allocate(1000);
+  void* b = allocator.allocate(70000);
+  const auto mallocs = emu::runtime_stats().malloc_calls;
+  allocator.deallocate(a, 1000);
+  allocator.deallocate(b, 70000);
+  void* c = allocator.allocate(900);    // same 1 KiB class as a
+  void* d = allocator.allocate(69000);  // same class as b
+  EXPECT_EQ(c, a);
+  EXPECT_EQ(d, b);
+  EXPECT_EQ(emu::runtime_stats().malloc_calls, mallocs);
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(c) % 256, 0u);
+  EXPECT_EQ(allocator.cache_stats().cache_hits, 2u);
+  EXPECT_EQ(allocator.stats().bytes_in_use, 900u + 69000u);
+  allocator.deallocate(c, 900);
+  allocator.deallocate(d, 69000);
+  const auto frees = emu::runtime_stats().free_calls;
+  allocator.release_cached();
+  EXPECT_EQ(emu::runtime_stats().free_calls, frees + 2);
+  EXPECT_EQ(allocator.cache_stats().reserved_bytes, 0u);
+}
+
+// A prompt-tuning training step on GPT-2 tiny: prompt concat, forward, loss, backward, AdamW.
+float train_step(Gpt2Model& model, const Tensor& prompt, const Tensor& ids, const Tensor& labels,
+                 AdamW& optimizer) {
+  Tensor embeds = concat({prompt, model.embed(ids)}, 1);
+  Tensor hidden = model.hidden_states(embeds, Tensor(), Tensor(), nullptr, {});
+  Tensor loss = causal_lm_loss(model, hidden, labels).loss;
+  loss.backward();
+  optimizer.step();
+  optimizer.zero_grad();
+  return loss.item();
+}
+
+TEST(CudaAllocator, SteadyStateTrainingStepMakesNoCudaMalloc) {
+  auto model = Gpt2Model::load(kFixtures + "/gpt2_tiny_a", emu_device());
+  auto golden = SafetensorsFile::open(kFixtures + "/golden/gpt2_tiny_a.safetensors");
+  Tensor ids = golden->get("input_ids").to(emu_device());
+  Tensor labels =
+      concat({Tensor::full({ids.size(0), 4}, -100.0f).to(DType::I64), golden->get("labels")}, 1);
+  Tensor prompt = randn({ids.size(0), 4, 64}, 7).to(emu_device()).detach().set_requires_grad(true);
+  AdamW optimizer({prompt}, AdamWOptions{});
+  std::vector<uint64_t> mallocs, frees;
+  for (int step = 0; step < 4; ++step) {
+    train_step(*model, prompt, ids, labels, optimizer);
+    mallocs.push_back(emu::runtime_stats().malloc_calls);
+    frees.push_back(emu::runtime_stats().free_calls);
+  }
+  // The first step fills the cache (and AdamW creates its moments); later steps reuse blocks.
+  EXPECT_EQ(mallocs[1], mallocs[2]);
+  EXPECT_EQ(mallocs[2], mallocs[3]);
+  EXPECT_EQ(frees[1], frees[3]);
+  EXPECT_GT(emu_backend().caching_allocator().cache_stats().cache_hits, 100u);
+}
+
+// ---- TF32 ----
+
+TEST(CudaGemm, DefaultFp32IsExactAndTf32StaysWithinItsRoundingBound) {
+  const int64_t m = 9, n = 7, k = 300;
+  Tensor a = data({m, k}, 1), b = data({k, n}, 2);
+  Tensor want = matmul(a, b);
+  auto& backend = emu_backend();
+  ASSERT_FALSE(backend.allow_tf32()) << "fp32 GEMMs default to exact fp32";
+  Tensor exact = matmul(on_emu(a), on_emu(b));
+  EXPECT_TRUE(bitwise_equal(want, exact)) << "the emulated cuBLAS runs the CPU's sgemm";
+  backend.set_allow_tf32(true);
+  Tensor tf32 = matmul(on_emu(a), on_emu(b));
+  backend.set_allow_tf32(false);
+  // TF32 rounds each input to 10 explicit mantissa bits: relative error u = 2^-11 per operand,
+  // so each product is off by at most (2u + u^2)|a b| and the sum by that times sum |a_i b_i|,
+  // plus fp32 accumulation (k * 2^-24 sum |a_i b_i|). That bound is checked per element.
+  std::vector<float> av = a.to_floats(), bv = b.to_floats(), w = want.to_floats(),
+                     g = tf32.to_floats();
+  const double u = std::ldexp(1.0, -11);
+  double max_diff = 0;
+  for (int64_t i = 0; i < m; ++i) {
+    for (int64_t j = 0; j < n; ++j) {
+      double magnitude = 0;
+      for (int64_t x = 0; x < k; ++x)
+        magnitude += std::abs(double(av[size_t(i * k + x)]) * bv[size_t(x * n + j)]);
+      const double bound = (2 * u + u * u + double(k) * std::ldexp(1.0, -24)) * magnitude;
+      const double diff = std::abs(double(w[size_t(i * n + j)]) - g[size_t(i * n + j)]);
+      EXPECT_LE(diff, bound) << i << "," << j;
+      max_diff = std::max(max_diff, diff);
+    }
+  }
+  EXPECT_GT(max_diff, 0.0) << "TF32 mode must actually round (the emulator rounds like the GPU)";
+}
+
+// ---- errors ----
+
+TEST(CudaErrors, UnsupportedDtypesNameTheOp) {
+  Tensor x = Tensor::zeros({2, 3}, DType::F16, emu_device());
+  try {
+    emu().affine(x, 1.0f, 0.0f, x);
+    FAIL() << "F16 affine accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("affine"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("F16"), std::string::npos) << e.what();
+  }
+  GemmArgs g;
+  g.dtype = DType::I32;
+  g.m = g.n = g.k = 1;
+  try {
+    emu().gemm(g);
+    FAIL() << "I32 gemm accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("gemm"), std::string::npos) << e.what();
+  }
+}
+
+TEST(CudaErrors, FailedRuntimeCallsNameOpAndCall) {
+  // A copy from a host pointer posing as device memory: the emulated runtime rejects it as
+  // CUDA would fault, and the backend reports op and call.
+  std::vector<float> host(4, 1.0f), back(4);
+  try {
+    emu().copy_to_host(back.data(), host.data(), sizeof(float) * 4);
+    FAIL() << "host pointer accepted as device memory";
+  } catch (const Error& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("copy_to_host"), std::string::npos) << what;
+    EXPECT_NE(what.find("cudaMemcpyAsync"), std::string::npos) << what;
+  }
+}
+
+TEST(CudaBackendDevice, DeviceAndAvailability) {
+  EXPECT_TRUE(backend_available(emu_device()));
+  EXPECT_EQ(emu().device(), emu_device());
+  bool listed = false;
+  for (Device d : available_devices()) listed = listed || d == emu_device();
+  EXPECT_TRUE(listed);
+}
+
+TEST(CudaBackendDevice, KernelsRunOnTheEmulatedExecutionModel) {
+  Tensor x = on_emu(data({3, 33}, 1)), w = on_emu(data({33}, 2)), b = on_emu(data({33}, 3));
+  const emu::ExecStats before = emu::exec_stats();
+  Tensor y = layernorm(x, w, b, 1e-5f);
+  const emu::ExecStats after = emu::exec_stats();
+  EXPECT_EQ(after.launches - before.launches, 1u);
+  EXPECT_EQ(after.blocks - before.blocks, 3u);         // a block per row
+  EXPECT_EQ(after.threads - before.threads, 3u * 64);  // 33 columns: two warps per row
+  EXPECT_GT(after.switches - before.switches, 3u * 64);
+}
+
+// ---- the GPT-2 tiny model ----
+
+// Forward and backward through every layer (embedding, layer norms, fused attention with a
+// padding mask, GELU MLP, LM head, cross-entropy) on cuda-emu against the CPU. fp32 kernels
+// differ from the CPU only in summation order; through two layers that stays below 1e-4 on
+// logits and gradients of magnitude <= ~10 (the same bound the transformers parity tests use).
+TEST(CudaModel, Gpt2TinyForwardBackwardMatchesCpu) {
+  auto golden = SafetensorsFile::open(kFixtures + "/golden/gpt2_tiny_a.safetensors");
+  Tensor ids = golden->get("input_ids"), labels = golden->get("labels");
+  Tensor mask = golden->get("attention_mask").to(DType::F32);
+  struct Run {
+    std::vector<float> logits, grad;
+    float loss;
+  };
+  auto run = [&](Device device) {
+    auto model = Gpt2Model::load(kFixtures + "/gpt2_tiny_a", device);
+    Tensor embeds = model->embed(ids.to(device)).detach().set_requires_grad(true);
+    Tensor hidden = model->hidden_states(embeds, mask.to(device), Tensor(), nullptr, {});
+    Run r;
+    {
+      NoGradGuard no_grad;
+      r.logits = model->logits(hidden).to_floats();
+    }
+    Tensor loss = causal_lm_loss(*model, hidden, labels.to(device)).loss;
+    r.loss = loss.item();
+    loss.backward();
+    r.grad = embeds.grad().to_floats();
+    return r;
+  };
+  Run want = run(Device::cpu()), got = run(emu_device());
+  EXPECT_NEAR(got.loss, want.loss, 1e-5f * std::abs(want.loss));
+  ASSERT_EQ(want.logits.size(), got.logits.size());
+  for (size_t i = 0; i < want.logits.size(); ++i)
+    ASSERT_NEAR(got.logits[i], want.logits[i], 1e-4f) << "logit " << i;
+  ASSERT_EQ(want.grad.size(), got.grad.size());
+  for (size_t i = 0; i < want.grad.size(); ++i)
+    ASSERT_NEAR(got.grad[i], want.grad[i], 1e-4f) << "grad " << i;
+  // And against transformers' own goldens, as the CPU is.
+  std::vector<float> golden_logits = golden->get("logits").to_floats();
+  for (size_t i = 0; i < golden_logits.size(); ++i)
+    ASSERT_NEAR(got.logits[i], golden_logits[i], 1e-4f) << "golden logit " << i;
+}
+
+// The same model with bf16 weights and activations on cuda-emu (fp32 math inside every kernel
+// and GEMM): logits and loss stay close to the fp32 CPU model. Every layer rounds its output to
+// 8 significant bits (2^-9 relative); through two blocks and the tied LM head that compounds to
+// a few percent of the activations' scale, so logits (|logit| <= ~10) get 0.15 absolute and the
+// mean loss 2% relative, while a broken op in bf16 (wrong mask, scale or layout) moves them by
+// O(1).
+TEST(CudaModel, Gpt2TinyInBf16StaysCloseToFp32Cpu) {
+  auto golden = SafetensorsFile::open(kFixtures + "/golden/gpt2_tiny_a.safetensors");
+  Tensor ids = golden->get("input_ids"), labels = golden->get("labels");
+  Tensor mask = golden->get("attention_mask").to(DType::F32);
+  NoGradGuard no_grad;
+  auto run = [&](Device device, DType dtype, float& loss) {
+    auto model = Gpt2Model::load(kFixtures + "/gpt2_tiny_a", device, dtype);
+    Tensor hidden =
+        model->hidden_states(model->embed(ids.to(device)), mask.to(device), Tensor(), nullptr, {});
+    loss = causal_lm_loss(*model, hidden, labels.to(device)).loss.item();
+    return model->logits(hidden).to_floats();
+  };
+  float want_loss = 0, got_loss = 0;
+  std::vector<float> want = run(Device::cpu(), DType::F32, want_loss);
+  std::vector<float> got = run(emu_device(), DType::BF16, got_loss);
+  ASSERT_EQ(want.size(), got.size());
+  float worst = 0;
+  for (size_t i = 0; i < want.size(); ++i) worst = std::max(worst, std::abs(want[i] - got[i]));
+  EXPECT_LE(worst, 0.15f);
+  EXPECT_NEAR(got_loss, want_loss, 0.02f * std::abs(want_loss));
+}
+
+// ---- the README's kernel -> test list covers every kernel ----
+
+TEST(CudaReadme, EveryKernelIsListedWithATest) {
+  const fs::path root = fs::path(kFixtures).parent_path().parent_path();
+  std::ifstream readme_file(root / "engine/cuda/README.md");
+  ASSERT_TRUE(readme_file) << "engine/cuda/README.md";
+  std::stringstream readme;
+  readme << readme_file.rdbuf();
+  const std::regex kernel_decl(R"(__global__\s+void\s+(?:__launch_bounds__\(\w+\)\s+)?(\w+)\s*\()");
+  int kernels = 0;
+  for (const auto& entry : fs::directory_iterator(root / "kernels")) {
+    if (entry.path().extension() != ".cuh") continue;
+    std::ifstream source(entry.path());
+    std::stringstream text;
+    text << source.rdbuf();
+    const std::string s = text.str();
+    for (std::sregex_iterator it(s.begin(), s.end(), kernel_decl), end; it != end; ++it) {
+      const std::string name = (*it)[1];
+      ++kernels;
+      const std::regex row("\\|\\s*`" + name + "`\\s*\\|[^\\n]*Cuda");
+      EXPECT_TRUE(std::regex_search(readme.str(), row))
+          << name << " (" << entry.path().filename().string()
+          << ") has no row naming a test in engine/cuda/README.md";
+    }
+  }
+  EXPECT_GE(kernels, 30);
+}
+
+}  // namespace
+}  // namespace sp::cuda_test

@@ -1,0 +1,530 @@
+// Every CUDA kernel family on the emulated device against the CPU backend, at the Backend level,
+// over awkward sizes: 1, 31, 33, 767 and 769 columns (tails of every pack, warp and block width),
+// 8 and 768 (whole 16-byte packs), a single row and three rows, in fp32 and bf16.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <vector>
+
+#include "tests/cuda/cuda_test_util.h"
+
+namespace sp::cuda_test {
+namespace {
+
+struct Size {
+  int64_t rows;
+  int64_t cols;
+  DType dtype;
+};
+
+std::vector<Size> sweep() {
+  std::vector<Size> sizes;
+  for (DType dtype : {DType::F32, DType::BF16})
+    for (int64_t cols : {1, 8, 31, 33, 767, 768, 769})
+      for (int64_t rows : {1, 3}) sizes.push_back({rows, cols, dtype});
+  return sizes;
+}
+
+std::string size_name(const ::testing::TestParamInfo<Size>& info) {
+  return dtype_label(info.param.dtype) + "_" + std::to_string(info.param.rows) + "x" +
+         std::to_string(info.param.cols);
+}
+
+class CudaKernels : public ::testing::TestWithParam<Size> {
+ protected:
+  int64_t rows() const { return GetParam().rows; }
+  int64_t cols() const { return GetParam().cols; }
+  DType dtype() const { return GetParam().dtype; }
+  float atol() const { return atol_for(dtype()); }
+  float rtol() const { return rtol_for(dtype()); }
+  Tensor dev(const Tensor& host) const { return on_emu(host, dtype()); }
+  Tensor dev_empty(const Shape& shape) const { return Tensor::empty(shape, dtype(), emu_device()); }
+  Tensor in(const Shape& shape, uint64_t seed, float std = 1.0f) const {
+    return data(shape, seed, dtype(), std);
+  }
+};
+
+INSTANTIATE_TEST_SUITE_P(Sweep, CudaKernels, ::testing::ValuesIn(sweep()), size_name);
+
+// ---- data movement ----
+
+TEST_P(CudaKernels, CopyStridedBroadcastAndWindowed) {
+  for (DType dt : {dtype(), DType::I32, DType::I64}) {
+    Tensor base = data({cols(), rows()}, 1).to(dt);
+    Tensor base_dev = base.to(emu_device());
+    // Transposed source.
+    Tensor want = Tensor::empty({rows(), cols()}, dt),
+           got = Tensor::empty({rows(), cols()}, dt, emu_device());
+    cpu().copy(base.transpose(0, 1), want);
+    emu().copy(base_dev.transpose(0, 1), got);
+    EXPECT_TRUE(bitwise_equal(want, got)) << "transpose " << dtype_name(dt);
+    // Broadcast row (zero stride) into a window of a wider destination (offset, row stride).
+    Tensor row = data({1, cols()}, 2).to(dt), row_dev = row.to(emu_device());
+    Tensor wide = Tensor::zeros({rows(), cols() + 3}, dt),
+           wide_dev = Tensor::zeros({rows(), cols() + 3}, dt, emu_device());
+    cpu().copy(row.expand({rows(), cols()}), wide.slice(1, 2, 2 + cols()));
+    emu().copy(row_dev.expand({rows(), cols()}), wide_dev.slice(1, 2, 2 + cols()));
+    EXPECT_TRUE(bitwise_equal(wide, wide_dev)) << "broadcast window " << dtype_name(dt);
+    // Dense.
+    Tensor dense = Tensor::empty({cols(), rows()}, dt, emu_device());
+    emu().copy(base_dev, dense);
+    EXPECT_TRUE(bitwise_equal(base, dense)) << "dense " << dtype_name(dt);
+  }
+}
+
+void check_casts(int64_t rows, int64_t cols) {
+  // Values representable in every float type and in range of every integer type.
+  std::vector<float> values(static_cast<size_t>(rows * cols));
+  for (size_t i = 0; i < values.size(); ++i) values[i] = float(int(i % 37) - 18) * 0.75f + 0.125f;
+  Tensor f32 = Tensor::from_floats(values, {rows, cols});
+  const DType all[] = {DType::F32, DType::BF16, DType::F16, DType::I32, DType::I64};
+  for (DType from : all) {
+    Tensor src = from == DType::F32 ? f32 : f32.to(from);
+    Tensor src_dev = src.to(emu_device());
+    for (DType to : all) {
+      if (to == from) continue;
+      Tensor want = Tensor::empty(src.shape(), to),
+             got = Tensor::empty(src.shape(), to, emu_device());
+      cpu().cast(src, want);
+      emu().cast(src_dev, got);
+      EXPECT_TRUE(bitwise_equal(want, got))
+          << dtype_name(from) << " -> " << dtype_name(to) << " at " << rows << "x" << cols;
+    }
+  }
+}
+
+// Every (from, to) pair of F32, BF16, F16, I32 and I64 at every size of the sweep.
+TEST(CudaKernelsCast, EveryDtypePairAtEverySize) {
+  for (const Size& size : sweep()) {
+    if (size.dtype != DType::F32) continue;  // the sweep's shapes, once
+    check_casts(size.rows, size.cols);
+  }
+}
+
+TEST_P(CudaKernels, FillEveryDtype) {
+  for (DType dt : {dtype(), DType::F16, DType::I32, DType::I64}) {
+    for (float value : {0.0f, 1.5f, -2.25f}) {
+      Tensor want = Tensor::empty({rows(), cols()}, dt);
+      Tensor got =
+          Tensor::empty({rows() * cols() + 1}, dt, emu_device()).slice(0, 1, 1 + rows() * cols());
+      cpu().fill(want, value);
+      emu().fill(got, value);  // an unaligned destination: scalar stores only
+      EXPECT_TRUE(bitwise_equal(want.view({rows() * cols()}), got))
+          << dtype_name(dt) << " " << value;
+      Tensor aligned = Tensor::empty({rows(), cols()}, dt, emu_device());
+      emu().fill(aligned, value);
+      EXPECT_TRUE(bitwise_equal(want, aligned)) << dtype_name(dt) << " " << value;
+    }
+  }
+}
+
+// ---- dense math ----
+
+TEST_P(CudaKernels, BinaryBroadcastsAndAliases) {
+  const int64_t r = rows(), c = cols();
+  Tensor a = in({r, c}, 1), same = in({r, c}, 2), row = in({c}, 3), column = in({r, 1}, 4);
+  Tensor scalar = in({1}, 5), transposed = in({c, r}, 6);
+  // Each variant: the CPU operand and the same view of device memory.
+  struct Variant {
+    const char* name;
+    Tensor b, b_dev;
+  };
+  const Variant variants[] = {
+      {"same", same, dev(same)},
+      {"row", row.expand({r, c}), dev(row).expand({r, c})},
+      {"column", column.expand({r, c}), dev(column).expand({r, c})},
+      {"scalar", scalar.view({1, 1}).expand({r, c}), dev(scalar).view({1, 1}).expand({r, c})},
+      {"transposed", transposed.transpose(0, 1), dev(transposed).transpose(0, 1)}};
+  for (BinaryOp op : {BinaryOp::kAdd, BinaryOp::kSub, BinaryOp::kMul}) {
+    for (const Variant& v : variants) {
+      Tensor want = Tensor::empty({r, c});
+      cpu().binary(op, a, v.b, want);
+      Tensor got = dev_empty({r, c});
+      emu().binary(op, dev(a), v.b_dev, got);
+      EXPECT_TRUE(all_close(want, got, atol(), rtol())) << v.name << " op " << int(op);
+    }
+  }
+  // In place (out aliases a) on an unaligned contiguous window: scalar path.
+  Tensor buffer = dev(in({r * c + 1}, 7));
+  Tensor window = buffer.slice(0, 1, 1 + r * c);
+  Tensor want = Tensor::empty({r * c});
+  cpu().binary(BinaryOp::kAdd, window.to(Device::cpu()).to(DType::F32), same.view({r * c}), want);
+  emu().binary(BinaryOp::kAdd, window, dev(same).view({r * c}), window);
+  EXPECT_TRUE(all_close(want, window, atol(), rtol())) << "in place, unaligned";
+}
+
+TEST_P(CudaKernels, AffineInPlaceAndUnaligned) {
+  Tensor x = in({rows(), cols()}, 1);
+  Tensor want = Tensor::empty({rows(), cols()});
+  cpu().affine(x, -1.5f, 0.25f, want);
+  Tensor xd = dev(x);
+  emu().affine(xd, -1.5f, 0.25f, xd);
+  EXPECT_TRUE(all_close(want, xd, atol(), rtol()));
+  Tensor buffer = dev(in({rows() * cols() + 1}, 2));
+  Tensor window = buffer.slice(0, 1, 1 + rows() * cols());
+  Tensor want2 = Tensor::empty({rows() * cols()});
+  cpu().affine(window.to(Device::cpu()).to(DType::F32), 3.0f, -1.0f, want2);
+  Tensor out = dev_empty({rows() * cols()});
+  emu().affine(window, 3.0f, -1.0f, out);
+  EXPECT_TRUE(all_close(want2, out, atol(), rtol()));
+}
+
+TEST_P(CudaKernels, GemmEveryTransposeBatchedAndPadded) {
+  // C[m, n] = op(A) op(B) with m = rows, n = 5, k = cols; padded leading dimensions.
+  const int64_t m = rows(), n = 5, k = cols();
+  for (bool ta : {false, true}) {
+    for (bool tb : {false, true}) {
+      for (int64_t batch : {1, 2}) {
+        const int64_t a_rows = ta ? k : m, a_cols = ta ? m : k;
+        const int64_t b_rows = tb ? n : k, b_cols = tb ? k : n;
+        const int64_t lda = a_cols + 1, ldb = b_cols + 2, ldc = n + 3;
+        Tensor a = in({batch, a_rows, lda}, 1), b = in({batch, b_rows, ldb}, 2);
+        Tensor c = in({batch, m, ldc}, 3);
+        GemmArgs g;
+        g.trans_a = ta, g.trans_b = tb, g.m = m, g.n = n, g.k = k;
+        g.lda = lda, g.ldb = ldb, g.ldc = ldc, g.batch = batch;
+        g.stride_a = a_rows * lda, g.stride_b = b_rows * ldb, g.stride_c = m * ldc;
+        g.alpha = 0.5f, g.beta = batch == 1 ? 0.0f : -1.0f;
+        Tensor want = c.clone();
+        g.a = a.raw_data(), g.b = b.raw_data(), g.c = want.raw_data();
+        cpu().gemm(g);
+        Tensor ad = dev(a), bd = dev(b), got = dev(c);
+        g.dtype = dtype();
+        g.a = ad.raw_data(), g.b = bd.raw_data(), g.c = got.raw_data();
+        emu().gemm(g);
+        // fp32 through the emulated cuBLAS is the CPU's OpenBLAS: agreement to rounding. bf16
+        // rounds the output once; sums of k products of O(1) values need an absolute allowance.
+        const float tol = dtype() == DType::F32 ? 1e-4f : 2e-2f * std::sqrt(float(k));
+        EXPECT_TRUE(all_close(want, got, tol, rtol()))
+            << "ta " << ta << " tb " << tb << " batch " << batch;
+      }
+    }
+  }
+}
+
+TEST(CudaKernelsGemm, EmptyInnerDimensionScalesC) {
+  // k = 0: C = beta * C, and exactly 0 for beta = 0 even over NaN (as the CPU backend does).
+  for (float beta : {0.0f, 2.0f}) {
+    for (DType dtype : {DType::F32, DType::BF16}) {
+      Tensor c = data({2, 3, 5}, 1, dtype);
+      Tensor want = c.clone(), got = on_emu(c, dtype);
+      float nan = std::nanf("");
+      if (beta == 0.0f) {
+        emu().fill(got, nan);
+        cpu().fill(want, nan);
+      }
+      GemmArgs g;
+      g.m = 3, g.n = 4, g.k = 0, g.lda = 1, g.ldb = 4, g.ldc = 5, g.batch = 2;
+      g.stride_c = 15, g.beta = beta, g.c = want.raw_data();
+      float unused = 0;
+      g.a = g.b = &unused;
+      cpu().gemm(g);
+      g.dtype = dtype, g.c = got.raw_data();
+      emu().gemm(g);
+      EXPECT_TRUE(all_close(want, got, 0.0f, 0.0f)) << "beta " << beta << " " << dtype_name(dtype);
+    }
+  }
+}
+
+// ---- reductions ----
+
+TEST_P(CudaKernels, SumLastRowsToAndSquares) {
+  const int64_t r = rows(), c = cols();
+  Tensor x = in({r, c}, 1);
+  Tensor want = Tensor::empty({r, 1}), got = dev_empty({r, 1});
+  cpu().sum_last(x, want);
+  emu().sum_last(dev(x), got);
+  const float sum_atol = atol() * std::sqrt(float(c));
+  EXPECT_TRUE(all_close(want, got, sum_atol, rtol())) << "sum_last";
+  Tensor want_cols = Tensor::empty({1, c}), got_cols = dev_empty({1, c});
+  cpu().sum_rows(x, want_cols);
+  emu().sum_rows(dev(x), got_cols);
+  EXPECT_TRUE(all_close(want_cols, got_cols, atol(), rtol())) << "sum_rows";
+  // A reduction neither leading nor trailing: [2, r, c] -> [1, r, 1] and [2, 1, c].
+  Tensor x3 = in({2, r, c}, 2);
+  for (Shape target : {Shape{1, r, 1}, Shape{2, 1, c}, Shape{1, 1, 1}}) {
+    Tensor w = Tensor::empty(target), g = dev_empty(target);
+    cpu().sum_to(x3, w);
+    emu().sum_to(dev(x3), g);
+    EXPECT_TRUE(all_close(w, g, sum_atol, rtol())) << "sum_to " << shape_str(target);
+  }
+  const double want_sq = cpu().sum_squares(x);
+  const double got_sq = emu().sum_squares(dev(x));
+  EXPECT_NEAR(got_sq, want_sq, 1e-6 * want_sq + 1e-9);
+}
+
+TEST(CudaKernelsLarge, SumRowsAndNormGradsSplitRowsIntoChunks) {
+  // 200 rows make several row chunks (64 rows each) in the two-pass column sums.
+  Tensor x = data({200, 33}, 1);
+  Tensor want = Tensor::empty({33}), got = Tensor::empty({33}, DType::F32, emu_device());
+  cpu().sum_rows(x, want);
+  emu().sum_rows(on_emu(x), got);
+  EXPECT_TRUE(all_close(want, got, 1e-4f, 1e-4f));
+  Tensor w = data({33}, 2), dy = data({200, 33}, 3);
+  Tensor y = Tensor::empty({200, 33}), rstd = Tensor::empty({200});
+  cpu().rmsnorm_forward(x, w, 1e-6f, y, rstd);
+  Tensor dw = Tensor::zeros({33}), dx = Tensor::empty({200, 33});
+  cpu().rmsnorm_backward(x, w, rstd, dy, dx, dw);
+  Tensor rstd_d = Tensor::empty({200}, DType::F32, emu_device());
+  Tensor y_d = Tensor::empty({200, 33}, DType::F32, emu_device());
+  emu().rmsnorm_forward(on_emu(x), on_emu(w), 1e-6f, y_d, rstd_d);
+  Tensor dw_d = Tensor::zeros({33}, DType::F32, emu_device());
+  emu().rmsnorm_backward(on_emu(x), on_emu(w), rstd_d, on_emu(dy), Tensor(), dw_d);
+  EXPECT_TRUE(all_close(dw, dw_d, 1e-4f, 1e-4f));
+}
+
+// ---- activations ----
+
+TEST_P(CudaKernels, ActivationsForwardBackward) {
+  Tensor x = in({rows(), cols()}, 1, 2.0f), dy = in({rows(), cols()}, 2);
+  for (Activation act : {Activation::kGeluTanh, Activation::kGeluErf, Activation::kRelu}) {
+    Tensor y = Tensor::empty(x.shape()), dx = Tensor::empty(x.shape());
+    cpu().activation_forward(act, x, y);
+    cpu().activation_backward(act, x, dy, dx);
+    Tensor y_d = dev_empty(x.shape()), dx_d = dev_empty(x.shape());
+    emu().activation_forward(act, dev(x), y_d);
+    emu().activation_backward(act, dev(x), dev(dy), dx_d);
+    EXPECT_TRUE(all_close(y, y_d, atol(), rtol())) << "forward " << int(act);
+    EXPECT_TRUE(all_close(dx, dx_d, atol(), rtol())) << "backward " << int(act);
+  }
+}
+
+TEST_P(CudaKernels, GatedActivationForwardBackward) {
+  Tensor gate = in({rows(), cols()}, 1, 2.0f), up = in({rows(), cols()}, 2),
+         dy = in({rows(), cols()}, 3);
+  for (Activation act : {Activation::kGeluTanh, Activation::kRelu}) {
+    Tensor y = Tensor::empty(gate.shape()), dg = Tensor::empty(gate.shape()),
+           du = Tensor::empty(gate.shape());
+    cpu().gated_forward(act, gate, up, y);
+    cpu().gated_backward(act, gate, up, dy, dg, du);
+    Tensor y_d = dev_empty(gate.shape());
+    emu().gated_forward(act, dev(gate), dev(up), y_d);
+    EXPECT_TRUE(all_close(y, y_d, atol(), rtol()));
+    for (int which = 0; which < 3; ++which) {  // both, gate only, up only
+      Tensor dg_d = which != 2 ? dev_empty(gate.shape()) : Tensor();
+      Tensor du_d = which != 1 ? dev_empty(gate.shape()) : Tensor();
+      emu().gated_backward(act, dev(gate), dev(up), dev(dy), dg_d, du_d);
+      if (dg_d.defined()) {
+        EXPECT_TRUE(all_close(dg, dg_d, atol(), rtol())) << "d_gate " << which;
+      }
+      if (du_d.defined()) {
+        EXPECT_TRUE(all_close(du, du_d, atol(), rtol())) << "d_up " << which;
+      }
+    }
+  }
+}
+
+// ---- normalisation ----
+
+TEST_P(CudaKernels, LayerNormForwardBackwardAccumulatesParamGrads) {
+  const int64_t r = rows(), c = cols();
+  Tensor x = in({r, c}, 1, 2.0f), w = in({c}, 2), b = in({c}, 3), dy = in({r, c}, 4);
+  Tensor y = Tensor::empty({r, c}), mean = Tensor::empty({r}), rstd = Tensor::empty({r});
+  cpu().layernorm_forward(x, w, b, 1e-5f, y, mean, rstd);
+  Tensor y_d = dev_empty({r, c});
+  Tensor mean_d = Tensor::empty({r}, DType::F32, emu_device()),
+         rstd_d = Tensor::empty({r}, DType::F32, emu_device());
+  emu().layernorm_forward(dev(x), dev(w), dev(b), 1e-5f, y_d, mean_d, rstd_d);
+  EXPECT_TRUE(all_close(y, y_d, atol(), rtol())) << "y";
+  EXPECT_TRUE(all_close(mean, mean_d, 1e-5f, 1e-5f)) << "mean";
+  EXPECT_TRUE(all_close(rstd, rstd_d, 1e-5f, 1e-4f)) << "rstd";
+  // Gradients accumulate into existing d_weight / d_bias.
+  Tensor dw0 = in({c}, 5), db0 = in({c}, 6);
+  Tensor dx = Tensor::empty({r, c}), dw = dw0.clone(), db = db0.clone();
+  cpu().layernorm_backward(x, w, mean, rstd, dy, dx, dw, db);
+  Tensor dx_d = dev_empty({r, c}), dw_d = dev(dw0), db_d = dev(db0);
+  emu().layernorm_backward(dev(x), dev(w), mean_d, rstd_d, dev(dy), dx_d, dw_d, db_d);
+  // dx of a 1-column row is a difference of equal values: exactly representable zero in fp32,
+  // so the tolerance is the usual one; rstd (~316 at one column) scales the absolute error.
+  const float grad_atol = atol() * (c == 1 ? 400.0f : 4.0f);
+  EXPECT_TRUE(all_close(dx, dx_d, grad_atol, rtol())) << "dx";
+  EXPECT_TRUE(all_close(dw, dw_d, grad_atol, rtol())) << "d_weight";
+  EXPECT_TRUE(all_close(db, db_d, atol(), rtol())) << "d_bias";
+  // Frozen weights: only dx.
+  Tensor dx_only = dev_empty({r, c});
+  emu().layernorm_backward(dev(x), dev(w), mean_d, rstd_d, dev(dy), dx_only, Tensor(), Tensor());
+  EXPECT_TRUE(all_close(dx, dx_only, grad_atol, rtol())) << "dx, frozen";
+}
+
+TEST_P(CudaKernels, RmsNormForwardBackward) {
+  const int64_t r = rows(), c = cols();
+  Tensor x = in({r, c}, 1, 2.0f), w = in({c}, 2), dy = in({r, c}, 3);
+  Tensor y = Tensor::empty({r, c}), rstd = Tensor::empty({r});
+  cpu().rmsnorm_forward(x, w, 1e-6f, y, rstd);
+  Tensor y_d = dev_empty({r, c}), rstd_d = Tensor::empty({r}, DType::F32, emu_device());
+  emu().rmsnorm_forward(dev(x), dev(w), 1e-6f, y_d, rstd_d);
+  EXPECT_TRUE(all_close(y, y_d, atol(), rtol()));
+  EXPECT_TRUE(all_close(rstd, rstd_d, 1e-5f, 1e-4f));
+  Tensor dw0 = in({c}, 4);
+  Tensor dx = Tensor::empty({r, c}), dw = dw0.clone();
+  cpu().rmsnorm_backward(x, w, rstd, dy, dx, dw);
+  Tensor dx_d = dev_empty({r, c}), dw_d = dev(dw0);
+  emu().rmsnorm_backward(dev(x), dev(w), rstd_d, dev(dy), dx_d, dw_d);
+  const float grad_atol = atol() * 4.0f;
+  EXPECT_TRUE(all_close(dx, dx_d, grad_atol, rtol())) << "dx";
+  EXPECT_TRUE(all_close(dw, dw_d, grad_atol, rtol())) << "d_weight";
+}
+
+// ---- softmax ----
+
+TEST_P(CudaKernels, MaskedSoftmaxEveryMaskKind) {
+  const int64_t B = 2, H = 2, Tq = rows(), Tk = cols();
+  Tensor scores = in({B, H, Tq, Tk}, 1, 2.0f), d_probs = in({B, H, Tq, Tk}, 2);
+  std::vector<float> keep(size_t(B * Tk), 1.0f);
+  for (int64_t j = 0; j < Tk; j += 3) keep[size_t(Tk + j)] = 0.0f;  // batch 1 masks every third key
+  Tensor padding = Tensor::from_floats(keep, {B, Tk});
+  std::vector<float> all_masked(size_t(B * Tk), 1.0f);
+  for (int64_t j = 0; j < Tk; ++j) all_masked[size_t(j)] = 0.0f;  // batch 0 sees nothing
+  for (int variant = 0; variant < 4; ++variant) {
+    AttentionMask mask, mask_d;
+    mask.scale = 0.7f;
+    if (variant == 0) {  // causal with a query offset, bias per head
+      mask.causal = true;
+      mask.query_offset = 1;
+      mask.bias = data({H, Tq, Tk}, 3);
+    } else if (variant == 1) {  // key padding, bias per batch
+      mask.key_padding = padding;
+      mask.bias = data({B, H, Tq, Tk}, 4);
+    } else if (variant == 2) {  // rows with no visible key become zeros
+      mask.key_padding = Tensor::from_floats(all_masked, {B, Tk});
+    }
+    mask_d = mask;
+    if (mask.bias.defined()) mask_d.bias = on_emu(mask.bias);
+    if (mask.key_padding.defined()) mask_d.key_padding = on_emu(mask.key_padding);
+    Tensor probs = Tensor::empty(scores.shape());
+    cpu().masked_softmax_forward(scores, mask, probs);
+    Tensor probs_d = dev_empty(scores.shape());
+    emu().masked_softmax_forward(dev(scores), mask_d, probs_d);
+    EXPECT_TRUE(all_close(probs, probs_d, atol(), rtol())) << "variant " << variant;
+    Tensor ds = Tensor::empty(scores.shape()), ds_d = dev_empty(scores.shape());
+    Tensor probs_in = dtype() == DType::F32 ? probs : probs.to(DType::BF16).to(DType::F32);
+    cpu().masked_softmax_backward(probs_in, d_probs, mask.scale, ds);
+    emu().masked_softmax_backward(dev(probs_in), dev(d_probs), mask.scale, ds_d);
+    EXPECT_TRUE(all_close(ds, ds_d, atol(), rtol())) << "backward variant " << variant;
+  }
+}
+
+// ---- gather / scatter ----
+
+TEST_P(CudaKernels, GatherRowsEveryWidthAndAlignment) {
+  const int64_t V = 7, c = cols();
+  for (DType ids_dtype : {DType::I32, DType::I64}) {
+    Tensor ids = Tensor::from_ints({4, 0, 4, 6, 1}, {5}, ids_dtype);
+    for (DType dt : {dtype(), DType::I64, DType::I32}) {
+      Tensor table = data({V + 1, c}, 1).to(dt);
+      // Row 1 onwards: the base is aligned only when a row is a multiple of 16 bytes.
+      Tensor window = table.slice(0, 1, V + 1);
+      Tensor want = Tensor::empty({5, c}, dt), got = Tensor::empty({5, c}, dt, emu_device());
+      cpu().gather_rows(window, ids, want);
+      emu().gather_rows(table.to(emu_device()).slice(0, 1, V + 1), ids.to(emu_device()), got);
+      EXPECT_TRUE(bitwise_equal(want, got)) << dtype_name(dt) << " ids " << dtype_name(ids_dtype);
+    }
+  }
+}
+
+TEST_P(CudaKernels, ScatterAddRowsRepeatedIds) {
+  const int64_t V = 6, c = cols();
+  for (DType ids_dtype : {DType::I32, DType::I64}) {
+    Tensor ids = Tensor::from_ints({2, 5, 2, 0, 2}, {5}, ids_dtype);
+    Tensor d_out = in({5, c}, 1), table0 = in({V, c}, 2);
+    Tensor want = table0.clone();
+    cpu().scatter_add_rows(d_out, ids, want);
+    Tensor got = dev(table0);
+    emu().scatter_add_rows(dev(d_out), ids.to(emu_device()), got);
+    // bf16 rounds after each of the three additions into row 2.
+    EXPECT_TRUE(all_close(want, got, atol() * 3, rtol() * 3)) << dtype_name(ids_dtype);
+  }
+}
+
+// ---- loss ----
+
+TEST_P(CudaKernels, CrossEntropyIgnoredRowsAndInPlaceBackward) {
+  const int64_t r = rows() + 1, V = cols();  // one more row so that one is always ignored
+  Tensor logits = in({r, V}, 1, 2.0f);
+  std::vector<int64_t> t(static_cast<size_t>(r));
+  for (int64_t i = 0; i < r; ++i) t[size_t(i)] = (i * 7 + 3) % V;
+  t[size_t(r - 1)] = -100;
+  for (DType targets_dtype : {DType::I64, DType::I32}) {
+    Tensor targets = Tensor::from_ints(t, {r}, targets_dtype), targets_d = targets.to(emu_device());
+    Tensor loss = Tensor::empty({r}), lse = Tensor::empty({r});
+    cpu().cross_entropy_forward(logits, targets, -100, loss, lse);
+    Tensor loss_d = Tensor::empty({r}, DType::F32, emu_device()),
+           lse_d = Tensor::empty({r}, DType::F32, emu_device());
+    emu().cross_entropy_forward(dev(logits), targets_d, -100, loss_d, lse_d);
+    EXPECT_TRUE(all_close(loss, loss_d, 1e-5f, 1e-5f)) << "loss";
+    EXPECT_TRUE(all_close(lse, lse_d, 1e-5f, 1e-5f)) << "lse";
+    Tensor d = Tensor::empty({r, V});
+    cpu().cross_entropy_backward(logits, targets, -100, lse, 0.5f, d);
+    Tensor d_d = dev_empty({r, V});
+    emu().cross_entropy_backward(dev(logits), targets_d, -100, lse_d, 0.5f, d_d);
+    EXPECT_TRUE(all_close(d, d_d, atol(), rtol())) << "d_logits";
+    Tensor in_place = dev(logits);  // d_logits written over the logits
+    emu().cross_entropy_backward(in_place, targets_d, -100, lse_d, 0.5f, in_place);
+    EXPECT_TRUE(all_close(d, in_place, atol(), rtol())) << "in place";
+  }
+}
+
+// ---- randomness ----
+
+TEST_P(CudaKernels, DropoutDrawsTheCpuMask) {
+  Tensor x = in({rows(), cols()}, 1);
+  for (float p : {0.1f, 0.5f}) {
+    Tensor want = Tensor::empty(x.shape());
+    cpu().dropout(x, p, 1234, 77, want);
+    Tensor got = dev_empty(x.shape());
+    emu().dropout(dev(x), p, 1234, 77, got);
+    if (dtype() == DType::F32)
+      EXPECT_TRUE(bitwise_equal(want, got)) << p;
+    else
+      EXPECT_TRUE(all_close(want, got, atol(), rtol())) << p;
+  }
+}
+
+TEST_P(CudaKernels, NormalFillIsBitwiseTheCpuStream) {
+  Tensor want = Tensor::empty({rows(), cols()});
+  cpu().normal_fill(want, 0.5f, 2.0f, 99, 1000);
+  Tensor got = dev_empty({rows(), cols()});
+  emu().normal_fill(got, 0.5f, 2.0f, 99, 1000);
+  // Under the emulator the kernel runs the same libm as the CPU: identical bits (a GPU's logf /
+  // cosf may differ in the last place).
+  EXPECT_TRUE(bitwise_equal(dtype() == DType::F32 ? want : want.to(DType::BF16), got));
+}
+
+// ---- T5 relative position bias ----
+
+TEST_P(CudaKernels, RelativePositionBias) {
+  const int64_t H = 3, buckets = 32;
+  Tensor table = in({buckets, H}, 1);
+  for (bool bidirectional : {true, false}) {
+    for (int64_t offset : {0, 5}) {
+      Tensor want = Tensor::empty({H, rows(), cols()}), got = dev_empty({H, rows(), cols()});
+      cpu().relative_position_bias(table, offset, bidirectional, buckets, 128, want);
+      emu().relative_position_bias(dev(table), offset, bidirectional, buckets, 128, got);
+      EXPECT_TRUE(all_close(want, got, 0.0f, 0.0f)) << bidirectional << " " << offset;
+    }
+  }
+}
+
+// ---- optimiser ----
+
+TEST_P(CudaKernels, AdamWSteps) {
+  const int64_t n = rows() * cols();
+  Tensor param = in({n}, 1), m = Tensor::zeros({n}), v = Tensor::zeros({n});
+  Tensor param_d = dev(param), m_d = Tensor::zeros({n}, DType::F32, emu_device()),
+         v_d = Tensor::zeros({n}, DType::F32, emu_device());
+  for (int64_t step = 1; step <= 3; ++step) {
+    Tensor grad = in({n}, 10 + uint64_t(step));
+    cpu().adamw_step(param, grad, m, v, 1e-2f, 0.9f, 0.999f, 1e-8f, 0.01f, step);
+    emu().adamw_step(param_d, dev(grad), m_d, v_d, 1e-2f, 0.9f, 0.999f, 1e-8f, 0.01f, step);
+  }
+  // fp32: the same scalar update on the same inputs (kernels/adamw_math.h). bf16 parameters
+  // round after each step: three roundings of O(1) values.
+  EXPECT_TRUE(all_close(param, param_d, dtype() == DType::F32 ? 1e-6f : 3e-2f, 1e-5f));
+  if (dtype() == DType::F32) {
+    EXPECT_TRUE(all_close(m, m_d, 1e-7f, 1e-6f));
+    EXPECT_TRUE(all_close(v, v_d, 1e-7f, 1e-6f));
+  }
+}
+
+}  // namespace
+}  // namespace sp::cuda_test
