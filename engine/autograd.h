@@ -13,29 +13,30 @@
 
 namespace sp {
 
-// Which inputs of a node need a gradient; backward functions skip the others (no dW for frozen W).
+/// Which inputs of a node need a gradient; backward functions skip the others (no dW for frozen W).
 using NeedsGrad = std::vector<bool>;
-// Given the gradient of the node's output, returns one gradient per input (undefined when not
-// needed). Saved tensors live in the closure and are freed when the graph is released.
+/// Given the gradient of the node's output, returns one gradient per input (undefined when not
+/// needed). Saved tensors live in the closure and are freed when the graph is released.
 using BackwardFn = std::function<std::vector<Tensor>(const Tensor& grad_output, const NeedsGrad&)>;
 
+/// One op recorded on the tape: its inputs' producers and the function computing their gradients.
 struct Node {
-  std::string op;         // the op's name, for error messages
-  uint64_t sequence = 0;  // creation order: the tape order
+  std::string op;         ///< the op's name, for error messages
+  uint64_t sequence = 0;  ///< creation order: the tape order
   struct Input {
-    std::shared_ptr<Node> node;        // producer of a non-leaf input
-    std::shared_ptr<TensorImpl> leaf;  // a trainable leaf input
+    std::shared_ptr<Node> node;        ///< producer of a non-leaf input
+    std::shared_ptr<TensorImpl> leaf;  ///< a trainable leaf input
     Shape shape;
   };
-  std::vector<Input> inputs;  // one per op input; both pointers null if it needs no gradient
+  std::vector<Input> inputs;  ///< one per op input; both pointers null if it needs no gradient
   BackwardFn backward;
   bool released = false;
 };
 
-// Whether ops currently record (false inside a NoGradGuard). Thread-local.
+/// Whether ops currently record (false inside a NoGradGuard). Thread-local.
 bool grad_mode_enabled();
 
-// Sets grad mode for its scope and restores the previous mode afterwards.
+/// Sets grad mode for its scope and restores the previous mode afterwards.
 class GradModeGuard {
  public:
   explicit GradModeGuard(bool enabled);
@@ -47,26 +48,26 @@ class GradModeGuard {
   bool previous_;
 };
 
-// Inference scope: ops record nothing.
+/// Inference scope: ops record nothing.
 class NoGradGuard : public GradModeGuard {
  public:
   NoGradGuard() : GradModeGuard(false) {}
 };
 
-// True if grad mode is on and any defined input requires grad.
+/// True if grad mode is on and any defined input requires grad.
 bool any_requires_grad(std::initializer_list<const Tensor*> inputs);
 bool any_requires_grad(const std::vector<Tensor>& inputs);
 
-// Attaches a node computing `fn` to `output` if any input requires grad (and grad mode is on).
-// Inputs may include undefined tensors (optional arguments): they never need a gradient.
+/// Attaches a node computing `fn` to `output` if any input requires grad (and grad mode is on).
+/// Inputs may include undefined tensors (optional arguments): they never need a gradient.
 void record(Tensor& output, const char* op, const std::vector<Tensor>& inputs, BackwardFn fn);
 
-// Runs reverse mode from `root` with gradient `seed` (ones for a scalar root when undefined).
-// Gradients of trainable leaves accumulate into their .grad(); the graph's saved tensors are
-// released afterwards unless retain_graph.
+/// Runs reverse mode from `root` with gradient `seed` (ones for a scalar root when undefined).
+/// Gradients of trainable leaves accumulate into their .grad(); the graph's saved tensors are
+/// released afterwards unless retain_graph.
 void run_backward(const Tensor& root, const Tensor& seed, bool retain_graph);
 
-// Number of nodes recorded since process start (tests use it to check what is recorded).
+/// Number of nodes recorded since process start (tests use it to check what is recorded).
 uint64_t nodes_recorded();
 
 }  // namespace sp

@@ -9,13 +9,16 @@
 
 namespace sp {
 
+/// Element types: the CPU computes in F32; ids and labels are I64.
 enum class DType : uint8_t { F32, BF16, F16, I32, I64 };
 
+/// Bytes per element.
 size_t dtype_size(DType dtype);
-const char* dtype_name(DType dtype);  // "F32", "BF16", ... (the safetensors spelling)
+const char* dtype_name(DType dtype);  ///< "F32", "BF16", ... (the safetensors spelling)
+/// True for F32, BF16 and F16.
 bool dtype_is_float(DType dtype);
-// Parses "F32"/"float32"/"fp32", "BF16"/"bfloat16", "F16"/"float16"/"fp16", "I32", "I64".
-// Throws an Error naming the accepted spellings when the text is none of them.
+/// Parses "F32"/"float32"/"fp32", "BF16"/"bfloat16", "F16"/"float16"/"fp16", "I32", "I64".
+/// Throws an Error naming the accepted spellings when the text is none of them.
 DType parse_dtype(std::string_view text);
 
 inline float bits_to_float(uint32_t bits) {

@@ -9,12 +9,15 @@
 
 namespace sp {
 
+/// Silences (or restores) warnings printed to stderr.
 void set_quiet(bool quiet);
 bool is_quiet();
-// Replaces the stderr printer (tests collect messages); pass nullptr to restore it.
+/// Replaces the stderr printer (tests collect messages); pass nullptr to restore it.
 void set_warning_sink(std::function<void(const std::string&)> sink);
+/// Prints "softprompt: warning: <message>" unless quiet (or hands it to the sink).
 void emit_warning(const std::string& message);
 
+/// emit_warning() of the arguments streamed together.
 template <class... Args>
 void warn(Args&&... args) {
   emit_warning(str_cat(std::forward<Args>(args)...));

@@ -14,27 +14,29 @@
 
 namespace sp {
 
+/// One tensor's header entry in a safetensors file.
 struct SafetensorsEntry {
   std::string name;
-  std::string dtype;  // as in the file: "F32", "BF16", ...
+  std::string dtype;  ///< as in the file: "F32", "BF16", ...
   Shape shape;
-  uint64_t begin = 0;  // byte offsets relative to the data buffer
+  uint64_t begin = 0;  ///< byte offsets relative to the data buffer
   uint64_t end = 0;
 };
 
+/// A memory-mapped, validated .safetensors file; tensors read from it share the mapping.
 class SafetensorsFile {
  public:
-  // Maps and validates the whole header; throws an Error naming the file and the defect.
+  /// Maps and validates the whole header; throws an Error naming the file and the defect.
   static std::shared_ptr<SafetensorsFile> open(const std::string& path);
 
   const std::string& path() const { return path_; }
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
-  std::vector<std::string> names() const;  // in file order of their data
+  std::vector<std::string> names() const;  ///< in file order of their data
   bool contains(const std::string& name) const { return entries_.count(name) != 0; }
   const SafetensorsEntry& entry(const std::string& name) const;
 
-  // The tensor on the CPU. F32/BF16/F16/I32/I64 are returned as stored (F32 without a copy
-  // when aligned); with `as` set, float tensors are converted (F64 needs as = F32).
+  /// The tensor on the CPU. F32/BF16/F16/I32/I64 are returned as stored (F32 without a copy
+  /// when aligned); with `as` set, float tensors are converted (F64 needs as = F32).
   Tensor get(const std::string& name, std::optional<DType> as = std::nullopt) const;
 
   ~SafetensorsFile();
@@ -46,12 +48,12 @@ class SafetensorsFile {
   std::map<std::string, SafetensorsEntry> entries_;
   const uint8_t* mapped_ = nullptr;
   size_t mapped_size_ = 0;
-  const uint8_t* data_ = nullptr;  // start of the data buffer inside the mapping
+  const uint8_t* data_ = nullptr;  ///< start of the data buffer inside the mapping
   std::weak_ptr<SafetensorsFile> self_;
 };
 
-// A Hugging Face checkpoint directory: model.safetensors, or model.safetensors.index.json with
-// its shards (or an explicit single file path).
+/// A Hugging Face checkpoint directory: model.safetensors, or model.safetensors.index.json with
+/// its shards (or an explicit single file path).
 class Checkpoint {
  public:
   static Checkpoint open(const std::string& directory_or_file);
@@ -67,13 +69,13 @@ class Checkpoint {
   std::map<std::string, size_t> file_of_;
 };
 
-// Writes tensors (any device; copied to host) with optional metadata. The file is written to
-// a temporary name in the same directory, flushed, then renamed: never half-written.
+/// Writes tensors (any device; copied to host) with optional metadata. The file is written to
+/// a temporary name in the same directory, flushed, then renamed: never half-written.
 void save_safetensors(const std::string& path,
                       const std::vector<std::pair<std::string, Tensor>>& tensors,
                       const std::map<std::string, std::string>& metadata = {});
 
-// Writes `contents` to `path` atomically (temporary file + fsync + rename).
+/// Writes `contents` to `path` atomically (temporary file + fsync + rename).
 void write_file_atomically(const std::string& path, const std::string& contents);
 
 }  // namespace sp

@@ -12,12 +12,13 @@
 
 namespace sp {
 
+/// The fields of a GPT-2 config.json that the forward uses, with transformers' defaults.
 struct Gpt2Config {
   int64_t n_embd = 768;
   int64_t n_head = 12;
   int64_t n_layer = 12;
   int64_t n_positions = 1024;
-  int64_t n_inner = 3072;  // config's null means 4 * n_embd
+  int64_t n_inner = 3072;  ///< config's null means 4 * n_embd
   int64_t vocab_size = 50257;
   double layer_norm_epsilon = 1e-5;
   Activation activation = Activation::kGeluTanh;
@@ -27,26 +28,28 @@ struct Gpt2Config {
   float embd_pdrop = 0.1f, attn_pdrop = 0.1f, resid_pdrop = 0.1f;
   std::optional<int64_t> bos_token_id, eos_token_id, pad_token_id;
 
-  // Validates every field it reads; unsupported values name the field and what is supported.
+  /// Validates every field it reads; unsupported values name the field and what is supported.
   static Gpt2Config from_hf(const HfConfig& config);
 };
 
+/// One transformer block's frozen weights, in the checkpoint's Conv1D [in, out] layout.
 struct Gpt2Block {
   Tensor ln1_weight, ln1_bias;
-  Tensor attn_weight, attn_bias;            // c_attn, Conv1D [d, 3d]
-  Tensor attn_proj_weight, attn_proj_bias;  // [d, d]
+  Tensor attn_weight, attn_bias;            ///< c_attn, Conv1D [d, 3d]
+  Tensor attn_proj_weight, attn_proj_bias;  ///< [d, d]
   Tensor ln2_weight, ln2_bias;
-  Tensor fc_weight, fc_bias;              // [d, inner]
-  Tensor mlp_proj_weight, mlp_proj_bias;  // [inner, d]
+  Tensor fc_weight, fc_bias;              ///< [d, inner]
+  Tensor mlp_proj_weight, mlp_proj_bias;  ///< [inner, d]
 };
 
+/// GPT2LMHeadModel with frozen weights; usually reached through load_causal_lm().
 class Gpt2Model final : public CausalLM {
  public:
-  // Loads config.json and the safetensors weights of `model_dir`. Weights are converted to
-  // `dtype` (the CPU computes in F32) and placed on `device`.
+  /// Loads config.json and the safetensors weights of `model_dir`. Weights are converted to
+  /// `dtype` (the CPU computes in F32) and placed on `device`.
   static std::unique_ptr<Gpt2Model> load(const std::string& model_dir,
                                          Device device = Device::cpu(), DType dtype = DType::F32);
-  // A model with random weights (benchmarks, tests): N(0, 0.02) matrices, unit layer norms.
+  /// A model with random weights (benchmarks, tests): N(0, 0.02) matrices, unit layer norms.
   static std::unique_ptr<Gpt2Model> random(const Gpt2Config& config, uint64_t seed,
                                            Device device = Device::cpu());
 
@@ -57,7 +60,9 @@ class Gpt2Model final : public CausalLM {
                        const Tensor& position_ids, KvCache* cache,
                        const ForwardOptions& options) override;
   Tensor logits(const Tensor& hidden) const override;
-  Tensor output_embeddings() const override { return config_.tie_word_embeddings ? wte_ : lm_head_; }
+  Tensor output_embeddings() const override {
+    return config_.tie_word_embeddings ? wte_ : lm_head_;
+  }
   KvCache make_cache(int64_t batch, int64_t capacity) const override;
   const Gpt2Config& config() const { return config_; }
 

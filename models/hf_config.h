@@ -11,17 +11,18 @@
 
 namespace sp {
 
+/// A parsed JSON object with typed getters whose errors name the file and the field.
 class HfConfig {
  public:
-  // Reads and parses `path`; the file must hold a JSON object.
+  /// Reads and parses `path`; the file must hold a JSON object.
   static HfConfig load(const std::string& path);
   static HfConfig from_json(const nlohmann::json& object, std::string source);
 
   const std::string& source() const { return source_; }
-  bool has(const std::string& key) const;      // present and not null
-  bool is_null(const std::string& key) const;  // absent or null
+  bool has(const std::string& key) const;      ///< present and not null
+  bool is_null(const std::string& key) const;  ///< absent or null
 
-  int64_t get_int(const std::string& key) const;  // required
+  int64_t get_int(const std::string& key) const;  ///< required
   int64_t get_int(const std::string& key, int64_t fallback) const;
   std::optional<int64_t> get_optional_int(const std::string& key) const;
   double get_double(const std::string& key) const;
@@ -29,7 +30,7 @@ class HfConfig {
   bool get_bool(const std::string& key, bool fallback) const;
   std::string get_string(const std::string& key) const;
   std::string get_string(const std::string& key, const std::string& fallback) const;
-  // A positive integer field (sizes, counts).
+  /// A positive integer field (sizes, counts).
   int64_t get_positive_int(const std::string& key) const;
   int64_t get_positive_int(const std::string& key, int64_t fallback) const;
 

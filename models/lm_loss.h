@@ -9,22 +9,22 @@
 
 namespace sp {
 
-// Row indices into the flattened [B * T] positions whose label counts, and the matching
-// targets. Shifted (causal LM): position t predicts labels[t + 1]. Unshifted (seq2seq): position
-// t predicts labels[t]. Shared by the losses and the accuracy metrics.
+/// Row indices into the flattened [B * T] positions whose label counts, and the matching
+/// targets. Shifted (causal LM): position t predicts labels[t + 1]. Unshifted (seq2seq): position
+/// t predicts labels[t]. Shared by the losses and the accuracy metrics.
 struct SelectedTargets {
-  Tensor rows;     // I64 [n]
-  Tensor targets;  // I64 [n]
+  Tensor rows;     ///< I64 [n]
+  Tensor targets;  ///< I64 [n]
 };
 SelectedTargets select_targets(const Tensor& labels, bool shifted, int64_t ignore_index = -100);
 
-// Causal LM loss: hidden [B, T, d] (final states), labels [B, T] with -100 ignored; mean over
-// counted targets (transformers' ForCausalLMLoss).
+/// Causal LM loss: hidden [B, T, d] (final states), labels [B, T] with -100 ignored; mean over
+/// counted targets (transformers' ForCausalLMLoss).
 CrossEntropyResult causal_lm_loss(const CausalLM& model, const Tensor& hidden,
                                   const Tensor& labels);
 
-// Seq2seq LM loss: decoder states [B, T, d] vs unshifted labels [B, T], as
-// T5ForConditionalGeneration computes it (the model's output scaling included).
+/// Seq2seq LM loss: decoder states [B, T, d] vs unshifted labels [B, T], as
+/// T5ForConditionalGeneration computes it (the model's output scaling included).
 CrossEntropyResult seq2seq_lm_loss(const Seq2SeqLM& model, const Tensor& decoder_hidden,
                                    const Tensor& labels);
 

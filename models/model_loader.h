@@ -12,12 +12,15 @@
 
 namespace sp {
 
-// "gpt2", "t5", ... read from <dir>/config.json (errors name the file).
+/// "gpt2", "t5", ... read from <dir>/config.json (errors name the file).
 std::string read_model_type(const std::string& model_dir);
 
+/// A decoder-only model (GPT-2) from a Hugging Face directory, weights converted to `dtype` on
+/// `device`; errors name the file and what is unsupported (e.g. a T5 directory).
 std::unique_ptr<CausalLM> load_causal_lm(const std::string& model_dir,
                                          Device device = Device::cpu(), DType dtype = DType::F32);
 
+/// An encoder-decoder model (T5) from a Hugging Face directory, as load_causal_lm() does.
 std::unique_ptr<Seq2SeqLM> load_seq2seq_lm(const std::string& model_dir,
                                            Device device = Device::cpu(), DType dtype = DType::F32);
 

@@ -16,42 +16,47 @@
 
 namespace sp {
 
+/// Text <-> token ids with Hugging Face's results (byte-level BPE for GPT-2, SentencePiece for
+/// T5). load_tokenizer() picks the implementation from the model directory's files.
 class Tokenizer {
  public:
   virtual ~Tokenizer() = default;
-  // add_special_tokens: T5 appends </s>; GPT-2 adds nothing (as HF).
+  /// add_special_tokens: T5 appends </s>; GPT-2 adds nothing (as HF).
   virtual std::vector<int64_t> encode(std::string_view text,
                                       bool add_special_tokens = true) const = 0;
+  /// Text of `ids`; skip_special_tokens drops special added tokens (EOS, pad, ...).
   virtual std::string decode(std::span<const int64_t> ids,
                              bool skip_special_tokens = false) const = 0;
-  virtual int64_t vocab_size() const = 0;  // including added/special tokens
+  virtual int64_t vocab_size() const = 0;  ///< including added/special tokens
+  /// The end-of-sequence, padding and beginning-of-sequence ids, when the tokenizer has them.
   virtual std::optional<int64_t> eos_id() const = 0;
   virtual std::optional<int64_t> pad_id() const = 0;
   virtual std::optional<int64_t> bos_id() const = 0;
+  /// The id of one vocabulary entry or added token, if present.
   virtual std::optional<int64_t> token_to_id(std::string_view token) const = 0;
-  virtual std::string id_to_token(int64_t id) const = 0;  // throws for out-of-range ids
-  virtual std::string kind() const = 0;                   // "byte-level BPE" / "SentencePiece"
+  virtual std::string id_to_token(int64_t id) const = 0;  ///< throws for out-of-range ids
+  virtual std::string kind() const = 0;                   ///< "byte-level BPE" / "SentencePiece"
 };
 
-// Loads the tokenizer of a Hugging Face model directory. Which files decide the kind:
-//   1. spiece.model -> SentencePiece (T5). A tokenizer.json next to it only contributes its
-//      added_tokens (the sentinel ids); otherwise there are tokenizer_config.json "extra_ids"
-//      sentinels, or as many as the special-token lists name, or 100 (T5Tokenizer's default).
-//   2. tokenizer.json with model.type "BPE" -> byte-level BPE (GPT-2); any other model type is
-//      an error naming the type.
-//   3. vocab.json + merges.txt -> byte-level BPE (GPT-2).
-// tokenizer.json wins over vocab.json + merges.txt because AutoTokenizer (fast) prefers it too.
-//
-// Named special tokens (bos/eos/unk/pad), first source that mentions the token wins:
-//   tokenizer_config.json "<name>_token" (a string, an {"content": ...} object, or null = none)
-//   > special_tokens_map.json "<name>_token"
-//   > the family default (GPT-2: "<|endoftext|>" for bos/eos/unk when in the vocabulary, no pad;
-//     T5: the pad/eos/unk pieces declared inside spiece.model; like T5Tokenizer, no bos)
-//   > config.json "<name>_token_id" (transformers itself never reads it; last resort only).
-// Added tokens (split out of the text before the model runs): tokenizer.json "added_tokens", plus
-// the entries of tokenizer_config.json "added_tokens_decoder" and added_tokens.json whose ids are
-// not there yet. Every named special token and every entry of "additional_special_tokens" /
-// "extra_special_tokens" becomes a special added token too (split out, skippable in decode).
+/// Loads the tokenizer of a Hugging Face model directory. Which files decide the kind:
+///   1. spiece.model -> SentencePiece (T5). A tokenizer.json next to it only contributes its
+///      added_tokens (the sentinel ids); otherwise there are tokenizer_config.json "extra_ids"
+///      sentinels, or as many as the special-token lists name, or 100 (T5Tokenizer's default).
+///   2. tokenizer.json with model.type "BPE" -> byte-level BPE (GPT-2); any other model type is
+///      an error naming the type.
+///   3. vocab.json + merges.txt -> byte-level BPE (GPT-2).
+/// tokenizer.json wins over vocab.json + merges.txt because AutoTokenizer (fast) prefers it too.
+///
+/// Named special tokens (bos/eos/unk/pad), first source that mentions the token wins:
+///   tokenizer_config.json "<name>_token" (a string, an {"content": ...} object, or null = none)
+///   > special_tokens_map.json "<name>_token"
+///   > the family default (GPT-2: "<|endoftext|>" for bos/eos/unk when in the vocabulary, no pad;
+///     T5: the pad/eos/unk pieces declared inside spiece.model; like T5Tokenizer, no bos)
+///   > config.json "<name>_token_id" (transformers itself never reads it; last resort only).
+/// Added tokens (split out of the text before the model runs): tokenizer.json "added_tokens", plus
+/// the entries of tokenizer_config.json "added_tokens_decoder" and added_tokens.json whose ids are
+/// not there yet. Every named special token and every entry of "additional_special_tokens" /
+/// "extra_special_tokens" becomes a special added token too (split out, skippable in decode).
 std::unique_ptr<Tokenizer> load_tokenizer(const std::string& model_dir);
 
 // ---- Shared by the implementations (bpe_tokenizer.cpp, sentencepiece_tokenizer.cpp). ----

@@ -14,18 +14,19 @@ namespace sp {
 inline constexpr const char* kAdapterConfigFile = "adapter_config.json";
 inline constexpr const char* kAdapterWeightsFile = "adapter_model.safetensors";
 
-// Writes `dir` (created if needed): the config with inference_mode true and the F32 tensors
-// with metadata {"format": "pt"}. Both files are fully written before either is renamed into
-// place, so a failure never leaves a half-written adapter.
+/// Writes `dir` (created if needed): the config with inference_mode true and the F32 tensors
+/// with metadata {"format": "pt"}. Both files are fully written before either is renamed into
+/// place, so a failure never leaves a half-written adapter.
 void save_adapter(const std::string& dir, const PromptAdapter& adapter);
 
+/// The contents of an adapter directory: its config and named tensors.
 struct AdapterFiles {
   std::string dir;
   PromptTuningConfig config;
   std::map<std::string, Tensor> tensors;
 };
 
-// Reads an adapter directory written by PEFT or softprompt.
+/// Reads an adapter directory written by PEFT or softprompt.
 AdapterFiles read_adapter_files(const std::string& dir);
 
 }  // namespace sp

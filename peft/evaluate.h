@@ -11,36 +11,41 @@
 
 namespace sp {
 
+/// What evaluate() scores besides the loss.
 enum class Metric {
-  kLoss,           // loss only
-  kExactMatch,     // greedy generation, decoded and stripped, equals the stripped output
-  kTokenAccuracy,  // every label token is the argmax at its position (teacher forced)
+  kLoss,           ///< loss only
+  kExactMatch,     ///< greedy generation, decoded and stripped, equals the stripped output
+  kTokenAccuracy,  ///< every label token is the argmax at its position (teacher forced)
 };
 
-Metric parse_metric(const std::string& text);  // "loss" | "exact_match" | "token_accuracy"
+Metric parse_metric(const std::string& text);  ///< "loss" | "exact_match" | "token_accuracy"
 const char* metric_name(Metric metric);
 
+/// How evaluate() batches, generates and scores.
 struct EvalOptions {
   Metric metric = Metric::kExactMatch;
   int64_t batch_size = 8;
   int64_t max_new_tokens = 16;
   int64_t pad_id = 0;
-  bool use_adapter = true;  // false: the frozen base model alone (the "untuned" baseline)
+  bool use_adapter = true;  ///< false: the frozen base model alone (the "untuned" baseline)
   bool keep_predictions = false;
 };
 
+/// Mean loss over counted targets, and the metric's accuracy.
 struct EvalResult {
   double loss = 0.0;
-  double accuracy = 0.0;  // fraction in [0, 1]; 0 when the metric is loss
+  double accuracy = 0.0;  ///< fraction in [0, 1]; 0 when the metric is loss
   int64_t examples = 0;
   int64_t correct = 0;
-  std::vector<std::string> predictions;  // decoded outputs, when kept
+  std::vector<std::string> predictions;  ///< decoded outputs, when kept
 };
 
+/// Scores the active adapter (or the bare model) on `examples` (tokenized from `data`) without
+/// recording autograd; rows are batched in order, task ids come from the examples.
 EvalResult evaluate(const PeftModel& model, const Tokenizer& tokenizer, const Dataset& data,
                     const std::vector<TokenizedExample>& examples, const EvalOptions& options);
 
-// Strips leading/trailing ASCII whitespace (the comparison exact match uses).
+/// Strips leading/trailing ASCII whitespace (the comparison exact match uses).
 std::string strip(const std::string& text);
 
 }  // namespace sp

@@ -6,15 +6,16 @@
 
 namespace sp {
 
+/// The adapter of MULTITASK_PROMPT_TUNING configs.
 class MultitaskPromptEmbedding final : public PromptAdapter {
  public:
   MultitaskPromptEmbedding(PromptTuningConfig config, Tensor shared, Tensor task_cols,
                            Tensor task_rows);
 
-  // task_ids is required ("task_ids cannot be None", as PEFT says) and range-checked.
+  /// task_ids is required ("task_ids cannot be None", as PEFT says) and range-checked.
   Tensor prompts(int64_t batch, const Tensor& task_ids) const override;
   std::vector<std::pair<std::string, Tensor>> named_parameters() const override;
-  // Unlike PEFT, missing prefix_task_cols / prefix_task_rows are an error, not silently kept.
+  /// Unlike PEFT, missing prefix_task_cols / prefix_task_rows are an error, not silently kept.
   void load_state(const std::map<std::string, Tensor>& tensors, const std::string& source) override;
 
   const Tensor& shared() const { return shared_; }

@@ -7,12 +7,13 @@
 
 namespace sp {
 
+/// The learning-rate schedules (all with linear warmup).
 enum class Schedule { kConstant, kLinear, kCosine };
 
-Schedule parse_schedule(const std::string& text);  // "constant" | "linear" | "cosine"
+Schedule parse_schedule(const std::string& text);  ///< "constant" | "linear" | "cosine"
 const char* schedule_name(Schedule schedule);
 
-// The multiplier of the base learning rate for optimizer step `step` (0-based) of `total`.
+/// The multiplier of the base learning rate for optimizer step `step` (0-based) of `total`.
 double schedule_factor(Schedule schedule, int64_t step, int64_t warmup_steps, int64_t total_steps);
 
 }  // namespace sp

@@ -18,31 +18,33 @@
 
 namespace sp {
 
+/// The Trainer's settings (the CLI's train flags), with Hugging Face Trainer-like defaults.
 struct TrainConfig {
   std::string output_dir;
   int64_t batch_size = 8;
-  int64_t grad_accum = 1;       // micro-batches per optimizer step
+  int64_t grad_accum = 1;  ///< micro-batches per optimizer step
   int64_t epochs = 1;
-  int64_t max_steps = 0;        // optimizer steps; 0 = run the epochs
+  int64_t max_steps = 0;  ///< optimizer steps; 0 = run the epochs
   AdamWOptions optim;
-  Schedule schedule = Schedule::kLinear;  // Hugging Face Trainer's default
+  Schedule schedule = Schedule::kLinear;  ///< Hugging Face Trainer's default
   int64_t warmup_steps = 0;
-  double max_grad_norm = 1.0;   // 0 disables clipping
+  double max_grad_norm = 1.0;  ///< 0 disables clipping
   uint64_t seed = 42;
   bool shuffle = true;
-  int64_t bucket_batches = 0;   // > 1: length-bucket within runs of this many batches
-  bool dropout = true;          // the base model's dropout in training (PEFT trains in train mode)
+  int64_t bucket_batches = 0;  ///< > 1: length-bucket within runs of this many batches
+  /// The base model's dropout in training (PEFT trains in train mode).
+  bool dropout = true;
   bool checkpoint_activations = false;
-  int64_t eval_every = 0;       // optimizer steps; 0 = only at the end
+  int64_t eval_every = 0;  ///< optimizer steps; 0 = only at the end
   Metric metric = Metric::kExactMatch;
   int64_t eval_batch_size = 8;
   int64_t max_new_tokens = 16;
-  bool keep_best = true;        // keep the best evaluated adapter in <output_dir>/best
-  int64_t save_every = 0;       // checkpoint every N optimizer steps; 0 = only at the end
+  bool keep_best = true;   ///< keep the best evaluated adapter in <output_dir>/best
+  int64_t save_every = 0;  ///< checkpoint every N optimizer steps; 0 = only at the end
   int64_t log_every = 10;
 };
 
-// What the trainer reports as it goes (the CLI draws a progress bar from these).
+/// What the trainer reports as it goes (the CLI draws a progress bar from these).
 struct TrainEvent {
   enum class Kind { kStep, kEval, kCheckpoint, kDone } kind = Kind::kStep;
   int64_t step = 0;
@@ -57,36 +59,43 @@ struct TrainEvent {
   std::string message;
 };
 
+/// How a run ended.
 struct TrainResult {
   int64_t steps = 0;
   double final_loss = 0.0;
-  bool interrupted = false;  // stopped by request (SIGINT/SIGTERM); a checkpoint was saved
+  bool interrupted = false;  ///< stopped by request (SIGINT/SIGTERM); a checkpoint was saved
   std::optional<EvalResult> last_eval;
   std::optional<EvalResult> best_eval;
   int64_t best_step = -1;
 };
 
+/// The ready-made training loop over a PeftModel's active adapter. A custom loop (examples/) needs
+/// none of it: PeftModel::forward, Tensor::backward and AdamW are the whole recipe.
 class Trainer {
  public:
-  // Trains the model's active adapter. `eval` may be null (no evaluation).
+  /// Trains the model's active adapter. `eval` may be null (no evaluation).
   Trainer(PeftModel& model, const Tokenizer& tokenizer, TrainConfig config, const Dataset& train,
           std::vector<TokenizedExample> train_examples, const Dataset* eval = nullptr,
           std::vector<TokenizedExample> eval_examples = {});
 
-  // Runs to the end (or until stopped). With resume, continues from
-  // <output_dir>/training_state exactly where it left off.
+  /// Runs to the end (or until stopped). With resume, continues from
+  /// <output_dir>/training_state exactly where it left off.
   TrainResult run(bool resume = false);
 
-  void set_event_callback(std::function<void(const TrainEvent&)> callback) { on_event_ = std::move(callback); }
+  /// Called after every step, evaluation and checkpoint.
+  void set_event_callback(std::function<void(const TrainEvent&)> callback) {
+    on_event_ = std::move(callback);
+  }
   int64_t total_steps() const { return total_steps_; }
 
-  // Set from a signal handler: the trainer checkpoints after the current step and returns.
+  /// Set from a signal handler: the trainer checkpoints after the current step and returns.
   static std::atomic<bool>& stop_requested();
-  // Installs SIGINT/SIGTERM handlers that set stop_requested().
+  /// Installs SIGINT/SIGTERM handlers that set stop_requested().
   static void install_signal_handlers();
 
  private:
-  void save_checkpoint(int64_t step, int64_t epoch, int64_t batch_in_epoch, const TrainResult& result);
+  void save_checkpoint(int64_t step, int64_t epoch, int64_t batch_in_epoch,
+                       const TrainResult& result);
   void load_checkpoint(int64_t& step, int64_t& epoch, int64_t& batch_in_epoch, TrainResult& result);
   EvalResult run_eval() const;
   void emit(const TrainEvent& event) const;

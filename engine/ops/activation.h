@@ -9,14 +9,16 @@
 
 namespace sp {
 
+/// act(x) elementwise; the named forms below are shorthands.
 Tensor activation(const Tensor& x, Activation act);
 Tensor gelu_tanh(const Tensor& x);
 Tensor gelu_erf(const Tensor& x);
 Tensor relu(const Tensor& x);
+/// act(gate) * up (T5 v1.1's gated feed-forward).
 Tensor gated_activation(const Tensor& gate, const Tensor& up, Activation act);
 
-// Hugging Face names: "gelu_new"/"gelu_pytorch_tanh" -> tanh form, "gelu" -> erf, "relu".
-// Throws an Error naming the accepted values for anything else.
+/// Hugging Face names: "gelu_new"/"gelu_pytorch_tanh" -> tanh form, "gelu" -> erf, "relu".
+/// Throws an Error naming the accepted values for anything else.
 Activation parse_activation(std::string_view hf_name, const char* field);
 
 }  // namespace sp

@@ -9,8 +9,8 @@
 
 namespace sp {
 
-// fn must be deterministic (dropout takes explicit seeds/offsets) and may only read frozen
-// tensors besides `inputs`. Gradients flow to the inputs that require grad.
+/// fn must be deterministic (dropout takes explicit seeds/offsets) and may only read frozen
+/// tensors besides `inputs`. Gradients flow to the inputs that require grad.
 Tensor checkpoint(const std::function<Tensor(const std::vector<Tensor>&)>& fn,
                   const std::vector<Tensor>& inputs);
 

@@ -8,6 +8,7 @@
 
 namespace sp {
 
+/// Joins tensors of equal shape except along `axis` (negative counts from the end).
 Tensor concat(const std::vector<Tensor>& tensors, int64_t axis);
 
 }  // namespace sp

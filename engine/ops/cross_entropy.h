@@ -9,19 +9,20 @@
 namespace sp {
 
 struct CrossEntropyResult {
-  Tensor loss;           // [] mean over counted rows (0 when none, like HF's 0-target case is NaN)
-  int64_t counted_rows;  // rows whose target != ignore_index
+  /// [] mean over counted rows (0 when none, like HF's 0-target case is NaN)
+  Tensor loss;
+  int64_t counted_rows;  ///< rows whose target != ignore_index
 };
 
-// logits [N, V] (or [..., V]), targets [N] (or [...]) I64/I32.
+/// logits [N, V] (or [..., V]), targets [N] (or [...]) I64/I32.
 CrossEntropyResult cross_entropy(const Tensor& logits, const Tensor& targets,
                                  int64_t ignore_index = -100);
 
-// The same loss for logits = hidden @ weight^T (weight [V, d]: nn.Linear / tied-embedding
-// layout), computed in row chunks so the [n, V] logits never exist at once. When hidden needs a
-// gradient it is computed during the forward from the chunk's dlogits (written in place of its
-// logits) and the backward only scales it, so the LM head costs no extra GEMM and no stored
-// logits. A trainable weight gets its gradient in backward by recomputing each chunk.
+/// The same loss for logits = hidden @ weight^T (weight [V, d]: nn.Linear / tied-embedding
+/// layout), computed in row chunks so the [n, V] logits never exist at once. When hidden needs a
+/// gradient it is computed during the forward from the chunk's dlogits (written in place of its
+/// logits) and the backward only scales it, so the LM head costs no extra GEMM and no stored
+/// logits. A trainable weight gets its gradient in backward by recomputing each chunk.
 CrossEntropyResult linear_cross_entropy(const Tensor& hidden, const Tensor& weight,
                                         const Tensor& targets, int64_t ignore_index = -100);
 

@@ -8,7 +8,7 @@
 
 namespace sp {
 
-// Returns x unchanged when p == 0 (eval mode passes p = 0). Differentiable in x.
+/// Returns x unchanged when p == 0 (eval mode passes p = 0). Differentiable in x.
 Tensor dropout(const Tensor& x, float p, uint64_t seed, uint64_t offset);
 
 }  // namespace sp

@@ -6,9 +6,9 @@
 
 namespace sp {
 
-// table [V, D], ids of any shape (I32/I64) -> [*ids.shape, D]. Ids are range-checked.
+/// table [V, D], ids of any shape (I32/I64) -> [*ids.shape, D]. Ids are range-checked.
 Tensor embedding(const Tensor& table, const Tensor& ids);
-// x [N, ...] rows picked by 1-D ids -> [len(ids), ...].
+/// x [N, ...] rows picked by 1-D ids -> [len(ids), ...].
 Tensor index_select(const Tensor& x, const Tensor& ids);
 
 }  // namespace sp

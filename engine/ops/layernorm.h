@@ -6,7 +6,9 @@
 
 namespace sp {
 
+/// (x - mean) / sqrt(var + eps) * weight + bias over the last axis (GPT-2's LayerNorm).
 Tensor layernorm(const Tensor& x, const Tensor& weight, const Tensor& bias, float eps);
+/// x / sqrt(mean(x^2) + eps) * weight over the last axis (T5LayerNorm).
 Tensor rms_norm(const Tensor& x, const Tensor& weight, float eps);
 
 }  // namespace sp

@@ -6,16 +6,16 @@
 
 namespace sp {
 
-// a [..., M, K] @ b [K, N] or [..., K, N] (equal batch dims) -> [..., M, N] contiguous.
-// Transposed views (t.transpose(-1, -2)) are passed to the GEMM as transpose flags.
+/// a [..., M, K] @ b [K, N] or [..., K, N] (equal batch dims) -> [..., M, N] contiguous.
+/// Transposed views (t.transpose(-1, -2)) are passed to the GEMM as transpose flags.
 Tensor matmul(const Tensor& a, const Tensor& b);
 
 enum class WeightLayout {
-  kInOut,  // GPT-2 Conv1D: weight [in, out], y = x W + b
-  kOutIn,  // nn.Linear (T5): weight [out, in], y = x W^T + b
+  kInOut,  ///< GPT-2 Conv1D: weight [in, out], y = x W + b
+  kOutIn,  ///< nn.Linear (T5): weight [out, in], y = x W^T + b
 };
 
-// y = x W (+ bias) with W in the given layout; bias may be undefined.
+/// y = x W (+ bias) with W in the given layout; bias may be undefined.
 Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias, WeightLayout layout);
 
 }  // namespace sp

@@ -8,7 +8,7 @@
 
 namespace sp {
 
-// Queries sit at absolute positions query_offset..query_offset+Tq-1, keys at 0..Tk-1.
+/// Queries sit at absolute positions query_offset..query_offset+Tq-1, keys at 0..Tk-1.
 Tensor relative_position_bias(const Tensor& table, int64_t tq, int64_t tk, int64_t query_offset,
                               bool bidirectional, int64_t max_distance);
 

@@ -9,6 +9,7 @@
 
 namespace sp {
 
+/// torch.optim.AdamW's hyperparameters with its defaults.
 struct AdamWOptions {
   float lr = 1e-3f;
   float beta1 = 0.9f;
@@ -17,19 +18,22 @@ struct AdamWOptions {
   float weight_decay = 0.01f;
 };
 
+/// AdamW over a fixed list of parameters (for prompt tuning: PromptAdapter::parameters()).
+/// Usage per step: loss.backward(); optimizer.step(); optimizer.zero_grad();
 class AdamW {
  public:
   AdamW(std::vector<Tensor> params, AdamWOptions options);
 
-  // Applies one update to every parameter that has a gradient (torch skips grad=None too).
+  /// Applies one update to every parameter that has a gradient (torch skips grad=None too).
   void step();
+  /// Drops the gradients of every parameter (the next backward starts from zero).
   void zero_grad();
   void set_lr(float lr) { options_.lr = lr; }
   float lr() const { return options_.lr; }
   const AdamWOptions& options() const { return options_; }
   int64_t steps_taken() const { return step_; }
 
-  // Optimiser state, for checkpoints: step count and the two moment buffers per parameter.
+  /// Optimiser state, for checkpoints: step count and the two moment buffers per parameter.
   const std::vector<Tensor>& exp_avg() const { return exp_avg_; }
   const std::vector<Tensor>& exp_avg_sq() const { return exp_avg_sq_; }
   void load_state(int64_t step, const std::vector<Tensor>& exp_avg,
@@ -43,10 +47,11 @@ class AdamW {
   std::vector<Tensor> exp_avg_sq_;
 };
 
-// Global 2-norm of all gradients; when above max_norm, scales every gradient by
-// max_norm / (norm + 1e-6). Returns the norm before clipping. Non-finite norms are returned
-// untouched (the caller decides; the trainer stops on them).
+/// Global 2-norm of all gradients; when above max_norm, scales every gradient by
+/// max_norm / (norm + 1e-6). Returns the norm before clipping. Non-finite norms are returned
+/// untouched (the caller decides; the trainer stops on them).
 double clip_grad_norm(const std::vector<Tensor>& params, double max_norm);
+/// Global 2-norm of all gradients, without clipping.
 double grad_norm(const std::vector<Tensor>& params);
 
 }  // namespace sp

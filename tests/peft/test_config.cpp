@@ -97,7 +97,8 @@ TEST(PeftConfig, MultitaskSourceInitsNeedAStateDictPath) {
   auto j = base_config();
   j["peft_type"] = "MULTITASK_PROMPT_TUNING";
   j["prompt_tuning_init"] = "EXACT_SOURCE_TASK";
-  expect_invalid(j, "prompt_tuning_init_state_dict_path needs to be specified with EXACT_SOURCE_TASK");
+  expect_invalid(j,
+                 "prompt_tuning_init_state_dict_path needs to be specified with EXACT_SOURCE_TASK");
   j["prompt_tuning_init"] = "SAMPLE_VOCAB";
   expect_invalid(j, "prompt_tuning_init 'SAMPLE_VOCAB' is not valid for MULTITASK_PROMPT_TUNING");
 }

@@ -55,16 +55,19 @@ PeftBatch golden_batch(const std::string& adapter) {
 TEST(PromptInit, TextTruncatesAndRepeatsLikePeft) {
   for (std::string name : {"pt_text_truncate", "pt_text_repeat"}) {
     auto model = tiny_peft_model();
-    PromptTuningConfig config = PromptTuningConfig::load(kPeftA + "/" + name + "/adapter_config.json");
+    PromptTuningConfig config =
+        PromptTuningConfig::load(kPeftA + "/" + name + "/adapter_config.json");
     config.inference_mode = false;
     config.tokenizer_name_or_path = kTinyA;
     PromptAdapter& ours = model->add_adapter("ours", config);
     auto saved = SafetensorsFile::open(kPeftA + "/" + name + "/adapter_model.safetensors");
     // The init copies word-embedding rows: bit-identical to PEFT's.
-    EXPECT_EQ(ours.parameters()[0].to_floats(), saved->get("prompt_embeddings").to_floats()) << name;
+    EXPECT_EQ(ours.parameters()[0].to_floats(), saved->get("prompt_embeddings").to_floats())
+        << name;
     auto golden = SafetensorsFile::open(kPeftA + "/" + name + "_golden.safetensors");
     std::vector<int64_t> text_ids = golden->get("init_text_ids").to_ints();
-    std::vector<int64_t> ids = text_init_ids(config, *model->tokenizer(), *config.num_virtual_tokens);
+    std::vector<int64_t> ids =
+        text_init_ids(config, *model->tokenizer(), *config.num_virtual_tokens);
     for (size_t i = 0; i < ids.size(); ++i) EXPECT_EQ(ids[i], text_ids[i % text_ids.size()]);
   }
 }
@@ -82,7 +85,8 @@ TEST(PromptInit, SampleVocabCopiesWordEmbeddingRowsWithASeed) {
   for (size_t r = 0; r < 6; ++r) {
     bool found = false;
     for (size_t v = 0; v < wte.size() / d && !found; ++v)
-      found = std::equal(rows.begin() + long(r * d), rows.begin() + long((r + 1) * d), wte.begin() + long(v * d));
+      found = std::equal(rows.begin() + long(r * d), rows.begin() + long((r + 1) * d),
+                         wte.begin() + long(v * d));
     EXPECT_TRUE(found) << "row " << r << " is not a word-embedding row";
   }
 }
@@ -144,9 +148,9 @@ TEST(PeftModelAdapters, SwitchingListingAndDeleting) {
 
 TEST(PeftModelAdapters, MixedAdapterBatchEqualsEachRowAlone) {
   auto model = tiny_peft_model();
-  model->load_adapter(kPeftA + "/pt_random", "random5");       // 5 virtual tokens
-  model->load_adapter(kPeftA + "/pt_text_repeat", "text11");   // 11 virtual tokens
-  model->load_adapter(kPeftA + "/mpt", "mpt");                 // multitask, 5 tokens
+  model->load_adapter(kPeftA + "/pt_random", "random5");      // 5 virtual tokens
+  model->load_adapter(kPeftA + "/pt_text_repeat", "text11");  // 11 virtual tokens
+  model->load_adapter(kPeftA + "/mpt", "mpt");                // multitask, 5 tokens
   PeftBatch batch = golden_batch("pt_random");
   batch.row_adapters = {"text11", "mpt", "random5"};
   batch.task_ids = Tensor::from_ints({0, 2, 0}, {3});
@@ -219,7 +223,8 @@ TEST(Multitask, MissingFactorKeysAndShapeMismatchAreErrors) {
     model->load_adapter(dir.str("mpt"), "broken");
     FAIL();
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("missing tensor 'prefix_task_cols'"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("missing tensor 'prefix_task_cols'"), std::string::npos)
+        << e.what();
   }
   save_safetensors(dir.str("mpt/adapter_model.safetensors"),
                    {{"prompt_embeddings", saved->get("prompt_embeddings")},
@@ -229,8 +234,9 @@ TEST(Multitask, MissingFactorKeysAndShapeMismatchAreErrors) {
     model->load_adapter(dir.str("mpt"), "broken");
     FAIL();
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("has shape [3, 5, 3] but the adapter config needs [3, 5, 2]"),
-              std::string::npos)
+    EXPECT_NE(
+        std::string(e.what()).find("has shape [3, 5, 3] but the adapter config needs [3, 5, 2]"),
+        std::string::npos)
         << e.what();
   }
 }
@@ -249,7 +255,8 @@ TEST(Multitask, SourceInitsFromAnAdapterFile) {
   exact.prompt_tuning_init_task = 2;
   auto& e = dynamic_cast<MultitaskPromptEmbedding&>(model->add_adapter("exact", exact));
   EXPECT_EQ(e.shared().to_floats(), src->get("prompt_embeddings").to_floats());
-  EXPECT_EQ(e.task_cols().to_floats(), src->get("prefix_task_cols").select(0, 2).contiguous().to_floats());
+  EXPECT_EQ(e.task_cols().to_floats(),
+            src->get("prefix_task_cols").select(0, 2).contiguous().to_floats());
 
   MultitaskPromptTuningConfig average = exact;
   average.prompt_tuning_init = PromptInit::kAverageSourceTasks;
@@ -278,8 +285,9 @@ TEST(PeftModelAdapters, AdapterForAnotherModelIsAClearError) {
     model->load_adapter(dir.str("other"), "other");
     FAIL();
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("token_dim = 768 does not match the model's hidden size = 64"),
-              std::string::npos)
+    EXPECT_NE(
+        std::string(e.what()).find("token_dim = 768 does not match the model's hidden size = 64"),
+        std::string::npos)
         << e.what();
   }
 }

@@ -38,11 +38,13 @@ class TrainerTest : public ::testing::Test {
   // A tiny task: map a word to its "opposite" word.
   std::string task_file() {
     std::string text;
-    const char* pairs[][2] = {{"hot", "cold"}, {"up", "down"}, {"big", "small"}, {"day", "night"},
-                              {"open", "shut"}, {"left", "right"}, {"fast", "slow"}, {"old", "new"}};
+    const char* pairs[][2] = {{"hot", "cold"},  {"up", "down"},   {"big", "small"},
+                              {"day", "night"}, {"open", "shut"}, {"left", "right"},
+                              {"fast", "slow"}, {"old", "new"}};
     for (int repeat = 0; repeat < 2; ++repeat)
       for (auto& p : pairs)
-        text += std::string("{\"input\": \"The opposite of ") + p[0] + " is\", \"output\": \" " + p[1] + "\"}\n";
+        text += std::string("{\"input\": \"The opposite of ") + p[0] + " is\", \"output\": \" " +
+                p[1] + "\"}\n";
     return write("train.jsonl", text);
   }
 
@@ -70,18 +72,23 @@ class TrainerTest : public ::testing::Test {
 };
 
 TEST_F(TrainerTest, JsonlParsingAndMalformedLines) {
-  std::string good = write("good.jsonl", "{\"input\": \"a\", \"output\": \"b\", \"task\": \"x\"}\n\n{\"input\": \"c\", \"output\": \"d\", \"task\": 3}\n");
+  std::string good = write("good.jsonl",
+                           "{\"input\": \"a\", \"output\": \"b\", \"task\": \"x\"}\n\n{\"input\": "
+                           "\"c\", \"output\": \"d\", \"task\": 3}\n");
   Dataset data = load_jsonl(good);
   ASSERT_EQ(data.examples.size(), 2u);
   EXPECT_EQ(data.examples[1].line, 3);
   EXPECT_EQ(*data.examples[1].task, "3");
-  std::string bad = write("bad.jsonl", "{\"input\": \"a\", \"output\": \"b\"}\n{\"input\": 5, \"output\": \"b\"}\nnot json\n{\"output\": \"x\"}\n");
+  std::string bad = write("bad.jsonl",
+                          "{\"input\": \"a\", \"output\": \"b\"}\n{\"input\": 5, \"output\": "
+                          "\"b\"}\nnot json\n{\"output\": \"x\"}\n");
   try {
     load_jsonl(bad);
     FAIL();
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("bad.jsonl:2: field 'input' must be a string, found number"),
-              std::string::npos)
+    EXPECT_NE(
+        std::string(e.what()).find("bad.jsonl:2: field 'input' must be a string, found number"),
+        std::string::npos)
         << e.what();
   }
   std::vector<std::string> warnings;
@@ -97,7 +104,9 @@ TEST_F(TrainerTest, JsonlParsingAndMalformedLines) {
 }
 
 TEST_F(TrainerTest, CausalLabelsMaskTheInputAndPadding) {
-  Dataset data = load_jsonl(write("d.jsonl", "{\"input\": \"hello there\", \"output\": \" world\"}\n{\"input\": \"a\", \"output\": \" b\"}\n"));
+  Dataset data = load_jsonl(write("d.jsonl",
+                                  "{\"input\": \"hello there\", \"output\": \" "
+                                  "world\"}\n{\"input\": \"a\", \"output\": \" b\"}\n"));
   auto examples = tokenize_examples(data, *tokenizer_, nullptr, {});
   std::vector<int64_t> in = tokenizer_->encode("hello there"), out = tokenizer_->encode(" world");
   const TokenizedExample& e = examples[0];
@@ -136,8 +145,9 @@ TEST_F(TrainerTest, LossGoesDown) {
   ASSERT_TRUE(result.last_eval.has_value());
   EXPECT_LT(result.last_eval->loss, before * 0.8) << "before " << before;
   // The output directory is a PEFT adapter directory plus state and metrics.
-  for (const char* f : {"adapter_config.json", "adapter_model.safetensors", "metrics.jsonl",
-                        "training_state/trainer_state.json", "training_state/optimizer.safetensors"})
+  for (const char* f :
+       {"adapter_config.json", "adapter_model.safetensors", "metrics.jsonl",
+        "training_state/trainer_state.json", "training_state/optimizer.safetensors"})
     EXPECT_TRUE(fs::exists(dir_ / "run" / f)) << f;
 }
 
@@ -153,7 +163,8 @@ TEST_F(TrainerTest, ResumeIsBitwiseIdenticalToAnUninterruptedRun) {
     c.warmup_steps = 2;
     Trainer trainer(*model, *tokenizer_, c, data, examples);
     trainer.set_event_callback([&](const TrainEvent& e) {
-      if (e.kind == TrainEvent::Kind::kStep && e.step == stop_at) Trainer::stop_requested().store(true);
+      if (e.kind == TrainEvent::Kind::kStep && e.step == stop_at)
+        Trainer::stop_requested().store(true);
     });
     return trainer.run(resume);
   };
@@ -207,7 +218,8 @@ TEST_F(TrainerTest, NanLossStopsAndKeepsTheLastGoodCheckpoint) {
   nlohmann::json state;
   std::ifstream(dir_ / "run/training_state/trainer_state.json") >> state;
   EXPECT_EQ(state["global_step"], 2);
-  auto saved = SafetensorsFile::open((dir_ / "run/training_state/adapter_model.safetensors").string());
+  auto saved =
+      SafetensorsFile::open((dir_ / "run/training_state/adapter_model.safetensors").string());
   for (float v : saved->get("prompt_embeddings").to_floats()) ASSERT_TRUE(std::isfinite(v));
 }
 
