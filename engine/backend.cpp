@@ -19,13 +19,16 @@ Backend& backend_for(Device device) {
   static std::unique_ptr<Backend> cpu = make_cpu_backend();
   if (device.kind == DeviceKind::CPU) return *cpu;
   std::lock_guard<std::mutex> lock(g_mutex);
+  // Device backends are never destroyed: tensors in static storage may be freed after main
+  // returns, into the backend's caching allocator. A static raw pointer also keeps that
+  // allocator's cached blocks reachable, so LeakSanitizer does not report them at exit.
   if (device.kind == DeviceKind::CUDA_EMU) {
-    static std::unique_ptr<Backend> emu = make_cuda_emu_backend();
+    static Backend* const emu = make_cuda_emu_backend().release();
     return *emu;
   }
-  static std::unique_ptr<Backend> cuda[16];
+  static Backend* cuda[16] = {};
   SP_CHECK(device.index >= 0 && device.index < 16, "device ", device.str(), " is out of range");
-  if (!cuda[device.index]) cuda[device.index] = make_cuda_backend(device.index);
+  if (!cuda[device.index]) cuda[device.index] = make_cuda_backend(device.index).release();
   return *cuda[device.index];
 }
 
