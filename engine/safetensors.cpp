@@ -1,8 +1,7 @@
-// safetensors reader (mmap + validation), sharded checkpoints, atomic writer.
+// safetensors reader (pread + validation), sharded checkpoints, atomic writer.
 #include "engine/safetensors.h"
 
 #include <fcntl.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -10,12 +9,11 @@
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <nlohmann/json.hpp>
-#include <sstream>
 
 #include "engine/backend.h"
 #include "engine/error.h"
+#include "engine/input_file.h"
 
 namespace sp {
 
@@ -50,59 +48,43 @@ std::optional<DType> engine_dtype(const std::string& dtype) {
 }  // namespace
 
 std::shared_ptr<SafetensorsFile> SafetensorsFile::open(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) fail(ErrorKind::kIo, path, ": cannot open: ", std::strerror(errno));
-  struct stat st {};
-  if (fstat(fd, &st) != 0) {
-    int err = errno;
-    ::close(fd);
-    fail(ErrorKind::kIo, path, ": cannot stat: ", std::strerror(err));
-  }
-  if (S_ISDIR(st.st_mode)) {
-    ::close(fd);
-    fail(ErrorKind::kIo, path, ": is a directory, expected a .safetensors file");
-  }
-  const size_t file_size = size_t(st.st_size);
   std::shared_ptr<SafetensorsFile> file(new SafetensorsFile());
   file->path_ = path;
-  file->self_ = file;
-  if (file_size > 0) {
-    void* mapping = mmap(nullptr, file_size, PROT_READ, MAP_PRIVATE, fd, 0);
-    if (mapping == MAP_FAILED) {
-      int err = errno;
-      ::close(fd);
-      fail(ErrorKind::kIo, path, ": cannot memory-map: ", std::strerror(err));
-    }
-    file->mapped_ = static_cast<const uint8_t*>(mapping);
-    file->mapped_size_ = file_size;
-  }
-  ::close(fd);
+  file->fd_ = open_regular_file(path);
+  struct stat st {};
+  if (fstat(file->fd_, &st) != 0)
+    fail(ErrorKind::kIo, path, ": cannot stat: ", std::strerror(errno));
+  file->size_ = uint64_t(st.st_size);
+  file->mtime_ns_ = int64_t(st.st_mtim.tv_sec) * 1'000'000'000 + st.st_mtim.tv_nsec;
+  const uint64_t file_size = file->size_;
 
   if (file_size < 8)
     format_error(path, "file is " + std::to_string(file_size) +
                            " bytes, shorter than the 8-byte header length");
   uint64_t header_len = 0;
-  std::memcpy(&header_len, file->mapped_, 8);  // little-endian on every supported host
+  file->read_at(0, &header_len, 8);  // little-endian on every supported host
   if (header_len > kMaxHeaderBytes)
     format_error(path, "header length " + std::to_string(header_len) +
                            " exceeds the 100,000,000-byte limit");
   if (header_len > file_size - 8)
     format_error(path, "header length " + std::to_string(header_len) + " exceeds the " +
                            std::to_string(file_size - 8) + " bytes after the length prefix");
-  std::string header(reinterpret_cast<const char*>(file->mapped_ + 8), size_t(header_len));
+  std::string header(size_t(header_len), '\0');
+  file->read_at(8, header.data(), header.size());
   json doc;
   try {
-    doc = json::parse(header);
-  } catch (const json::parse_error& e) {
-    format_error(path, std::string("header is not valid JSON: ") + e.what());
+    doc = parse_json(header, path);
+  } catch (const Error& e) {
+    format_error(path, std::string("header: ") + e.what());
   }
   if (!doc.is_object()) format_error(path, "header JSON is not an object");
 
   const uint64_t buffer_size = file_size - 8 - header_len;
-  file->data_ = file->mapped_ + 8 + header_len;
+  file->data_offset_ = 8 + header_len;
   std::vector<SafetensorsEntry> ordered;
   for (auto& [name, value] : doc.items()) {
     if (name == "__metadata__") {
+      if (value.is_null()) continue;  // the reference reader accepts null: no metadata
       if (!value.is_object()) format_error(path, "__metadata__ is not an object");
       for (auto& [key, v] : value.items()) {
         if (!v.is_string())
@@ -177,7 +159,32 @@ std::shared_ptr<SafetensorsFile> SafetensorsFile::open(const std::string& path) 
 }
 
 SafetensorsFile::~SafetensorsFile() {
-  if (mapped_) munmap(const_cast<uint8_t*>(mapped_), mapped_size_);
+  if (fd_ >= 0) ::close(fd_);
+}
+
+void SafetensorsFile::read_at(uint64_t offset, void* out, size_t nbytes) const {
+  // A rewrite or truncation after open would make a memory mapping raise SIGBUS; reading with
+  // pread turns it into a short read, and the size/mtime check catches an in-place rewrite.
+  struct stat st {};
+  if (fstat(fd_, &st) != 0) fail(ErrorKind::kIo, path_, ": cannot stat: ", std::strerror(errno));
+  const int64_t mtime_ns = int64_t(st.st_mtim.tv_sec) * 1'000'000'000 + st.st_mtim.tv_nsec;
+  if (uint64_t(st.st_size) != size_ || mtime_ns != mtime_ns_)
+    fail(ErrorKind::kIo, path_, ": the file changed on disk while softprompt was reading it (",
+         size_, " bytes when opened, ", uint64_t(st.st_size),
+         " now); do not overwrite a model while it is in use");
+  auto* dst = static_cast<uint8_t*>(out);
+  while (nbytes > 0) {
+    const ssize_t n = ::pread(fd_, dst, nbytes, off_t(offset));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0)
+      fail(ErrorKind::kIo, path_, ": read failed at byte ", offset, ": ", std::strerror(errno));
+    if (n == 0)
+      fail(ErrorKind::kIo, path_, ": the file ends at byte ", offset, " while ", nbytes,
+           " more bytes were expected (truncated while in use?)");
+    dst += n;
+    offset += uint64_t(n);
+    nbytes -= size_t(n);
+  }
 }
 
 std::vector<std::string> SafetensorsFile::names() const {
@@ -199,17 +206,14 @@ const SafetensorsEntry& SafetensorsFile::entry(const std::string& name) const {
 
 Tensor SafetensorsFile::get(const std::string& name, std::optional<DType> as) const {
   const SafetensorsEntry& e = entry(name);
-  const uint8_t* bytes = data_ + e.begin;
+  const uint64_t offset = data_offset_ + e.begin;
   const size_t nbytes = size_t(e.end - e.begin);
   std::optional<DType> stored = engine_dtype(e.dtype);
   if (!stored && e.dtype == "F64" && as && dtype_is_float(*as)) {
+    std::vector<double> values(nbytes / 8);
+    read_at(offset, values.data(), nbytes);
     Tensor f32 = Tensor::empty(e.shape, DType::F32);
-    float* out = f32.data<float>();
-    for (size_t i = 0; i < nbytes / 8; ++i) {
-      double value;
-      std::memcpy(&value, bytes + i * 8, 8);
-      out[i] = float(value);
-    }
+    std::copy(values.begin(), values.end(), f32.data<float>());
     return *as == DType::F32 ? f32 : f32.to(*as);
   }
   if (!stored)
@@ -219,16 +223,8 @@ Tensor SafetensorsFile::get(const std::string& name, std::optional<DType> as) co
   SP_CHECK(dtype_is_float(target) == dtype_is_float(*stored) || target == *stored, path_,
            ": tensor '", name, "' is ", e.dtype, " and cannot be converted to ",
            dtype_name(target));
-  Tensor raw;
-  const bool aligned = reinterpret_cast<uintptr_t>(bytes) % dtype_size(*stored) == 0;
-  if (aligned) {
-    std::shared_ptr<const SafetensorsFile> owner = self_.lock();
-    raw = Tensor::borrow(const_cast<uint8_t*>(bytes), e.shape, *stored, Device::cpu(),
-                         std::const_pointer_cast<SafetensorsFile>(owner));
-  } else {
-    raw = Tensor::empty(e.shape, *stored);
-    if (nbytes) std::memcpy(raw.raw_data(), bytes, nbytes);
-  }
+  Tensor raw = Tensor::empty(e.shape, *stored);
+  if (nbytes) read_at(offset, raw.raw_data(), nbytes);
   return target == *stored ? raw : raw.to(target);
 }
 
@@ -244,17 +240,12 @@ Checkpoint Checkpoint::open(const std::string& source) {
     fs::path dir(source);
     fs::path single = dir / "model.safetensors";
     fs::path index = dir / "model.safetensors.index.json";
-    if (fs::exists(single)) {
+    // symlink_status: a dangling link or a symlink loop is "present", and opening it then
+    // names the real problem instead of claiming the file is missing.
+    if (fs::exists(fs::symlink_status(single, ec))) {
       ckpt.files_.push_back(SafetensorsFile::open(single.string()));
-    } else if (fs::exists(index)) {
-      std::ifstream in(index);
-      if (!in) fail(ErrorKind::kIo, index.string(), ": cannot open");
-      json doc;
-      try {
-        doc = json::parse(in);
-      } catch (const json::parse_error& e) {
-        fail(ErrorKind::kFormat, index.string(), ": not valid JSON: ", e.what());
-      }
+    } else if (fs::exists(fs::symlink_status(index, ec))) {
+      json doc = read_json_file(index.string());
       if (!doc.is_object() || !doc.contains("weight_map") || !doc["weight_map"].is_object())
         fail(ErrorKind::kFormat, index.string(), ": expected an object with a 'weight_map' object");
       std::map<std::string, size_t> file_index;

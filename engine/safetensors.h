@@ -1,4 +1,4 @@
-// safetensors IO: a validating, memory-mapped reader (zero-copy F32, BF16/F16 converted on
+// safetensors IO: a validating reader (tensors copied out with pread, BF16/F16 converted on
 // request), sharded checkpoints via model.safetensors.index.json, and an atomic writer.
 #pragma once
 
@@ -23,7 +23,8 @@ struct SafetensorsEntry {
   uint64_t end = 0;
 };
 
-/// A memory-mapped, validated .safetensors file; tensors read from it share the mapping.
+/// A validated .safetensors file, kept open; each get() copies one tensor out of it. Not a memory
+/// mapping: a file truncated or rewritten while in use is a clear Error, never SIGBUS.
 class SafetensorsFile {
  public:
   /// Maps and validates the whole header; throws an Error naming the file and the defect.
@@ -35,8 +36,8 @@ class SafetensorsFile {
   bool contains(const std::string& name) const { return entries_.count(name) != 0; }
   const SafetensorsEntry& entry(const std::string& name) const;
 
-  /// The tensor on the CPU. F32/BF16/F16/I32/I64 are returned as stored (F32 without a copy
-  /// when aligned); with `as` set, float tensors are converted (F64 needs as = F32).
+  /// The tensor on the CPU, in memory of its own. F32/BF16/F16/I32/I64 are returned as stored;
+  /// with `as` set, float tensors are converted (F64 needs as = F32).
   Tensor get(const std::string& name, std::optional<DType> as = std::nullopt) const;
 
   ~SafetensorsFile();
@@ -46,10 +47,12 @@ class SafetensorsFile {
   std::string path_;
   std::map<std::string, std::string> metadata_;
   std::map<std::string, SafetensorsEntry> entries_;
-  const uint8_t* mapped_ = nullptr;
-  size_t mapped_size_ = 0;
-  const uint8_t* data_ = nullptr;  ///< start of the data buffer inside the mapping
-  std::weak_ptr<SafetensorsFile> self_;
+  // Reads exactly nbytes at offset; an Error if the file changed since open or ends early.
+  void read_at(uint64_t offset, void* out, size_t nbytes) const;
+  int fd_ = -1;
+  uint64_t size_ = 0;         ///< at open; a different size later means a concurrent rewrite
+  int64_t mtime_ns_ = 0;      ///< likewise
+  uint64_t data_offset_ = 0;  ///< where the data buffer starts in the file
 };
 
 /// A Hugging Face checkpoint directory: model.safetensors, or model.safetensors.index.json with

@@ -2,6 +2,8 @@
 // each kind of malformed file.
 #include <gtest/gtest.h>
 
+#include <sys/stat.h>
+
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -83,12 +85,18 @@ TEST_F(Safetensors, RoundTripsEveryDtypeWithMetadata) {
   EXPECT_EQ(file->entry("bf16").dtype, "BF16");
 }
 
-TEST_F(Safetensors, F32TensorsAreZeroCopyViewsOfTheMapping) {
+TEST_F(Safetensors, TensorsOwnTheirMemoryAndOutliveTheFile) {
   std::string p = path("z.safetensors");
   save_safetensors(p, {{"w", Tensor::full({16}, 2.0f)}});
-  auto file = SafetensorsFile::open(p);
-  Tensor a = file->get("w"), b = file->get("w");
-  EXPECT_EQ(a.raw_data(), b.raw_data());
+  Tensor a, b;
+  {
+    auto file = SafetensorsFile::open(p);
+    a = file->get("w");
+    b = file->get("w");
+  }
+  fs::remove(p);
+  EXPECT_NE(a.raw_data(), b.raw_data());
+  EXPECT_EQ(a.to_floats()[15], 2.0f);
 }
 
 TEST_F(Safetensors, WriterLeavesNoTemporaryFilesAndReplacesAtomically) {
@@ -208,6 +216,68 @@ TEST_F(Safetensors, IndexPointingAtAMissingTensorIsAnError) {
   std::ofstream(path("model.safetensors.index.json"))
       << R"({"weight_map":{"zzz":"shard.safetensors"}})";
   EXPECT_THROW(Checkpoint::open(dir_.string()), Error);
+}
+
+TEST_F(Safetensors, NullMetadataIsAcceptedAsNone) {
+  // The reference Python reader treats "__metadata__": null as no metadata.
+  std::string p =
+      write_raw(R"({"__metadata__":null,"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})", 4);
+  auto file = SafetensorsFile::open(p);
+  EXPECT_TRUE(file->metadata().empty());
+  EXPECT_EQ(file->get("a").to_floats()[0], 0.0f);
+}
+
+TEST_F(Safetensors, TruncatedWhileOpenIsAnErrorNotSigbus) {
+  // Before: tensors borrowed a MAP_PRIVATE mapping; touching a page past the new end of a file
+  // truncated after open raised SIGBUS and killed the process.
+  std::string p = path("model.safetensors");
+  save_safetensors(p, {{"a", Tensor::full({4096}, 1.0f)}, {"b", Tensor::full({4096}, 2.0f)}});
+  auto file = SafetensorsFile::open(p);
+  Tensor a = file->get("a");
+  fs::resize_file(p, 100);
+  try {
+    file->get("b");
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kIo);
+    EXPECT_NE(std::string(e.what()).find("changed on disk"), std::string::npos) << e.what();
+  }
+  // What was read before stays valid: it no longer aliases the file.
+  EXPECT_EQ(a.to_floats()[4095], 1.0f);
+}
+
+TEST_F(Safetensors, RewrittenInPlaceWhileOpenIsAnError) {
+  std::string p = path("model.safetensors");
+  save_safetensors(p, {{"a", Tensor::full({16}, 1.0f)}});
+  auto file = SafetensorsFile::open(p);
+  Tensor a = file->get("a");
+  // `cp other model.safetensors`: the same inode, truncated and written again.
+  std::string other = path("other.safetensors");
+  save_safetensors(other, {{"a", Tensor::full({16}, 3.0f)}, {"z", Tensor::full({8}, 0.0f)}});
+  fs::copy_file(other, p, fs::copy_options::overwrite_existing);
+  EXPECT_THROW(file->get("a"), Error);
+  EXPECT_EQ(a.to_floats()[0], 1.0f);
+}
+
+TEST_F(Safetensors, NonRegularFilesAreRefusedWithoutBlocking) {
+  ASSERT_EQ(::mkfifo(path("fifo.safetensors").c_str(), 0600), 0);
+  expect_error(path("fifo.safetensors"), "FIFO");
+  fs::create_directories(path("dir.safetensors"));
+  expect_error(path("dir.safetensors"), "a directory");
+  // A model directory whose model.safetensors is a symlink loop names the loop.
+  fs::create_directories(path("model"));
+  fs::create_symlink("model.safetensors", path("model/model.safetensors"));
+  try {
+    Checkpoint::open(path("model"));
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("symbolic links"), std::string::npos) << e.what();
+  }
+}
+
+TEST_F(Safetensors, DeeplyNestedHeaderIsAFormatError) {
+  const std::string deep = std::string(100000, '[') + std::string(100000, ']');
+  expect_error(write_raw(deep, 0), "nested more than");
 }
 
 }  // namespace
