@@ -47,6 +47,10 @@ class HostAllocator final : public Allocator {
   ~HostAllocator() override { release_cache(); }
 
   void* allocate(size_t nbytes) override {
+    // Running out of memory is a request this machine cannot serve, not a softprompt bug.
+    if (nbytes > kMaxBytes)
+      fail(ErrorKind::kUnsupported, "out of host memory: cannot allocate ", nbytes,
+           " bytes (more than any machine has)");
     const size_t rounded = rounded_size(nbytes);
     void* ptr = nullptr;
     if (rounded >= kCacheFrom) {
@@ -60,7 +64,8 @@ class HostAllocator final : public Allocator {
     }
     if (ptr == nullptr) ptr = std::aligned_alloc(kAlign, rounded);
     if (ptr == nullptr)
-      fail(ErrorKind::kInternal, "out of host memory allocating ", nbytes, " bytes");
+      fail(ErrorKind::kUnsupported, "out of host memory: cannot allocate ", nbytes, " bytes (",
+           double(nbytes) / double(1 << 30), " GiB)");
     record_allocate(nbytes);
     return ptr;
   }
@@ -97,6 +102,7 @@ class HostAllocator final : public Allocator {
   static constexpr size_t kAlign = 64;  // a cache line, and enough for AVX-512 loads
   static constexpr size_t kCacheFrom = size_t(1) << 20;
   static constexpr size_t kMinCacheBytes = size_t(256) << 20;
+  static constexpr size_t kMaxBytes = size_t(1) << 48;  // 256 TiB; also keeps rounding exact
 
   // Cached sizes are rounded to 64 KiB so near-equal requests share blocks.
   static size_t rounded_size(size_t nbytes) {

@@ -23,7 +23,10 @@ std::string shape_str(const Shape& shape) {
 
 int64_t shape_numel(const Shape& shape) {
   int64_t n = 1;
-  for (int64_t d : shape) n *= d;
+  for (int64_t d : shape)
+    if (__builtin_mul_overflow(n, d, &n))
+      fail(ErrorKind::kInvalidArgument, "tensor shape ", shape_str(shape),
+           " has more elements than a 64-bit count holds");
   return n;
 }
 
@@ -57,7 +60,11 @@ std::shared_ptr<TensorImpl> new_impl(const Shape& shape, DType dtype, Device dev
   for (int64_t d : shape)
     SP_CHECK(d >= 0, "tensor shape ", shape_str(shape), " has a negative dimension");
   auto impl = std::make_shared<TensorImpl>();
-  impl->storage = std::make_shared<Storage>(size_t(shape_numel(shape)) * dtype_size(dtype), device);
+  size_t nbytes = 0;
+  if (__builtin_mul_overflow(size_t(shape_numel(shape)), dtype_size(dtype), &nbytes))
+    fail(ErrorKind::kInvalidArgument, "tensor shape ", shape_str(shape), " of ", dtype_name(dtype),
+         " needs more bytes than a 64-bit size holds");
+  impl->storage = std::make_shared<Storage>(nbytes, device);
   impl->shape = shape;
   impl->strides = contiguous_strides(shape);
   impl->dtype = dtype;

@@ -1,11 +1,11 @@
 // HfConfig: JSON parsing with field-level errors.
 #include "models/hf_config.h"
 
-#include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
 #include "engine/error.h"
+#include "engine/input_file.h"
 
 namespace sp {
 
@@ -18,14 +18,7 @@ const char* type_name(const nlohmann::json& value) {
 }  // namespace
 
 HfConfig HfConfig::load(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) fail(ErrorKind::kIo, path, ": cannot open (missing file?)");
-  nlohmann::json doc;
-  try {
-    doc = nlohmann::json::parse(in);
-  } catch (const nlohmann::json::parse_error& e) {
-    fail(ErrorKind::kFormat, path, ": not valid JSON: ", e.what());
-  }
+  nlohmann::json doc = read_json_file(path);
   if (!doc.is_object())
     fail(ErrorKind::kFormat, path, ": expected a JSON object, found ", doc.type_name());
   return from_json(doc, path);

@@ -1,10 +1,10 @@
 // Prompt-tuning configs: parsing, PEFT's validation, defaults from the model, JSON output.
 #include "peft/config.h"
 
-#include <fstream>
 #include <set>
 
 #include "engine/error.h"
+#include "engine/input_file.h"
 #include "engine/log.h"
 #include "models/causal_lm.h"
 
@@ -22,12 +22,18 @@ const char* peft_type_name(PeftType type) {
 
 const char* prompt_init_name(PromptInit init) {
   switch (init) {
-    case PromptInit::kRandom: return "RANDOM";
-    case PromptInit::kText: return "TEXT";
-    case PromptInit::kSampleVocab: return "SAMPLE_VOCAB";
-    case PromptInit::kAverageSourceTasks: return "AVERAGE_SOURCE_TASKS";
-    case PromptInit::kExactSourceTask: return "EXACT_SOURCE_TASK";
-    case PromptInit::kOnlySourceShared: return "ONLY_SOURCE_SHARED";
+    case PromptInit::kRandom:
+      return "RANDOM";
+    case PromptInit::kText:
+      return "TEXT";
+    case PromptInit::kSampleVocab:
+      return "SAMPLE_VOCAB";
+    case PromptInit::kAverageSourceTasks:
+      return "AVERAGE_SOURCE_TASKS";
+    case PromptInit::kExactSourceTask:
+      return "EXACT_SOURCE_TASK";
+    case PromptInit::kOnlySourceShared:
+      return "ONLY_SOURCE_SHARED";
   }
   return "?";
 }
@@ -73,11 +79,12 @@ int64_t PromptTuningConfig::total_virtual_tokens() const {
 }
 
 void PromptTuningConfig::validate() const {
-  SP_CHECK(task_type.has_value(),
-           "task_type is required: CAUSAL_LM (GPT-2) or SEQ_2_SEQ_LM (T5)");
+  SP_CHECK(task_type.has_value(), "task_type is required: CAUSAL_LM (GPT-2) or SEQ_2_SEQ_LM (T5)");
   SP_CHECK(num_virtual_tokens.has_value(), "num_virtual_tokens is required");
   SP_CHECK(*num_virtual_tokens > 0, "num_virtual_tokens must be a positive integer, got ",
            *num_virtual_tokens);
+  SP_CHECK(*num_virtual_tokens <= kMaxVirtualTokens, "num_virtual_tokens = ", *num_virtual_tokens,
+           " is absurdly large (at most ", kMaxVirtualTokens, ")");
   const bool text = prompt_tuning_init == PromptInit::kText;
   SP_CHECK(!text || (tokenizer_name_or_path && !tokenizer_name_or_path->empty()),
            "When prompt_tuning_init='TEXT', tokenizer_name_or_path can't be None.");
@@ -101,6 +108,10 @@ void PromptTuningConfig::validate() const {
              "prompt_tuning_init SAMPLE_VOCAB is not available for multitask prompt tuning");
     SP_CHECK(num_ranks && *num_ranks > 0, "num_ranks must be a positive integer");
     SP_CHECK(num_tasks && *num_tasks > 0, "num_tasks must be a positive integer");
+    SP_CHECK(*num_ranks <= kMaxRanks, "num_ranks = ", *num_ranks, " is absurdly large (at most ",
+             kMaxRanks, ")");
+    SP_CHECK(*num_tasks <= kMaxTasks, "num_tasks = ", *num_tasks, " is absurdly large (at most ",
+             kMaxTasks, ")");
     const bool from_source = prompt_tuning_init == PromptInit::kAverageSourceTasks ||
                              prompt_tuning_init == PromptInit::kExactSourceTask ||
                              prompt_tuning_init == PromptInit::kOnlySourceShared;
@@ -136,12 +147,30 @@ void PromptTuningConfig::fill_from_model(const ModelInfo& info) {
     num_transformer_submodules = task_type == TaskType::kSeq2SeqLm ? 2 : 1;
   SP_CHECK(task_type != TaskType::kCausalLm || *num_transformer_submodules == 1,
            "num_transformer_submodules must be 1 for CAUSAL_LM, got ", *num_transformer_submodules);
+  // Checked here, before the tables are allocated: validate() bounded each factor, so none of
+  // these products overflows, but together they can still ask for terabytes.
+  const int64_t rows = total_virtual_tokens();
+  if (task_type == TaskType::kCausalLm && info.max_positions > 0)
+    SP_CHECK(rows < info.max_positions, "num_virtual_tokens = ", rows,
+             " leaves no room for text in the model's context of ", info.max_positions,
+             " positions (n_positions)");
+  int64_t elements = rows * *token_dim;
+  if (is_multitask()) elements += *num_tasks * *num_ranks * (rows + *token_dim);
+  SP_CHECK(
+      elements <= kMaxAdapterElements, "the adapter would have ", elements,
+      " trainable parameters (num_virtual_tokens = ", *num_virtual_tokens,
+      is_multitask() ? str_cat(", num_tasks = ", *num_tasks, ", num_ranks = ", *num_ranks) : "",
+      ", token_dim = ", *token_dim, "), more than the limit of ", kMaxAdapterElements);
 }
 
 namespace {
 
-json optional_value(const std::optional<int64_t>& v) { return v ? json(*v) : json(nullptr); }
-json optional_value(const std::optional<std::string>& v) { return v ? json(*v) : json(nullptr); }
+json optional_value(const std::optional<int64_t>& v) {
+  return v ? json(*v) : json(nullptr);
+}
+json optional_value(const std::optional<std::string>& v) {
+  return v ? json(*v) : json(nullptr);
+}
 
 }  // namespace
 
@@ -195,6 +224,9 @@ PromptTuningConfig PromptTuningConfig::from_json(const json& j, const std::strin
     if (!j.contains(key) || j[key].is_null()) return std::nullopt;
     SP_CHECK_KIND(kFormat, j[key].is_number_integer(), where(key),
                   " must be an integer or null, found ", j[key].type_name(), " ", j[key].dump());
+    SP_CHECK_KIND(kFormat,
+                  !j[key].is_number_unsigned() || j[key].get<uint64_t>() <= uint64_t(INT64_MAX),
+                  where(key), " = ", j[key].dump(), " does not fit a 64-bit integer");
     return j[key].get<int64_t>();
   };
   auto wrap = [&](const std::string& key, auto parse) {
@@ -224,19 +256,32 @@ PromptTuningConfig PromptTuningConfig::from_json(const json& j, const std::strin
   c.num_layers = get_int("num_layers");
   if (j.contains("modules_to_save")) c.modules_to_save = j["modules_to_save"];
   if (auto init = get_string("prompt_tuning_init"))
-    c.prompt_tuning_init = wrap("prompt_tuning_init", [&] { return parse_prompt_init(*init, c.peft_type); });
+    c.prompt_tuning_init =
+        wrap("prompt_tuning_init", [&] { return parse_prompt_init(*init, c.peft_type); });
   c.prompt_tuning_init_text = get_string("prompt_tuning_init_text");
   c.tokenizer_name_or_path = get_string("tokenizer_name_or_path");
   if (j.contains("tokenizer_kwargs")) c.tokenizer_kwargs = j["tokenizer_kwargs"];
-  std::set<std::string> known = {"task_type", "peft_type", "auto_mapping", "base_model_name_or_path",
-                                 "revision", "inference_mode", "peft_version", "num_virtual_tokens",
-                                 "token_dim", "num_transformer_submodules", "num_attention_heads",
-                                 "num_layers", "modules_to_save", "prompt_tuning_init",
-                                 "prompt_tuning_init_text", "tokenizer_name_or_path",
+  std::set<std::string> known = {"task_type",
+                                 "peft_type",
+                                 "auto_mapping",
+                                 "base_model_name_or_path",
+                                 "revision",
+                                 "inference_mode",
+                                 "peft_version",
+                                 "num_virtual_tokens",
+                                 "token_dim",
+                                 "num_transformer_submodules",
+                                 "num_attention_heads",
+                                 "num_layers",
+                                 "modules_to_save",
+                                 "prompt_tuning_init",
+                                 "prompt_tuning_init_text",
+                                 "tokenizer_name_or_path",
                                  "tokenizer_kwargs"};
   if (c.is_multitask()) {
     c.prompt_tuning_init_state_dict_path = get_string("prompt_tuning_init_state_dict_path");
-    if (j.contains("prompt_tuning_init_task")) c.prompt_tuning_init_task = get_int("prompt_tuning_init_task");
+    if (j.contains("prompt_tuning_init_task"))
+      c.prompt_tuning_init_task = get_int("prompt_tuning_init_task");
     if (j.contains("num_ranks")) c.num_ranks = get_int("num_ranks");
     if (j.contains("num_tasks")) c.num_tasks = get_int("num_tasks");
     known.insert({"prompt_tuning_init_state_dict_path", "prompt_tuning_init_task", "num_ranks",
@@ -253,15 +298,7 @@ PromptTuningConfig PromptTuningConfig::from_json(const json& j, const std::strin
 }
 
 PromptTuningConfig PromptTuningConfig::load(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) fail(ErrorKind::kIo, path, ": cannot open");
-  json j;
-  try {
-    j = json::parse(in);
-  } catch (const json::parse_error& e) {
-    fail(ErrorKind::kFormat, path, ": not valid JSON: ", e.what());
-  }
-  return from_json(j, path);
+  return from_json(read_json_file(path), path);
 }
 
 }  // namespace sp

@@ -13,6 +13,15 @@ namespace sp {
 
 struct ModelInfo;
 
+/// Sanity bounds on sizes read from configs and flags, checked before anything is allocated.
+/// Far above any real prompt-tuning setup (PEFT papers use 1-1000 virtual tokens, MPT tens of
+/// tasks, ranks below 100), far below sizes whose products could overflow.
+inline constexpr int64_t kMaxVirtualTokens = int64_t(1) << 20;
+inline constexpr int64_t kMaxTasks = int64_t(1) << 16;
+inline constexpr int64_t kMaxRanks = int64_t(1) << 16;
+/// The most trainable elements an adapter may have (4 GiB of fp32, 12 GiB with AdamW's moments).
+inline constexpr int64_t kMaxAdapterElements = int64_t(1) << 30;
+
 /// PEFT's task_type: CAUSAL_LM (GPT-2) or SEQ_2_SEQ_LM (T5).
 enum class TaskType { kCausalLm, kSeq2SeqLm };
 /// PEFT's peft_type: PROMPT_TUNING or MULTITASK_PROMPT_TUNING.

@@ -2,33 +2,45 @@
 #include "peft/data.h"
 
 #include <algorithm>
-#include <fstream>
-#include <numeric>
 #include <nlohmann/json.hpp>
+#include <numeric>
 #include <set>
 
 #include "engine/error.h"
+#include "engine/input_file.h"
 #include "engine/log.h"
 #include "engine/ops/random.h"
 #include "models/tokenizer.h"
+#include "peft/config.h"
 
 namespace sp {
 
+namespace {
+
+// Digit-only task names are integer task ids (as PEFT's task_ids), bounded by kMaxTasks.
+bool is_integer_text(const std::string& s) {
+  return !s.empty() && std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; });
+}
+
+bool is_task_id_in_range(const std::string& s) {
+  return s.size() <= 18 && std::stoll(s) < kMaxTasks;
+}
+
+}  // namespace
+
 Dataset load_jsonl(const std::string& path, bool skip_bad_lines) {
-  std::ifstream in(path);
-  if (!in) fail(ErrorKind::kIo, path, ": cannot open the data file");
+  LineReader in(path);
   Dataset data;
   data.source = path;
-  std::string line;
-  int64_t number = 0;
-  while (std::getline(in, line)) {
-    ++number;
+  while (std::optional<std::string> next = in.next()) {
+    const std::string& line = *next;
+    const int64_t number = in.line_number();
     if (line.find_first_not_of(" \t\r") == std::string::npos) continue;  // blank lines
     std::string problem;
     Example example;
     example.line = number;
     try {
-      nlohmann::json j = nlohmann::json::parse(line);
+      nlohmann::json j = parse_json(line, "line");
       if (!j.is_object()) {
         problem = "expected a JSON object, found " + std::string(j.type_name());
       } else {
@@ -38,7 +50,8 @@ Dataset load_jsonl(const std::string& path, bool skip_bad_lines) {
             break;
           }
           if (!j[field].is_string()) {
-            problem = std::string("field '") + field + "' must be a string, found " + j[field].type_name();
+            problem = std::string("field '") + field + "' must be a string, found " +
+                      j[field].type_name();
             break;
           }
         }
@@ -46,17 +59,21 @@ Dataset load_jsonl(const std::string& path, bool skip_bad_lines) {
           example.input = j["input"].get<std::string>();
           example.output = j["output"].get<std::string>();
           if (j.contains("task") && !j["task"].is_null()) {
-            if (j["task"].is_string())
+            if (j["task"].is_string() && (!is_integer_text(j["task"].get<std::string>()) ||
+                                          is_task_id_in_range(j["task"].get<std::string>())))
               example.task = j["task"].get<std::string>();
-            else if (j["task"].is_number_integer() && j["task"].get<int64_t>() >= 0)
+            else if (j["task"].is_number_integer() && j["task"].get<int64_t>() >= 0 &&
+                     j["task"].get<int64_t>() < kMaxTasks)
               example.task = std::to_string(j["task"].get<int64_t>());
             else
-              problem = "field 'task' must be a name or a non-negative integer id";
+              problem = "field 'task' must be a name or an integer id from 0 to " +
+                        std::to_string(kMaxTasks - 1) + ", found " + j["task"].dump();
           }
         }
       }
-    } catch (const nlohmann::json::parse_error& e) {
-      problem = std::string("not valid JSON (") + e.what() + ")";
+    } catch (const Error& e) {
+      problem = e.what();  // "line: not valid JSON: ..." or "line: JSON nested more than ..."
+      problem.erase(0, std::string("line: ").size());
     }
     if (!problem.empty()) {
       std::string message = path + ":" + std::to_string(number) + ": " + problem;
@@ -73,14 +90,6 @@ Dataset load_jsonl(const std::string& path, bool skip_bad_lines) {
          " malformed lines skipped)");
   return data;
 }
-
-namespace {
-
-bool is_integer_text(const std::string& s) {
-  return !s.empty() && std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; });
-}
-
-}  // namespace
 
 TaskIndex TaskIndex::from_examples(const std::vector<Example>& examples) {
   std::set<std::string> names;
@@ -169,10 +178,12 @@ Batch collate(const std::vector<TokenizedExample>& examples, const std::vector<s
   for (size_t i : indices) {
     T = std::max<int64_t>(T, int64_t(examples[i].input_ids.size()));
     L = std::max<int64_t>(L, int64_t(examples[i].labels.size()));
-    same_length_labels = same_length_labels && examples[i].labels.size() == examples[i].input_ids.size();
+    same_length_labels =
+        same_length_labels && examples[i].labels.size() == examples[i].input_ids.size();
   }
   if (same_length_labels) L = T;  // causal: labels align with the inputs
-  std::vector<int64_t> ids(size_t(B * T), pad_id), mask(size_t(B * T), 0), labels(size_t(B * L), -100);
+  std::vector<int64_t> ids(size_t(B * T), pad_id), mask(size_t(B * T), 0),
+      labels(size_t(B * L), -100);
   std::vector<int64_t> tasks;
   Batch batch;
   for (int64_t b = 0; b < B; ++b) {
@@ -199,7 +210,8 @@ std::vector<size_t> epoch_order(const std::vector<TokenizedExample>& examples, u
   if (shuffle) {
     // Fisher-Yates with a Philox stream keyed by (seed, epoch): the same order on every run.
     Generator gen(seed, uint64_t(epoch) << 40);
-    for (size_t i = order.size(); i > 1; --i) std::swap(order[i - 1], order[size_t(gen.uniform_int(int64_t(i)))]);
+    for (size_t i = order.size(); i > 1; --i)
+      std::swap(order[i - 1], order[size_t(gen.uniform_int(int64_t(i)))]);
   }
   if (bucket_batches > 1) {
     // Sort runs of bucket_batches * batch_size examples by length: less padding, same mix.

@@ -129,6 +129,60 @@ TEST(PeftConfig, FillFromModelAndMismatch) {
   EXPECT_THROW(other.fill_from_model(info), Error);
 }
 
+TEST(PeftConfig, AbsurdSizesAreRefusedBeforeAnythingIsAllocated) {
+  // Before: sizes near 2^62 overflowed int64 shape products (UBSan) or asked for terabytes.
+  auto j = base_config();
+  j["num_virtual_tokens"] = int64_t(1) << 62;
+  expect_invalid(j, "num_virtual_tokens = 4611686018427387904 is absurdly large");
+  j["num_virtual_tokens"] = 18446744073709551615ull;
+  expect_invalid(j,
+                 "field 'num_virtual_tokens' = 18446744073709551615 does not fit a 64-bit integer");
+  j = base_config();
+  j["peft_type"] = "MULTITASK_PROMPT_TUNING";
+  j["num_tasks"] = int64_t(1) << 40;
+  expect_invalid(j, "num_tasks = 1099511627776 is absurdly large");
+  j["num_tasks"] = 2;
+  j["num_ranks"] = int64_t(1) << 62;
+  expect_invalid(j, "num_ranks = 4611686018427387904 is absurdly large");
+}
+
+TEST(PeftConfig, FillFromModelRefusesPromptsThatDoNotFitOrAreHuge) {
+  ModelInfo info;
+  info.token_dim = 64;
+  info.num_layers = 2;
+  info.num_heads = 4;
+  info.max_positions = 128;
+  auto j = base_config();
+  j["num_virtual_tokens"] = 128;
+  PromptTuningConfig c = PromptTuningConfig::from_json(j, "cfg.json");
+  try {
+    c.fill_from_model(info);
+    FAIL() << "a prompt as long as the context must be refused";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("num_virtual_tokens = 128 leaves no room for text in the "
+                                         "model's context of 128 positions"),
+              std::string::npos)
+        << e.what();
+  }
+  j["num_virtual_tokens"] = 127;
+  EXPECT_NO_THROW(PromptTuningConfig::from_json(j, "cfg.json").fill_from_model(info));
+  // Each factor within its bound, the product still terabytes: 65536 tasks x 65536 ranks.
+  j["peft_type"] = "MULTITASK_PROMPT_TUNING";
+  j["num_virtual_tokens"] = 8;
+  j["num_tasks"] = kMaxTasks;
+  j["num_ranks"] = kMaxRanks;
+  PromptTuningConfig mpt = PromptTuningConfig::from_json(j, "cfg.json");
+  try {
+    mpt.fill_from_model(info);
+    FAIL() << "a 300-billion-parameter adapter must be refused";
+  } catch (const Error& e) {
+    EXPECT_NE(
+        std::string(e.what()).find("the adapter would have 309237645824 trainable parameters"),
+        std::string::npos)
+        << e.what();
+  }
+}
+
 TEST(PeftConfig, NonAsciiInitTextIsEscapedLikePython) {
   PromptTuningConfig c = PromptTuningConfig::from_json(base_config(), "cfg.json");
   c.prompt_tuning_init_text = "caf\xc3\xa9 \xf0\x9f\x98\x80";  // "café 😀"
