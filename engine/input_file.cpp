@@ -55,7 +55,7 @@ int open_regular_file(const std::string& path) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) {
     const int err = errno;
-    if (err == ENOENT) fail(ErrorKind::kIo, path, ": no such file");
+    if (err == ENOENT) fail(ErrorKind::kIo, path, ": cannot open: no such file");
     if (err == ELOOP)
       fail(ErrorKind::kIo, path, ": too many levels of symbolic links (a symlink loop?)");
     fail(ErrorKind::kIo, path, ": cannot open: ", std::strerror(err));
