@@ -1,7 +1,10 @@
 // softprompt generate: text from prompts, with one or several PEFT adapters on one frozen model
 // (each prompt may pick its adapter and task).
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <cstdio>
+#include <fstream>
+#include <optional>
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
@@ -11,6 +14,62 @@
 #include "peft/data.h"
 
 namespace sp::cli {
+
+namespace {
+
+// One line of --input: {"input": ..., "adapter": optional, "task": optional}. Unlike training
+// data there is no "output" to require.
+struct PromptRow {
+  std::string input;
+  std::optional<std::string> adapter, task;
+  int64_t line = 0;
+};
+
+std::vector<PromptRow> read_prompt_rows(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) fail(ErrorKind::kIo, path, ": cannot open the --input file");
+  std::vector<PromptRow> rows;
+  std::string text;
+  for (int64_t number = 1; std::getline(in, text); ++number) {
+    if (text.find_first_not_of(" \t\r") == std::string::npos) continue;  // blank lines
+    const std::string where = path + ":" + std::to_string(number);
+    nlohmann::json j;
+    try {
+      j = nlohmann::json::parse(text);
+    } catch (const nlohmann::json::parse_error& e) {
+      fail(ErrorKind::kFormat, where, ": not valid JSON (", e.what(), ")");
+    }
+    if (!j.is_object())
+      fail(ErrorKind::kFormat, where, ": expected a JSON object, found ", j.type_name());
+    PromptRow row;
+    row.line = number;
+    auto input = j.find("input");
+    if (input == j.end() || !input->is_string())
+      fail(ErrorKind::kFormat, where, ": field 'input' must be a string, found ",
+           input == j.end() ? std::string("nothing") : std::string(input->type_name()));
+    row.input = input->get<std::string>();
+    if (auto adapter = j.find("adapter"); adapter != j.end() && !adapter->is_null()) {
+      if (!adapter->is_string())
+        fail(ErrorKind::kFormat, where,
+             ": field 'adapter' must be an adapter name (a string), found ", adapter->type_name());
+      row.adapter = adapter->get<std::string>();
+    }
+    if (auto task = j.find("task"); task != j.end() && !task->is_null()) {
+      if (task->is_string())
+        row.task = task->get<std::string>();
+      else if (task->is_number_integer() && task->get<int64_t>() >= 0)
+        row.task = std::to_string(task->get<int64_t>());
+      else
+        fail(ErrorKind::kFormat, where,
+             ": field 'task' must be a name or a non-negative integer id, found ", task->dump());
+    }
+    rows.push_back(std::move(row));
+  }
+  if (rows.empty()) fail(ErrorKind::kFormat, path, ": no prompts");
+  return rows;
+}
+
+}  // namespace
 
 CommandRunner add_generate_command(CLI::App& app) {
   struct Options {
@@ -56,10 +115,27 @@ CommandRunner add_generate_command(CLI::App& app) {
     }
     std::vector<std::string> texts = o->prompts, rows = o->row_adapters, tasks = o->tasks;
     if (!o->input_file.empty()) {
-      Dataset data = load_jsonl(o->input_file);  // output may be "" for pure prompts
-      for (const Example& e : data.examples) {
-        texts.push_back(e.input);
-        if (e.task) tasks.push_back(*e.task);
+      const std::vector<PromptRow> input_rows = read_prompt_rows(o->input_file);
+      // Each row runs with its own "adapter" (default: the first one). --prompt rows keep --use's
+      // names, or the first adapter without --use; a --use count that does not match --prompt is
+      // left for the check below to report.
+      const bool extend_rows = !names.empty() && (rows.empty() || rows.size() == o->prompts.size());
+      if (extend_rows && rows.empty()) rows.assign(o->prompts.size(), names[0]);
+      for (const PromptRow& row : input_rows) {
+        texts.push_back(row.input);
+        if (row.task) tasks.push_back(*row.task);
+        if (row.adapter) {
+          std::string loaded_names;
+          for (const std::string& name : names)
+            loaded_names += (loaded_names.empty() ? "" : ", ") + name;
+          const std::string where = o->input_file + ":" + std::to_string(row.line);
+          SP_CHECK(!names.empty(), where, ": field 'adapter' names '", *row.adapter,
+                   "', but no --adapter is loaded");
+          SP_CHECK(std::find(names.begin(), names.end(), *row.adapter) != names.end(), where,
+                   ": field 'adapter' names '", *row.adapter,
+                   "', which is not loaded (loaded: ", loaded_names, ")");
+        }
+        if (extend_rows) rows.push_back(row.adapter.value_or(names[0]));
       }
     }
     SP_CHECK(!texts.empty(), "generate: give --prompt or --input");

@@ -222,6 +222,12 @@ std::unique_ptr<BpeTokenizer> BpeTokenizer::from_vocab_merges(
   tokenizer->add_prefix_space_ = settings.add_prefix_space.value_or(false);
   tokenizer->finish_loading(std::move(vocab), merges, sources, std::move(added), settings,
                             vocab_path);
+  // Without tokenizer.json, transformers builds the post-processor from add_bos_token /
+  // add_eos_token (a missing BOS / EOS token turns its flag off).
+  if (settings.add_bos_token && tokenizer->specials_.bos)
+    tokenizer->template_.prefix.push_back(*tokenizer->specials_.bos);
+  if (settings.add_eos_token && tokenizer->specials_.eos)
+    tokenizer->template_.suffix.push_back(*tokenizer->specials_.eos);
   return tokenizer;
 }
 
@@ -301,8 +307,17 @@ std::unique_ptr<BpeTokenizer> BpeTokenizer::from_tokenizer_json(
   const json& pre_tokenizer = doc["pre_tokenizer"];
   tokenizer->add_prefix_space_ = optional_bool(pre_tokenizer, "add_prefix_space", false, source);
   tokenizer->use_regex_ = optional_bool(pre_tokenizer, "use_regex", true, source);
-  // transformers hands tokenizer_config.json's add_prefix_space to the backend, overriding it.
-  if (settings.add_prefix_space) tokenizer->add_prefix_space_ = *settings.add_prefix_space;
+  // Who decides add_prefix_space depends on the class transformers instantiates: GPT2Tokenizer
+  // builds its own pre-tokenizer from its keyword (tokenizer_config.json, default false), while
+  // the generic TokenizersBackend keeps tokenizer.json's and ignores the keyword.
+  const std::string cls = settings.tokenizer_class.value_or("");
+  if (cls == "GPT2Tokenizer" || cls == "GPT2TokenizerFast") {
+    tokenizer->add_prefix_space_ = settings.add_prefix_space.value_or(false);
+  } else if (!cls.empty() && cls != "PreTrainedTokenizerFast" && cls != "TokenizersBackend" &&
+             settings.add_prefix_space) {
+    // Other classes are not checked against transformers; the keyword overrides as before.
+    tokenizer->add_prefix_space_ = *settings.add_prefix_space;
+  }
   if (const std::string type = component_type(doc, "decoder", source);
       type != "null" && type != "ByteLevel")
     fail(ErrorKind::kFormat, source, ": unsupported decoder type '", type,
@@ -417,7 +432,12 @@ void BpeTokenizer::finish_loading(TokenIds vocab,
     if (!id)
       fail(ErrorKind::kFormat, where, ": token '", content,
            "' is neither in the vocabulary nor an added token");
-    mark_special(*id, content);
+    // transformers adds a listed token only when it is not an added token yet, so a file's
+    // "special": false survives (decode then keeps the token).
+    const bool flagged_by_file = std::any_of(added.begin(), added.end(), [&](const AddedToken& a) {
+      return a.id == *id && a.special_from_file;
+    });
+    if (!flagged_by_file) mark_special(*id, content);
   }
 
   std::vector<AddedToken> raw, normalized;
@@ -600,10 +620,12 @@ std::string BpeTokenizer::decode(std::span<const int64_t> ids, bool skip_special
   std::string bytes;
   for (size_t i = 0; i < ids.size(); ++i) {
     const int64_t id = ids[i];
-    if (id < 0 || id >= vocab_size() || !id_used_[static_cast<size_t>(id)])
+    if (id < 0)
       fail(ErrorKind::kInvalidArgument, "BpeTokenizer::decode: ids[", i, "] = ", id,
-           id < 0 || id >= vocab_size() ? " is out of range [0, " : " is not assigned in [0, ",
-           vocab_size(), ")");
+           " is negative; expected a token id in [0, ", vocab_size(), ")");
+    // Ids the tokenizer does not know (a model's embedding padded past the vocabulary) decode to
+    // nothing, as in transformers.
+    if (id >= vocab_size() || !id_used_[static_cast<size_t>(id)]) continue;
     if (skip_special_tokens && id_special_[static_cast<size_t>(id)]) continue;
     bytes += id_bytes_[static_cast<size_t>(id)];
   }

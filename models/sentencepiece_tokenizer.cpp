@@ -566,7 +566,12 @@ std::unique_ptr<SentencePieceTokenizer> SentencePieceTokenizer::load(
     if (!id)
       fail(ErrorKind::kFormat, where, ": token '", content,
            "' is neither a piece of spiece.model nor an added token");
-    mark_special(*id);
+    // transformers adds a listed token only when it is not an added token yet, so the
+    // "special": false of tokenizer.json or added_tokens_decoder survives (decode keeps it).
+    const bool flagged_by_file = std::any_of(added.begin(), added.end(), [&](const AddedToken& a) {
+      return a.id == *id && a.special_from_file;
+    });
+    if (!flagged_by_file) mark_special(*id);
   }
 
   tokenizer->id_special_.assign(static_cast<size_t>(size), false);
@@ -747,9 +752,12 @@ std::string SentencePieceTokenizer::decode(std::span<const int64_t> ids,
   bool first = true;
   for (size_t i = 0; i < ids.size(); ++i) {
     const int64_t id = ids[i];
-    if (id < 0 || id >= vocab_size())
+    if (id < 0)
       fail(ErrorKind::kInvalidArgument, "SentencePieceTokenizer::decode: ids[", i, "] = ", id,
-           " is out of range [0, ", vocab_size(), ")");
+           " is negative; expected a token id in [0, ", vocab_size(), ")");
+    // t5-base's embedding has 32128 rows for 32100 tokens; ids past the tokenizer decode to
+    // nothing, as in transformers (and do not count as the first token for the "▁" rule).
+    if (id >= vocab_size()) continue;
     if (skip_special_tokens && id_special_[static_cast<size_t>(id)]) continue;
     // Metaspace decoder: "▁" becomes a space, except in the first token, where it disappears.
     const std::string_view token = id_to_token_[static_cast<size_t>(id)];

@@ -314,6 +314,7 @@ AddedToken parse_added_token(const json& entry, const std::string& source,
   token.special = optional_bool(entry, "special", false, source);
   token.lstrip = optional_bool(entry, "lstrip", false, source);
   token.rstrip = optional_bool(entry, "rstrip", false, source);
+  token.special_from_file = entry.contains("special") && !entry["special"].is_null();
   token.normalized = optional_bool(entry, "normalized", !token.special, source);
   if (optional_bool(entry, "single_word", false, source))
     fail(ErrorKind::kFormat, source, ": added token '", token.content,
@@ -415,6 +416,14 @@ SpecialTokenSettings read_special_token_settings(const std::string& model_dir) {
         optional_bool(config, "clean_up_tokenization_spaces", false, config_path);
     if (auto prefix = config.find("add_prefix_space"); prefix != config.end() && !prefix->is_null())
       settings.add_prefix_space = optional_bool(config, "add_prefix_space", false, config_path);
+    settings.add_bos_token = optional_bool(config, "add_bos_token", false, config_path);
+    settings.add_eos_token = optional_bool(config, "add_eos_token", false, config_path);
+    if (auto name = config.find("tokenizer_class"); name != config.end() && !name->is_null()) {
+      if (!name->is_string())
+        fail(ErrorKind::kFormat, config_path, ": field 'tokenizer_class' must be a string, found ",
+             name->dump());
+      settings.tokenizer_class = name->get<std::string>();
+    }
   }
 
   const std::string map_path = (dir / "special_tokens_map.json").string();

@@ -55,8 +55,13 @@ class Tokenizer {
 ///   > config.json "<name>_token_id" (transformers itself never reads it; last resort only).
 /// Added tokens (split out of the text before the model runs): tokenizer.json "added_tokens", plus
 /// the entries of tokenizer_config.json "added_tokens_decoder" and added_tokens.json whose ids are
-/// not there yet. Every named special token and every entry of "additional_special_tokens" /
-/// "extra_special_tokens" becomes a special added token too (split out, skippable in decode).
+/// not there yet. Every named special token becomes a special added token too (split out,
+/// skippable in decode); so does every entry of "additional_special_tokens" /
+/// "extra_special_tokens", except that an added token whose file says "special": false stays so.
+/// Without tokenizer.json, tokenizer_config.json "add_bos_token" / "add_eos_token" put the BOS /
+/// EOS id around every encoded GPT-2 text; with one, its post_processor decides (as transformers
+/// 5). decode() skips ids at or above vocab_size() (and unassigned ids), as transformers does for
+/// vocabularies padded past the tokenizer; negative ids are an error.
 std::unique_ptr<Tokenizer> load_tokenizer(const std::string& model_dir);
 
 // ---- Shared by the implementations (bpe_tokenizer.cpp, sentencepiece_tokenizer.cpp). ----
@@ -71,6 +76,11 @@ struct AddedToken {
   // HF matches normalized tokens in a second pass, after the normalizer ran on the remaining
   // text; non-normalized ones are matched first, on the raw text.
   bool normalized = false;
+  // Whether a file gave "special" for this token (tokenizer.json "added_tokens",
+  // tokenizer_config.json "added_tokens_decoder"): transformers then keeps that flag even when
+  // "extra_special_tokens" lists the token; named special tokens (bos/eos/unk/pad) are always
+  // special.
+  bool special_from_file = false;
 };
 
 // One piece of text after splitting on added tokens: either plain text or an added token.
@@ -123,6 +133,10 @@ struct SpecialTokenSettings {
   std::optional<int64_t> extra_ids;              // tokenizer_config.json "extra_ids"
   bool clean_up_tokenization_spaces = false;     // transformers 5 default
   std::optional<bool> add_prefix_space;          // tokenizer_config.json
+  // tokenizer_config.json; transformers honours them only when there is no tokenizer.json.
+  bool add_bos_token = false;
+  bool add_eos_token = false;
+  std::optional<std::string> tokenizer_class;  // tokenizer_config.json "tokenizer_class"
 };
 
 SpecialTokenSettings read_special_token_settings(const std::string& model_dir);

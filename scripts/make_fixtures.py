@@ -6,14 +6,14 @@ Neither the build nor the tests run it; its outputs are committed. Running it tw
 bit-identical files (fixed seeds, single-threaded torch).
 
     python3 scripts/make_fixtures.py            # everything
-    python3 scripts/make_fixtures.py gpt2 t5    # only some groups
+    python3 scripts/make_fixtures.py gpt2 t5    # only some groups (tokconfig needs no torch)
 """
 import os
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures"))
 
-GROUPS = ["gpt2", "t5"]  # each is scripts/fixtures/<group>_fixtures.py with a main(root) function
+GROUPS = ["gpt2", "t5", "tokconfig"]  # each is scripts/fixtures/<group>_fixtures.py with a main(root) function
 
 
 def main(argv):

@@ -15,6 +15,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <regex>
+#include <sstream>
 
 #include "engine/safetensors.h"
 
@@ -168,6 +169,61 @@ TEST_F(Cli, TrainEvalGenerateForwardInspect) {
   CommandResult inspect_model = run("inspect " + model);
   EXPECT_NE(inspect_model.output.find("hidden size 64, layers 2, heads 4"), std::string::npos)
       << inspect_model.output;
+}
+
+TEST_F(Cli, GenerateInputRowsPickTheirAdapterAndNeedNoOutput) {
+  // Issue 16.5: each --input row runs with its "adapter" field (default: the first adapter), and
+  // rows need no "output". The two fixture adapters continue "hello there" differently, so a row
+  // that ignored its adapter would give adapter a's text.
+  const std::string model = kFixtures + "/gpt2_tiny_a";
+  const std::string adapters = " --adapter a=" + kFixtures + "/peft/gpt2_tiny_a/pt_random" +
+                               " --adapter b=" + kFixtures + "/peft/gpt2_tiny_a/pt_sample_vocab";
+  const auto output_of = [](const CommandResult& result, size_t line) {
+    std::istringstream lines(result.output);
+    std::string text;
+    for (size_t i = 0; i <= line; ++i) std::getline(lines, text);
+    return nlohmann::json::parse(text)["output"].get<std::string>();
+  };
+  const std::string flags = " --max-new-tokens 4 --json";
+  CommandResult with_a =
+      run("generate -q --model " + model + adapters + " --prompt 'hello there' --use a" + flags);
+  CommandResult with_b =
+      run("generate -q --model " + model + adapters + " --prompt 'hello there' --use b" + flags);
+  ASSERT_EQ(with_a.code, 0) << with_a.output;
+  ASSERT_EQ(with_b.code, 0) << with_b.output;
+  ASSERT_NE(output_of(with_a, 0), output_of(with_b, 0));  // else the test could not fail
+
+  const std::string input = write("prompts.jsonl",
+                                  "{\"input\": \"hello there\", \"adapter\": \"b\"}\n"
+                                  "{\"input\": \"hello there\"}\n"
+                                  "{\"input\": \"hello there\", \"adapter\": \"a\"}\n");
+  CommandResult rows = run("generate -q --model " + model + adapters + " --input " + input + flags);
+  ASSERT_EQ(rows.code, 0) << rows.output;
+  EXPECT_EQ(output_of(rows, 0), output_of(with_b, 0));
+  EXPECT_EQ(output_of(rows, 1), output_of(with_a, 0));
+  EXPECT_EQ(output_of(rows, 2), output_of(with_a, 0));
+
+  // --prompt rows keep --use; --input rows follow after them with their own adapters.
+  CommandResult mixed = run("generate -q --model " + model + adapters +
+                            " --prompt 'hello there' --use b --input " + input + flags);
+  ASSERT_EQ(mixed.code, 0) << mixed.output;
+  EXPECT_EQ(output_of(mixed, 0), output_of(with_b, 0));
+  EXPECT_EQ(output_of(mixed, 1), output_of(with_b, 0));
+  EXPECT_EQ(output_of(mixed, 2), output_of(with_a, 0));
+
+  const std::string unknown = write("unknown.jsonl", "{\"input\": \"x\", \"adapter\": \"zz\"}\n");
+  CommandResult bad = run("generate -q --model " + model + adapters + " --input " + unknown);
+  EXPECT_NE(bad.code, 0);
+  EXPECT_NE(bad.output.find("unknown.jsonl:1: field 'adapter' names 'zz', which is not loaded "
+                            "(loaded: a, b)"),
+            std::string::npos)
+      << bad.output;
+  const std::string no_input = write("no_input.jsonl", "{\"prompt\": \"x\"}\n");
+  bad = run("generate -q --model " + model + " --input " + no_input);
+  EXPECT_NE(bad.code, 0);
+  EXPECT_NE(bad.output.find("no_input.jsonl:1: field 'input' must be a string, found nothing"),
+            std::string::npos)
+      << bad.output;
 }
 
 TEST_F(Cli, TwoStageMultitaskRecipe) {

@@ -267,9 +267,8 @@ TEST(BpeTokenizer, RejectsInvalidUtf8AndBadIds) {
   auto tokenizer = sp::load_tokenizer(kGpt2Dir.string());
   expect_error([&] { tokenizer->encode("ab\xFF"); }, sp::ErrorKind::kInvalidArgument,
                {"not valid UTF-8", "byte 2"});
-  const std::vector<int64_t> bad = {64, 512};
-  expect_error([&] { tokenizer->decode(bad); }, sp::ErrorKind::kInvalidArgument,
-               {"ids[1] = 512", "out of range [0, 512)"});
+  const std::vector<int64_t> past_the_end = {64, 512};
+  EXPECT_EQ(tokenizer->decode(past_the_end), "a");  // as transformers: such ids decode to ""
   const std::vector<int64_t> negative = {-1};
   expect_error([&] { tokenizer->decode(negative); }, sp::ErrorKind::kInvalidArgument,
                {"ids[0] = -1"});
@@ -576,9 +575,8 @@ TEST(SentencePieceTokenizer, CorruptOrMissingModel) {
 
 TEST(SentencePieceTokenizer, RejectsBadIdsAndInvalidUtf8) {
   auto tokenizer = sp::load_tokenizer((kFixtures / "t5_tiny_v10").string());
-  const std::vector<int64_t> bad = {3, 420};
-  expect_error([&] { tokenizer->decode(bad); }, sp::ErrorKind::kInvalidArgument,
-               {"ids[1] = 420", "out of range [0, 420)"});
+  const std::vector<int64_t> past_the_end = {420};
+  EXPECT_EQ(tokenizer->decode(past_the_end), "");  // as transformers: such ids decode to ""
   expect_error([&] { tokenizer->id_to_token(-2); }, sp::ErrorKind::kInvalidArgument,
                {"id -2", "out of range"});
   expect_error([&] { tokenizer->encode("\xC3"); }, sp::ErrorKind::kInvalidArgument,
@@ -600,6 +598,116 @@ TEST(SentencePieceTokenizer, EncodeIsThreadSafe) {
   one.join();
   two.join();
   EXPECT_EQ(mismatches.load(), 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// tokenizer_config.json settings and out-of-range ids, against AutoTokenizer.from_pretrained
+// (golden/tokenizer_config_cases.json, written by scripts/make_fixtures.py tokconfig).
+
+json tokenizer_config_cases(const std::string& issue) {
+  const json golden = read_json(kFixtures / "golden" / "tokenizer_config_cases.json");
+  json selected = json::array();
+  for (const json& c : golden["cases"])
+    if (c["issue"] == issue) selected.push_back(c);
+  return selected;
+}
+
+// Builds the case's directory as the script did: files copied from the source fixture, the
+// tokenizer.json merge patch applied, the tokenizer_config.json written.
+void build_case_dir(const TempDir& dir, const json& c) {
+  const fs::path source = kFixtures / c["source"].get<std::string>();
+  for (const json& name : c["files"]) dir.copy_from(source / name.get<std::string>());
+  if (c.contains("tokenizer_json_patch")) {
+    json doc = read_json(dir.path() / "tokenizer.json");
+    doc.merge_patch(c["tokenizer_json_patch"]);
+    fs::remove(dir.path() / "tokenizer.json");
+    dir.write("tokenizer.json", doc.dump());
+  }
+  if (c.contains("tokenizer_config")) {
+    fs::remove(dir.path() / "tokenizer_config.json");
+    dir.write("tokenizer_config.json", c["tokenizer_config"].dump());
+  }
+}
+
+// Checks every expectation of every case of `issue`; returns how many cases matched entirely.
+int check_tokenizer_config_cases(const std::string& issue) {
+  int passed = 0;
+  for (const json& c : tokenizer_config_cases(issue)) {
+    const std::string name = c["name"];
+    TempDir dir;
+    build_case_dir(dir, c);
+    std::unique_ptr<sp::Tokenizer> tokenizer;
+    try {
+      tokenizer = sp::load_tokenizer(dir.str());
+    } catch (const sp::Error& error) {
+      ADD_FAILURE() << name << ": " << error.what();
+      continue;
+    }
+    int failures = 0;
+    const auto expect = [&](const auto& found, const auto& expected, const std::string& what) {
+      EXPECT_EQ(found, expected) << name << ": " << what;
+      if (!(found == expected)) ++failures;
+    };
+    for (const json& e : c["encode"]) {
+      const std::string text = e["text"];
+      const std::vector<int64_t> ids = ids_of(e["ids"]);
+      expect(tokenizer->encode(text), ids, "encode(" + json(text).dump() + ")");
+      expect(tokenizer->encode(text, false), ids_of(e["ids_without_special"]),
+             "encode(" + json(text).dump() + ", add_special_tokens=false)");
+      expect(tokenizer->decode(ids), e["decoded"].get<std::string>(),
+             "decode of " + e["ids"].dump());
+      expect(tokenizer->decode(ids, true), e["decoded_skip_special"].get<std::string>(),
+             "decode(skip_special_tokens) of " + e["ids"].dump());
+    }
+    for (const json& d : c["decode"]) {
+      const std::vector<int64_t> ids = ids_of(d["ids"]);
+      expect(tokenizer->decode(ids), d["decoded"].get<std::string>(),
+             "decode of " + d["ids"].dump());
+      expect(tokenizer->decode(ids, true), d["decoded_skip_special"].get<std::string>(),
+             "decode(skip_special_tokens) of " + d["ids"].dump());
+    }
+    if (failures == 0) ++passed;
+  }
+  return passed;
+}
+
+// Issue 16.1: add_bos_token / add_eos_token apply without tokenizer.json and are dropped with it.
+TEST(TokenizerConfigGolden, AddBosAndEosToken) {
+  const int total = static_cast<int>(tokenizer_config_cases("add_bos/eos_token").size());
+  EXPECT_EQ(total, 11);
+  EXPECT_EQ(check_tokenizer_config_cases("add_bos/eos_token"), total);
+}
+
+// Issue 16.2: ids at or above the tokenizer's size decode to "" (padded vocabularies).
+TEST(TokenizerConfigGolden, OutOfRangeIdsDecodeToNothing) {
+  const int total = static_cast<int>(tokenizer_config_cases("decode_out_of_range").size());
+  EXPECT_EQ(total, 4);
+  EXPECT_EQ(check_tokenizer_config_cases("decode_out_of_range"), total);
+}
+
+// Issue 16.3: extra_special_tokens leave tokenizer.json's (or added_tokens_decoder's) special flag.
+TEST(TokenizerConfigGolden, ExtraSpecialTokensKeepTheAddedTokensFlag) {
+  const int total = static_cast<int>(tokenizer_config_cases("extra_special_tokens").size());
+  EXPECT_EQ(total, 4);
+  EXPECT_EQ(check_tokenizer_config_cases("extra_special_tokens"), total);
+}
+
+// Issue 16.4: GPT2Tokenizer's add_prefix_space is its keyword (default false); other classes
+// keep tokenizer.json's pre_tokenizer setting.
+TEST(TokenizerConfigGolden, AddPrefixSpaceFollowsTheTokenizerClass) {
+  const int total = static_cast<int>(tokenizer_config_cases("add_prefix_space").size());
+  EXPECT_EQ(total, 13);
+  EXPECT_EQ(check_tokenizer_config_cases("add_prefix_space"), total);
+}
+
+TEST(TokenizerConfigGolden, NegativeIdsAreStillAnError) {
+  // transformers raises OverflowError for them; a negative id is a caller bug, not padding.
+  for (const char* dir : {"gpt2_tiny_a", "t5_tiny_v10"}) {
+    auto tokenizer = sp::load_tokenizer((kFixtures / dir).string());
+    const std::vector<int64_t> ids = {5, -1};
+    expect_error([&] { tokenizer->decode(ids); }, sp::ErrorKind::kInvalidArgument,
+                 {"ids[1] = -1", "negative"});
+  }
 }
 
 }  // namespace
