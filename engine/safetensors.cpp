@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "engine/backend.h"
+#include "engine/durable_fs.h"
 #include "engine/error.h"
 #include "engine/input_file.h"
 
@@ -302,43 +303,47 @@ void write_file_atomically(const std::string& path, const std::string& contents)
   fs::path target(path);
   fs::path dir = target.has_parent_path() ? target.parent_path() : fs::path(".");
   // Built by appends: GCC 12 misreports `"." + name` as an overlapping memcpy (-Wrestrict).
+  // The name pattern ".<name>.tmpXXXXXX" is what stale-staging cleanup looks for after a crash.
   std::string hidden_name = ".";
   hidden_name += target.filename().string();
   hidden_name += ".tmpXXXXXX";
   std::string tmp_template = (dir / hidden_name).string();
   std::vector<char> tmp_name(tmp_template.begin(), tmp_template.end());
   tmp_name.push_back('\0');
+  fs_hook_point("open", tmp_template);
   int fd = mkstemp(tmp_name.data());
   if (fd < 0)
     fail(ErrorKind::kIo, path, ": cannot create a temporary file in ", dir.string(), ": ",
          std::strerror(errno));
+  auto give_up = [&](const char* what, int err) {
+    ::close(fd);
+    ::unlink(tmp_name.data());
+    fail(ErrorKind::kIo, path, ": ", what, ": ", std::strerror(err));
+  };
   const char* p = contents.data();
   size_t left = contents.size();
+  fs_hook_point("write", tmp_name.data());
   while (left > 0) {
     ssize_t written = ::write(fd, p, left);
     if (written < 0) {
       if (errno == EINTR) continue;
-      int err = errno;
-      ::close(fd);
-      ::unlink(tmp_name.data());
-      fail(ErrorKind::kIo, path, ": write failed: ", std::strerror(err));
+      give_up("write failed", errno);
     }
     p += written;
     left -= size_t(written);
   }
-  if (::fsync(fd) != 0 || ::fchmod(fd, 0644) != 0) {
-    int err = errno;
-    ::close(fd);
-    ::unlink(tmp_name.data());
-    fail(ErrorKind::kIo, path, ": cannot flush: ", std::strerror(err));
-  }
+  fs_hook_point("fsync", tmp_name.data());
+  if (::fsync(fd) != 0 || ::fchmod(fd, 0644) != 0) give_up("cannot flush", errno);
   ::close(fd);
+  fs_hook_point("rename", tmp_name.data());
   if (std::rename(tmp_name.data(), path.c_str()) != 0) {
     int err = errno;
     ::unlink(tmp_name.data());
     fail(ErrorKind::kIo, path,
          ": cannot rename the temporary file into place: ", std::strerror(err));
   }
+  // The rename itself is durable only once the directory entry is flushed.
+  fsync_directory(dir.string());
 }
 
 void save_safetensors(const std::string& path,

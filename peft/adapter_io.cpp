@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <filesystem>
 
+#include "engine/durable_fs.h"
 #include "engine/error.h"
 #include "engine/safetensors.h"
 
@@ -13,26 +14,27 @@ namespace fs = std::filesystem;
 
 void save_adapter(const std::string& dir, const PromptAdapter& adapter) {
   std::error_code ec;
-  fs::create_directories(dir, ec);
-  if (ec) fail(ErrorKind::kIo, dir, ": cannot create the adapter directory: ", ec.message());
+  if (!fs::is_directory(dir, ec)) {
+    fs_hook_point("mkdir", dir);
+    fs::create_directories(dir, ec);
+    if (ec) fail(ErrorKind::kIo, dir, ": cannot create the adapter directory: ", ec.message());
+  }
   std::vector<std::pair<std::string, Tensor>> tensors;
   for (auto& [name, t] : adapter.named_parameters()) tensors.push_back({name, t.detach()});
-  // Stage both files under temporary names, then move them into place together.
-  const fs::path weights = fs::path(dir) / kAdapterWeightsFile;
-  const fs::path config = fs::path(dir) / kAdapterConfigFile;
-  const fs::path staged_weights = fs::path(dir) / ".adapter_model.safetensors.staged";
-  const fs::path staged_config = fs::path(dir) / ".adapter_config.json.staged";
-  try {
-    save_safetensors(staged_weights.string(), tensors, {{"format", "pt"}});
-    write_file_atomically(staged_config.string(), adapter.config().to_adapter_config_text());
-  } catch (...) {
-    fs::remove(staged_weights, ec);
-    fs::remove(staged_config, ec);
-    throw;
-  }
-  fs::rename(staged_weights, weights, ec);
-  if (!ec) fs::rename(staged_config, config, ec);
-  if (ec) fail(ErrorKind::kIo, dir, ": cannot move the adapter files into place: ", ec.message());
+  // Two files cannot be swapped in one step while the directory keeps its path (PEFT's
+  // from_pretrained wants both at its top level). Each file is replaced atomically, config
+  // first: re-saving the same adapter rewrites an identical config, so every intermediate
+  // state is a loadable adapter (old or new weights); only a first save cut short leaves a
+  // config without weights, which read_adapter_files and PEFT both report as missing weights.
+  // Writers that need the pair switched as a whole keep the authoritative copy elsewhere
+  // (commit_directory) and re-publish from it, as the Trainer does from training_state/.
+  write_file_atomically((fs::path(dir) / kAdapterConfigFile).string(),
+                        adapter.config().to_adapter_config_text());
+  save_safetensors((fs::path(dir) / kAdapterWeightsFile).string(), tensors, {{"format", "pt"}});
+}
+
+void remove_stale_adapter_temporaries(const std::string& dir) {
+  remove_stale_temporaries(dir, {kAdapterConfigFile, kAdapterWeightsFile});
 }
 
 AdapterFiles read_adapter_files(const std::string& dir) {
@@ -41,8 +43,7 @@ AdapterFiles read_adapter_files(const std::string& dir) {
          kAdapterConfigFile, " and ", kAdapterWeightsFile, ")");
   const fs::path config_path = fs::path(dir) / kAdapterConfigFile;
   const fs::path weights_path = fs::path(dir) / kAdapterWeightsFile;
-  if (!fs::exists(config_path))
-    fail(ErrorKind::kIo, dir, ": missing ", kAdapterConfigFile);
+  if (!fs::exists(config_path)) fail(ErrorKind::kIo, dir, ": missing ", kAdapterConfigFile);
   AdapterFiles files;
   files.dir = dir;
   files.config = PromptTuningConfig::load(config_path.string());

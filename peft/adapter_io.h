@@ -15,9 +15,11 @@ inline constexpr const char* kAdapterConfigFile = "adapter_config.json";
 inline constexpr const char* kAdapterWeightsFile = "adapter_model.safetensors";
 
 /// Writes `dir` (created if needed): the config with inference_mode true and the F32 tensors
-/// with metadata {"format": "pt"}. Both files are fully written before either is renamed into
-/// place, so a failure never leaves a half-written adapter.
+/// with metadata {"format": "pt"}. Each file is replaced atomically (temporary file, fsync,
+/// rename, directory fsync), the config first, so no file is ever half-written.
 void save_adapter(const std::string& dir, const PromptAdapter& adapter);
+/// Removes the temporary files a save_adapter killed mid-write leaves in `dir`.
+void remove_stale_adapter_temporaries(const std::string& dir);
 
 /// The contents of an adapter directory: its config and named tensors.
 struct AdapterFiles {

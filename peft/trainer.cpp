@@ -1,13 +1,22 @@
 // The training loop, checkpoints and resume.
 #include "peft/trainer.h"
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cmath>
 #include <csignal>
+#include <cstring>
 #include <filesystem>
-#include <fstream>
+#include <limits>
 
+#include "engine/durable_fs.h"
 #include "engine/error.h"
+#include "engine/input_file.h"
 #include "engine/log.h"
 #include "engine/ops/ops.h"
 #include "engine/safetensors.h"
@@ -22,8 +31,21 @@ using json = nlohmann::json;
 
 namespace {
 
+// Crash safety. training_state/ is the authoritative checkpoint and is replaced as a whole by
+// commit_directory (complete new directory, fsynced, renamed to training_state.next — the commit
+// point — then swapped in); best/ the same way. The output directory's own top-level
+// adapter_config.json + adapter_model.safetensors must keep their paths for PEFT's
+// from_pretrained, so they cannot switch in one rename: they are a publication of
+// training_state/'s adapter, each file replaced atomically after the checkpoint commits, and
+// re-published from training_state/ on every resume. After a kill -9 at any point the top level
+// is an older or newer complete adapter (or, before the first checkpoint, possibly a config
+// without weights); `train --resume` restores the exact pair and cleans every staging leftover.
 constexpr const char* kStateDir = "training_state";
-constexpr int kStateVersion = 1;
+constexpr const char* kBestDir = "best";
+constexpr const char* kMetricsFile = "metrics.jsonl";
+constexpr const char* kStateFile = "trainer_state.json";
+constexpr const char* kOptimizerFile = "optimizer.safetensors";
+constexpr int kStateVersion = 2;  // 2 added metrics_bytes and eval_pending
 
 uint64_t mix_seed(uint64_t seed, uint64_t step, uint64_t micro) {
   // splitmix64 of the triple: distinct dropout streams per micro-batch, reproducible on resume.
@@ -33,7 +55,62 @@ uint64_t mix_seed(uint64_t seed, uint64_t step, uint64_t micro) {
   return z ^ (z >> 31);
 }
 
-void handle_stop_signal(int) { Trainer::stop_requested().store(true); }
+void handle_stop_signal(int) {
+  Trainer::stop_requested().store(true);
+}
+
+// Typed, range-checked reads of trainer_state.json fields; errors name the file and field.
+[[noreturn]] void bad_field(const std::string& path, const char* key, const std::string& expected,
+                            const nlohmann::json& found) {
+  std::string shown = found.dump();
+  if (shown.size() > 40) shown = shown.substr(0, 40) + "...";
+  fail(ErrorKind::kFormat, path, ": field '", key, "' must be ", expected, ", found ",
+       found.type_name(), " ", shown);
+}
+
+const nlohmann::json& field(const nlohmann::json& meta, const std::string& path, const char* key) {
+  auto it = meta.find(key);
+  if (it == meta.end())
+    fail(ErrorKind::kFormat, path, ": missing field '", key,
+         "' (the checkpoint is incomplete or from another program)");
+  return *it;
+}
+
+int64_t int_field(const nlohmann::json& meta, const std::string& path, const char* key, int64_t lo,
+                  int64_t hi) {
+  const nlohmann::json& v = field(meta, path, key);
+  const std::string expected =
+      "an integer from " + std::to_string(lo) + " to " + std::to_string(hi);
+  if (!v.is_number_integer()) bad_field(path, key, expected, v);
+  if (v.is_number_unsigned() && v.get<uint64_t>() > uint64_t(std::numeric_limits<int64_t>::max()))
+    bad_field(path, key, expected, v);
+  const int64_t x = v.get<int64_t>();
+  if (x < lo || x > hi) bad_field(path, key, expected, v);
+  return x;
+}
+
+uint64_t uint_field(const nlohmann::json& meta, const std::string& path, const char* key) {
+  const nlohmann::json& v = field(meta, path, key);
+  if (!v.is_number_integer() || (!v.is_number_unsigned() && v.get<int64_t>() < 0))
+    bad_field(path, key, "a non-negative integer", v);
+  return v.get<uint64_t>();
+}
+
+double number_field(const nlohmann::json& meta, const std::string& path, const char* key) {
+  const nlohmann::json& v = field(meta, path, key);
+  if (!v.is_number() || !std::isfinite(v.get<double>())) bad_field(path, key, "a finite number", v);
+  return v.get<double>();
+}
+
+bool bool_field(const nlohmann::json& meta, const std::string& path, const char* key) {
+  const nlohmann::json& v = field(meta, path, key);
+  if (!v.is_boolean()) bad_field(path, key, "true or false", v);
+  return v.get<bool>();
+}
+
+int64_t ceil_div(int64_t a, int64_t b) {
+  return a / b + (a % b != 0 ? 1 : 0);
+}  // a >= 0, b > 0
 
 }  // namespace
 
@@ -61,23 +138,92 @@ Trainer::Trainer(PeftModel& model, const Tokenizer& tokenizer, TrainConfig confi
   SP_CHECK(config_.batch_size > 0, "batch size must be positive, got ", config_.batch_size);
   SP_CHECK(config_.grad_accum > 0, "gradient accumulation steps must be positive, got ",
            config_.grad_accum);
+  SP_CHECK(config_.epochs >= 0 && config_.max_steps >= 0,
+           "epochs and max_steps must not be negative, got ", config_.epochs, " and ",
+           config_.max_steps);
   SP_CHECK(config_.epochs > 0 || config_.max_steps > 0, "need epochs > 0 or max_steps > 0");
+  SP_CHECK(config_.warmup_steps >= 0 && config_.eval_every >= 0 && config_.save_every >= 0 &&
+               config_.log_every >= 0 && config_.bucket_batches >= 0,
+           "warmup_steps, eval_every, save_every, log_every and bucket_batches must not be "
+           "negative");
+  SP_CHECK(config_.eval_batch_size > 0, "evaluation batch size must be positive, got ",
+           config_.eval_batch_size);
+  SP_CHECK(config_.max_new_tokens >= 0, "max_new_tokens must not be negative, got ",
+           config_.max_new_tokens);
+  SP_CHECK(std::isfinite(config_.max_grad_norm) && config_.max_grad_norm >= 0,
+           "max_grad_norm must be a finite number >= 0 (0 disables clipping), got ",
+           config_.max_grad_norm);
   SP_CHECK(!train_.empty(), "no training examples");
-  batches_per_epoch_ = (int64_t(train_.size()) + config_.batch_size - 1) / config_.batch_size;
-  const int64_t steps_per_epoch = (batches_per_epoch_ + config_.grad_accum - 1) / config_.grad_accum;
-  total_steps_ = config_.max_steps > 0 ? config_.max_steps : steps_per_epoch * config_.epochs;
+  // Overflow-safe: a batch larger than the dataset is simply one batch.
+  batches_per_epoch_ = ceil_div(int64_t(train_.size()), config_.batch_size);
+  const int64_t steps_per_epoch = ceil_div(batches_per_epoch_, config_.grad_accum);
+  if (config_.max_steps > 0) {
+    total_steps_ = config_.max_steps;
+  } else if (__builtin_mul_overflow(steps_per_epoch, config_.epochs, &total_steps_)) {
+    fail(ErrorKind::kInvalidArgument, "epochs = ", config_.epochs, " times ", steps_per_epoch,
+         " steps per epoch overflows a 64-bit step count");
+  }
   pad_id_ = tokenizer.pad_id().value_or(tokenizer.eos_id().value_or(0));
   optimizer_ = std::make_unique<AdamW>(model_.adapter().parameters(), config_.optim);
+}
+
+Trainer::~Trainer() {
+  if (metrics_fd_ >= 0) ::close(metrics_fd_);
 }
 
 void Trainer::emit(const TrainEvent& event) const {
   if (on_event_) on_event_(event);
 }
 
+// metrics.jsonl is opened without following a symlink and refused if it is one: writing through
+// a link truncates whatever it points to, and silently replacing the link would discard what
+// the user set up there. The error says what to do.
+void Trainer::open_metrics() {
+  if (metrics_fd_ >= 0) return;
+  const std::string path = (fs::path(config_.output_dir) / kMetricsFile).string();
+  fs_hook_point("open", path);
+  // O_NONBLOCK: a FIFO planted there must not block open(); it is refused just below.
+  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK,
+                  0644);
+  if (fd < 0) {
+    if (errno == ELOOP)
+      fail(ErrorKind::kIo, path,
+           ": is a symbolic link; softprompt does not write metrics through a link (it would "
+           "overwrite the link's target). Remove the link or choose another output directory");
+    fail(ErrorKind::kIo, path, ": cannot open for writing: ", std::strerror(errno));
+  }
+  struct stat st;
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    ::close(fd);
+    fail(ErrorKind::kIo, path, ": not a regular file; cannot write metrics there");
+  }
+  metrics_fd_ = fd;
+}
+
+int64_t Trainer::metrics_size() const {
+  struct stat st;
+  if (::fstat(metrics_fd_, &st) != 0)
+    fail(ErrorKind::kIo, config_.output_dir, "/", kMetricsFile,
+         ": cannot stat: ", std::strerror(errno));
+  return int64_t(st.st_size);
+}
+
 void Trainer::append_metrics(const json& record) const {
-  std::ofstream out(fs::path(config_.output_dir) / "metrics.jsonl", std::ios::app);
-  if (!out) fail(ErrorKind::kIo, config_.output_dir, "/metrics.jsonl: cannot write");
-  out << record.dump() << "\n";
+  const std::string line = record.dump() + "\n";
+  fs_hook_point("write", (fs::path(config_.output_dir) / kMetricsFile).string());
+  // One write per record (O_APPEND): a crash leaves at most a partial last line, which resume
+  // truncates away with everything after the checkpoint.
+  const char* p = line.data();
+  size_t left = line.size();
+  while (left > 0) {
+    ssize_t n = ::write(metrics_fd_, p, left);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0)
+      fail(ErrorKind::kIo, config_.output_dir, "/", kMetricsFile,
+           ": write failed: ", std::strerror(errno));
+    p += n;
+    left -= size_t(n);
+  }
 }
 
 EvalResult Trainer::run_eval() const {
@@ -89,116 +235,205 @@ EvalResult Trainer::run_eval() const {
   return evaluate(model_, tokenizer_, *eval_data_, eval_, options);
 }
 
-void Trainer::save_checkpoint(int64_t step, int64_t epoch, int64_t batch_in_epoch,
-                              const TrainResult& result) {
+void Trainer::prepare_output_dir() {
   const fs::path out(config_.output_dir);
-  const fs::path staged = out / (std::string(kStateDir) + ".staged");
-  const fs::path state = out / kStateDir;
-  const fs::path previous = out / (std::string(kStateDir) + ".previous");
   std::error_code ec;
-  fs::remove_all(staged, ec);
-  fs::create_directories(staged);
-  save_adapter(staged.string(), model_.adapter());
-  std::vector<std::pair<std::string, Tensor>> moments;
-  auto named = model_.adapter().named_parameters();
-  for (size_t i = 0; i < named.size(); ++i) {
-    moments.push_back({"exp_avg." + named[i].first, optimizer_->exp_avg()[i]});
-    moments.push_back({"exp_avg_sq." + named[i].first, optimizer_->exp_avg_sq()[i]});
+  if (!fs::is_directory(out, ec)) {
+    fs_hook_point("mkdir", out.string());
+    fs::create_directories(out, ec);
+    if (ec)
+      fail(ErrorKind::kIo, out.string(), ": cannot create the output directory: ", ec.message());
   }
-  save_safetensors((staged / "optimizer.safetensors").string(), moments, {{"format", "pt"}});
-  json meta = {{"version", kStateVersion},
-               {"global_step", step},
-               {"epoch", epoch},
-               {"batch_in_epoch", batch_in_epoch},
-               {"optimizer_steps", optimizer_->steps_taken()},
-               {"best_step", result.best_step},
-               {"best_accuracy", result.best_eval ? result.best_eval->accuracy : 0.0},
-               {"best_loss", result.best_eval ? result.best_eval->loss : 0.0},
-               {"seed", config_.seed},
-               {"batch_size", config_.batch_size},
-               {"grad_accum", config_.grad_accum},
-               {"total_steps", total_steps_},
-               {"threads", num_threads()}};
-  write_file_atomically((staged / "trainer_state.json").string(), meta.dump(2));
-  // Swap the directories: at every moment one complete state exists on disk.
-  fs::remove_all(previous, ec);
-  if (fs::exists(state)) fs::rename(state, previous);
-  fs::rename(staged, state);
-  fs::remove_all(previous, ec);
+  // A state left by the previous writer (one training_state.previous, renamed before the swap).
+  const std::string state = (out / kStateDir).string(), legacy = state + ".previous";
+  if (!path_exists(state) && path_exists(legacy)) rename_path(legacy, state);
+  remove_tree(legacy);
+  // Finish or roll back whatever a killed run was in the middle of, then drop its staging.
+  recover_directory(state);
+  recover_directory((out / kBestDir).string());
+  remove_stale_adapter_temporaries(out.string());
+  remove_stale_temporaries(out.string(), {"tasks.json"});
+  for (const char* legacy_staged :
+       {".adapter_model.safetensors.staged", ".adapter_config.json.staged"})
+    remove_tree((out / legacy_staged).string());
+}
+
+void Trainer::save_checkpoint(Position at, const TrainResult& result, int64_t metrics_bytes) {
+  const fs::path out(config_.output_dir);
+  commit_directory((out / kStateDir).string(), [&](const std::string& staged) {
+    save_adapter(staged, model_.adapter());
+    std::vector<std::pair<std::string, Tensor>> moments;
+    auto named = model_.adapter().named_parameters();
+    for (size_t i = 0; i < named.size(); ++i) {
+      moments.push_back({"exp_avg." + named[i].first, optimizer_->exp_avg()[i]});
+      moments.push_back({"exp_avg_sq." + named[i].first, optimizer_->exp_avg_sq()[i]});
+    }
+    save_safetensors((fs::path(staged) / kOptimizerFile).string(), moments, {{"format", "pt"}});
+    json meta = {{"version", kStateVersion},
+                 {"global_step", at.step},
+                 {"epoch", at.epoch},
+                 {"batch_in_epoch", at.batch_in_epoch},
+                 {"eval_pending", at.eval_pending},
+                 {"optimizer_steps", optimizer_->steps_taken()},
+                 {"best_step", result.best_step},
+                 {"best_accuracy", result.best_eval ? result.best_eval->accuracy : 0.0},
+                 {"best_loss", result.best_eval ? result.best_eval->loss : 0.0},
+                 {"seed", config_.seed},
+                 {"batch_size", config_.batch_size},
+                 {"grad_accum", config_.grad_accum},
+                 {"total_steps", total_steps_},
+                 {"threads", num_threads()},
+                 {"metrics_bytes", metrics_bytes}};
+    write_file_atomically((fs::path(staged) / kStateFile).string(), meta.dump(2));
+  });
   save_adapter(out.string(), model_.adapter());  // the output dir itself stays a PEFT adapter
   TrainEvent event;
   event.kind = TrainEvent::Kind::kCheckpoint;
-  event.step = step;
+  event.step = at.step;
   event.total_steps = total_steps_;
-  event.message = "checkpoint saved at step " + std::to_string(step);
+  event.message = "checkpoint saved at step " + std::to_string(at.step);
   emit(event);
 }
 
-void Trainer::load_checkpoint(int64_t& step, int64_t& epoch, int64_t& batch_in_epoch,
-                              TrainResult& result) {
-  const fs::path out(config_.output_dir);
-  fs::path state = out / kStateDir;
-  if (!fs::exists(state) && fs::exists(out / (std::string(kStateDir) + ".previous")))
-    state = out / (std::string(kStateDir) + ".previous");  // interrupted during the swap
-  if (!fs::exists(state / "trainer_state.json"))
-    fail(ErrorKind::kIo, state.string(), ": no checkpoint to resume from (missing trainer_state.json)");
-  json meta;
-  try {
-    std::ifstream in(state / "trainer_state.json");
-    meta = json::parse(in);
-  } catch (const json::exception& e) {
-    fail(ErrorKind::kFormat, (state / "trainer_state.json").string(), ": ", e.what());
-  }
+Trainer::Position Trainer::load_checkpoint(TrainResult& result, int64_t& metrics_bytes) {
+  const fs::path state = fs::path(config_.output_dir) / kStateDir;
+  const std::string path = (state / kStateFile).string();
+  if (!fs::exists(path))
+    fail(ErrorKind::kIo, state.string(), ": no checkpoint to resume from (missing ", kStateFile,
+         ")");
+  const json meta = read_json_file(path, size_t(1) << 20);
+  if (!meta.is_object())
+    fail(ErrorKind::kFormat, path, ": expected a JSON object of trainer state fields, found ",
+         meta.type_name());
+  const int64_t version = int_field(meta, path, "version", 1, kStateVersion);
   auto check_same = [&](const char* key, int64_t now) {
-    int64_t then = meta.at(key).get<int64_t>();
+    const int64_t then = int_field(meta, path, key, 1, std::numeric_limits<int64_t>::max());
     SP_CHECK(then == now, "--resume: the checkpoint was trained with ", key, " = ", then,
              " but this run has ", now, "; resuming would not continue the same run");
   };
   check_same("batch_size", config_.batch_size);
   check_same("grad_accum", config_.grad_accum);
   check_same("total_steps", total_steps_);
-  SP_CHECK(meta.at("seed").get<uint64_t>() == config_.seed, "--resume: the checkpoint used seed ",
-           meta.at("seed").get<uint64_t>(), " but this run has seed ", config_.seed);
-  if (meta.at("threads").get<int>() != num_threads())
-    warn("--resume: the checkpoint was written with ", meta.at("threads").get<int>(),
-         " threads and this run uses ", num_threads(),
-         "; results stay correct but may differ in the last bits");
-  AdapterFiles files = read_adapter_files(state.string());
-  model_.adapter().load_state(files.tensors, (state / kAdapterWeightsFile).string());
-  auto moments = SafetensorsFile::open((state / "optimizer.safetensors").string());
-  std::vector<Tensor> exp_avg, exp_avg_sq;
-  for (auto& [name, param] : model_.adapter().named_parameters()) {
-    exp_avg.push_back(moments->get("exp_avg." + name));
-    exp_avg_sq.push_back(moments->get("exp_avg_sq." + name));
-  }
-  optimizer_->load_state(meta.at("optimizer_steps").get<int64_t>(), exp_avg, exp_avg_sq);
-  step = meta.at("global_step").get<int64_t>();
-  epoch = meta.at("epoch").get<int64_t>();
-  batch_in_epoch = meta.at("batch_in_epoch").get<int64_t>();
-  result.best_step = meta.at("best_step").get<int64_t>();
+  const uint64_t seed = uint_field(meta, path, "seed");
+  SP_CHECK(seed == config_.seed, "--resume: the checkpoint used seed ", seed,
+           " but this run has seed ", config_.seed);
+  const int64_t threads = int_field(meta, path, "threads", 1, 1 << 20);
+  if (threads != num_threads())
+    warn("--resume: the checkpoint was written with ", threads, " threads and this run uses ",
+         num_threads(), "; results stay correct but may differ in the last bits");
+  Position at;
+  at.step = int_field(meta, path, "global_step", 0, total_steps_);
+  // Every epoch holds at least one step, so the epoch count never exceeds the step count.
+  at.epoch = int_field(meta, path, "epoch", 0, at.step);
+  at.batch_in_epoch = int_field(meta, path, "batch_in_epoch", 0, batches_per_epoch_ - 1);
+  const int64_t optimizer_steps = int_field(meta, path, "optimizer_steps", at.step, at.step);
+  result.best_step = int_field(meta, path, "best_step", -1, at.step);
+  const double best_accuracy = number_field(meta, path, "best_accuracy");
+  const double best_loss = number_field(meta, path, "best_loss");
   if (result.best_step >= 0) {
     result.best_eval = EvalResult{};
-    result.best_eval->accuracy = meta.at("best_accuracy").get<double>();
-    result.best_eval->loss = meta.at("best_loss").get<double>();
+    result.best_eval->accuracy = best_accuracy;
+    result.best_eval->loss = best_loss;
   }
+  metrics_bytes =
+      version >= 2 ? int_field(meta, path, "metrics_bytes", 0, std::numeric_limits<int64_t>::max())
+                   : -1;
+  at.eval_pending = version >= 2 && bool_field(meta, path, "eval_pending");
+
+  AdapterFiles files = read_adapter_files(state.string());
+  model_.adapter().load_state(files.tensors, (state / kAdapterWeightsFile).string());
+  const std::string moments_path = (state / kOptimizerFile).string();
+  auto moments = SafetensorsFile::open(moments_path);
+  const auto named = model_.adapter().named_parameters();
+  std::vector<Tensor> exp_avg, exp_avg_sq;
+  for (auto& [name, param] : named) {
+    for (const char* kind : {"exp_avg.", "exp_avg_sq."}) {
+      const bool squares = std::string_view(kind) == "exp_avg_sq.";
+      const std::string key = kind + name;
+      const std::vector<std::string> names = moments->names();
+      if (std::find(names.begin(), names.end(), key) == names.end())
+        fail(ErrorKind::kFormat, moments_path, ": missing tensor '", key,
+             "' (the AdamW moment of parameter '", name, "')");
+      const SafetensorsEntry& entry = moments->entry(key);
+      if (entry.dtype != "F32" || entry.shape != param.shape())
+        fail(ErrorKind::kFormat, moments_path, ": tensor '", key, "' must be F32 ",
+             shape_str(param.shape()), " like its parameter, found ", entry.dtype, " ",
+             shape_str(entry.shape));
+      Tensor t = moments->get(key);
+      for (float v : t.to_floats())
+        if (!std::isfinite(v) || (squares && v < 0))
+          fail(ErrorKind::kFormat, moments_path, ": tensor '", key, "' holds ", v,
+               "; AdamW moments are finite", squares ? " and non-negative" : "");
+      (squares ? exp_avg_sq : exp_avg).push_back(t);
+    }
+  }
+  if (moments->names().size() != 2 * named.size())
+    fail(ErrorKind::kFormat, moments_path, ": expected ", 2 * named.size(),
+         " tensors (exp_avg and exp_avg_sq per parameter), found ", moments->names().size());
+  optimizer_->load_state(optimizer_steps, exp_avg, exp_avg_sq);
+  return at;
 }
 
 TrainResult Trainer::run(bool resume) {
-  fs::create_directories(config_.output_dir);
+  prepare_output_dir();
   stop_requested().store(false);
+  open_metrics();
   TrainResult result;
-  int64_t step = 0, epoch = 0, batch_in_epoch = 0;
+  Position at;
   if (resume) {
-    load_checkpoint(step, epoch, batch_in_epoch, result);
+    int64_t metrics_bytes = -1;
+    at = load_checkpoint(result, metrics_bytes);
+    // Re-publish the checkpoint's adapter: the top-level pair may lag behind training_state/
+    // (or be half of a first save) when the previous run was killed.
+    save_adapter(config_.output_dir, model_.adapter());
+    // One record per step: drop what the killed run logged after its checkpoint.
+    if (metrics_bytes >= 0 && metrics_bytes <= metrics_size()) {
+      fs_hook_point("ftruncate", (fs::path(config_.output_dir) / kMetricsFile).string());
+      if (::ftruncate(metrics_fd_, metrics_bytes) != 0)
+        fail(ErrorKind::kIo, config_.output_dir, "/", kMetricsFile,
+             ": cannot truncate: ", std::strerror(errno));
+    } else if (metrics_bytes >= 0) {
+      warn(config_.output_dir, "/", kMetricsFile,
+           " is shorter than when the checkpoint was saved (", metrics_size(), " < ", metrics_bytes,
+           " bytes); appending to it as it is");
+    }
   } else {
-    std::ofstream(fs::path(config_.output_dir) / "metrics.jsonl", std::ios::trunc);
+    fs_hook_point("ftruncate", (fs::path(config_.output_dir) / kMetricsFile).string());
+    if (::ftruncate(metrics_fd_, 0) != 0)
+      fail(ErrorKind::kIo, config_.output_dir, "/", kMetricsFile,
+           ": cannot truncate: ", std::strerror(errno));
   }
+  int64_t& step = at.step;
+  int64_t& epoch = at.epoch;
+  int64_t& batch_in_epoch = at.batch_in_epoch;
+  result.steps = step;
   const auto start = std::chrono::steady_clock::now();
   const float base_lr = config_.optim.lr;
   std::vector<Tensor> params = model_.adapter().parameters();
   int64_t tokens_since_log = 0;
   auto last_log = start;
+  const int64_t n_examples = int64_t(train_.size());
+  // epoch_order multiplies these: clamped, they give the same order without overflowing.
+  const int64_t order_batch = std::min(config_.batch_size, n_examples);
+  const int64_t order_bucket = std::min(config_.bucket_batches, batches_per_epoch_);
 
+  auto position = [&](bool eval_pending) {
+    Position p = at;
+    if (p.batch_in_epoch >= batches_per_epoch_) {
+      ++p.epoch;
+      p.batch_in_epoch = 0;
+    }
+    p.eval_pending = eval_pending;
+    return p;
+  };
+  auto checkpoint = [&](bool eval_pending) {
+    save_checkpoint(position(eval_pending), result, metrics_size());
+  };
+  auto interrupted = [&](bool eval_pending) {
+    checkpoint(eval_pending);
+    result.interrupted = true;
+    return result;
+  };
   auto better = [&](const EvalResult& r) {
     if (!result.best_eval) return true;
     return config_.metric == Metric::kLoss ? r.loss < result.best_eval->loss
@@ -208,8 +443,12 @@ TrainResult Trainer::run(bool resume) {
     if (!eval_data_ || eval_.empty()) return;
     EvalResult r = run_eval();
     result.last_eval = r;
-    append_metrics({{"type", "eval"}, {"step", at_step}, {"loss", r.loss}, {"metric", metric_name(config_.metric)},
-                    {"accuracy", r.accuracy}, {"examples", r.examples}});
+    append_metrics({{"type", "eval"},
+                    {"step", at_step},
+                    {"loss", r.loss},
+                    {"metric", metric_name(config_.metric)},
+                    {"accuracy", r.accuracy},
+                    {"examples", r.examples}});
     TrainEvent event;
     event.kind = TrainEvent::Kind::kEval;
     event.step = at_step;
@@ -219,20 +458,50 @@ TrainResult Trainer::run(bool resume) {
     if (config_.keep_best && better(r)) {
       result.best_eval = r;
       result.best_step = at_step;
-      save_adapter((fs::path(config_.output_dir) / "best").string(), model_.adapter());
+      commit_directory((fs::path(config_.output_dir) / kBestDir).string(),
+                       [&](const std::string& staged) { save_adapter(staged, model_.adapter()); });
+    }
+  };
+  // A periodic evaluation that fails must not cost the steps trained since the last checkpoint:
+  // save one marked eval_pending (resume runs that evaluation first), then report the error.
+  auto periodic_eval = [&]() {
+    const int64_t metrics_before = metrics_size();
+    const TrainResult before = result;
+    try {
+      evaluate_now(step);
+    } catch (...) {
+      try {
+        save_checkpoint(position(true), before, metrics_before);
+      } catch (const std::exception& e) {
+        warn("could not save a checkpoint after the failed evaluation: ", e.what());
+      }
+      throw;
     }
   };
 
+  if (at.eval_pending) periodic_eval();
   while (step < total_steps_) {
-    std::vector<size_t> order = epoch_order(train_, config_.seed, epoch, config_.shuffle,
-                                            config_.batch_size, config_.bucket_batches);
+    if (stop_requested().load()) return interrupted(false);
+    std::vector<size_t> order =
+        epoch_order(train_, config_.seed, epoch, config_.shuffle, order_batch, order_bucket);
     while (batch_in_epoch < batches_per_epoch_ && step < total_steps_) {
+      const int64_t step_first_batch = batch_in_epoch;
       double step_loss = 0.0;
       int64_t micro = 0;
       for (; micro < config_.grad_accum && batch_in_epoch < batches_per_epoch_; ++micro) {
+        if (stop_requested().load()) {
+          // Honoured between micro-batches too: the partial step is dropped and the checkpoint
+          // is the last completed step, so resume redoes this step from its first batch.
+          optimizer_->zero_grad();
+          batch_in_epoch = step_first_batch;
+          return interrupted(false);
+        }
+        // batch_in_epoch < ceil(n / batch_size), so begin < n and nothing here overflows.
         const size_t begin = size_t(batch_in_epoch * config_.batch_size);
+        const size_t count =
+            size_t(std::min<int64_t>(config_.batch_size, n_examples - int64_t(begin)));
         std::vector<size_t> indices(order.begin() + long(begin),
-                                    order.begin() + long(std::min(order.size(), begin + size_t(config_.batch_size))));
+                                    order.begin() + long(begin + count));
         Batch batch = collate(train_, indices, pad_id_);
         ForwardOptions options;
         options.train = config_.dropout;
@@ -250,14 +519,15 @@ TrainResult Trainer::run(bool resume) {
         tokens_since_log += batch.text_tokens;
         ++batch_in_epoch;
       }
-      const double lr = base_lr * schedule_factor(config_.schedule, step, config_.warmup_steps, total_steps_);
+      const double lr =
+          base_lr * schedule_factor(config_.schedule, step, config_.warmup_steps, total_steps_);
       optimizer_->set_lr(float(lr));
       const double norm = config_.max_grad_norm > 0 ? clip_grad_norm(params, config_.max_grad_norm)
                                                     : grad_norm(params);
       if (!std::isfinite(norm))
         fail(ErrorKind::kNumerical, "gradient norm is ", norm, " at step ", step + 1,
-             "; training stopped. The last good checkpoint is in ", config_.output_dir, "/", kStateDir,
-             " (if one was saved)");
+             "; training stopped. The last good checkpoint is in ", config_.output_dir, "/",
+             kStateDir, " (if one was saved)");
       optimizer_->step();
       optimizer_->zero_grad();
       ++step;
@@ -277,29 +547,39 @@ TrainResult Trainer::run(bool resume) {
       event.elapsed_seconds = std::chrono::duration<double>(now - start).count();
       tokens_since_log = 0;
       last_log = now;
-      append_metrics({{"type", "train"}, {"step", step}, {"epoch", epoch}, {"loss", step_loss},
-                      {"lr", lr}, {"grad_norm", norm}, {"tokens_per_second", event.tokens_per_second},
+      append_metrics({{"type", "train"},
+                      {"step", step},
+                      {"epoch", epoch},
+                      {"loss", step_loss},
+                      {"lr", lr},
+                      {"grad_norm", norm},
+                      {"tokens_per_second", event.tokens_per_second},
                       {"elapsed", event.elapsed_seconds}});
       emit(event);
 
-      if (config_.eval_every > 0 && step % config_.eval_every == 0 && step < total_steps_) evaluate_now(step);
-      if (stop_requested().load()) {
-        save_checkpoint(step, epoch + (batch_in_epoch >= batches_per_epoch_ ? 1 : 0),
-                        batch_in_epoch >= batches_per_epoch_ ? 0 : batch_in_epoch, result);
-        result.interrupted = true;
-        return result;
+      const bool eval_due =
+          config_.eval_every > 0 && step % config_.eval_every == 0 && step < total_steps_;
+      if (eval_due) {
+        if (stop_requested().load()) return interrupted(/*eval_pending=*/true);
+        periodic_eval();
       }
+      if (stop_requested().load()) return interrupted(false);
       if (config_.save_every > 0 && step % config_.save_every == 0 && step < total_steps_)
-        save_checkpoint(step, epoch + (batch_in_epoch >= batches_per_epoch_ ? 1 : 0),
-                        batch_in_epoch >= batches_per_epoch_ ? 0 : batch_in_epoch, result);
+        checkpoint(false);
     }
     if (batch_in_epoch >= batches_per_epoch_) {
       ++epoch;
       batch_in_epoch = 0;
     }
   }
+  // The trained adapter and its checkpoint are on disk before the final evaluation runs, so an
+  // evaluation error never loses the run; resuming a finished run repeats only that evaluation.
+  checkpoint(false);
+  if (stop_requested().load()) {
+    result.interrupted = true;  // the run is complete; resume only repeats the final evaluation
+    return result;
+  }
   evaluate_now(step);
-  save_checkpoint(step, epoch, batch_in_epoch, result);
   TrainEvent done;
   done.kind = TrainEvent::Kind::kDone;
   done.step = step;

@@ -81,6 +81,9 @@ class Trainer {
   /// Runs to the end (or until stopped). With resume, continues from
   /// <output_dir>/training_state exactly where it left off.
   TrainResult run(bool resume = false);
+  ~Trainer();
+  Trainer(const Trainer&) = delete;
+  Trainer& operator=(const Trainer&) = delete;
 
   /// Called after every step, evaluation and checkpoint.
   void set_event_callback(std::function<void(const TrainEvent&)> callback) {
@@ -88,18 +91,25 @@ class Trainer {
   }
   int64_t total_steps() const { return total_steps_; }
 
-  /// Set from a signal handler: the trainer checkpoints after the current step and returns.
+  /// Set from a signal handler: the trainer checkpoints at the last completed step (dropping a
+  /// partly accumulated one) and returns; it is polled before every micro-batch.
   static std::atomic<bool>& stop_requested();
   /// Installs SIGINT/SIGTERM handlers that set stop_requested().
   static void install_signal_handlers();
 
  private:
-  void save_checkpoint(int64_t step, int64_t epoch, int64_t batch_in_epoch,
-                       const TrainResult& result);
-  void load_checkpoint(int64_t& step, int64_t& epoch, int64_t& batch_in_epoch, TrainResult& result);
+  struct Position {
+    int64_t step = 0, epoch = 0, batch_in_epoch = 0;
+    bool eval_pending = false;  ///< the evaluation due at `step` has not run yet
+  };
+  void prepare_output_dir();
+  void save_checkpoint(Position at, const TrainResult& result, int64_t metrics_bytes);
+  Position load_checkpoint(TrainResult& result, int64_t& metrics_bytes);
   EvalResult run_eval() const;
   void emit(const TrainEvent& event) const;
+  void open_metrics();
   void append_metrics(const nlohmann::json& record) const;
+  int64_t metrics_size() const;
 
   PeftModel& model_;
   const Tokenizer& tokenizer_;
@@ -112,6 +122,7 @@ class Trainer {
   int64_t batches_per_epoch_ = 0;
   int64_t total_steps_ = 0;
   int64_t pad_id_ = 0;
+  int metrics_fd_ = -1;
   std::function<void(const TrainEvent&)> on_event_;
 };
 

@@ -2,13 +2,21 @@
 // NaN stops training keeping the last good checkpoint, SIGINT checkpoints and returns.
 #include <gtest/gtest.h>
 
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
 #include <csignal>
 #include <filesystem>
 #include <fstream>
+#include <limits>
+#include <thread>
 
 #include "engine/error.h"
 #include "engine/log.h"
+#include "engine/ops/ops.h"
 #include "engine/safetensors.h"
+#include "engine/thread_pool.h"
 #include "peft/data.h"
 #include "peft/trainer.h"
 #include "tests/peft/peft_test_util.h"
@@ -242,6 +250,299 @@ TEST_F(TrainerTest, SigintSavesACheckpointAndReturns) {
   std::ifstream(dir_ / "run/training_state/trainer_state.json") >> state;
   EXPECT_EQ(state["global_step"], 3);
   EXPECT_TRUE(fs::exists(dir_ / "run/adapter_model.safetensors"));
+}
+
+// Each defect of trainer_state.json is refused with an sp::Error naming the file and field,
+// never a crash (batch_in_epoch = -5 overflowed a heap buffer) or an escaped JSON exception.
+TEST_F(TrainerTest, ResumeValidatesEveryTrainerStateField) {
+  Dataset data = load_jsonl(task_file());
+  auto examples = tokenize_examples(data, *tokenizer_, nullptr, {});
+  auto model = tiny_peft_model();
+  model->add_adapter("default", prompt_config(), 1);
+  TrainConfig c = config("run");
+  c.max_steps = 3;
+  Trainer(*model, *tokenizer_, c, data, examples).run();
+  const fs::path state_path = dir_ / "run/training_state/trainer_state.json";
+  nlohmann::json good;
+  std::ifstream(state_path) >> good;
+  struct Case {
+    const char* field;
+    nlohmann::json value;  // null: remove the field
+  };
+  const Case cases[] = {{"batch_in_epoch", -5},  {"batch_in_epoch", int64_t(1) << 40},
+                        {"global_step", 99},     {"global_step", -1},
+                        {"global_step", "3"},    {"epoch", -1},
+                        {"optimizer_steps", -1}, {"best_step", -7},
+                        {"best_loss", "low"},    {"seed", -3},
+                        {"eval_pending", 1},     {"epoch", nullptr},
+                        {"version", 99}};
+  for (const Case& k : cases) {
+    nlohmann::json bad = good;
+    if (k.value.is_null())
+      bad.erase(k.field);
+    else
+      bad[k.field] = k.value;
+    std::ofstream(state_path, std::ios::trunc) << bad.dump();
+    Trainer again(*model, *tokenizer_, c, data, examples);
+    try {
+      again.run(/*resume=*/true);
+      ADD_FAILURE() << k.field << " = " << k.value.dump() << " was accepted";
+    } catch (const Error& e) {
+      const std::string m = e.what();
+      EXPECT_EQ(e.kind(), ErrorKind::kFormat) << m;
+      EXPECT_NE(m.find("trainer_state.json"), std::string::npos) << m;
+      EXPECT_NE(m.find(std::string("'") + k.field + "'"), std::string::npos) << m;
+    }
+  }
+  std::ofstream(state_path, std::ios::trunc) << "[1, 2]";
+  try {
+    Trainer(*model, *tokenizer_, c, data, examples).run(true);
+    ADD_FAILURE() << "a top-level array was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("expected a JSON object"), std::string::npos) << e.what();
+  }
+  // The restored state resumes fine (the checks above refuse only what is wrong).
+  std::ofstream(state_path, std::ios::trunc) << good.dump();
+  EXPECT_EQ(Trainer(*model, *tokenizer_, c, data, examples).run(true).steps, 3);
+}
+
+TEST_F(TrainerTest, ResumeValidatesTheOptimizerMoments) {
+  Dataset data = load_jsonl(task_file());
+  auto examples = tokenize_examples(data, *tokenizer_, nullptr, {});
+  auto model = tiny_peft_model();
+  model->add_adapter("default", prompt_config(), 1);
+  TrainConfig c = config("run");
+  c.max_steps = 2;
+  Trainer(*model, *tokenizer_, c, data, examples).run();
+  const std::string path = (dir_ / "run/training_state/optimizer.safetensors").string();
+  auto original = SafetensorsFile::open(path);
+  Tensor avg = original->get("exp_avg.prompt_embeddings").clone();
+  Tensor sq = original->get("exp_avg_sq.prompt_embeddings").clone();
+  original.reset();
+  const std::vector<std::vector<std::pair<std::string, Tensor>>> defects = {
+      {{"exp_avg.prompt_embeddings", avg}},  // missing
+      {{"exp_avg.prompt_embeddings", avg}, {"exp_avg_sq.prompt_embeddings", avg.reshape({-1})}},
+      {{"exp_avg.prompt_embeddings", avg}, {"exp_avg_sq.prompt_embeddings", scale(sq, -1.0f)}}};
+  for (const auto& tensors : defects) {
+    save_safetensors(path, tensors, {});
+    try {
+      Trainer(*model, *tokenizer_, c, data, examples).run(true);
+      ADD_FAILURE() << "bad optimizer state accepted";
+    } catch (const Error& e) {
+      const std::string m = e.what();
+      EXPECT_NE(m.find("optimizer.safetensors"), std::string::npos) << m;
+      EXPECT_NE(m.find("exp_avg_sq.prompt_embeddings"), std::string::npos) << m;
+    }
+  }
+}
+
+// Runs fn in a forked child killed after `seconds`; true when it returned normally in time.
+// A child, because a trainer that spins cannot be stopped from the test's own thread.
+bool finishes_within(int seconds, const std::function<void()>& fn) {
+  const int threads = num_threads();
+  set_num_threads(1);  // fork keeps one thread; the pool must not have workers to lose
+  pid_t pid = ::fork();
+  if (pid == 0) {
+    ::alarm(unsigned(seconds));
+    try {
+      fn();
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "child: %s\n", e.what());
+      ::_exit(1);
+    }
+    ::_exit(0);
+  }
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  set_num_threads(threads);
+  return WIFEXITED(status) && WEXITSTATUS(status) == 0;
+}
+
+TEST_F(TrainerTest, BatchLargerThanTheDatasetIsOneBatch) {
+  Dataset data = load_jsonl(task_file());
+  auto examples = tokenize_examples(data, *tokenizer_, nullptr, {});
+  EXPECT_TRUE(finishes_within(20, [&] {
+    auto model = tiny_peft_model();
+    model->add_adapter("default", prompt_config(), 1);
+    TrainConfig c = config("run");
+    c.batch_size = std::numeric_limits<int64_t>::max();  // batches per epoch overflowed to 0
+    c.bucket_batches = std::numeric_limits<int64_t>::max();
+    c.max_steps = 0;
+    c.epochs = 2;
+    Trainer trainer(*model, *tokenizer_, c, data, examples);
+    if (trainer.total_steps() != 2 || trainer.run().steps != 2) ::_exit(2);
+  }));
+  auto model = tiny_peft_model();
+  model->add_adapter("default", prompt_config(), 1);
+  TrainConfig c = config("run");
+  c.max_steps = 0;
+  c.epochs = std::numeric_limits<int64_t>::max();
+  EXPECT_THROW(Trainer(*model, *tokenizer_, c, data, examples), Error);  // step count overflows
+}
+
+// A stop request is honoured between micro-batches, not only after an optimizer step: one step
+// over a whole large epoch would otherwise keep a SIGTERM waiting for minutes.
+TEST_F(TrainerTest, StopIsHonouredBetweenMicroBatches) {
+  Dataset data = load_jsonl(task_file());
+  auto one = tokenize_examples(data, *tokenizer_, nullptr, {});
+  std::vector<TokenizedExample> examples;
+  for (int i = 0; i < 2000; ++i) examples.push_back(one[size_t(i) % one.size()]);
+  auto model = tiny_peft_model();
+  model->add_adapter("default", prompt_config(), 1);
+  TrainConfig c = config("run");
+  c.batch_size = 1;
+  c.grad_accum = 1 << 20;  // one optimizer step per epoch of 2000 micro-batches
+  c.max_steps = 3;
+  Trainer trainer(*model, *tokenizer_, c, data, examples);
+  std::chrono::steady_clock::time_point stop_at;
+  std::thread stopper([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    stop_at = std::chrono::steady_clock::now();
+    Trainer::stop_requested().store(true);
+  });
+  TrainResult result = trainer.run();
+  const double waited =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - stop_at).count();
+  stopper.join();
+  EXPECT_TRUE(result.interrupted);
+  EXPECT_EQ(result.steps, 0);
+  EXPECT_LT(waited, 1.0);
+  nlohmann::json state;
+  std::ifstream(dir_ / "run/training_state/trainer_state.json") >> state;
+  EXPECT_EQ(state["global_step"], 0);
+  EXPECT_EQ(state["batch_in_epoch"], 0) << "the partial step must be redone from its first batch";
+}
+
+TEST_F(TrainerTest, MetricsSymlinkIsNotWrittenThrough) {
+  Dataset data = load_jsonl(task_file());
+  auto examples = tokenize_examples(data, *tokenizer_, nullptr, {});
+  auto model = tiny_peft_model();
+  model->add_adapter("default", prompt_config(), 1);
+  TrainConfig c = config("run");
+  c.max_steps = 1;
+  fs::create_directories(dir_ / "run");
+  const std::string victim = write("victim.txt", "precious\n");
+  fs::create_symlink(victim, dir_ / "run/metrics.jsonl");
+  try {
+    Trainer(*model, *tokenizer_, c, data, examples).run();
+    ADD_FAILURE() << "wrote through a symlink";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("metrics.jsonl: is a symbolic link"), std::string::npos)
+        << e.what();
+  }
+  std::ifstream in(victim);
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_EQ(text, "precious\n");
+}
+
+std::vector<int64_t> train_record_steps(const fs::path& metrics) {
+  std::vector<int64_t> steps;
+  std::ifstream in(metrics);
+  for (std::string line; std::getline(in, line);) {
+    nlohmann::json record = nlohmann::json::parse(line);
+    if (record["type"] == "train") steps.push_back(record["step"].get<int64_t>());
+  }
+  return steps;
+}
+
+TEST_F(TrainerTest, ResumeKeepsOneMetricsRecordPerStep) {
+  Dataset data = load_jsonl(task_file());
+  auto examples = tokenize_examples(data, *tokenizer_, nullptr, {});
+  auto model = tiny_peft_model();
+  PromptAdapter& adapter = model->add_adapter("default", prompt_config(), 1);
+  TrainConfig c = config("run");
+  c.max_steps = 8;
+  c.save_every = 4;
+  {
+    // Steps 5 and 6 are logged after the step-4 checkpoint, then the run dies at step 7.
+    Trainer trainer(*model, *tokenizer_, c, data, examples);
+    trainer.set_event_callback([&](const TrainEvent& e) {
+      if (e.kind == TrainEvent::Kind::kStep && e.step == 6)
+        adapter.parameters()[0].data<float>()[0] = std::nanf("");
+    });
+    EXPECT_THROW(trainer.run(), Error);
+  }
+  EXPECT_EQ(train_record_steps(dir_ / "run/metrics.jsonl"),
+            (std::vector<int64_t>{1, 2, 3, 4, 5, 6}));
+  Trainer(*model, *tokenizer_, c, data, examples).run(/*resume=*/true);
+  EXPECT_EQ(train_record_steps(dir_ / "run/metrics.jsonl"),
+            (std::vector<int64_t>{1, 2, 3, 4, 5, 6, 7, 8}));
+}
+
+// A tokenizer whose decode fails: exact-match evaluation throws, training does not.
+class FailingDecodeTokenizer : public Tokenizer {
+ public:
+  explicit FailingDecodeTokenizer(const Tokenizer& inner) : inner_(inner) {}
+  std::vector<int64_t> encode(std::string_view text, bool special) const override {
+    return inner_.encode(text, special);
+  }
+  std::string decode(std::span<const int64_t>, bool) const override {
+    fail(ErrorKind::kFormat, "decode: simulated evaluation failure");
+  }
+  int64_t vocab_size() const override { return inner_.vocab_size(); }
+  std::optional<int64_t> eos_id() const override { return inner_.eos_id(); }
+  std::optional<int64_t> pad_id() const override { return inner_.pad_id(); }
+  std::optional<int64_t> bos_id() const override { return inner_.bos_id(); }
+  std::optional<int64_t> token_to_id(std::string_view t) const override {
+    return inner_.token_to_id(t);
+  }
+  std::string id_to_token(int64_t id) const override { return inner_.id_to_token(id); }
+  std::string kind() const override { return inner_.kind(); }
+
+ private:
+  const Tokenizer& inner_;
+};
+
+TEST_F(TrainerTest, FailingFinalEvaluationKeepsTheTrainedAdapter) {
+  Dataset data = load_jsonl(task_file());
+  auto examples = tokenize_examples(data, *tokenizer_, nullptr, {});
+  FailingDecodeTokenizer failing(*tokenizer_);
+  auto model = tiny_peft_model();
+  model->add_adapter("default", prompt_config(), 1);
+  TrainConfig c = config("run");
+  c.max_steps = 4;
+  c.metric = Metric::kExactMatch;
+  c.max_new_tokens = 2;
+  Trainer trainer(*model, failing, c, data, examples, &data, examples);
+  EXPECT_THROW(trainer.run(), Error);
+  EXPECT_TRUE(fs::exists(dir_ / "run/adapter_model.safetensors"));
+  EXPECT_TRUE(fs::exists(dir_ / "run/adapter_config.json"));
+  nlohmann::json state;
+  std::ifstream(dir_ / "run/training_state/trainer_state.json") >> state;
+  EXPECT_EQ(state["global_step"], 4);
+}
+
+// A failed periodic evaluation checkpoints first; resuming runs that evaluation and ends with
+// the same adapter and best/ as a run whose evaluations never failed.
+TEST_F(TrainerTest, FailingPeriodicEvaluationCheckpointsAndResumesExactly) {
+  Dataset data = load_jsonl(task_file());
+  auto examples = tokenize_examples(data, *tokenizer_, nullptr, {});
+  FailingDecodeTokenizer failing(*tokenizer_);
+  auto train = [&](const std::string& out, const Tokenizer& tok, bool resume) {
+    auto model = tiny_peft_model();
+    model->add_adapter("default", prompt_config(), 1);
+    TrainConfig c = config(out);
+    c.max_steps = 6;
+    c.eval_every = 3;
+    c.metric = Metric::kExactMatch;
+    c.max_new_tokens = 2;
+    return Trainer(*model, tok, c, data, examples, &data, examples).run(resume);
+  };
+  train("full", *tokenizer_, false);
+  EXPECT_THROW(train("split", failing, false), Error);
+  nlohmann::json state;
+  std::ifstream(dir_ / "split/training_state/trainer_state.json") >> state;
+  EXPECT_EQ(state["global_step"], 3);
+  EXPECT_EQ(state["eval_pending"], true);
+  TrainResult resumed = train("split", *tokenizer_, true);
+  EXPECT_EQ(resumed.steps, 6);
+  EXPECT_EQ(resumed.best_step, 3);
+  for (const char* f : {"adapter_model.safetensors", "best/adapter_model.safetensors"}) {
+    auto a = SafetensorsFile::open((dir_ / "full" / f).string());
+    auto b = SafetensorsFile::open((dir_ / "split" / f).string());
+    EXPECT_EQ(a->get("prompt_embeddings").to_floats(), b->get("prompt_embeddings").to_floats())
+        << f;
+  }
 }
 
 TEST(Schedule, WarmupThenDecayLikeTransformers) {
