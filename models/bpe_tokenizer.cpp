@@ -6,7 +6,6 @@
 
 #include <algorithm>
 #include <array>
-#include <fstream>
 #include <limits>
 #include <mutex>
 #include <nlohmann/json.hpp>
@@ -16,6 +15,7 @@
 #include <utility>
 
 #include "engine/error.h"
+#include "engine/input_file.h"
 
 namespace sp {
 
@@ -194,14 +194,14 @@ std::unique_ptr<BpeTokenizer> BpeTokenizer::from_vocab_merges(
     const std::string& vocab_path, const std::string& merges_path,
     const tokenizer_detail::SpecialTokenSettings& settings) {
   std::unique_ptr<BpeTokenizer> tokenizer(new BpeTokenizer());
-  TokenIds vocab = parse_vocab(tokenizer_detail::read_json_file(vocab_path), vocab_path);
+  TokenIds vocab = parse_vocab(read_json_file(vocab_path), vocab_path);
 
-  std::ifstream in(merges_path, std::ios::binary);
-  if (!in) fail(ErrorKind::kIo, merges_path, ": cannot open file");
+  LineReader in(merges_path);
   std::vector<std::pair<std::string, std::string>> merges;
   std::vector<std::string> sources;
-  std::string line;
-  for (size_t line_number = 1; std::getline(in, line); ++line_number) {
+  for (std::optional<std::string> next; (next = in.next());) {
+    std::string& line = *next;
+    const int64_t line_number = in.line_number();
     if (!line.empty() && line.back() == '\r') line.pop_back();
     if (line.empty()) continue;  // blank lines (a trailing newline) carry no merge
     if (line_number == 1 && line.starts_with("#version")) continue;
@@ -214,7 +214,6 @@ std::unique_ptr<BpeTokenizer> BpeTokenizer::from_vocab_merges(
     merges.emplace_back(line.substr(0, space), line.substr(space + 1));
     sources.push_back(str_cat(merges_path, " line ", line_number));
   }
-  if (in.bad()) fail(ErrorKind::kIo, merges_path, ": read error");
 
   std::vector<AddedToken> added = settings.added_tokens_decoder;
   added.insert(added.end(), settings.legacy_added_tokens.begin(),

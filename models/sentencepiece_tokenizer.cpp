@@ -7,7 +7,6 @@
 
 #include <algorithm>
 #include <filesystem>
-#include <fstream>
 #include <iterator>
 #include <limits>
 #include <nlohmann/json.hpp>
@@ -15,6 +14,7 @@
 #include <utility>
 
 #include "engine/error.h"
+#include "engine/input_file.h"
 
 namespace sp {
 
@@ -406,10 +406,7 @@ std::unique_ptr<SentencePieceTokenizer> SentencePieceTokenizer::load(
     const std::string& model_dir, const tokenizer_detail::SpecialTokenSettings& settings) {
   namespace fs = std::filesystem;
   const std::string path = (fs::path(model_dir) / "spiece.model").string();
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail(ErrorKind::kIo, path, ": cannot open file");
-  const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  if (in.bad()) fail(ErrorKind::kIo, path, ": read error");
+  const std::string bytes = read_file(path);
 
   // libsentencepiece validates the file and explains what is wrong; the wire-format parse below
   // only reads the fields its API does not expose.
@@ -459,7 +456,7 @@ std::unique_ptr<SentencePieceTokenizer> SentencePieceTokenizer::load(
   const bool has_tokenizer_json = fs::is_regular_file(tokenizer_json_path, ec);
   if (has_tokenizer_json) {
     // Its added_tokens carry the sentinel ids exactly as the fast tokenizer assigns them.
-    const json doc = tokenizer_detail::read_json_file(tokenizer_json_path);
+    const json doc = read_json_file(tokenizer_json_path);
     if (!doc.is_object())
       fail(ErrorKind::kFormat, tokenizer_json_path, ": expected a JSON object, found ",
            doc.type_name());

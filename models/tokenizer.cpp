@@ -2,11 +2,11 @@
 #include "models/tokenizer.h"
 
 #include <filesystem>
-#include <fstream>
 #include <nlohmann/json.hpp>
 #include <utility>
 
 #include "engine/error.h"
+#include "engine/input_file.h"
 #include "models/bpe_tokenizer.h"
 #include "models/sentencepiece_tokenizer.h"
 
@@ -256,16 +256,6 @@ std::vector<TextPiece> AddedTokenMatcher::split(std::string_view text) const {
 
 // ---------------------------------------------------------------------------------------------
 // JSON helpers
-
-json read_json_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail(ErrorKind::kIo, path, ": cannot open file");
-  try {
-    return json::parse(in);
-  } catch (const json::exception& e) {
-    fail(ErrorKind::kFormat, path, ": not valid JSON: ", e.what());
-  }
-}
 
 namespace {
 
@@ -584,7 +574,7 @@ std::unique_ptr<Tokenizer> load_tokenizer(const std::string& model_dir) {
   }
   if (has("tokenizer.json")) {
     const std::string path = (dir / "tokenizer.json").string();
-    json doc = tokenizer_detail::read_json_file(path);
+    json doc = read_json_file(path);
     if (!doc.is_object())
       fail(ErrorKind::kFormat, path, ": expected a JSON object, found ", doc.type_name());
     auto model = doc.find("model");

@@ -141,9 +141,6 @@ struct SpecialTokenSettings {
 
 SpecialTokenSettings read_special_token_settings(const std::string& model_dir);
 
-// Parses and returns the JSON file at path; kIo if unreadable, kFormat if not JSON.
-nlohmann::json read_json_file(const std::string& path);
-
 // tokenizer.json "added_tokens": [{"id", "content", "special", "lstrip", "rstrip", "normalized",
 // "single_word"}, ...]. single_word=true is rejected (not implemented).
 std::vector<AddedToken> parse_added_tokens(const nlohmann::json& list, const std::string& source);

@@ -57,7 +57,7 @@ TEST_F(CliHostileFiles, ConfigJsonThatIsASymlinkLoop) {
 
 TEST_F(CliHostileFiles, FifosWhereFilesBelongAreRefusedNotWaitedOn) {
   // Before: open() on a FIFO waited forever for a writer.
-  for (const char* name : {"config.json", "model.safetensors"}) {
+  for (const char* name : {"config.json", "model.safetensors", "tokenizer.json"}) {
     const std::string model = model_copy();
     fs::remove(model + "/" + name);
     ASSERT_EQ(::mkfifo((model + "/" + name).c_str(), 0600), 0);
