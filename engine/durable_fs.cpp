@@ -39,11 +39,6 @@ void rename_path(const std::string& from, const std::string& to) {
     fail(ErrorKind::kIo, from, ": cannot rename to ", to, ": ", std::strerror(errno));
 }
 
-bool path_exists(const std::string& path) {
-  struct stat st;
-  return ::lstat(path.c_str(), &st) == 0;
-}
-
 void remove_tree(const std::string& path) {
   struct stat st;
   if (::lstat(path.c_str(), &st) != 0) {

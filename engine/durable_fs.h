@@ -6,6 +6,8 @@
 #include <string>
 #include <vector>
 
+#include "engine/input_file.h"  // path_exists
+
 namespace sp {
 
 /// Called with the operation ("open", "write", "fsync", "rename", "mkdir", "unlink", "rmdir",
@@ -25,8 +27,6 @@ void rename_path(const std::string& from, const std::string& to);
 void remove_tree(const std::string& path);
 /// fsync of a directory, so that the renames and creations inside it survive a power loss.
 void fsync_directory(const std::string& path);
-/// Whether `path` exists (without following a final symlink).
-bool path_exists(const std::string& path);
 
 /// Replaces the directory `final_dir` as a whole: `fill` writes the new contents into
 /// `<final_dir>.staged` (flushed), which is renamed to `<final_dir>.next` (the commit point: a

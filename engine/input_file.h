@@ -18,6 +18,10 @@ inline constexpr int kMaxJsonDepth = 128;
 /// Default size cap for a whole file read into memory (configs, tokenizer files, states).
 inline constexpr size_t kMaxInputFileBytes = size_t(1) << 30;
 
+/// Whether anything is at `path`, without following a final symlink: a dangling link, a loop or
+/// a FIFO counts, so that reading it names the problem instead of treating the file as absent.
+bool path_exists(const std::string& path);
+
 /// Opens `path` read-only, refusing anything but a regular file with an Error naming the path
 /// and what it is (directory, FIFO, device, socket, symlink loop, missing). Never blocks in
 /// open(): a FIFO is opened non-blocking, then refused. Returns the descriptor (caller closes).

@@ -453,7 +453,7 @@ std::unique_ptr<SentencePieceTokenizer> SentencePieceTokenizer::load(
 
   const std::string tokenizer_json_path = (fs::path(model_dir) / "tokenizer.json").string();
   std::error_code ec;
-  const bool has_tokenizer_json = fs::is_regular_file(tokenizer_json_path, ec);
+  const bool has_tokenizer_json = path_exists(tokenizer_json_path);
   if (has_tokenizer_json) {
     // Its added_tokens carry the sentinel ids exactly as the fast tokenizer assigns them.
     const json doc = read_json_file(tokenizer_json_path);

@@ -369,7 +369,7 @@ SpecialTokenSettings read_special_token_settings(const std::string& model_dir) {
   std::error_code ec;
 
   const std::string config_path = (dir / "tokenizer_config.json").string();
-  if (fs::is_regular_file(config_path, ec)) {
+  if (path_exists(config_path)) {
     const json config = read_json_object(config_path);
     read_named(config, config_path, "bos_token", settings.bos);
     read_named(config, config_path, "eos_token", settings.eos);
@@ -417,7 +417,7 @@ SpecialTokenSettings read_special_token_settings(const std::string& model_dir) {
   }
 
   const std::string map_path = (dir / "special_tokens_map.json").string();
-  if (fs::is_regular_file(map_path, ec)) {
+  if (path_exists(map_path)) {
     const json map = read_json_object(map_path);
     read_named(map, map_path, "bos_token", settings.bos);
     read_named(map, map_path, "eos_token", settings.eos);
@@ -427,7 +427,7 @@ SpecialTokenSettings read_special_token_settings(const std::string& model_dir) {
   }
 
   const std::string legacy_path = (dir / "added_tokens.json").string();
-  if (fs::is_regular_file(legacy_path, ec)) {
+  if (path_exists(legacy_path)) {
     const json legacy = read_json_object(legacy_path);
     for (const auto& [content, id] : legacy.items()) {
       if (!id.is_number_integer() || id.get<int64_t>() < 0)
@@ -442,7 +442,7 @@ SpecialTokenSettings read_special_token_settings(const std::string& model_dir) {
   }
 
   const std::string model_config_path = (dir / "config.json").string();
-  if (fs::is_regular_file(model_config_path, ec)) {
+  if (path_exists(model_config_path)) {
     const json config = read_json_object(model_config_path);
     settings.config_bos_id = config_token_id(config, "bos_token_id");
     settings.config_eos_id = config_token_id(config, "eos_token_id");
@@ -566,7 +566,7 @@ std::unique_ptr<Tokenizer> load_tokenizer(const std::string& model_dir) {
   if (!fs::is_directory(model_dir, ec))
     fail(ErrorKind::kIo, "load_tokenizer: '", model_dir, "' is not a directory");
   const fs::path dir(model_dir);
-  const auto has = [&](const char* name) { return fs::is_regular_file(dir / name, ec); };
+  const auto has = [&](const char* name) { return path_exists((dir / name).string()); };
 
   if (has("spiece.model")) {
     return SentencePieceTokenizer::load(model_dir,
