@@ -118,5 +118,16 @@ TEST_F(CliHostileFiles, HugeTaskIdInTheDataIsRefusedWithItsLine) {
                      "tasks.jsonl:2: field 'task' must be a name or an integer id from 0 to 65535");
 }
 
+TEST_F(CliHostileFiles, DamagedTrainerStateIsABadInputError) {
+  // Before: exit 5 ("internal error") for a missing key or an array, a heap overflow for
+  // batch_in_epoch = -5.
+  const std::string args = train_args(kFixtures + "/gpt2_tiny_a", data()) + " --save-every 1";
+  ASSERT_EQ(run_limited(args, kLimitSeconds).code, 0);
+  write("out/training_state/trainer_state.json", "[]");
+  expect_clear_error(args + " --resume", "trainer_state.json: expected a JSON object");
+  write("out/training_state/trainer_state.json", "{\"version\": 2}");
+  expect_clear_error(args + " --resume", "trainer_state.json: missing field");
+}
+
 }  // namespace
 }  // namespace sp::cli_test
