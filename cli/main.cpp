@@ -1,6 +1,7 @@
 // The softprompt command: parses the subcommand and maps failures to documented exit codes.
 #include <CLI/CLI.hpp>
 #include <cstdio>
+#include <filesystem>
 #include <map>
 
 #include "cli/commands.h"
@@ -9,7 +10,8 @@
 
 int main(int argc, char** argv) {
   using namespace sp::cli;
-  CLI::App app{"softprompt: prompt tuning of frozen language models, compatible with Hugging Face PEFT"};
+  CLI::App app{
+      "softprompt: prompt tuning of frozen language models, compatible with Hugging Face PEFT"};
   app.require_subcommand(1);
   app.footer(kExitCodeHelp);
   app.set_version_flag("--version", "softprompt " SOFTPROMPT_VERSION_STRING);
@@ -38,11 +40,22 @@ int main(int argc, char** argv) {
   } catch (const sp::Error& e) {
     std::fprintf(stderr, "softprompt: error: %s\n", e.what());
     switch (e.kind()) {
-      case sp::ErrorKind::kNumerical: return kExitNumerical;
-      case sp::ErrorKind::kUnsupported: return kExitUnsupported;
-      case sp::ErrorKind::kInternal: return kExitInternal;
-      default: return kExitError;
+      case sp::ErrorKind::kNumerical:
+        return kExitNumerical;
+      case sp::ErrorKind::kUnsupported:
+        return kExitUnsupported;
+      case sp::ErrorKind::kInternal:
+        return kExitInternal;
+      default:
+        return kExitError;
     }
+  } catch (const std::filesystem::filesystem_error& e) {
+    // The file system refused something the user asked for (an output path under a regular
+    // file, a symlink loop): bad input, not a softprompt bug.
+    std::string message = e.what();
+    if (message.starts_with("filesystem error: ")) message.erase(0, 18);
+    std::fprintf(stderr, "softprompt: error: %s\n", message.c_str());
+    return kExitError;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "softprompt: internal error: %s\n", e.what());
     return kExitInternal;

@@ -129,5 +129,19 @@ TEST_F(CliHostileFiles, DamagedTrainerStateIsABadInputError) {
   expect_clear_error(args + " --resume", "trainer_state.json: missing field");
 }
 
+TEST_F(CliHostileFiles, FileSystemRefusalsAreBadInputNotInternalErrors) {
+  // Before: exit 5 "internal error: filesystem error: ..." for an output path under a regular
+  // file and for an adapter path that is a symlink loop.
+  write("afile", "");
+  expect_clear_error("train -q --max-steps 1 --num-virtual-tokens 2 --metric loss --model " +
+                         kFixtures + "/gpt2_tiny_a --data " + data() + " --output " +
+                         path("afile/sub"),
+                     "Not a directory");
+  fs::create_symlink(path("loop_b"), path("loop_a"));
+  fs::create_symlink(path("loop_a"), path("loop_b"));
+  expect_clear_error("inspect " + path("loop_a") + " --model " + kFixtures + "/gpt2_tiny_a",
+                     "Too many levels of symbolic links");
+}
+
 }  // namespace
 }  // namespace sp::cli_test
