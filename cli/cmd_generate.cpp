@@ -3,7 +3,6 @@
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <cstdio>
-#include <fstream>
 #include <optional>
 #include <nlohmann/json.hpp>
 
@@ -11,6 +10,7 @@
 #include "cli/common.h"
 #include "cli/train_pipeline.h"
 #include "engine/error.h"
+#include "engine/input_file.h"
 #include "peft/data.h"
 
 namespace sp::cli {
@@ -26,19 +26,13 @@ struct PromptRow {
 };
 
 std::vector<PromptRow> read_prompt_rows(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) fail(ErrorKind::kIo, path, ": cannot open the --input file");
+  LineReader in(path);
   std::vector<PromptRow> rows;
-  std::string text;
-  for (int64_t number = 1; std::getline(in, text); ++number) {
-    if (text.find_first_not_of(" \t\r") == std::string::npos) continue;  // blank lines
+  while (std::optional<std::string> text = in.next()) {
+    const int64_t number = in.line_number();
+    if (text->find_first_not_of(" \t\r") == std::string::npos) continue;  // blank lines
     const std::string where = path + ":" + std::to_string(number);
-    nlohmann::json j;
-    try {
-      j = nlohmann::json::parse(text);
-    } catch (const nlohmann::json::parse_error& e) {
-      fail(ErrorKind::kFormat, where, ": not valid JSON (", e.what(), ")");
-    }
+    const nlohmann::json j = parse_json(*text, where);
     if (!j.is_object())
       fail(ErrorKind::kFormat, where, ": expected a JSON object, found ", j.type_name());
     PromptRow row;
