@@ -2,11 +2,11 @@
 #include "cli/train_pipeline.h"
 
 #include <filesystem>
-#include <fstream>
 #include <nlohmann/json.hpp>
 
 #include "cli/progress.h"
 #include "engine/error.h"
+#include "engine/input_file.h"
 #include "engine/safetensors.h"
 
 namespace sp::cli {
@@ -15,14 +15,8 @@ namespace fs = std::filesystem;
 
 std::vector<std::string> read_task_names(const std::string& dir) {
   const fs::path path = fs::path(dir) / "tasks.json";
-  if (!fs::exists(path)) return {};
-  nlohmann::json j;
-  try {
-    std::ifstream in(path);
-    j = nlohmann::json::parse(in);
-  } catch (const nlohmann::json::exception& e) {
-    fail(ErrorKind::kFormat, path.string(), ": ", e.what());
-  }
+  if (!path_exists(path.string())) return {};
+  const nlohmann::json j = read_json_file(path.string());
   if (!j.is_array()) fail(ErrorKind::kFormat, path.string(), ": expected a JSON list of task names");
   std::vector<std::string> names;
   for (auto& v : j) {
