@@ -79,7 +79,9 @@ CommandRunner add_demo_command(CLI::App& app) {
     job.tokenize.max_length = demo.get_positive_int("max_length", 128);
     const std::string config_name = (root / "demo_config.json").string() + ": ";
     job.virtual_tokens_from = {config_name + "num_virtual_tokens", false};
-    job.max_length_from = {config_name + "max_length", false};
+    job.max_length_from = {
+        demo.has("max_length") ? config_name + "max_length" : "the demo's default max_length",
+        false};
     job.max_new_tokens_from = {config_name + "max_new_tokens", false};
     // A max_length in the recipe that its model cannot serve is a bad asset; the fallback of
     // 128 is ours and is lowered like train's default.
