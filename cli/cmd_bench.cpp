@@ -10,6 +10,7 @@
 
 #include "cli/commands.h"
 #include "cli/common.h"
+#include "cli/validate.h"
 #include "engine/backend.h"
 #include "engine/cpu/cpu_backend.h"
 #include "engine/error.h"
@@ -75,22 +76,47 @@ CommandRunner add_bench_command(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand("bench", "Measure train-step and generation throughput on a synthetic batch");
   cmd->footer(kExitCodeHelp);
   add_common_options(*cmd, o->common);
-  cmd->add_option("--config", o->config, "random-weight architecture: gpt2-small, gpt2-medium, gpt2-tiny")->capture_default_str();
+  cmd->add_option("--config", o->config,
+                  "random-weight architecture: gpt2-small, gpt2-medium, gpt2-tiny")
+      ->capture_default_str()
+      ->check(choice("gpt2-small|gpt2-medium|gpt2-tiny",
+                     [](const std::string& s) { named_config(s); }));
   cmd->add_option("--model", o->model, "benchmark a real model directory instead");
-  cmd->add_option("--batch-size", o->batch)->capture_default_str();
-  cmd->add_option("--seq-len", o->seq, "text tokens per row")->capture_default_str();
-  cmd->add_option("--virtual-tokens", o->virtual_tokens)->capture_default_str();
-  cmd->add_option("--steps", o->steps, "timed train steps")->capture_default_str();
-  cmd->add_option("--warmup", o->warmup, "untimed train steps first")->capture_default_str();
-  cmd->add_option("--gen-batch", o->gen_batch)->capture_default_str();
-  cmd->add_option("--gen-prompt", o->gen_prompt, "prompt tokens for the generation benchmark")->capture_default_str();
-  cmd->add_option("--gen-tokens", o->gen_tokens, "new tokens to generate")->capture_default_str();
+  cmd->add_option("--batch-size", o->batch)
+      ->capture_default_str()
+      ->check(integer(1, kMaxBatchSize));
+  cmd->add_option("--seq-len", o->seq, "text tokens per row (+ virtual tokens at most n_positions)")
+      ->capture_default_str()
+      ->check(integer(1, kMaxTokens));
+  cmd->add_option("--virtual-tokens", o->virtual_tokens)
+      ->capture_default_str()
+      ->check(integer(1, kMaxVirtualTokens));
+  cmd->add_option("--steps", o->steps, "timed train steps")
+      ->capture_default_str()
+      ->check(integer(1, kMaxSteps));
+  cmd->add_option("--warmup", o->warmup, "untimed train steps first")
+      ->capture_default_str()
+      ->check(integer(0, kMaxSteps));
+  cmd->add_option("--gen-batch", o->gen_batch)
+      ->capture_default_str()
+      ->check(integer(1, kMaxBatchSize));
+  cmd->add_option("--gen-prompt", o->gen_prompt, "prompt tokens for the generation benchmark")
+      ->capture_default_str()
+      ->check(integer(1, kMaxTokens));
+  cmd->add_option("--gen-tokens", o->gen_tokens, "new tokens to generate (0 = skip generation)")
+      ->capture_default_str()
+      ->check(integer(0, kMaxTokens));
   cmd->add_flag("!--no-dropout", o->dropout, "train-mode dropout off (PEFT trains with it on)");
   cmd->add_flag("--checkpoint-activations", o->checkpoint_activations);
   cmd->add_flag("--skip-generation", o->skip_generation);
   cmd->add_flag("--json", o->json, "print one JSON object");
 
   return [o]() -> int {
+    if (o->batch * o->seq > kMaxBatchTokens)
+      usage_error("--batch-size", std::to_string(o->batch) + " rows x --seq-len " +
+                                      std::to_string(o->seq) + " tokens exceed the limit of " +
+                                      std::to_string(kMaxBatchTokens) +
+                                      " tokens per synthetic batch");
     Device device = apply_common_options(o->common);
     std::shared_ptr<CausalLM> base;
     if (!o->model.empty()) {
@@ -99,6 +125,17 @@ CommandRunner add_bench_command(CLI::App& app) {
     } else
       base = Gpt2Model::random(named_config(o->config), 1, device);
     const ModelInfo& info = base->info();
+    // Sizes against the context before the adapter and the batch are allocated.
+    const int64_t room = text_positions(info, o->virtual_tokens, {"--virtual-tokens"});
+    if (o->seq > room)
+      usage_error("--seq-len", std::to_string(o->seq) + " exceeds the " + std::to_string(room) +
+                                   " positions the model has after " +
+                                   std::to_string(o->virtual_tokens) + " virtual tokens");
+    if (!o->skip_generation && o->gen_tokens > 0 && o->gen_prompt > room - o->gen_tokens)
+      usage_error("--gen-prompt", std::to_string(o->gen_prompt) + " prompt tokens + --gen-tokens " +
+                                      std::to_string(o->gen_tokens) + " exceed the " +
+                                      std::to_string(room) + " positions the model has after " +
+                                      std::to_string(o->virtual_tokens) + " virtual tokens");
     const double peak = device.is_cpu() ? measure_sgemm_gflops() : 0.0;
     PeftModel model(base);
     PromptTuningConfig prompt;

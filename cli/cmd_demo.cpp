@@ -9,6 +9,7 @@
 #include "cli/commands.h"
 #include "cli/common.h"
 #include "cli/train_pipeline.h"
+#include "cli/validate.h"
 #include "engine/error.h"
 #include "models/hf_config.h"
 
@@ -32,7 +33,8 @@ CommandRunner add_demo_command(CLI::App& app) {
   add_common_options(*cmd, o->common);
   cmd->add_option("--assets", o->assets, "demo directory (default: $SOFTPROMPT_DEMO_DIR or the source tree's examples/demo)");
   cmd->add_option("--output", o->output, "where to write the trained PEFT adapter")->capture_default_str();
-  cmd->add_option("--max-steps", o->max_steps, "override the demo's step count");
+  cmd->add_option("--max-steps", o->max_steps, "override the demo's step count")
+      ->check(integer(1, kMaxSteps));
 
   return [o]() -> int {
     Device device = apply_common_options(o->common);
@@ -75,6 +77,15 @@ CommandRunner add_demo_command(CLI::App& app) {
     t.keep_best = false;
     job.init_seed = t.seed;
     job.tokenize.max_length = demo.get_positive_int("max_length", 128);
+    const std::string config_name = (root / "demo_config.json").string() + ": ";
+    job.virtual_tokens_from = {config_name + "num_virtual_tokens", false};
+    job.max_length_from = {
+        demo.has("max_length") ? config_name + "max_length" : "the demo's default max_length",
+        false};
+    job.max_new_tokens_from = {config_name + "max_new_tokens", false};
+    // A max_length in the recipe that its model cannot serve is a bad asset; the fallback of
+    // 128 is ours and is lowered like train's default.
+    job.max_length_given = demo.has("max_length");
 
     std::printf("softprompt demo: prompt tuning %s (%lld parameters, frozen) with %lld virtual tokens\n",
                 (root / "model").string().c_str(), (long long)loaded.info().parameter_count,

@@ -5,6 +5,7 @@
 
 #include "cli/commands.h"
 #include "cli/common.h"
+#include "cli/validate.h"
 #include "engine/error.h"
 #include "engine/ops/ops.h"
 #include "engine/safetensors.h"
@@ -29,7 +30,8 @@ CommandRunner add_forward_command(CLI::App& app) {
   cmd->add_option("--adapter", o->adapter, "PEFT adapter directory (prompt gradients are dumped too)");
   cmd->add_option("--text", o->text, "the text (causal LM: its own tokens are the labels; seq2seq: the encoder input)")->required();
   cmd->add_option("--target", o->target, "seq2seq: the target text (the labels)");
-  cmd->add_option("--task", o->task, "task id for multitask adapters");
+  cmd->add_option("--task", o->task, "task id for multitask adapters")
+      ->check(integer(0, kMaxTasks - 1));
   cmd->add_option("--output", o->output, "safetensors file to write")->required();
 
   return [o]() -> int {

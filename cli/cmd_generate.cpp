@@ -9,6 +9,7 @@
 #include "cli/commands.h"
 #include "cli/common.h"
 #include "cli/train_pipeline.h"
+#include "cli/validate.h"
 #include "engine/error.h"
 #include "engine/input_file.h"
 #include "peft/data.h"
@@ -84,12 +85,24 @@ CommandRunner add_generate_command(CLI::App& app) {
   cmd->add_option("--input", o->input_file, "JSONL of prompts: {\"input\": ..., \"adapter\"/\"task\": optional}");
   cmd->add_option("--use", o->row_adapters, "adapter name for each --prompt, in order (default: the first adapter)");
   cmd->add_option("--task", o->tasks, "task (name or id) for each --prompt, or one for all (multitask adapters)");
-  cmd->add_option("--max-new-tokens", o->gen.max_new_tokens)->capture_default_str();
+  cmd->add_option("--max-new-tokens", o->gen.max_new_tokens,
+                  "gpt2: virtual tokens + prompt + this must fit n_positions")
+      ->capture_default_str()
+      ->check(integer(1, kMaxTokens));
   cmd->add_flag("--do-sample", o->gen.do_sample, "sample instead of greedy decoding");
-  cmd->add_option("--temperature", o->gen.temperature)->capture_default_str();
-  cmd->add_option("--top-k", o->gen.top_k, "0 = off")->capture_default_str();
-  cmd->add_option("--top-p", o->gen.top_p, "1 = off")->capture_default_str();
-  cmd->add_option("--seed", o->gen.seed, "sampling seed")->capture_default_str();
+  cmd->add_option("--temperature", o->gen.temperature,
+                  "sampling temperature (greedy decoding is the default; see --do-sample)")
+      ->capture_default_str()
+      ->check(real(0, kNoLimit, Bound::kOpen, Bound::kClosed, true));
+  cmd->add_option("--top-k", o->gen.top_k, "0 = off; above the vocabulary size keeps every token")
+      ->capture_default_str()
+      ->check(integer(0, std::numeric_limits<int64_t>::max()));
+  cmd->add_option("--top-p", o->gen.top_p, "nucleus sampling mass; 1 = off")
+      ->capture_default_str()
+      ->check(real(0, 1, Bound::kOpen, Bound::kClosed, true));
+  cmd->add_option("--seed", o->gen.seed, "sampling seed")
+      ->capture_default_str()
+      ->check(unsigned64());
   cmd->add_flag("--json", o->json, "one JSON object per output line");
 
   return [o]() -> int {
@@ -106,6 +119,15 @@ CommandRunner add_generate_command(CLI::App& app) {
       model.load_adapter(dir, name);
       task_names[name] = read_task_names(dir);
       names.push_back(name);
+    }
+    // The longest soft prompt bounds what --max-new-tokens may ask of a gpt2 context.
+    if (!model.is_seq2seq()) {
+      int64_t virtual_tokens = 0;
+      for (const std::string& name : names)
+        virtual_tokens =
+            std::max(virtual_tokens, model.adapter(name).config().total_virtual_tokens());
+      const int64_t room = text_positions(loaded.info(), virtual_tokens, {"--adapter", false});
+      check_generation_fits(o->gen.max_new_tokens, room, {"--max-new-tokens"});
     }
     std::vector<std::string> texts = o->prompts, rows = o->row_adapters, tasks = o->tasks;
     if (!o->input_file.empty()) {

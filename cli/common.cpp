@@ -1,5 +1,6 @@
 // Shared command plumbing.
 #include "cli/common.h"
+#include "cli/validate.h"
 
 #include <CLI/CLI.hpp>
 #include <cstdio>
@@ -13,11 +14,15 @@
 namespace sp::cli {
 
 void add_common_options(CLI::App& command, CommonOptions& options) {
-  command.add_option("--device", options.device, "cpu, cuda-emu (CUDA kernels emulated on the CPU) or cuda[:N]")
-      ->capture_default_str();
-  command.add_option("--threads", options.threads,
-                     "CPU threads (default: SOFTPROMPT_NUM_THREADS or all cores)")
-      ->check(CLI::Range(1, 1024));
+  command
+      .add_option("--device", options.device,
+                  "cpu, cuda-emu (CUDA kernels emulated on the CPU) or cuda[:N]")
+      ->capture_default_str()
+      ->check(choice("cpu|cuda-emu|cuda[:N]", [](const std::string& s) { Device::parse(s); }));
+  command
+      .add_option("--threads", options.threads,
+                  "CPU threads (default: SOFTPROMPT_NUM_THREADS or all cores)")
+      ->check(integer(1, 1024));
   command.add_flag("-q,--quiet", options.quiet, "only print results and errors");
 }
 

@@ -6,6 +6,7 @@
 
 #include "cli/commands.h"
 #include "cli/common.h"
+#include "cli/validate.h"
 #include "engine/error.h"
 
 int main(int argc, char** argv) {
@@ -37,6 +38,11 @@ int main(int argc, char** argv) {
   try {
     for (auto& [command, run] : runners)
       if (command->parsed()) return run();
+  } catch (const UsageError& e) {
+    // A value that only the loaded model shows to be wrong (say, longer than its context).
+    std::fprintf(stderr, "softprompt: error: %s\nRun with --help for more information.\n",
+                 e.what());
+    return kExitUsage;
   } catch (const sp::Error& e) {
     std::fprintf(stderr, "softprompt: error: %s\n", e.what());
     switch (e.kind()) {

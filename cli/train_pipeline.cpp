@@ -2,6 +2,7 @@
 #include "cli/train_pipeline.h"
 
 #include <filesystem>
+#include <limits>
 #include <nlohmann/json.hpp>
 
 #include "cli/progress.h"
@@ -32,6 +33,18 @@ void write_task_names(const std::string& dir, const std::vector<std::string>& na
 
 TrainJobResult run_train_job(const LoadedModel& loaded, TrainJob job, const CommonOptions& common,
                              bool evaluate_base_first) {
+  job.prompt.validate();  // a config file's fields (flags were checked when parsed)
+  // Sizes against the model's context first, before the data or the adapter is allocated.
+  const bool causal = *job.prompt.task_type == TaskType::kCausalLm;
+  const int64_t virtual_tokens = *job.prompt.num_virtual_tokens;
+  const int64_t room = causal
+                           ? text_positions(loaded.info(), virtual_tokens, job.virtual_tokens_from)
+                           : std::numeric_limits<int64_t>::max();
+  job.tokenize.max_length = fit_max_length(job.tokenize.max_length, job.max_length_given, room,
+                                           job.max_length_from, common);
+  const bool generates = !job.eval_file.empty() && job.train.metric == Metric::kExactMatch;
+  if (generates) check_generation_fits(job.train.max_new_tokens, room, job.max_new_tokens_from);
+
   Dataset train = load_jsonl(job.train_file, job.skip_bad_lines);
   std::optional<Dataset> eval;
   if (!job.eval_file.empty()) eval = load_jsonl(job.eval_file, job.skip_bad_lines);
@@ -45,11 +58,15 @@ TrainJobResult run_train_job(const LoadedModel& loaded, TrainJob job, const Comm
     SP_CHECK(tasks->size() <= *job.prompt.num_tasks, job.train_file, ": the data has ", tasks->size(),
              " tasks but the adapter has num_tasks = ", *job.prompt.num_tasks);
   }
+  check_adapter_size(job.prompt, loaded.info().token_dim, job.virtual_tokens_from);
   const TaskIndex* task_index = tasks ? &*tasks : nullptr;
   job.tokenize.task_type = *job.prompt.task_type;
   auto train_examples = tokenize_examples(train, *loaded.tokenizer, task_index, job.tokenize);
   std::vector<TokenizedExample> eval_examples;
   if (eval) eval_examples = tokenize_examples(*eval, *loaded.tokenizer, task_index, job.tokenize);
+  // Evaluation runs after training: a row it cannot serve must fail now, not then.
+  if (generates && causal)
+    check_eval_rows_fit(*eval, eval_examples, job.train.max_new_tokens, room, virtual_tokens);
 
   std::unique_ptr<PeftModel> peft = loaded.peft();
   PeftModel& model = *peft;

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "cli/common.h"
+#include "cli/validate.h"
 #include "peft/config.h"
 #include "peft/data.h"
 #include "peft/peft_model.h"
@@ -23,6 +24,12 @@ struct TrainJob {
   bool resume = false;
   TokenizeOptions tokenize;
   uint64_t init_seed = 42;
+  // Where the sizes came from, for the start-up checks' messages (and exit codes: a flag is a
+  // usage error, a config file field bad input). The demo names its demo_config.json.
+  Setting virtual_tokens_from{"--num-virtual-tokens"};
+  Setting max_length_from{"--max-length"};
+  Setting max_new_tokens_from{"--max-new-tokens"};
+  bool max_length_given = false;  // else a default that is lowered to the model's context
 };
 
 struct TrainJobResult {
@@ -34,6 +41,8 @@ struct TrainJobResult {
 std::vector<std::string> read_task_names(const std::string& dir);
 void write_task_names(const std::string& dir, const std::vector<std::string>& names);
 
+// Checks the job against the model and both data files before anything else happens (a bad
+// value must not cost a training run), then trains.
 TrainJobResult run_train_job(const LoadedModel& loaded, TrainJob job, const CommonOptions& common,
                              bool evaluate_base_first = false);
 

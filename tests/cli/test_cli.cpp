@@ -86,6 +86,174 @@ TEST_F(Cli, BadArgumentsExitWithUsageCode) {
   EXPECT_NE(r.output.find("--lr"), std::string::npos) << r.output;
 }
 
+// Every numeric and enum flag is checked when parsed (or, for limits set by the model, right
+// after loading it): a bad value exits 2 naming the flag and the expected range, and nothing is
+// trained or written. A row is (arguments after the command's base, exit code, message part).
+struct UsageCase {
+  std::string args;
+  int code;
+  std::string message;
+};
+
+TEST_F(Cli, BadFlagValuesAreUsageErrorsNamingTheFlag) {
+  const std::string model = kFixtures + "/gpt2_tiny_a";
+  const std::string train =
+      "train -q --model " + model + " --data " + data_file() + " --output " + path("out") + " ";
+  const std::string with_eval = train + "--eval-data " + data_file() + " --max-steps 1 ";
+  std::string source;
+  for (int i = 0; i < 4; ++i)
+    source += "{\"input\": \"w\", \"output\": \" x\", \"task\": \"t" + std::to_string(i) + "\"}\n";
+  const std::string multitask = "train -q --model " + model + " --data " +
+                                write("mt.jsonl", source) + " --output " + path("out") +
+                                " --multitask ";
+  const std::string eval = "eval -q --model " + model + " --data " + data_file() + " ";
+  const std::string generate = "generate -q --model " + model + " --prompt hi ";
+  const std::string bench = "bench --config gpt2-tiny --skip-generation ";
+  const std::vector<UsageCase> cases = {
+      // 16.10: values that used to reach the trainer and exit 1.
+      {train + "--batch-size 0", 2, "--batch-size: expected an integer in [1, 1048576], got '0'"},
+      {train + "--lr nan", 2, "--lr: expected a finite number >= 0, got 'nan'"},
+      {train + "--schedule foo", 2, "--schedule: unknown schedule 'foo'"},
+      {train + "--metric foo", 2, "--metric: unknown metric 'foo'"},
+      {train + "--init foo", 2, "--init: prompt_tuning_init 'foo' is not valid"},
+      {train + "--init AVERAGE_SOURCE_TASKS", 2,
+       "--init: prompt_tuning_init 'AVERAGE_SOURCE_TASKS'"},
+      {train + "--init TEXT", 2, "prompt_tuning_init_text can't be None"},
+      {train + "--device foo", 2, "--device: unknown device 'foo'"},
+      {train + "--task-type FOO", 2, "--task-type: Invalid task type: 'FOO'"},
+      {train + "--task-type SEQ_CLS", 4, "not support"},  // valid in PEFT, unsupported here
+      {train + "--threads 0", 2, "--threads: expected an integer in [1, 1024]"},
+      {train + "--grad-accum 0", 2, "--grad-accum: expected an integer in [1, 1048576]"},
+      {train + "--epochs 0", 2, "--epochs: 0 needs --max-steps > 0"},
+      {train + "--beta1 1", 2, "--beta1: expected a finite number in [0, 1)"},
+      {train + "--eps 0", 2, "--eps: expected a finite number > 0"},
+      {train + "--max-length 0", 2, "--max-length: expected an integer in [1, 1048576]"},
+      // 17.7: values that used to exit 0.
+      {train + "--max-grad-norm nan", 2,
+       "--max-grad-norm: expected a finite number >= 0, got 'nan'"},
+      {train + "--max-grad-norm -1", 2, "--max-grad-norm: expected a finite number >= 0, got '-1'"},
+      {train + "--max-steps -5", 2,
+       "--max-steps: expected an integer in [0, 1000000000000], got '-5'"},
+      {train + "--save-every -1", 2, "--save-every: expected an integer in [0, 1000000000000]"},
+      {train + "--eval-every -1", 2, "--eval-every: expected an integer in [0, 1000000000000]"},
+      {train + "--log-every -1", 2, "--log-every: expected an integer in [1, 1000000000000]"},
+      {train + "--warmup-steps -5", 2, "--warmup-steps: expected an integer in [0, 1000000000000]"},
+      {train + "--seed -1", 2,
+       "--seed: expected an integer in [0, 18446744073709551615], got '-1'"},
+      {train + "--lr inf", 2, "--lr: expected a finite number >= 0, got 'inf'"},
+      {train + "--lr 1e39", 2,
+       "--lr: expected a finite number >= 0, got '1e39' (not finite as a 32-bit float)"},
+      {train + "--bucket -1", 2, "--bucket: expected an integer in [0, 1048576]"},
+      {generate + "--top-p 0", 2, "--top-p: expected a finite number in (0, 1], got '0'"},
+      {generate + "--top-p 1.5", 2, "--top-p: expected a finite number in (0, 1], got '1.5'"},
+      {generate + "--top-p nan", 2, "--top-p: expected a finite number in (0, 1], got 'nan'"},
+      {generate + "--top-k -1", 2, "--top-k: expected an integer >= 0, got '-1'"},
+      {generate + "--temperature 0", 2, "--temperature: expected a finite number > 0"},
+      {generate + "--seed -1", 2, "--seed: expected an integer in [0, 18446744073709551615]"},
+      {generate + "--max-new-tokens -1", 2,
+       "--max-new-tokens: expected an integer in [1, 1048576]"},
+      {generate + "--max-new-tokens 128", 2,
+       "--max-new-tokens: 128 new tokens plus at least one prompt token exceed the 128 positions"},
+      {bench + "--seq-len 0", 2, "--seq-len: expected an integer in [1, 1048576], got '0'"},
+      {bench + "--steps -1", 2, "--steps: expected an integer in [1, 1000000000000], got '-1'"},
+      {bench + "--warmup -1", 2, "--warmup: expected an integer in [0, 1000000000000]"},
+      {bench + "--config foo", 2, "--config: unknown --config 'foo'"},
+      {bench + "--seq-len 250 --virtual-tokens 20", 2, "--seq-len: 250 exceeds the 236 positions"},
+      {bench + "--batch-size 1048576 --seq-len 64", 2,
+       "--batch-size: 1048576 rows x --seq-len 64 tokens exceed the limit of 16777216"},
+      {"bench --config gpt2-tiny --gen-prompt 200 --gen-tokens 64", 2,
+       "--gen-prompt: 200 prompt tokens + --gen-tokens 64 exceed the 236 positions"},
+      {"forward -q --model " + model + " --text hi --output " + path("f.safetensors") +
+           " --task -1",
+       2, "--task: expected an integer in [0, 65535]"},
+      {"demo --output " + path("demo") + " --max-steps -5", 2,
+       "--max-steps: expected an integer in [1, 1000000000000]"},
+      // 17.3: no saturation, and upper bounds named in the message.
+      {train + "--batch-size 9223372036854775807", 2,
+       "--batch-size: expected an integer in [1, 1048576], got '9223372036854775807' (out of "
+       "range)"},
+      {train + "--max-steps 99999999999999999999", 2,
+       "--max-steps: expected an integer in [0, 1000000000000], got '99999999999999999999' (out of "
+       "range)"},
+      {train + "--max-steps 1x", 2,
+       "--max-steps: expected an integer in [0, 1000000000000], got '1x' (not an integer)"},
+      // 16.7 / 17.4: sizes refused before anything is allocated.
+      {train + "--num-virtual-tokens 10000000", 2,
+       "--num-virtual-tokens: expected an integer in [1, 65536]"},
+      {train + "--num-virtual-tokens 4611686018427387904", 2,
+       "--num-virtual-tokens: expected an integer in [1, 65536]"},
+      {train + "--num-virtual-tokens 128", 2,
+       "--num-virtual-tokens: 128 virtual tokens leave no room for text in the model's 128 "
+       "positions"},
+      {multitask + "--num-tasks 4611686018427387904", 2,
+       "--num-tasks: expected an integer in [1, 65536]"},
+      {multitask + "--num-ranks 4611686018427387904", 2,
+       "--num-ranks: expected an integer in [1, 4096]"},
+      {multitask + "--num-tasks 60000 --num-ranks 4000 --num-virtual-tokens 100", 2,
+       "--num-virtual-tokens: the soft prompt would have"},
+      {train + "--max-length 200", 2,
+       "--max-length: 200 exceeds the 108 positions the model has for text after the soft prompt"},
+      // 17.5 / 16.9: what used to fail only at the final evaluation, after training.
+      {with_eval + "--eval-batch-size 0", 2,
+       "--eval-batch-size: expected an integer in [1, 1048576]"},
+      {with_eval + "--max-new-tokens -1", 2,
+       "--max-new-tokens: expected an integer in [1, 1048576]"},
+      {with_eval + "--max-new-tokens 1000000000", 2,
+       "--max-new-tokens: expected an integer in [1, 1048576]"},
+      {with_eval + "--max-new-tokens 108", 2,
+       "--max-new-tokens: 108 new tokens plus at least one prompt token exceed the 108 positions"},
+      {eval + "--batch-size 0", 2, "--batch-size: expected an integer in [1, 1048576]"},
+      {eval + "--max-new-tokens -1", 2, "--max-new-tokens: expected an integer in [1, 1048576]"},
+      {eval + "--max-length 129", 2, "--max-length: 129 exceeds the 128 positions"},
+  };
+  for (const UsageCase& c : cases) {
+    CommandResult r = run(c.args);
+    EXPECT_EQ(r.code, c.code) << c.args << "\n" << r.output;
+    EXPECT_NE(r.output.find(c.message), std::string::npos) << c.args << "\n" << r.output;
+    EXPECT_FALSE(fs::exists(path("out"))) << c.args;
+    EXPECT_FALSE(fs::exists(path("demo"))) << c.args;
+  }
+}
+
+// 17.5 / 16.9: an evaluation row that cannot be generated from within the context is refused at
+// start-up, naming its file and line, before a step is trained or an output directory made.
+TEST_F(Cli, EvalRowsThatExceedTheContextFailBeforeTraining) {
+  std::string words;
+  for (int i = 0; i < 100; ++i) words += " hello";
+  std::string eval =
+      write("eval.jsonl", "{\"input\": \"short\", \"output\": \" x\"}\n{\"input\": \"" + words +
+                              "\", \"output\": \" x\"}\n");
+  const std::string base =
+      "train -q --model " + kFixtures + "/gpt2_tiny_a --data " + data_file() + " --output " +
+      path("out") + " --max-steps 1 --batch-size 1 --num-virtual-tokens 4 --eval-data " + eval;
+  CommandResult r = run(base + " --max-new-tokens 30");
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("eval.jsonl:2: the input is"), std::string::npos) << r.output;
+  EXPECT_FALSE(fs::exists(path("out")));
+  CommandResult e =
+      run("eval -q --model " + kFixtures + "/gpt2_tiny_a --data " + eval + " --max-new-tokens 30");
+  EXPECT_EQ(e.code, 1) << e.output;
+  EXPECT_NE(e.output.find("eval.jsonl:2: the input is"), std::string::npos) << e.output;
+  // Truncated to --max-length, the same row leaves room for the new tokens.
+  CommandResult fits = run(base + " --max-new-tokens 30 --max-length 80");
+  EXPECT_EQ(fits.code, 0) << fits.output;
+}
+
+// The default --max-length (512) is ours, not the user's: on a shorter model it is lowered to the
+// context with a note, so long rows are truncated as documented instead of failing mid-run.
+TEST_F(Cli, DefaultMaxLengthIsLoweredToTheContext) {
+  std::string words;
+  for (int i = 0; i < 200; ++i) words += " hello";
+  std::string data = write("long.jsonl", "{\"input\": \"" + words + "\", \"output\": \" x\"}\n");
+  CommandResult r =
+      run("train --model " + kFixtures + "/gpt2_tiny_a --data " + data + " --output " +
+          path("out") + " --max-steps 1 --batch-size 1 --num-virtual-tokens 8 --metric loss");
+  EXPECT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("--max-length 512 is longer than the model's context; using 120"),
+            std::string::npos)
+      << r.output;
+}
+
 TEST_F(Cli, MissingModelDirectoryIsAClearError) {
   CommandResult r =
       run("train --model " + path("nope") + " --data " + data_file() + " --output " + path("out"));
