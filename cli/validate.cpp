@@ -129,23 +129,17 @@ int64_t text_positions(const ModelInfo& info, int64_t virtual_tokens, const Sett
 
 void check_adapter_size(const PromptTuningConfig& prompt, int64_t token_dim,
                         const Setting& virtual_from) {
-  // In floating point: config-file values may be anywhere up to 2^63, and the products overflow.
-  const double n = double(prompt.total_virtual_tokens()), d = double(token_dim);
-  double count = n * d;
-  if (prompt.is_multitask()) {
-    const double tasks = double(prompt.num_tasks.value_or(1)),
-                 ranks = double(prompt.num_ranks.value_or(1));
-    count += tasks * n * ranks + tasks * ranks * d;  // prefix_task_cols, prefix_task_rows
-  }
-  if (count <= double(kMaxAdapterParameters)) return;
+  // Bounded sizes (flags and validated config files), so the count cannot overflow.
+  const int64_t count = prompt.trainable_elements(token_dim);
+  if (count <= kMaxAdapterElements) return;
   const std::string flags =
       virtual_from.flag
           ? (prompt.is_multitask() ? "--num-virtual-tokens, --num-tasks or --num-ranks"
                                    : "--num-virtual-tokens")
           : "num_virtual_tokens, num_tasks or num_ranks";
-  refuse(virtual_from, "the soft prompt would have " + number(count) +
+  refuse(virtual_from, "the soft prompt would have " + std::to_string(count) +
                            " parameters, above the limit of " +
-                           std::to_string(kMaxAdapterParameters) + " (2^30): lower " + flags);
+                           std::to_string(kMaxAdapterElements) + " (2^30): lower " + flags);
 }
 
 int64_t fit_max_length(int64_t max_length, bool given, int64_t room, const Setting& from,

@@ -25,11 +25,8 @@ inline constexpr int64_t kMaxBatchSize = int64_t(1) << 20;  // --batch-size, --g
 inline constexpr int64_t kMaxSteps = 1'000'000'000'000;     // --max-steps, --save-every, ...
 inline constexpr int64_t kMaxEpochs = 1'000'000;            // --epochs
 inline constexpr int64_t kMaxTokens = int64_t(1) << 20;     // lengths and new-token counts
-inline constexpr int64_t kMaxVirtualTokens = int64_t(1) << 16;
-inline constexpr int64_t kMaxTasks = int64_t(1) << 16;
-inline constexpr int64_t kMaxRanks = int64_t(1) << 12;
-// A soft prompt (with MPT factors) above 2^30 parameters (4 GiB of fp32) is a typo.
-inline constexpr int64_t kMaxAdapterParameters = int64_t(1) << 30;
+// Soft-prompt sizes (kMaxVirtualTokens, kMaxTasks, kMaxRanks, kMaxAdapterElements) are bounded
+// by peft/config.h, which config files are checked against too.
 // bench: text tokens of one synthetic batch (--batch-size x --seq-len).
 inline constexpr int64_t kMaxBatchTokens = int64_t(1) << 24;
 
@@ -72,7 +69,7 @@ struct Setting {
 // soft prompt that leaves none. Unbounded models (T5's relative positions) give kMaxTokens.
 int64_t text_positions(const ModelInfo& info, int64_t virtual_tokens, const Setting& virtual_from);
 
-// Refuses a soft prompt (with its MPT factors) above kMaxAdapterParameters, before allocating it.
+// Refuses a soft prompt (with its MPT factors) above kMaxAdapterElements, before allocating it.
 void check_adapter_size(const PromptTuningConfig& prompt, int64_t token_dim,
                         const Setting& virtual_from);
 

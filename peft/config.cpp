@@ -73,6 +73,13 @@ PromptInit parse_prompt_init(const std::string& text, PeftType for_type) {
                  : "TEXT, SAMPLE_VOCAB, RANDOM");
 }
 
+int64_t PromptTuningConfig::trainable_elements(int64_t dim) const {
+  const int64_t rows = total_virtual_tokens();
+  int64_t elements = rows * dim;
+  if (is_multitask()) elements += num_tasks.value_or(1) * num_ranks.value_or(1) * (rows + dim);
+  return elements;
+}
+
 int64_t PromptTuningConfig::total_virtual_tokens() const {
   SP_CHECK(num_virtual_tokens, "num_virtual_tokens is not set");
   return *num_virtual_tokens * num_transformer_submodules.value_or(1);
@@ -154,8 +161,7 @@ void PromptTuningConfig::fill_from_model(const ModelInfo& info) {
     SP_CHECK(rows < info.max_positions, "num_virtual_tokens = ", rows,
              " leaves no room for text in the model's context of ", info.max_positions,
              " positions (n_positions)");
-  int64_t elements = rows * *token_dim;
-  if (is_multitask()) elements += *num_tasks * *num_ranks * (rows + *token_dim);
+  const int64_t elements = trainable_elements(*token_dim);
   SP_CHECK(
       elements <= kMaxAdapterElements, "the adapter would have ", elements,
       " trainable parameters (num_virtual_tokens = ", *num_virtual_tokens,

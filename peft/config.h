@@ -16,9 +16,11 @@ struct ModelInfo;
 /// Sanity bounds on sizes read from configs and flags, checked before anything is allocated.
 /// Far above any real prompt-tuning setup (PEFT papers use 1-1000 virtual tokens, MPT tens of
 /// tasks, ranks below 100), far below sizes whose products could overflow.
-inline constexpr int64_t kMaxVirtualTokens = int64_t(1) << 20;
+/// The CLI's flags share these bounds (cli/validate.h). 2^16 virtual tokens mainly guards T5,
+/// whose relative positions set no context limit of their own.
+inline constexpr int64_t kMaxVirtualTokens = int64_t(1) << 16;
 inline constexpr int64_t kMaxTasks = int64_t(1) << 16;
-inline constexpr int64_t kMaxRanks = int64_t(1) << 16;
+inline constexpr int64_t kMaxRanks = int64_t(1) << 12;
 /// The most trainable elements an adapter may have (4 GiB of fp32, 12 GiB with AdamW's moments).
 inline constexpr int64_t kMaxAdapterElements = int64_t(1) << 30;
 
@@ -82,6 +84,9 @@ struct PromptTuningConfig {
   std::optional<int64_t> num_tasks = 1;
 
   bool is_multitask() const { return peft_type == PeftType::kMultitaskPromptTuning; }
+  /// Trainable elements on a model of width `token_dim`: the prompt rows, plus MPT's
+  /// prefix_task_cols and prefix_task_rows. Sizes within the k-Max bounds cannot overflow.
+  int64_t trainable_elements(int64_t token_dim) const;
   /// Rows of the prompt table: num_virtual_tokens * num_transformer_submodules.
   int64_t total_virtual_tokens() const;
 
