@@ -30,8 +30,8 @@ enum ExitCode : int {
 
 inline constexpr const char* kExitCodeHelp =
     "Exit codes: 0 ok, 1 bad input (files, configs, data), 2 bad arguments, 3 NaN/inf in "
-    "training, 4 unsupported on this build/machine, 5 internal error, 130 interrupted "
-    "(checkpoint saved).";
+    "training, 4 unsupported on this build/machine (or out of memory), 5 internal error, 130 "
+    "interrupted (checkpoint saved).";
 
 struct CommonOptions {
   std::string device = "cpu";
