@@ -1,11 +1,16 @@
 // Helpers every test suite shares: closeness checks that report the measured worst difference,
-// AdamW hyper-parameters read from a golden file's metadata, and unpadding of id batches.
+// AdamW hyper-parameters read from a golden file's metadata, unpadding of id batches, and a
+// fixture with a per-test temporary directory.
 #pragma once
 
 #include <gtest/gtest.h>
 
+#include <unistd.h>
 #include <cmath>
+
 #include <cstdio>
+#include <filesystem>
+#include <fstream>
 #include <map>
 #include <string>
 #include <vector>
@@ -52,5 +57,27 @@ inline std::vector<std::vector<int64_t>> unpadded_rows(const Tensor& ids, const 
       if (keep[size_t(b * T + t)]) rows[size_t(b)].push_back(flat[size_t(b * T + t)]);
   return rows;
 }
+
+// A fixture with an empty directory of its own per test (named after the test and the process,
+// so parallel ctest runs never share one), removed afterwards.
+class TempDirTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = std::filesystem::temp_directory_path() /
+           ("sp_test_" + std::to_string(::getpid()) + "_" +
+            ::testing::UnitTest::GetInstance()->current_test_info()->test_suite_name() + "_" +
+            ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    std::filesystem::remove_all(dir_);
+    std::filesystem::create_directories(dir_);
+  }
+  void TearDown() override { std::filesystem::remove_all(dir_); }
+  std::string path(const std::string& name) const { return (dir_ / name).string(); }
+  // Writes `text` to `name` in the directory; returns its path.
+  std::string write(const std::string& name, const std::string& text) {
+    std::ofstream(path(name), std::ios::binary) << text;
+    return path(name);
+  }
+  std::filesystem::path dir_;
+};
 
 }  // namespace sp::testing

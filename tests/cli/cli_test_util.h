@@ -7,11 +7,11 @@
 
 #include <array>
 #include <cstdio>
-#include <filesystem>
-#include <fstream>
 #include <string>
 
 #include <gtest/gtest.h>
+
+#include "tests/test_util.h"
 
 namespace sp::cli_test {
 
@@ -38,23 +38,6 @@ inline CommandResult run_limited(const std::string& args, int limit_seconds) {
   return result;
 }
 
-/// A per-test temporary directory, removed afterwards.
-class TempDirTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    dir_ = std::filesystem::temp_directory_path() /
-           ("sp_cli_" + std::to_string(::getpid()) + "_" +
-            ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    std::filesystem::remove_all(dir_);
-    std::filesystem::create_directories(dir_);
-  }
-  void TearDown() override { std::filesystem::remove_all(dir_); }
-  std::string path(const std::string& name) const { return (dir_ / name).string(); }
-  std::string write(const std::string& name, const std::string& text) {
-    std::ofstream(path(name), std::ios::binary) << text;
-    return path(name);
-  }
-  std::filesystem::path dir_;
-};
+using TempDirTest = sp::testing::TempDirTest;
 
 }  // namespace sp::cli_test

@@ -18,54 +18,29 @@
 #include <sstream>
 
 #include "engine/safetensors.h"
+#include "tests/cli/cli_test_util.h"
 
 namespace sp {
 namespace {
 
 namespace fs = std::filesystem;
-const std::string kBinary = SOFTPROMPT_BINARY;
-const std::string kFixtures = SOFTPROMPT_FIXTURES;
+using cli_test::CommandResult;
+using cli_test::kBinary;
+using cli_test::kFixtures;
 
-struct CommandResult {
-  int code = -1;
-  std::string output;  // stdout and stderr together
-};
-
+// Generous: the slowest command here trains for a few seconds; a hang fails instead of stalling.
 CommandResult run(const std::string& args) {
-  std::string command = kBinary + " " + args + " 2>&1";
-  FILE* pipe = popen(command.c_str(), "r");
-  CommandResult result;
-  std::array<char, 4096> buffer;
-  size_t n;
-  while ((n = fread(buffer.data(), 1, buffer.size(), pipe)) > 0)
-    result.output.append(buffer.data(), n);
-  int status = pclose(pipe);
-  result.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return result;
+  return cli_test::run_limited(args, 240);
 }
 
-class Cli : public ::testing::Test {
+class Cli : public cli_test::TempDirTest {
  protected:
-  void SetUp() override {
-    dir_ = fs::temp_directory_path() /
-           ("sp_cli_" + std::to_string(::getpid()) + "_" +
-            ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-  std::string path(const std::string& name) const { return (dir_ / name).string(); }
-  std::string write(const std::string& name, const std::string& text) {
-    std::ofstream(path(name)) << text;
-    return path(name);
-  }
   std::string data_file() {
     std::string text;
     for (const char* w : {"hot", "up", "big", "day", "open", "left", "fast", "old"})
       text += std::string("{\"input\": \"The opposite of ") + w + " is\", \"output\": \" x\"}\n";
     return write("train.jsonl", text);
   }
-  fs::path dir_;
 };
 
 TEST_F(Cli, EveryCommandHasHelp) {

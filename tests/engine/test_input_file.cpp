@@ -10,29 +10,14 @@
 #include <fstream>
 
 #include "engine/error.h"
+#include "tests/test_util.h"
 
 namespace sp {
 namespace {
 
 namespace fs = std::filesystem;
 
-class InputFile : public ::testing::Test {
- protected:
-  void SetUp() override {
-    dir_ = fs::temp_directory_path() /
-           ("sp_input_" + std::to_string(::getpid()) + "_" +
-            ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-  std::string path(const std::string& name) const { return (dir_ / name).string(); }
-  std::string write(const std::string& name, const std::string& text) {
-    std::ofstream(path(name), std::ios::binary) << text;
-    return path(name);
-  }
-  fs::path dir_;
-};
+class InputFile : public testing::TempDirTest {};
 
 // The message of the Error that `f` throws, or "" (the test then fails on the expectation).
 template <class F>

@@ -11,26 +11,15 @@
 #include "engine/input_file.h"
 #include "peft/config.h"
 #include "peft/data.h"
+#include "tests/test_util.h"
 
 namespace sp {
 namespace {
 
 namespace fs = std::filesystem;
 
-class DataHostile : public ::testing::Test {
+class DataHostile : public testing::TempDirTest {
  protected:
-  void SetUp() override {
-    dir_ = fs::temp_directory_path() /
-           ("sp_data_" + std::to_string(::getpid()) + "_" +
-            ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-  std::string write(const std::string& name, const std::string& text) {
-    std::ofstream((dir_ / name).string(), std::ios::binary) << text;
-    return (dir_ / name).string();
-  }
   // The message of load_jsonl's error.
   static std::string error_of(const std::string& path) {
     try {
@@ -41,7 +30,6 @@ class DataHostile : public ::testing::Test {
     ADD_FAILURE() << "no error for " << path;
     return "";
   }
-  fs::path dir_;
 };
 
 constexpr const char* kGoodLine = R"({"input": "a", "output": "b"})";
