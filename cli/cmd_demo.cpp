@@ -28,11 +28,15 @@ CommandRunner add_demo_command(CLI::App& app) {
     int64_t max_steps = 0;
   };
   auto o = std::make_shared<Options>();
-  CLI::App* cmd = app.add_subcommand("demo", "Prompt-tune the embedded demo model and show untuned vs tuned accuracy");
+  CLI::App* cmd = app.add_subcommand(
+      "demo", "Prompt-tune the embedded demo model and show untuned vs tuned accuracy");
   cmd->footer(kExitCodeHelp);
   add_common_options(*cmd, o->common);
-  cmd->add_option("--assets", o->assets, "demo directory (default: $SOFTPROMPT_DEMO_DIR or the source tree's examples/demo)");
-  cmd->add_option("--output", o->output, "where to write the trained PEFT adapter")->capture_default_str();
+  cmd->add_option(
+      "--assets", o->assets,
+      "demo directory (default: $SOFTPROMPT_DEMO_DIR or the source tree's examples/demo)");
+  cmd->add_option("--output", o->output, "where to write the trained PEFT adapter")
+      ->capture_default_str();
   cmd->add_option("--max-steps", o->max_steps, "override the demo's step count")
       ->check(integer(1, kMaxSteps));
 
@@ -45,7 +49,8 @@ CommandRunner add_demo_command(CLI::App& app) {
     }
     const fs::path root(assets);
     if (!fs::exists(root / "demo_config.json"))
-      fail(ErrorKind::kIo, assets, ": no demo_config.json (is this the examples/demo directory? pass --assets)");
+      fail(ErrorKind::kIo, assets,
+           ": no demo_config.json (is this the examples/demo directory? pass --assets)");
     HfConfig demo = HfConfig::load((root / "demo_config.json").string());
     LoadedModel loaded = load_model((root / "model").string(), device);
 
@@ -76,32 +81,38 @@ CommandRunner add_demo_command(CLI::App& app) {
     t.eval_batch_size = 32;
     t.keep_best = false;
     job.init_seed = t.seed;
-    job.tokenize.max_length = demo.get_positive_int("max_length", 128);
+    // Without a max_length in the recipe the demo uses the model's whole context after the soft
+    // prompt (a recipe value the model cannot serve is a bad asset, refused at start-up).
+    const int64_t positions = loaded.info().max_positions;
+    const int64_t context_room = positions > *job.prompt.num_virtual_tokens
+                                     ? positions - *job.prompt.num_virtual_tokens
+                                     : 128;
+    job.tokenize.max_length = demo.get_positive_int("max_length", context_room);
     const std::string config_name = (root / "demo_config.json").string() + ": ";
     job.virtual_tokens_from = {config_name + "num_virtual_tokens", false};
-    job.max_length_from = {
-        demo.has("max_length") ? config_name + "max_length" : "the demo's default max_length",
-        false};
+    job.max_length_from = {config_name + "max_length", false};
     job.max_new_tokens_from = {config_name + "max_new_tokens", false};
-    // A max_length in the recipe that its model cannot serve is a bad asset; the fallback of
-    // 128 is ours and is lowered like train's default.
-    job.max_length_given = demo.has("max_length");
+    job.max_length_given = true;
 
-    std::printf("softprompt demo: prompt tuning %s (%lld parameters, frozen) with %lld virtual tokens\n",
-                (root / "model").string().c_str(), (long long)loaded.info().parameter_count,
-                (long long)*job.prompt.num_virtual_tokens);
+    std::printf(
+        "softprompt demo: prompt tuning %s (%lld parameters, frozen) with %lld virtual tokens\n",
+        (root / "model").string().c_str(), (long long)loaded.info().parameter_count,
+        (long long)*job.prompt.num_virtual_tokens);
     std::fflush(stdout);
     auto start = std::chrono::steady_clock::now();
     TrainJobResult r = run_train_job(loaded, job, o->common, /*evaluate_base_first=*/true);
-    double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     if (r.result.interrupted) return kExitInterrupted;
     const EvalResult& before = *r.initial_eval;
     const EvalResult& after = *r.result.last_eval;
-    std::printf("untuned accuracy (frozen model, no prompt): %5.1f%% (%lld/%lld)\n", 100.0 * before.accuracy,
-                (long long)before.correct, (long long)before.examples);
-    std::printf("tuned accuracy   (%lld soft-prompt tokens):   %5.1f%% (%lld/%lld) after %lld steps, %.0f s\n",
-                (long long)*job.prompt.num_virtual_tokens, 100.0 * after.accuracy, (long long)after.correct,
-                (long long)after.examples, (long long)r.result.steps, seconds);
+    std::printf("untuned accuracy (frozen model, no prompt): %5.1f%% (%lld/%lld)\n",
+                100.0 * before.accuracy, (long long)before.correct, (long long)before.examples);
+    std::printf(
+        "tuned accuracy   (%lld soft-prompt tokens):   %5.1f%% (%lld/%lld) after %lld steps, %.0f "
+        "s\n",
+        (long long)*job.prompt.num_virtual_tokens, 100.0 * after.accuracy, (long long)after.correct,
+        (long long)after.examples, (long long)r.result.steps, seconds);
     std::printf("PEFT adapter written to %s\n", o->output.c_str());
     return kExitOk;
   };
