@@ -16,7 +16,15 @@
 namespace sp {
 
 namespace {
+
 std::atomic<FsHook> g_hook{nullptr};
+
+// The directory holding `path` ("." for a bare name), whose entry a rename changes.
+std::string parent_directory(const std::string& path) {
+  const size_t slash = path.find_last_of('/');
+  return slash == std::string::npos ? std::string(".") : path.substr(0, slash);
+}
+
 }  // namespace
 
 void set_fs_hook(FsHook hook) {
@@ -85,10 +93,7 @@ void fsync_directory(const std::string& path) {
 void commit_directory(const std::string& final_dir,
                       const std::function<void(const std::string& staged_dir)>& fill) {
   const std::string staged = final_dir + ".staged", next = final_dir + ".next";
-  const std::string parent = [&] {
-    const size_t slash = final_dir.find_last_of('/');
-    return slash == std::string::npos ? std::string(".") : final_dir.substr(0, slash);
-  }();
+  const std::string parent = parent_directory(final_dir);
   recover_directory(final_dir);  // a leftover .next would otherwise be taken for this one
   make_directory(staged);
   fill(staged);
@@ -101,10 +106,7 @@ void commit_directory(const std::string& final_dir,
 void recover_directory(const std::string& final_dir) {
   const std::string staged = final_dir + ".staged", next = final_dir + ".next",
                     old = final_dir + ".old";
-  const std::string parent = [&] {
-    const size_t slash = final_dir.find_last_of('/');
-    return slash == std::string::npos ? std::string(".") : final_dir.substr(0, slash);
-  }();
+  const std::string parent = parent_directory(final_dir);
   remove_tree(staged);
   if (path_exists(next)) {
     // Two renames, because rename(2) cannot replace a non-empty directory. Between them only
