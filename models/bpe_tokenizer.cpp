@@ -431,12 +431,8 @@ void BpeTokenizer::finish_loading(TokenIds vocab,
     if (!id)
       fail(ErrorKind::kFormat, where, ": token '", content,
            "' is neither in the vocabulary nor an added token");
-    // transformers adds a listed token only when it is not an added token yet, so a file's
-    // "special": false survives (decode then keeps the token).
-    const bool flagged_by_file = std::any_of(added.begin(), added.end(), [&](const AddedToken& a) {
-      return a.id == *id && a.special_from_file;
-    });
-    if (!flagged_by_file) mark_special(*id, content);
+    // A file's "special": false survives the listing (decode then keeps the token).
+    if (!tokenizer_detail::special_flag_from_file(added, *id)) mark_special(*id, content);
   }
 
   std::vector<AddedToken> raw, normalized;

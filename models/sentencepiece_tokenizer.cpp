@@ -452,7 +452,6 @@ std::unique_ptr<SentencePieceTokenizer> SentencePieceTokenizer::load(
   }
 
   const std::string tokenizer_json_path = (fs::path(model_dir) / "tokenizer.json").string();
-  std::error_code ec;
   const bool has_tokenizer_json = path_exists(tokenizer_json_path);
   if (has_tokenizer_json) {
     // Its added_tokens carry the sentinel ids exactly as the fast tokenizer assigns them.
@@ -563,12 +562,8 @@ std::unique_ptr<SentencePieceTokenizer> SentencePieceTokenizer::load(
     if (!id)
       fail(ErrorKind::kFormat, where, ": token '", content,
            "' is neither a piece of spiece.model nor an added token");
-    // transformers adds a listed token only when it is not an added token yet, so the
-    // "special": false of tokenizer.json or added_tokens_decoder survives (decode keeps it).
-    const bool flagged_by_file = std::any_of(added.begin(), added.end(), [&](const AddedToken& a) {
-      return a.id == *id && a.special_from_file;
-    });
-    if (!flagged_by_file) mark_special(*id);
+    // tokenizer.json's or added_tokens_decoder's "special": false survives (decode keeps it).
+    if (!tokenizer_detail::special_flag_from_file(added, *id)) mark_special(*id);
   }
 
   tokenizer->id_special_.assign(static_cast<size_t>(size), false);

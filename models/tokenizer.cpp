@@ -1,6 +1,7 @@
 // load_tokenizer() and the special-token / added-token / UTF-8 helpers shared by the tokenizers.
 #include "models/tokenizer.h"
 
+#include <algorithm>
 #include <filesystem>
 #include <nlohmann/json.hpp>
 #include <utility>
@@ -353,6 +354,11 @@ std::optional<int64_t> config_token_id(const json& config, const char* key) {
 
 }  // namespace
 
+bool special_flag_from_file(const std::vector<AddedToken>& added, int64_t id) {
+  return std::any_of(added.begin(), added.end(),
+                     [&](const AddedToken& a) { return a.id == id && a.special_from_file; });
+}
+
 std::vector<AddedToken> parse_added_tokens(const json& list, const std::string& source) {
   if (!list.is_array())
     fail(ErrorKind::kFormat, source, ": 'added_tokens' must be a list, found ", list.type_name());
@@ -366,7 +372,6 @@ std::vector<AddedToken> parse_added_tokens(const json& list, const std::string& 
 SpecialTokenSettings read_special_token_settings(const std::string& model_dir) {
   SpecialTokenSettings settings;
   const fs::path dir(model_dir);
-  std::error_code ec;
 
   const std::string config_path = (dir / "tokenizer_config.json").string();
   if (path_exists(config_path)) {

@@ -145,6 +145,10 @@ SpecialTokenSettings read_special_token_settings(const std::string& model_dir);
 // "single_word"}, ...]. single_word=true is rejected (not implemented).
 std::vector<AddedToken> parse_added_tokens(const nlohmann::json& list, const std::string& source);
 
+// Whether `added` holds token `id` with a "special" flag given by its file: transformers adds an
+// "extra_special_tokens" entry only when it is not an added token yet, so that flag survives.
+bool special_flag_from_file(const std::vector<AddedToken>& added, int64_t id);
+
 // The ids a tokenizer.json TemplateProcessing "single" template puts around the sequence.
 struct TemplateIds {
   std::vector<int64_t> prefix, suffix;
