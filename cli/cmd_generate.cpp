@@ -50,13 +50,9 @@ std::vector<PromptRow> read_prompt_rows(const std::string& path) {
       row.adapter = adapter->get<std::string>();
     }
     if (auto task = j.find("task"); task != j.end() && !task->is_null()) {
-      if (task->is_string())
-        row.task = task->get<std::string>();
-      else if (task->is_number_integer() && task->get<int64_t>() >= 0)
-        row.task = std::to_string(task->get<int64_t>());
-      else
-        fail(ErrorKind::kFormat, where,
-             ": field 'task' must be a name or a non-negative integer id, found ", task->dump());
+      std::string problem;
+      row.task = parse_task_value(*task, problem);
+      if (!problem.empty()) fail(ErrorKind::kFormat, where, ": ", problem);
     }
     rows.push_back(std::move(row));
   }
@@ -137,13 +133,13 @@ CommandRunner add_generate_command(CLI::App& app) {
       // left for the check below to report.
       const bool extend_rows = !names.empty() && (rows.empty() || rows.size() == o->prompts.size());
       if (extend_rows && rows.empty()) rows.assign(o->prompts.size(), names[0]);
+      std::string loaded_names;  // for the error below
+      for (const std::string& name : names)
+        loaded_names += (loaded_names.empty() ? "" : ", ") + name;
       for (const PromptRow& row : input_rows) {
         texts.push_back(row.input);
         if (row.task) tasks.push_back(*row.task);
         if (row.adapter) {
-          std::string loaded_names;
-          for (const std::string& name : names)
-            loaded_names += (loaded_names.empty() ? "" : ", ") + name;
           const std::string where = o->input_file + ":" + std::to_string(row.line);
           SP_CHECK(!names.empty(), where, ": field 'adapter' names '", *row.adapter,
                    "', but no --adapter is loaded");

@@ -28,6 +28,17 @@ bool is_task_id_in_range(const std::string& s) {
 
 }  // namespace
 
+std::string parse_task_value(const nlohmann::json& value, std::string& problem) {
+  if (value.is_string() &&
+      (!is_integer_text(value.get<std::string>()) || is_task_id_in_range(value.get<std::string>())))
+    return value.get<std::string>();
+  if (value.is_number_integer() && value.get<int64_t>() >= 0 && value.get<int64_t>() < kMaxTasks)
+    return std::to_string(value.get<int64_t>());
+  problem = "field 'task' must be a name or an integer id from 0 to " +
+            std::to_string(kMaxTasks - 1) + ", found " + value.dump();
+  return "";
+}
+
 Dataset load_jsonl(const std::string& path, bool skip_bad_lines) {
   LineReader in(path);
   Dataset data;
@@ -58,17 +69,7 @@ Dataset load_jsonl(const std::string& path, bool skip_bad_lines) {
         if (problem.empty()) {
           example.input = j["input"].get<std::string>();
           example.output = j["output"].get<std::string>();
-          if (j.contains("task") && !j["task"].is_null()) {
-            if (j["task"].is_string() && (!is_integer_text(j["task"].get<std::string>()) ||
-                                          is_task_id_in_range(j["task"].get<std::string>())))
-              example.task = j["task"].get<std::string>();
-            else if (j["task"].is_number_integer() && j["task"].get<int64_t>() >= 0 &&
-                     j["task"].get<int64_t>() < kMaxTasks)
-              example.task = std::to_string(j["task"].get<int64_t>());
-            else
-              problem = "field 'task' must be a name or an integer id from 0 to " +
-                        std::to_string(kMaxTasks - 1) + ", found " + j["task"].dump();
-          }
+          if (j.contains("task") && !j["task"].is_null()) example.task = parse_task_value(j["task"], problem);
         }
       }
     } catch (const Error& e) {

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <vector>
@@ -29,6 +30,10 @@ struct Dataset {
   std::vector<Example> examples;
   int64_t skipped_lines = 0;  ///< malformed lines skipped with --skip-bad-lines
 };
+
+/// A JSONL row's "task" value as text: a name, or an integer id from 0 to kMaxTasks - 1 (also
+/// when written as a digit string). Empty, with `problem` set, when the value is neither.
+std::string parse_task_value(const nlohmann::json& value, std::string& problem);
 
 /// Reads a JSONL file. A malformed line is an error naming the file, the line and the field,
 /// unless skip_bad_lines, which skips it (with a warning) and counts it.
