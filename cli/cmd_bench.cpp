@@ -119,11 +119,12 @@ CommandRunner add_bench_command(CLI::App& app) {
                                       " tokens per synthetic batch");
     Device device = apply_common_options(o->common);
     std::shared_ptr<CausalLM> base;
+    const DType dtype = model_dtype(o->common, device);
     if (!o->model.empty()) {
-      base = load_model(o->model, device).causal;
+      base = load_model(o->model, device, dtype).causal;
       SP_CHECK(base != nullptr, "bench: --model must be a causal LM (gpt2); ", o->model, " is not");
     } else
-      base = Gpt2Model::random(named_config(o->config), 1, device);
+      base = Gpt2Model::random(named_config(o->config), 1, device, dtype);
     const ModelInfo& info = base->info();
     // Sizes against the context before the adapter and the batch are allocated.
     const int64_t room = text_positions(info, o->virtual_tokens, {"--virtual-tokens"});
@@ -197,6 +198,7 @@ CommandRunner add_bench_command(CLI::App& app) {
     nlohmann::json result = {
         {"model", o->model.empty() ? o->config : o->model},
         {"device", device.str()},
+        {"dtype", dtype == DType::BF16 ? "bf16" : "f32"},
         {"threads", num_threads()},
         {"batch_size", o->batch},
         {"seq_len", o->seq},
@@ -215,8 +217,9 @@ CommandRunner add_bench_command(CLI::App& app) {
       std::printf("%s\n", result.dump().c_str());
       return kExitOk;
     }
-    std::printf("model %s, %lld threads, batch %lld x %lld tokens + %lld virtual tokens, dropout %s\n",
-                result["model"].get<std::string>().c_str(), (long long)num_threads(), (long long)o->batch,
+    std::printf("model %s (%s), %lld threads, batch %lld x %lld tokens + %lld virtual tokens, dropout %s\n",
+                result["model"].get<std::string>().c_str(), dtype == DType::BF16 ? "bf16" : "f32",
+                (long long)num_threads(), (long long)o->batch,
                 (long long)o->seq, (long long)o->virtual_tokens, o->dropout ? "on" : "off");
     std::printf("train step: %.1f ms (best %.1f ms), %.0f tokens/s\n", mean * 1e3, best * 1e3, tokens_per_s);
     std::printf("GEMMs: %.1f GFLOP/s = %.0f%% of this machine's sgemm peak (%.1f GFLOP/s)\n", gemm_gflops,

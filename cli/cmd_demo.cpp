@@ -52,7 +52,7 @@ CommandRunner add_demo_command(CLI::App& app) {
       fail(ErrorKind::kIo, assets,
            ": no demo_config.json (is this the examples/demo directory? pass --assets)");
     HfConfig demo = HfConfig::load((root / "demo_config.json").string());
-    LoadedModel loaded = load_model((root / "model").string(), device);
+    LoadedModel loaded = load_model((root / "model").string(), device, model_dtype(o->common, device));
 
     TrainJob job;
     job.train_file = (root / "data" / "train.jsonl").string();

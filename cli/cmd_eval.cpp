@@ -53,7 +53,7 @@ CommandRunner add_eval_command(CLI::App& app) {
 
   return [o]() -> int {
     Device device = apply_common_options(o->common);
-    LoadedModel loaded = load_model(o->model, device);
+    LoadedModel loaded = load_model(o->model, device, model_dtype(o->common, device));
     std::unique_ptr<PeftModel> peft = loaded.peft();
     PeftModel& model = *peft;
     Dataset data = load_jsonl(o->data, o->skip_bad_lines);

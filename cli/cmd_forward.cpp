@@ -36,7 +36,7 @@ CommandRunner add_forward_command(CLI::App& app) {
 
   return [o]() -> int {
     Device device = apply_common_options(o->common);
-    LoadedModel loaded = load_model(o->model, device);
+    LoadedModel loaded = load_model(o->model, device, model_dtype(o->common, device));
     std::vector<int64_t> ids = loaded.tokenizer->encode(o->text, true);
     SP_CHECK(!ids.empty(), "forward: the text tokenizes to nothing");
     const int64_t T = int64_t(ids.size());

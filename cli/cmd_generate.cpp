@@ -103,7 +103,7 @@ CommandRunner add_generate_command(CLI::App& app) {
 
   return [o]() -> int {
     Device device = apply_common_options(o->common);
-    LoadedModel loaded = load_model(o->model, device);
+    LoadedModel loaded = load_model(o->model, device, model_dtype(o->common, device));
     std::unique_ptr<PeftModel> peft = loaded.peft();
     PeftModel& model = *peft;
     std::vector<std::string> names;

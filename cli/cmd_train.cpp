@@ -184,7 +184,7 @@ CommandRunner add_train_command(CLI::App& app) {
     job.max_length_given = o->max_length->count() > 0;
     std::optional<PromptTuningConfig> prompt;
     if (o->config_file.empty()) prompt = prompt_config_from_flags(*o, read_model_type(o->model));
-    LoadedModel loaded = load_model(o->model, device);
+    LoadedModel loaded = load_model(o->model, device, model_dtype(o->common, device));
     if (!o->config_file.empty()) {
       job.prompt = PromptTuningConfig::load(o->config_file);
       job.prompt.inference_mode = false;

@@ -6,6 +6,7 @@
 #include <cstdio>
 
 #include "engine/backend.h"
+#include "engine/cpu/cpu_backend.h"
 #include "engine/error.h"
 #include "engine/log.h"
 #include "engine/thread_pool.h"
@@ -23,7 +24,30 @@ void add_common_options(CLI::App& command, CommonOptions& options) {
       .add_option("--threads", options.threads,
                   "CPU threads (default: SOFTPROMPT_NUM_THREADS or all cores)")
       ->check(integer(1, 1024));
+  command
+      .add_option("--dtype", options.dtype,
+                  "frozen weights: f32, bf16 (bf16 GEMM weights; on the CPU activations stay "
+                  "f32) or auto (bf16 where the device has native bf16 GEMMs)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"f32", "bf16", "auto"}));
   command.add_flag("-q,--quiet", options.quiet, "only print results and errors");
+}
+
+DType model_dtype(const CommonOptions& options, Device device) {
+  DType dtype = DType::F32;
+  if (options.dtype == "bf16") dtype = DType::BF16;
+  // The emulator has no bf16 hardware to gain from; real GPUs run bf16 GEMMs in cuBLAS.
+  if (options.dtype == "auto")
+    dtype = (device.is_cpu() ? CpuBackend::cpu_has_native_bf16() : device.kind == DeviceKind::CUDA)
+                ? DType::BF16
+                : DType::F32;
+  if (dtype == DType::BF16 && device.is_cpu())
+    note(options, "dtype bf16: bf16 GEMM weights, f32 activations; GEMMs: " +
+                      CpuBackend::bf16_gemm_description());
+  else
+    note(options, std::string("dtype ") + (dtype == DType::BF16 ? "bf16" : "f32") + " on " +
+                      device.str());
+  return dtype;
 }
 
 Device apply_common_options(const CommonOptions& options) {
@@ -35,13 +59,13 @@ Device apply_common_options(const CommonOptions& options) {
   return device;
 }
 
-LoadedModel load_model(const std::string& dir, Device device) {
+LoadedModel load_model(const std::string& dir, Device device, DType dtype) {
   LoadedModel loaded;
   loaded.dir = dir;
   if (read_model_type(dir) == "t5")
-    loaded.seq2seq = load_seq2seq_lm(dir, device);
+    loaded.seq2seq = load_seq2seq_lm(dir, device, dtype);
   else
-    loaded.causal = load_causal_lm(dir, device);
+    loaded.causal = load_causal_lm(dir, device, dtype);
   loaded.tokenizer = load_tokenizer(dir);
   if (loaded.tokenizer->vocab_size() > loaded.info().vocab_size)
     fail(ErrorKind::kFormat, dir, ": the tokenizer has ", loaded.tokenizer->vocab_size(),

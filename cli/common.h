@@ -37,9 +37,10 @@ struct CommonOptions {
   std::string device = "cpu";
   int threads = 0;  // 0: SOFTPROMPT_NUM_THREADS or all cores
   bool quiet = false;
+  std::string dtype = "f32";  // f32, bf16 or auto: the frozen model's GEMM weights
 };
 
-// Adds --device, --threads, --quiet to a command.
+// Adds --device, --dtype, --threads, --quiet to a command.
 void add_common_options(CLI::App& command, CommonOptions& options);
 // Applies threads/quiet; returns the parsed device.
 Device apply_common_options(const CommonOptions& options);
@@ -55,8 +56,12 @@ struct LoadedModel {
   std::unique_ptr<PeftModel> peft() const;
 };
 
+// The model dtype --dtype asks for on `device` ("auto": bf16 where the device multiplies bf16
+// natively, else f32); says which and how GEMMs run unless quiet.
+DType model_dtype(const CommonOptions& options, Device device);
+
 // Loads the model directory and its tokenizer (errors name the directory and file).
-LoadedModel load_model(const std::string& dir, Device device);
+LoadedModel load_model(const std::string& dir, Device device, DType dtype = DType::F32);
 
 // Prints "softprompt: <message>" to stderr unless quiet.
 void note(const CommonOptions& options, const std::string& message);

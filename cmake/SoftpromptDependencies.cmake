@@ -6,6 +6,12 @@ find_package(PkgConfig REQUIRED)
 pkg_check_modules(OPENBLAS REQUIRED IMPORTED_TARGET openblas)
 pkg_check_modules(PCRE2 REQUIRED IMPORTED_TARGET libpcre2-8)
 pkg_check_modules(SENTENCEPIECE REQUIRED IMPORTED_TARGET sentencepiece)
+# bf16 GEMMs on the CPU (AVX512-BF16 / AMX kernels). Debian builds it on OpenMP (libgomp), whose
+# omp_set_num_threads keeps each of our pool threads' oneDNN calls single-threaded.
+find_package(dnnl 2.6 CONFIG QUIET)
+if(NOT dnnl_FOUND)
+  message(FATAL_ERROR "oneDNN not found: run scripts/bootstrap.sh (Debian package libdnnl-dev)")
+endif()
 find_package(CLI11 CONFIG QUIET)
 if(NOT CLI11_FOUND AND NOT EXISTS /usr/include/CLI/CLI.hpp)
   message(FATAL_ERROR "CLI11 not found: run scripts/bootstrap.sh (Debian package libcli11-dev)")

@@ -15,6 +15,10 @@ std::mutex g_mutex;
 
 }  // namespace
 
+DType activation_dtype(Device device, DType weight_dtype) {
+  return device.kind == DeviceKind::CPU ? DType::F32 : weight_dtype;
+}
+
 Backend& backend_for(Device device) {
   static std::unique_ptr<Backend> cpu = make_cpu_backend();
   if (device.kind == DeviceKind::CPU) return *cpu;

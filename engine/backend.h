@@ -15,11 +15,14 @@ class Allocator;
 
 // Row-major strided-batched GEMM: C[i] = alpha * op(A[i]) op(B[i]) + beta * C[i], i < batch.
 // op(A) is m x k, op(B) is k x n; lda/ldb/ldc are row strides of the stored matrices.
+// A and B share `dtype`; C has `c_dtype`, which is either `dtype` or F32 (bf16 operands with an
+// fp32 result, the mixed-precision GEMM of bf16 weights). Accumulation is always fp32.
 struct GemmArgs {
   const void* a = nullptr;
   const void* b = nullptr;
   void* c = nullptr;
-  DType dtype = DType::F32;  // of A, B and C; accumulation is always fp32
+  DType dtype = DType::F32;    // of A and B
+  DType c_dtype = DType::F32;  // of C: `dtype` or F32
   bool trans_a = false;
   bool trans_b = false;
   int64_t m = 0, n = 0, k = 0;
@@ -177,6 +180,10 @@ class Backend {
 
 // The backend owning `device`; throws an Error when this build or machine lacks it.
 Backend& backend_for(Device device);
+/// The dtype of a model's activations on `device` when its GEMM weights are `weight_dtype`. The
+/// CPU backend computes every non-GEMM op in F32 (bf16 weights feed its bf16 GEMM, which returns
+/// F32); CUDA backends keep activations in the weight dtype.
+DType activation_dtype(Device device, DType weight_dtype);
 // Whether backend_for(device) would succeed.
 bool backend_available(Device device);
 

@@ -82,7 +82,8 @@ std::vector<std::vector<int64_t>> generate(CausalLM& model,
            " prompt positions + ", config.max_new_tokens, " new tokens exceed the model's ",
            info.max_positions, " positions");
 
-  // Left-padded prefill inputs: [pads][prefix][prompt tokens] per row.
+  // Left-padded prefill inputs: [pads][prefix][prompt tokens] per row, in the activation dtype.
+  const DType dtype = activation_dtype(device, model.word_embeddings().dtype());
   std::vector<Tensor> rows;
   std::vector<float> mask(size_t(B * capacity), 0.0f);
   std::vector<int64_t> positions(size_t(B * T0), 0);
@@ -90,8 +91,8 @@ std::vector<std::vector<int64_t>> generate(CausalLM& model,
     const GenerationRequest& r = requests[size_t(b)];
     const int64_t pad = T0 - lengths[size_t(b)];
     std::vector<Tensor> parts;
-    if (pad > 0) parts.push_back(Tensor::zeros({pad, d}, DType::F32, device));
-    if (r.prefix_embeds.defined()) parts.push_back(r.prefix_embeds.to(device));
+    if (pad > 0) parts.push_back(Tensor::zeros({pad, d}, dtype, device));
+    if (r.prefix_embeds.defined()) parts.push_back(r.prefix_embeds.to(device).to(dtype));
     if (!r.prompt_ids.empty())
       parts.push_back(model.embed(
           Tensor::from_ints(r.prompt_ids, {int64_t(r.prompt_ids.size())}, DType::I64, device)));

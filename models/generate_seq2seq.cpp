@@ -30,7 +30,7 @@ std::vector<std::vector<int64_t>> generate_seq2seq(
   const ModelInfo& info = model.info();
   const int64_t B = int64_t(requests.size()), d = info.token_dim, V = info.vocab_size;
   const Device device = model.device();
-  const DType dtype = model.word_embeddings().dtype();
+  const DType dtype = activation_dtype(device, model.word_embeddings().dtype());
   std::vector<std::vector<int64_t>> outputs(static_cast<size_t>(B));
   if (config.max_new_tokens == 0) return outputs;
 

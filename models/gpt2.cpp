@@ -66,22 +66,22 @@ std::unique_ptr<Gpt2Model> Gpt2Model::load(const std::string& model_dir, Device 
   model->device_ = device;
   WeightLoader w(model_dir, {"transformer."}, dtype, device);
   const int64_t d = config.n_embd, inner = config.n_inner;
-  model->wte_ = w.get("wte.weight", {config.vocab_size, d});
+  model->wte_ = w.get_matrix("wte.weight", {config.vocab_size, d});
   model->wpe_ = w.get("wpe.weight", {config.n_positions, d});
   for (int64_t i = 0; i < config.n_layer; ++i) {
     const std::string p = "h." + std::to_string(i) + ".";
     Gpt2Block b;
     b.ln1_weight = w.get(p + "ln_1.weight", {d});
     b.ln1_bias = w.get(p + "ln_1.bias", {d});
-    b.attn_weight = w.get(p + "attn.c_attn.weight", {d, 3 * d});
+    b.attn_weight = w.get_matrix(p + "attn.c_attn.weight", {d, 3 * d});
     b.attn_bias = w.get(p + "attn.c_attn.bias", {3 * d});
-    b.attn_proj_weight = w.get(p + "attn.c_proj.weight", {d, d});
+    b.attn_proj_weight = w.get_matrix(p + "attn.c_proj.weight", {d, d});
     b.attn_proj_bias = w.get(p + "attn.c_proj.bias", {d});
     b.ln2_weight = w.get(p + "ln_2.weight", {d});
     b.ln2_bias = w.get(p + "ln_2.bias", {d});
-    b.fc_weight = w.get(p + "mlp.c_fc.weight", {d, inner});
+    b.fc_weight = w.get_matrix(p + "mlp.c_fc.weight", {d, inner});
     b.fc_bias = w.get(p + "mlp.c_fc.bias", {inner});
-    b.mlp_proj_weight = w.get(p + "mlp.c_proj.weight", {inner, d});
+    b.mlp_proj_weight = w.get_matrix(p + "mlp.c_proj.weight", {inner, d});
     b.mlp_proj_bias = w.get(p + "mlp.c_proj.bias", {d});
     model->blocks_.push_back(std::move(b));
   }
@@ -93,26 +93,27 @@ std::unique_ptr<Gpt2Model> Gpt2Model::load(const std::string& model_dir, Device 
     if (!head.contains("lm_head.weight"))
       fail(ErrorKind::kFormat, model_dir,
            ": tie_word_embeddings is false but the checkpoint has no 'lm_head.weight'");
-    model->lm_head_ = head.get("lm_head.weight", {config.vocab_size, d});
+    model->lm_head_ = head.get_matrix("lm_head.weight", {config.vocab_size, d});
   }
   model->finish_init();
   return model;
 }
 
 std::unique_ptr<Gpt2Model> Gpt2Model::random(const Gpt2Config& config, uint64_t seed,
-                                             Device device) {
+                                             Device device, DType dtype) {
   std::unique_ptr<Gpt2Model> model(new Gpt2Model());
   model->config_ = config;
   model->device_ = device;
   const int64_t d = config.n_embd, inner = config.n_inner;
   uint64_t stream = 0;
+  const DType vectors = activation_dtype(device, dtype);
   auto normal = [&](const Shape& shape) {
-    return randn(shape, seed, (stream++) << 40, 0.0f, 0.02f, device);
+    return randn(shape, seed, (stream++) << 40, 0.0f, 0.02f, device).to(dtype);
   };
-  auto ones = [&](int64_t n) { return Tensor::full({n}, 1.0f, DType::F32, device); };
-  auto zeros = [&](int64_t n) { return Tensor::zeros({n}, DType::F32, device); };
+  auto ones = [&](int64_t n) { return Tensor::full({n}, 1.0f, vectors, device); };
+  auto zeros = [&](int64_t n) { return Tensor::zeros({n}, vectors, device); };
   model->wte_ = normal({config.vocab_size, d});
-  model->wpe_ = normal({config.n_positions, d});
+  model->wpe_ = normal({config.n_positions, d}).to(vectors);
   for (int64_t i = 0; i < config.n_layer; ++i) {
     model->blocks_.push_back({ones(d), zeros(d), normal({d, 3 * d}), zeros(3 * d), normal({d, d}),
                               zeros(d), ones(d), zeros(d), normal({d, inner}), zeros(inner),
@@ -147,7 +148,8 @@ void Gpt2Model::finish_init() {
 
 KvCache Gpt2Model::make_cache(int64_t batch, int64_t capacity) const {
   return KvCache::allocate(config_.n_layer, batch, capacity, config_.n_head,
-                           config_.n_embd / config_.n_head, wte_.dtype(), device_);
+                           config_.n_embd / config_.n_head, activation_dtype(device_, wte_.dtype()),
+                           device_);
 }
 
 namespace {

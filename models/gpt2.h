@@ -49,9 +49,11 @@ class Gpt2Model final : public CausalLM {
   /// `dtype` (the CPU computes in F32) and placed on `device`.
   static std::unique_ptr<Gpt2Model> load(const std::string& model_dir,
                                          Device device = Device::cpu(), DType dtype = DType::F32);
-  /// A model with random weights (benchmarks, tests): N(0, 0.02) matrices, unit layer norms.
+  /// A model with random weights (benchmarks, tests): N(0, 0.02) matrices, unit layer norms;
+  /// the matrices drawn in F32, then cast to `dtype` (as load() stores them).
   static std::unique_ptr<Gpt2Model> random(const Gpt2Config& config, uint64_t seed,
-                                           Device device = Device::cpu());
+                                           Device device = Device::cpu(),
+                                           DType dtype = DType::F32);
 
   const ModelInfo& info() const override { return info_; }
   Device device() const override { return device_; }

@@ -4,12 +4,15 @@
 #include <vector>
 
 #include "engine/error.h"
+#include "engine/backend.h"
 #include "engine/ops/embedding.h"
 
 namespace sp {
 
 Tensor Seq2SeqLM::embed(const Tensor& ids) const {
-  return embedding(word_embeddings(), ids);
+  // A bf16 table on the CPU gives F32 activations (see activation_dtype).
+  const Tensor table = word_embeddings();
+  return embedding(table, ids).to(activation_dtype(device(), table.dtype()));
 }
 
 Tensor Seq2SeqLM::shift_right(const Tensor& labels) const {

@@ -136,15 +136,15 @@ std::unique_ptr<T5Model> T5Model::load(const std::string& model_dir, Device devi
 
   // Tied checkpoints store the table once; which name survives depends on how it was saved.
   model->shared_ =
-      w.get_any({"shared.weight", "encoder.embed_tokens.weight", "decoder.embed_tokens.weight"},
+      w.get_any_matrix({"shared.weight", "encoder.embed_tokens.weight", "decoder.embed_tokens.weight"},
                 {config.vocab_size, d});
 
   auto load_attention = [&](const std::string& p, bool cross) {
     T5Attention a;
-    Tensor q = w.get(p + "q.weight", {inner, d});
-    Tensor k = w.get(p + "k.weight", {inner, d});
-    Tensor v = w.get(p + "v.weight", {inner, d});
-    a.o = w.get(p + "o.weight", {d, inner});
+    Tensor q = w.get_matrix(p + "q.weight", {inner, d});
+    Tensor k = w.get_matrix(p + "k.weight", {inner, d});
+    Tensor v = w.get_matrix(p + "v.weight", {inner, d});
+    a.o = w.get_matrix(p + "o.weight", {d, inner});
     if (cross) {
       a.q = q;
       a.packed = concat({k, v}, 0);
@@ -159,11 +159,11 @@ std::unique_ptr<T5Model> T5Model::load(const std::string& model_dir, Device devi
     const std::string dense = p + "DenseReluDense.";
     if (config.is_gated_act) {
       f.wi =
-          concat({w.get(dense + "wi_0.weight", {ff, d}), w.get(dense + "wi_1.weight", {ff, d})}, 0);
+          concat({w.get_matrix(dense + "wi_0.weight", {ff, d}), w.get_matrix(dense + "wi_1.weight", {ff, d})}, 0);
     } else {
-      f.wi = w.get(dense + "wi.weight", {ff, d});
+      f.wi = w.get_matrix(dense + "wi.weight", {ff, d});
     }
-    f.wo = w.get(dense + "wo.weight", {d, ff});
+    f.wo = w.get_matrix(dense + "wo.weight", {d, ff});
     return f;
   };
 
@@ -196,7 +196,7 @@ std::unique_ptr<T5Model> T5Model::load(const std::string& model_dir, Device devi
   // transformers 5 always declares the head tied; from_pretrained keeps a stored lm_head.weight
   // only when its values differ from the embedding. Without one the head is the embedding.
   if (w.contains("lm_head.weight")) {
-    Tensor head = w.get("lm_head.weight", {config.vocab_size, d});
+    Tensor head = w.get_matrix("lm_head.weight", {config.vocab_size, d});
     if (!same_stored_tensor(Checkpoint::open(model_dir), "lm_head.weight", model->shared_.name()))
       model->lm_head_ = head;
   }
@@ -232,10 +232,10 @@ Seq2SeqCache T5Model::make_cache(int64_t batch, int64_t capacity, int64_t encode
   Seq2SeqCache cache;
   cache.self_attention =
       KvCache::allocate(config_.num_decoder_layers, batch, capacity, config_.num_heads,
-                        config_.d_kv, shared_.dtype(), device_);
+                        config_.d_kv, activation_dtype(device_, shared_.dtype()), device_);
   cache.cross_attention =
       KvCache::allocate(config_.num_decoder_layers, batch, encoder_length, config_.num_heads,
-                        config_.d_kv, shared_.dtype(), device_);
+                        config_.d_kv, activation_dtype(device_, shared_.dtype()), device_);
   return cache;
 }
 

@@ -1,5 +1,6 @@
 // WeightLoader: fetches named tensors from a checkpoint with shape checks, a name prefix that
 // may or may not be present, dtype conversion and device placement; errors name the tensor.
+// GEMM weights load in the requested dtype, the rest in the activation dtype of the device.
 #pragma once
 
 #include <string>
@@ -18,10 +19,13 @@ class WeightLoader {
                DType dtype, Device device);
 
   bool contains(const std::string& name) const;
-  // The tensor `name` (prefix added when the checkpoint uses one), checked against `shape`.
+  // The tensor `name` (prefix added when the checkpoint uses one), checked against `shape`, in
+  // the model's activation dtype (biases, norms, position tables: what non-GEMM ops read).
   Tensor get(const std::string& name, const Shape& shape) const;
-  // The first of `names` that exists (for weights stored under alternative names).
-  Tensor get_any(const std::vector<std::string>& names, const Shape& shape) const;
+  // The same for a GEMM weight (and the token table feeding the LM head), in the weight dtype.
+  Tensor get_matrix(const std::string& name, const Shape& shape) const;
+  // The first of `names` that exists, as a GEMM weight (for tables stored under several names).
+  Tensor get_any_matrix(const std::vector<std::string>& names, const Shape& shape) const;
   int64_t parameters_loaded() const { return parameters_loaded_; }
   const std::string& prefix() const { return prefix_; }
 
@@ -29,7 +33,10 @@ class WeightLoader {
   std::string model_dir_;
   Checkpoint checkpoint_;
   std::string prefix_;
-  DType dtype_;
+  Tensor load(const std::string& name, const Shape& shape, DType dtype) const;
+
+  DType weight_dtype_;
+  DType activation_dtype_;
   Device device_;
   mutable int64_t parameters_loaded_ = 0;
 };

@@ -159,10 +159,13 @@ Joined join_prefix(const std::vector<Tensor>& prefixes, const Tensor& uniform_pr
                    const Tensor& body_mask, const Tensor& body_labels, bool pad_left) {
   const int64_t B = body.size(0), d = body.size(2);
   const Device device = body.device();
+  // Prompts stay F32 (trainable, as in PEFT); like PEFT they are cast to the model's activation
+  // dtype where they are injected, so a bf16 model's prompt gradient is cast back to F32.
+  const DType dtype = body.dtype();
   Joined out;
   if (uniform_prefix.defined()) {
     const int64_t N = uniform_prefix.size(1);
-    out.embeds = concat({uniform_prefix, body}, 1);
+    out.embeds = concat({uniform_prefix.to(dtype), body}, 1);
     out.mask = concat({Tensor::full({B, N}, 1.0f, DType::F32, device), body_mask}, 1);
     if (body_labels.defined()) out.labels = concat({ignore_labels(B, N, device), body_labels}, 1);
     return out;
@@ -174,10 +177,10 @@ Joined join_prefix(const std::vector<Tensor>& prefixes, const Tensor& uniform_pr
     const Tensor& p = prefixes[size_t(b)];
     const int64_t N = p.defined() ? p.size(0) : 0, pad = widest - N;
     std::vector<Tensor> e, m, l;
-    Tensor pad_embeds = Tensor::zeros({pad, d}, DType::F32, device);
+    Tensor pad_embeds = Tensor::zeros({pad, d}, dtype, device);
     Tensor pad_mask = Tensor::zeros({1, pad}, DType::F32, device);
     if (pad_left) e.push_back(pad_embeds), m.push_back(pad_mask);
-    if (N > 0) e.push_back(p), m.push_back(Tensor::full({1, N}, 1.0f, DType::F32, device));
+    if (N > 0) e.push_back(p.to(dtype)), m.push_back(Tensor::full({1, N}, 1.0f, DType::F32, device));
     e.push_back(body.select(0, b));
     m.push_back(body_mask.slice(0, b, b + 1));
     if (!pad_left) e.push_back(pad_embeds), m.push_back(pad_mask);

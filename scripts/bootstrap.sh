@@ -6,6 +6,7 @@ set -euo pipefail
 packages=(
   cmake g++ make pkg-config
   libeigen3-dev libopenblas-dev nlohmann-json3-dev libsentencepiece-dev libpcre2-dev libcli11-dev
+  libdnnl-dev
   libgtest-dev libgmock-dev libbenchmark-dev
 )
 

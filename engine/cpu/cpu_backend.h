@@ -3,6 +3,7 @@
 #pragma once
 
 #include <memory>
+#include <string>
 
 #include "engine/backend.h"
 
@@ -83,6 +84,18 @@ class CpuBackend final : public Backend {
   enum class GemmLibrary { kOpenBlas, kEigen };
   static void set_gemm_library(GemmLibrary library);
   static GemmLibrary gemm_library();
+
+  // How GEMMs on bf16 operands (fp32 result) run: oneDNN's matmul, whose AVX512-BF16 / AMX
+  // kernels double fp32's throughput, or sgemm on operands widened to fp32 (same products, fp32
+  // speed). The default is oneDNN where the CPU has bf16 instructions; tests force either.
+  enum class Bf16GemmPath { kOneDnn, kWidenedSgemm };
+  static void set_bf16_gemm_path(Bf16GemmPath path);
+  static Bf16GemmPath bf16_gemm_path();
+  static bool cpu_has_native_bf16();  ///< AVX512-BF16 or AMX, as oneDNN detects it
+  static std::string bf16_gemm_description();  ///< e.g. "oneDNN brg:avx512_core_bf16"
+
+ private:
+  void bf16_gemm(const GemmArgs& g);  // engine/cpu/gemm_bf16.cpp
 };
 
 std::unique_ptr<Backend> make_cpu_backend();

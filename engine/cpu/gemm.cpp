@@ -1,4 +1,5 @@
-// CPU GEMM: OpenBLAS sgemm (single-threaded calls, split across softprompt's own pool) or Eigen.
+// CPU fp32 GEMM: OpenBLAS sgemm (single-threaded calls, split across softprompt's own pool) or
+// Eigen; bf16 operands go to engine/cpu/gemm_bf16.cpp.
 #include <cblas.h>
 
 #include <Eigen/Core>
@@ -6,6 +7,7 @@
 #include <atomic>
 
 #include "engine/cpu/cpu_backend.h"
+#include "engine/cpu/gemm_panels.h"
 #include "engine/error.h"
 #include "engine/thread_pool.h"
 
@@ -69,33 +71,25 @@ CpuBackend::GemmLibrary CpuBackend::gemm_library() {
 void cpu_sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
                const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
                int64_t ldc, bool single_thread) {
-  // Split the larger output dimension into row/column panels, one per thread; each panel is an
-  // independent single-threaded sgemm, so results do not depend on scheduling.
-  constexpr int64_t kMinPanel = 64;
-  const int64_t flops = m * n * k;
-  if (single_thread || flops < (int64_t(1) << 18) || num_threads() == 1) {
-    sgemm_one_thread(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-    return;
-  }
-  if (m >= n || n < 2 * kMinPanel) {
-    parallel_for(0, m, kMinPanel / 4, [&](int64_t lo, int64_t hi) {
-      const float* a_panel = trans_a ? a + lo : a + lo * lda;
-      sgemm_one_thread(trans_a, trans_b, hi - lo, n, k, alpha, a_panel, lda, b, ldb, beta,
-                       c + lo * ldc, ldc);
-    });
-  } else {
-    parallel_for(0, n, kMinPanel, [&](int64_t lo, int64_t hi) {
-      const float* b_panel = trans_b ? b + lo * ldb : b + lo;
-      sgemm_one_thread(trans_a, trans_b, m, hi - lo, k, alpha, a, lda, b_panel, ldb, beta, c + lo,
-                       ldc);
-    });
-  }
+  cpu_detail::split_gemm_into_panels(
+      m, n, k, single_thread, [&](int64_t row0, int64_t row1, int64_t col0, int64_t col1) {
+        const float* a_panel = trans_a ? a + row0 : a + row0 * lda;
+        const float* b_panel = trans_b ? b + col0 * ldb : b + col0;
+        sgemm_one_thread(trans_a, trans_b, row1 - row0, col1 - col0, k, alpha, a_panel, lda,
+                         b_panel, ldb, beta, c + row0 * ldc + col0, ldc);
+      });
 }
 
 void CpuBackend::gemm(const GemmArgs& g) {
-  SP_CHECK(g.dtype == DType::F32, "gemm: the CPU backend computes in F32, got ",
-           dtype_name(g.dtype), " operands (cast weights to F32 when loading for CPU)");
+  SP_CHECK(g.c_dtype == DType::F32, "gemm: the CPU backend writes GEMM results in F32, got a ",
+           dtype_name(g.c_dtype), " result");
+  SP_CHECK(g.dtype == DType::F32 || g.dtype == DType::BF16,
+           "gemm: the CPU backend multiplies F32 or BF16 operands, got ", dtype_name(g.dtype));
   count_gemm(g);
+  if (g.dtype == DType::BF16) {
+    bf16_gemm(g);
+    return;
+  }
   const float* a = static_cast<const float*>(g.a);
   const float* b = static_cast<const float*>(g.b);
   float* c = static_cast<float*>(g.c);

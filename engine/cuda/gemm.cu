@@ -25,10 +25,13 @@ void CudaBackend::gemm(const GemmArgs& g) {
   const char* op = "gemm";
   SP_CHECK(g.dtype == DType::F32 || g.dtype == DType::BF16, op,
            ": the CUDA backend multiplies F32 or BF16 matrices, got ", dtype_name(g.dtype));
+  SP_CHECK(g.c_dtype == g.dtype || g.c_dtype == DType::F32, op, ": a ", dtype_name(g.dtype),
+           " GEMM writes a ", dtype_name(g.dtype), " or F32 result, got ", dtype_name(g.c_dtype));
   count_gemm(g);
   if (g.m == 0 || g.n == 0 || g.batch == 0) return;
   activate(op);
   const bool bf16 = g.dtype == DType::BF16;
+  const bool bf16_result = g.c_dtype == DType::BF16;
   if (g.k == 0) {  // C = beta * C; not every BLAS accepts an empty inner dimension
     const int threads = 256;
     auto launch = [&](auto tag) {
@@ -38,7 +41,7 @@ void CudaBackend::gemm(const GemmArgs& g) {
       (static_cast<T*>(g.c), g.batch, g.m, g.n, g.ldc, g.stride_c, g.beta);
       SP_CUDA_CHECK_LAUNCH(op, "scale_matrices_kernel");
     };
-    if (bf16)
+    if (bf16_result)
       launch(TypeTag<__nv_bfloat16>{});
     else
       launch(TypeTag<float>{});
@@ -52,6 +55,7 @@ void CudaBackend::gemm(const GemmArgs& g) {
   const cublasOperation_t op_first = g.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
   const cublasOperation_t op_second = g.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
   const cudaDataType type = bf16 ? CUDA_R_16BF : CUDA_R_32F;
+  const cudaDataType c_type = bf16_result ? CUDA_R_16BF : CUDA_R_32F;
   // fp32 accumulation always; TF32 tensor cores only for fp32 operands and only when allowed.
   const cublasComputeType_t compute =
       !bf16 && allow_tf32() ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
@@ -59,13 +63,13 @@ void CudaBackend::gemm(const GemmArgs& g) {
     SP_CUBLAS_CHECK(
         op, cublasGemmEx(cublas_, op_first, op_second, m, n, k, &g.alpha, g.b, type,
                          to_int(op, "ldb", ldb), g.a, type, to_int(op, "lda", lda), &g.beta, g.c,
-                         type, to_int(op, "ldc", ldc), compute, CUBLAS_GEMM_DEFAULT));
+                         c_type, to_int(op, "ldc", ldc), compute, CUBLAS_GEMM_DEFAULT));
     return;
   }
   SP_CUBLAS_CHECK(op, cublasGemmStridedBatchedEx(
                           cublas_, op_first, op_second, m, n, k, &g.alpha, g.b, type,
                           to_int(op, "ldb", ldb), g.stride_b, g.a, type, to_int(op, "lda", lda),
-                          g.stride_a, &g.beta, g.c, type, to_int(op, "ldc", ldc), g.stride_c,
+                          g.stride_a, &g.beta, g.c, c_type, to_int(op, "ldc", ldc), g.stride_c,
                           to_int(op, "batch", g.batch), compute, CUBLAS_GEMM_DEFAULT));
 }
 

@@ -38,6 +38,28 @@ inline void check_float_inputs(const char* op, std::initializer_list<const Tenso
   }
 }
 
+// The dtypes of a GEMM over a and b. Equal float dtypes multiply as they are (the CPU in F32
+// only). An F32 activation with a BF16 weight, in either order, is the CPU's bf16 model: the F32
+// operand is rounded to bf16 for the GEMM, which accumulates in fp32 and returns F32 (what
+// torch.autocast does, without rounding the result back to bf16).
+struct GemmDtypes {
+  DType operands;
+  DType result;
+  bool mixed;  // true when one operand must be cast to `operands` first
+};
+
+inline GemmDtypes gemm_dtypes(const char* op, const Tensor& a, const Tensor& b) {
+  const bool mixed = (a.dtype() == DType::F32 && b.dtype() == DType::BF16) ||
+                     (a.dtype() == DType::BF16 && b.dtype() == DType::F32);
+  if (!mixed) {
+    check_float_inputs(op, {&a, &b});
+    return {a.dtype(), a.dtype(), false};
+  }
+  SP_CHECK(a.device() == b.device(), op, ": tensors on different devices: ", a.describe(),
+           " and ", b.describe());
+  return {DType::BF16, DType::F32, true};
+}
+
 inline void check_index_tensor(const char* op, const Tensor& ids, const Tensor& like) {
   SP_CHECK(ids.dtype() == DType::I64 || ids.dtype() == DType::I32, op,
            ": indices must be I32 or I64, got ", ids.describe());

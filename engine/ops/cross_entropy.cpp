@@ -58,10 +58,12 @@ namespace {
 int64_t chunk_rows(int64_t vocab) { return std::max<int64_t>(16, (int64_t(1) << 22) / std::max<int64_t>(vocab, 1)); }
 
 // out[rows, N] (= beta * out +) a[rows, K] @ op(b); b is [N, K] when trans_b, else [K, N].
+// a and b share a dtype; out has it or is F32.
 void chunk_gemm(Backend& backend, const Tensor& a, const Tensor& b, bool trans_a, bool trans_b,
                 const Tensor& out, float beta) {
   GemmArgs g;
   g.dtype = a.dtype();
+  g.c_dtype = out.dtype();
   g.a = a.raw_data();
   g.b = b.raw_data();
   g.c = out.raw_data();
@@ -82,7 +84,13 @@ void chunk_gemm(Backend& backend, const Tensor& a, const Tensor& b, bool trans_a
 CrossEntropyResult linear_cross_entropy(const Tensor& hidden_in, const Tensor& weight_in,
                                         const Tensor& targets_in, int64_t ignore_index) {
   ops_detail::check_defined("linear_cross_entropy", {&hidden_in, &weight_in, &targets_in});
-  ops_detail::check_float_inputs("linear_cross_entropy", {&hidden_in, &weight_in});
+  const ops_detail::GemmDtypes types =
+      ops_detail::gemm_dtypes("linear_cross_entropy", hidden_in, weight_in);
+  SP_CHECK(!types.mixed || (weight_in.dtype() == DType::BF16 && !weight_in.requires_grad()),
+           "linear_cross_entropy: F32 hidden states with a BF16 head need a frozen BF16 weight, got "
+           "hidden ",
+           hidden_in.describe(), " and weight ", weight_in.describe(),
+           weight_in.requires_grad() ? " (requires grad)" : "");
   ops_detail::check_index_tensor("linear_cross_entropy", targets_in, hidden_in);
   SP_CHECK(hidden_in.dim() == 2 && weight_in.dim() == 2 && hidden_in.size(1) == weight_in.size(1),
            "linear_cross_entropy: hidden ", hidden_in.describe(), " and weight ", weight_in.describe(),
@@ -106,19 +114,22 @@ CrossEntropyResult linear_cross_entropy(const Tensor& hidden_in, const Tensor& w
   Tensor row_loss = Tensor::empty({n}, DType::F32, hidden.device());
   Tensor lse = Tensor::empty({n}, DType::F32, hidden.device());
   Tensor unit_grad = grad_hidden ? Tensor::empty({n, d}, hidden.dtype(), hidden.device()) : Tensor();
-  Tensor logits = Tensor::empty({std::min(step, std::max<int64_t>(n, 1)), V}, hidden.dtype(), hidden.device());
+  Tensor logits = Tensor::empty({std::min(step, std::max<int64_t>(n, 1)), V}, types.result, hidden.device());
+  // Mixed precision: the head multiplies bf16 copies of the hidden states and logit gradients.
+  const Tensor gemm_hidden = types.mixed ? hidden.detach().to(DType::BF16) : hidden;
   for (int64_t r0 = 0; r0 < n; r0 += step) {
     const int64_t rows = std::min(step, n - r0);
     Tensor chunk_logits = logits.slice(0, 0, rows);
     Tensor chunk_targets = targets.slice(0, r0, r0 + rows);
-    chunk_gemm(backend, hidden.slice(0, r0, r0 + rows), weight, false, true, chunk_logits, 0.0f);
+    chunk_gemm(backend, gemm_hidden.slice(0, r0, r0 + rows), weight, false, true, chunk_logits, 0.0f);
     backend.cross_entropy_forward(chunk_logits, chunk_targets, ignore_index, row_loss.slice(0, r0, r0 + rows),
                                   lse.slice(0, r0, r0 + rows));
     if (grad_hidden) {
       // d(mean loss)/d logits for an upstream gradient of 1, in place, then through the head.
       backend.cross_entropy_backward(chunk_logits, chunk_targets, ignore_index, lse.slice(0, r0, r0 + rows),
                                      inverse_count, chunk_logits);
-      chunk_gemm(backend, chunk_logits, weight, false, false, unit_grad.slice(0, r0, r0 + rows), 0.0f);
+      chunk_gemm(backend, types.mixed ? chunk_logits.to(DType::BF16) : chunk_logits, weight, false, false,
+                 unit_grad.slice(0, r0, r0 + rows), 0.0f);
     }
   }
   double total = 0.0;

@@ -61,7 +61,7 @@ Operand describe_operand(const Tensor& t_in, int64_t batch) {
 
 Tensor matmul(const Tensor& a, const Tensor& b) {
   ops_detail::check_defined("matmul", {&a, &b});
-  ops_detail::check_float_inputs("matmul", {&a, &b});
+  const ops_detail::GemmDtypes types = ops_detail::gemm_dtypes("matmul", a, b);
   SP_CHECK(a.dim() >= 2 && b.dim() >= 2, "matmul: operands need at least 2 dimensions, got ",
            a.describe(), " and ", b.describe());
   const int64_t M = a.size(-2), K = a.size(-1), N = b.size(-1);
@@ -76,16 +76,17 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
   Shape out_shape = batch_shape;
   out_shape.push_back(M);
   out_shape.push_back(N);
-  Tensor out = Tensor::empty(out_shape, a.dtype(), a.device());
+  Tensor out = Tensor::empty(out_shape, types.result, a.device());
   if (out.numel() > 0) {
     NoGradGuard no_grad;
     GemmArgs g;
-    g.dtype = a.dtype();
+    g.dtype = types.operands;
+    g.c_dtype = types.result;
     g.n = N;
     g.k = K;
     g.ldc = N;
-    Operand A = describe_operand(a, batch);
-    Operand B = describe_operand(b, batch);
+    Operand A = describe_operand(a.dtype() == types.operands ? a : a.to(types.operands), batch);
+    Operand B = describe_operand(b.dtype() == types.operands ? b : b.to(types.operands), batch);
     if (b.dim() == 2 && !A.trans && (batch == 1 || A.batch_stride == M * A.ld)) {
       // Batch rows are evenly spaced: one big GEMM over batch * M rows.
       g.m = batch * M;
@@ -109,7 +110,8 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
   bool a_needs = a.requires_grad(), b_needs = b.requires_grad();
   record(out, "matmul", {a, b},
          [sa = b_needs ? a.detach() : Tensor(), sb = a_needs ? b.detach() : Tensor(),
-          b_shape = b.shape()](const Tensor& g, const NeedsGrad& need) {
+          b_shape = b.shape(), a_dtype = a.dtype(), b_dtype = b.dtype()](const Tensor& g,
+                                                                         const NeedsGrad& need) {
            std::vector<Tensor> grads(2);
            if (need[0]) grads[0] = matmul(g, sb.transpose(-1, -2));
            if (need[1]) {
@@ -122,6 +124,9 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
                grads[1] = matmul(sa.transpose(-1, -2), g);
              }
            }
+           // Mixed precision: each gradient in its input's dtype (a BF16 weight's is rounded).
+           if (grads[0].defined() && grads[0].dtype() != a_dtype) grads[0] = grads[0].to(a_dtype);
+           if (grads[1].defined() && grads[1].dtype() != b_dtype) grads[1] = grads[1].to(b_dtype);
            return grads;
          });
   return out;

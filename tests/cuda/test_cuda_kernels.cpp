@@ -6,6 +6,7 @@
 #include <cmath>
 #include <vector>
 
+#include "engine/ops/ops.h"
 #include "tests/cuda/cuda_test_util.h"
 
 namespace sp::cuda_test {
@@ -189,7 +190,7 @@ TEST_P(CudaKernels, GemmEveryTransposeBatchedAndPadded) {
         g.a = a.raw_data(), g.b = b.raw_data(), g.c = want.raw_data();
         cpu().gemm(g);
         Tensor ad = dev(a), bd = dev(b), got = dev(c);
-        g.dtype = dtype();
+        g.dtype = g.c_dtype = dtype();
         g.a = ad.raw_data(), g.b = bd.raw_data(), g.c = got.raw_data();
         emu().gemm(g);
         // fp32 through the emulated cuBLAS is the CPU's OpenBLAS: agreement to rounding. bf16
@@ -207,7 +208,8 @@ TEST(CudaKernelsGemm, EmptyInnerDimensionScalesC) {
   for (float beta : {0.0f, 2.0f}) {
     for (DType dtype : {DType::F32, DType::BF16}) {
       Tensor c = data({2, 3, 5}, 1, dtype);
-      Tensor want = c.clone(), got = on_emu(c, dtype);
+      // The CPU reference computes in F32 (it writes no bf16 GEMM results).
+      Tensor want = c.to(DType::F32).clone(), got = on_emu(c, dtype);
       float nan = std::nanf("");
       if (beta == 0.0f) {
         emu().fill(got, nan);
@@ -219,10 +221,27 @@ TEST(CudaKernelsGemm, EmptyInnerDimensionScalesC) {
       float unused = 0;
       g.a = g.b = &unused;
       cpu().gemm(g);
-      g.dtype = dtype, g.c = got.raw_data();
+      g.dtype = g.c_dtype = dtype, g.c = got.raw_data();
       emu().gemm(g);
       EXPECT_TRUE(all_close(want, got, 0.0f, 0.0f)) << "beta " << beta << " " << dtype_name(dtype);
     }
+  }
+}
+
+// bf16 operands with an fp32 result (cublasGemmEx with A/B 16BF and C 32F): what matmul does for
+// F32 activations and a BF16 weight. The CPU runs the same products through oneDNN; both sum
+// exact products of bf16 values in fp32, so they agree to fp32 summation order (1e-5 * k).
+TEST(CudaKernelsGemm, Bf16OperandsWithAnF32Result) {
+  const int64_t m = 7, k = 45, n = 19;
+  Tensor x = data({m, k}, 21);
+  Tensor w = data({k, n}, 22, DType::BF16).to(DType::BF16);    // [in, out]
+  Tensor w_t = data({n, k}, 23, DType::BF16).to(DType::BF16);  // [out, in], used transposed
+  for (bool transposed : {false, true}) {
+    Tensor want = matmul(x, transposed ? w_t.transpose(0, 1) : w);
+    Tensor got = matmul(x.to(emu_device()),
+                        transposed ? w_t.to(emu_device()).transpose(0, 1) : w.to(emu_device()));
+    ASSERT_EQ(got.dtype(), DType::F32);
+    EXPECT_TRUE(all_close(want, got, 1e-5f * float(k), 1e-5f)) << "transposed " << transposed;
   }
 }
 

@@ -1,0 +1,170 @@
+// CPU GEMM on bf16 operands with fp32 accumulation and an fp32 result: oneDNN's matmul (its
+// AVX512-BF16 / AMX kernels) per thread-pool panel, or sgemm on operands widened to fp32.
+#include <omp.h>
+
+#include <algorithm>
+#include <atomic>
+#include <dnnl.hpp>
+#include <tuple>
+#include <unordered_map>
+#include <vector>
+
+#include "engine/cpu/cpu_backend.h"
+#include "engine/cpu/gemm_panels.h"
+#include "engine/dtype.h"
+#include "engine/error.h"
+
+namespace sp {
+
+namespace {
+
+using dnnl::memory;
+
+bool detect_native_bf16() {
+  const auto isa = static_cast<unsigned>(dnnl::get_effective_cpu_isa());
+  const auto bf16 = static_cast<unsigned>(dnnl::cpu_isa::avx512_core_bf16);
+  return (isa & bf16) == bf16;  // ISA values are nested bit sets; AMX includes AVX512-BF16
+}
+
+std::atomic<CpuBackend::Bf16GemmPath> g_path{detect_native_bf16()
+                                                 ? CpuBackend::Bf16GemmPath::kOneDnn
+                                                 : CpuBackend::Bf16GemmPath::kWidenedSgemm};
+
+const dnnl::engine& cpu_engine() {
+  static const dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  return engine;
+}
+
+// One GEMM shape (including the layouts and scalars baked into the primitive).
+struct PrimitiveKey {
+  int64_t m, n, k, lda, ldb, ldc;
+  bool trans_a, trans_b;
+  float alpha, beta;
+  bool operator==(const PrimitiveKey&) const = default;
+};
+
+struct PrimitiveKeyHash {
+  size_t operator()(const PrimitiveKey& key) const {
+    size_t h = 0;
+    for (int64_t v : {key.m, key.n, key.k, key.lda, key.ldb, key.ldc})
+      h = h * 1000003u ^ std::hash<int64_t>()(v);
+    h = h * 31u + (key.trans_a ? 1 : 0) * 2 + (key.trans_b ? 1 : 0);
+    return h ^ std::hash<float>()(key.alpha) ^ (std::hash<float>()(key.beta) << 1);
+  }
+};
+
+struct CachedMatmul {
+  dnnl::matmul primitive;
+  memory::desc a, b, c;
+  std::string impl;
+};
+
+CachedMatmul make_matmul(const PrimitiveKey& key) {
+  using dt = memory::data_type;
+  // A transposed operand is the same bytes read with swapped strides.
+  memory::desc a({key.m, key.k}, dt::bf16,
+                 key.trans_a ? memory::dims{1, key.lda} : memory::dims{key.lda, 1});
+  memory::desc b({key.k, key.n}, dt::bf16,
+                 key.trans_b ? memory::dims{1, key.ldb} : memory::dims{key.ldb, 1});
+  memory::desc c({key.m, key.n}, dt::f32, memory::dims{key.ldc, 1});
+  dnnl::primitive_attr attr;
+  if (key.alpha != 1.0f) attr.set_output_scales(0, {key.alpha});
+  if (key.beta != 0.0f) {
+    dnnl::post_ops accumulate;
+    accumulate.append_sum(key.beta);
+    attr.set_post_ops(accumulate);
+  }
+  dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(a, b, c), attr, cpu_engine());
+  return {dnnl::matmul(pd), a, b, c, pd.impl_info_str()};
+}
+
+// Primitives are per thread (a oneDNN stream and its scratchpad are not shared) and cached by
+// shape, so a training step creates none after the first.
+CachedMatmul& matmul_for(const PrimitiveKey& key) {
+  thread_local std::unordered_map<PrimitiveKey, CachedMatmul, PrimitiveKeyHash> cache;
+  auto it = cache.find(key);
+  if (it != cache.end()) return it->second;
+  if (cache.size() >= 512) cache.clear();  // bounds memory when shapes keep changing (generate)
+  return cache.emplace(key, make_matmul(key)).first->second;
+}
+
+void onednn_one_thread(const PrimitiveKey& key, const uint16_t* a, const uint16_t* b, float* c) {
+  // Debian's oneDNN runs on OpenMP; each panel is already one pool thread's share, so it must
+  // not fork a team of its own.
+  thread_local bool single_threaded = (omp_set_num_threads(1), true);
+  (void)single_threaded;
+  thread_local dnnl::stream stream(cpu_engine());
+  CachedMatmul& mm = matmul_for(key);
+  memory a_mem(mm.a, cpu_engine(), const_cast<uint16_t*>(a));
+  memory b_mem(mm.b, cpu_engine(), const_cast<uint16_t*>(b));
+  memory c_mem(mm.c, cpu_engine(), c);
+  mm.primitive.execute(stream,
+                       {{DNNL_ARG_SRC, a_mem}, {DNNL_ARG_WEIGHTS, b_mem}, {DNNL_ARG_DST, c_mem}});
+  stream.wait();
+}
+
+void onednn_gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+                 const uint16_t* a, int64_t lda, const uint16_t* b, int64_t ldb, float beta,
+                 float* c, int64_t ldc) {
+  cpu_detail::split_gemm_into_panels(
+      m, n, k, false, [&](int64_t row0, int64_t row1, int64_t col0, int64_t col1) {
+        const PrimitiveKey key{row1 - row0, col1 - col0, k,       lda,   ldb,
+                               ldc,         trans_a,     trans_b, alpha, beta};
+        onednn_one_thread(key, trans_a ? a + row0 : a + row0 * lda,
+                          trans_b ? b + col0 * ldb : b + col0, c + row0 * ldc + col0);
+      });
+}
+
+std::vector<float> widen(const uint16_t* data, int64_t rows, int64_t ld) {
+  std::vector<float> out(size_t(rows * ld));
+  for (size_t i = 0; i < out.size(); ++i) out[i] = bf16_to_float(data[i]);
+  return out;
+}
+
+}  // namespace
+
+void CpuBackend::set_bf16_gemm_path(Bf16GemmPath path) {
+  g_path.store(path);
+}
+CpuBackend::Bf16GemmPath CpuBackend::bf16_gemm_path() {
+  return g_path.load();
+}
+bool CpuBackend::cpu_has_native_bf16() {
+  static const bool native = detect_native_bf16();
+  return native;
+}
+
+std::string CpuBackend::bf16_gemm_description() {
+  if (bf16_gemm_path() == Bf16GemmPath::kWidenedSgemm)
+    return "fp32 sgemm on widened bf16 operands (the CPU has no AVX512-BF16 or AMX)";
+  return "oneDNN " + make_matmul({64, 64, 64, 64, 64, 64, false, false, 1.0f, 0.0f}).impl;
+}
+
+void CpuBackend::bf16_gemm(const GemmArgs& g) {
+  if (g.m == 0 || g.n == 0 || g.batch == 0) return;
+  const auto* a = static_cast<const uint16_t*>(g.a);
+  const auto* b = static_cast<const uint16_t*>(g.b);
+  auto* c = static_cast<float*>(g.c);
+  // Leading dimensions of a single stored row are irrelevant but must be valid strides.
+  const int64_t lda = std::max(g.lda, g.trans_a ? g.m : g.k);
+  const int64_t ldb = std::max(g.ldb, g.trans_b ? g.k : g.n);
+  const int64_t ldc = std::max(g.ldc, g.n);
+  for (int64_t i = 0; i < g.batch; ++i) {
+    const uint16_t* a_i = a + i * g.stride_a;
+    const uint16_t* b_i = b + i * g.stride_b;
+    float* c_i = c + i * g.stride_c;
+    if (g.k == 0 || bf16_gemm_path() == Bf16GemmPath::kWidenedSgemm) {
+      // Widening is exact, so this computes the same products as oneDNN in fp32.
+      const int64_t a_rows = g.trans_a ? g.k : g.m, b_rows = g.trans_b ? g.n : g.k;
+      std::vector<float> wide_a = widen(a_i, g.k == 0 ? 0 : a_rows, lda);
+      std::vector<float> wide_b = widen(b_i, g.k == 0 ? 0 : b_rows, ldb);
+      cpu_sgemm(g.trans_a, g.trans_b, g.m, g.n, g.k, g.alpha, wide_a.data(), lda, wide_b.data(),
+                ldb, g.beta, c_i, ldc, false);
+    } else {
+      onednn_gemm(g.trans_a, g.trans_b, g.m, g.n, g.k, g.alpha, a_i, lda, b_i, ldb, g.beta, c_i,
+                  ldc);
+    }
+  }
+}
+
+}  // namespace sp
