@@ -47,6 +47,30 @@ void BM_Gemm(benchmark::State& state, CpuBackend::GemmLibrary library) {
       flops * 1e-9 / g_peak_gflops, benchmark::Counter::kIsIterationInvariantRate);
 }
 
+// The same shapes with bf16 operands and an fp32 result (the --dtype bf16 model's GEMMs), through
+// the backend so the thread-pool split and the chosen path (oneDNN or widened sgemm) are timed.
+void BM_GemmBf16(benchmark::State& state, CpuBackend::Bf16GemmPath path) {
+  const int64_t M = state.range(0), K = state.range(1), N = state.range(2);
+  const CpuBackend::Bf16GemmPath saved = CpuBackend::bf16_gemm_path();
+  CpuBackend::set_bf16_gemm_path(path);
+  std::vector<uint16_t> a(size_t(M * K), float_to_bf16(0.01f)), b(size_t(K * N), float_to_bf16(0.02f));
+  std::vector<float> c(size_t(M * N));
+  GemmArgs g;
+  g.dtype = DType::BF16;
+  g.m = M, g.n = N, g.k = K, g.lda = K, g.ldb = N, g.ldc = N;
+  g.a = a.data(), g.b = b.data(), g.c = c.data();
+  Backend& cpu = backend_for(Device::cpu());
+  for (auto _ : state) {
+    cpu.gemm(g);
+    benchmark::DoNotOptimize(c.data());
+  }
+  CpuBackend::set_bf16_gemm_path(saved);
+  const double flops = 2.0 * double(M) * double(N) * double(K);
+  state.counters["GFLOP/s"] = benchmark::Counter(flops * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["peak_frac"] = benchmark::Counter(
+      flops * 1e-9 / g_peak_gflops, benchmark::Counter::kIsIterationInvariantRate);
+}
+
 void BM_PeakSgemm2048(benchmark::State& state) {
   for (auto _ : state) benchmark::DoNotOptimize(g_peak_gflops = std::max(g_peak_gflops, measure_peak()));
   state.counters["GFLOP/s"] = g_peak_gflops;
@@ -58,6 +82,13 @@ void register_gemms() {
                                {"eigen", CpuBackend::GemmLibrary::kEigen}}) {
     auto* b = benchmark::RegisterBenchmark((std::string("gemm/") + name).c_str(), BM_Gemm, library);
     for (int64_t m : {1024, 2048, 4096})
+      for (auto [k, n] : {std::pair<int64_t, int64_t>{768, 2304}, {768, 3072}, {768, 50257}}) b->Args({m, k, n});
+    b->ArgNames({"M", "K", "N"})->Unit(benchmark::kMillisecond)->MinTime(0.2);
+  }
+  for (auto [name, path] : {std::pair{"onednn", CpuBackend::Bf16GemmPath::kOneDnn},
+                            {"widened_sgemm", CpuBackend::Bf16GemmPath::kWidenedSgemm}}) {
+    auto* b = benchmark::RegisterBenchmark((std::string("gemm_bf16/") + name).c_str(), BM_GemmBf16, path);
+    for (int64_t m : {1, 1024, 2048})
       for (auto [k, n] : {std::pair<int64_t, int64_t>{768, 2304}, {768, 3072}, {768, 50257}}) b->Args({m, k, n});
     b->ArgNames({"M", "K", "N"})->Unit(benchmark::kMillisecond)->MinTime(0.2);
   }
