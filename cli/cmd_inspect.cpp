@@ -39,7 +39,7 @@ CommandRunner add_inspect_command(CLI::App& app) {
       }
       std::printf("trainable parameters: %lld\n", (long long)count);
       if (!o->model.empty()) {
-        LoadedModel loaded = load_model(o->model, device);
+        LoadedModel loaded = load_model(o->model, device, model_dtype(o->common, device));
         std::unique_ptr<PeftModel> model = loaded.peft();
         model->load_adapter(o->path, "default");
         std::printf("%s\n", model->trainable_parameters_summary().c_str());
@@ -47,7 +47,7 @@ CommandRunner add_inspect_command(CLI::App& app) {
       return kExitOk;
     }
     std::string type = read_model_type(o->path);
-    LoadedModel loaded = load_model(o->path, device);
+    LoadedModel loaded = load_model(o->path, device, model_dtype(o->common, device));
     const ModelInfo& info = loaded.info();
     std::printf("model: %s (%s)\n", o->path.c_str(), type.c_str());
     std::printf("  hidden size %lld, layers %lld, heads %lld, vocab %lld, max positions %lld\n",
