@@ -78,20 +78,23 @@ void BM_PeakSgemm2048(benchmark::State& state) {
 
 void register_gemms() {
   benchmark::RegisterBenchmark("peak/sgemm_2048^3_best_of_3", BM_PeakSgemm2048)->Iterations(1)->Unit(benchmark::kMillisecond);
+  // GPT-2 small's projection and LM-head shapes at the given row counts.
+  auto add_shapes = [](benchmark::internal::Benchmark* b, std::initializer_list<int64_t> rows) {
+    for (int64_t m : rows)
+      for (auto [k, n] : {std::pair<int64_t, int64_t>{768, 2304}, {768, 3072}, {768, 50257}})
+        b->Args({m, k, n});
+    b->ArgNames({"M", "K", "N"})->Unit(benchmark::kMillisecond)->MinTime(0.2);
+  };
   for (auto [name, library] : {std::pair{"openblas", CpuBackend::GemmLibrary::kOpenBlas},
-                               {"eigen", CpuBackend::GemmLibrary::kEigen}}) {
-    auto* b = benchmark::RegisterBenchmark((std::string("gemm/") + name).c_str(), BM_Gemm, library);
-    for (int64_t m : {1024, 2048, 4096})
-      for (auto [k, n] : {std::pair<int64_t, int64_t>{768, 2304}, {768, 3072}, {768, 50257}}) b->Args({m, k, n});
-    b->ArgNames({"M", "K", "N"})->Unit(benchmark::kMillisecond)->MinTime(0.2);
-  }
+                               {"eigen", CpuBackend::GemmLibrary::kEigen}})
+    add_shapes(
+        benchmark::RegisterBenchmark((std::string("gemm/") + name).c_str(), BM_Gemm, library),
+        {1024, 2048, 4096});
   for (auto [name, path] : {std::pair{"onednn", CpuBackend::Bf16GemmPath::kOneDnn},
-                            {"widened_sgemm", CpuBackend::Bf16GemmPath::kWidenedSgemm}}) {
-    auto* b = benchmark::RegisterBenchmark((std::string("gemm_bf16/") + name).c_str(), BM_GemmBf16, path);
-    for (int64_t m : {1, 1024, 2048})
-      for (auto [k, n] : {std::pair<int64_t, int64_t>{768, 2304}, {768, 3072}, {768, 50257}}) b->Args({m, k, n});
-    b->ArgNames({"M", "K", "N"})->Unit(benchmark::kMillisecond)->MinTime(0.2);
-  }
+                            {"widened_sgemm", CpuBackend::Bf16GemmPath::kWidenedSgemm}})
+    add_shapes(
+        benchmark::RegisterBenchmark((std::string("gemm_bf16/") + name).c_str(), BM_GemmBf16, path),
+        {1, 1024, 2048});
 }
 
 // The op table's third mode: forward and backward of each case at benchmark size.

@@ -103,20 +103,17 @@ void CpuBackend::cast(const Tensor& src, const Tensor& dst) {
     return;
   }
   // The bf16 model casts every GEMM input: tight loops the compiler vectorises.
-  if (from == DType::F32 && to == DType::BF16) {
-    auto* o = static_cast<uint16_t*>(out);
-    auto* i = static_cast<const float*>(in);
+  auto convert = [&](auto* o, const auto* i, auto element) {
     parallel_for(0, src.numel(), 1 << 16, [&](int64_t lo, int64_t hi) {
-      for (int64_t e = lo; e < hi; ++e) o[e] = float_to_bf16(i[e]);
+      for (int64_t e = lo; e < hi; ++e) o[e] = element(i[e]);
     });
+  };
+  if (from == DType::F32 && to == DType::BF16) {
+    convert(static_cast<uint16_t*>(out), static_cast<const float*>(in), float_to_bf16);
     return;
   }
   if (from == DType::BF16 && to == DType::F32) {
-    auto* o = static_cast<float*>(out);
-    auto* i = static_cast<const uint16_t*>(in);
-    parallel_for(0, src.numel(), 1 << 16, [&](int64_t lo, int64_t hi) {
-      for (int64_t e = lo; e < hi; ++e) o[e] = bf16_to_float(i[e]);
-    });
+    convert(static_cast<float*>(out), static_cast<const uint16_t*>(in), bf16_to_float);
     return;
   }
   parallel_for(0, src.numel(), 1 << 16, [&](int64_t lo, int64_t hi) {
