@@ -9,18 +9,10 @@
 
 #include "engine/cuda/cuda_backend_factory.h"
 #include "engine/cuda/cuda_check.h"
+#include "engine/cuda/tf32_policy.h"
 #include "engine/error.h"
 
 namespace sp::SP_CUDA_NS {
-
-namespace {
-
-bool env_flag(const char* name) {
-  const char* value = std::getenv(name);
-  return value != nullptr && (std::strcmp(value, "1") == 0 || std::strcmp(value, "true") == 0);
-}
-
-}  // namespace
 
 CudaBackend::CudaBackend(int device_index) : device_index_(device_index) {
   const char* op = "CudaBackend";
@@ -35,7 +27,7 @@ CudaBackend::CudaBackend(int device_index) : device_index_(device_index) {
   SP_CUDA_CHECK(op, cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
   SP_CUBLAS_CHECK(op, cublasCreate(&cublas_));
   SP_CUBLAS_CHECK(op, cublasSetStream(cublas_, stream_));
-  allow_tf32_.store(env_flag("SOFTPROMPT_CUDA_TF32"));
+  allow_tf32_.store(tf32_by_default(props.major, SP_CUDA_EMU, std::getenv("SOFTPROMPT_CUDA_TF32")));
   // Deliberately leaked: Storage objects keep a pointer to their allocator and may be destroyed
   // after this backend during static destruction.
   allocator_ = new CachingAllocator(device_index_);

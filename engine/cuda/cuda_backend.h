@@ -91,8 +91,9 @@ class CudaBackend final : public Backend {
                   const Tensor& exp_avg_sq, float lr, float beta1, float beta2, float eps,
                   float weight_decay, int64_t step) override;
 
-  // TF32 tensor cores for fp32 GEMMs (10-bit mantissa inputs, fp32 accumulation): off by
-  // default so fp32 results match the CPU reference; SOFTPROMPT_CUDA_TF32=1 turns it on at start.
+  // TF32 tensor cores for fp32 GEMMs (10-bit mantissa inputs, fp32 accumulation): on by default
+  // on sm_80+ GPUs, off under the emulator so fp32 results match the CPU reference
+  // (engine/cuda/tf32_policy.h); SOFTPROMPT_CUDA_TF32=0/1 decides at start.
   void set_allow_tf32(bool allow) { allow_tf32_.store(allow); }
   bool allow_tf32() const { return allow_tf32_.load(); }
 

@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "engine/autograd.h"
+#include "engine/cuda/tf32_policy.h"
 #include "engine/error.h"
 #include "engine/optim/adamw.h"
 #include "engine/safetensors.h"
@@ -101,6 +102,20 @@ TEST(CudaAllocator, SteadyStateTrainingStepMakesNoCudaMalloc) {
 }
 
 // ---- TF32 ----
+
+// The start-up default: TF32 on real sm_80+ GPUs, exact fp32 on older ones and under the
+// emulator (whose fp32 must equal the CPU), SOFTPROMPT_CUDA_TF32 overriding either way.
+TEST(CudaGemm, Tf32DefaultsOnForRealSm80AndOffUnderTheEmulator) {
+  EXPECT_TRUE(tf32_by_default(8, false, nullptr));
+  EXPECT_TRUE(tf32_by_default(9, false, nullptr));
+  EXPECT_FALSE(tf32_by_default(7, false, nullptr));
+  EXPECT_FALSE(tf32_by_default(8, true, nullptr));
+  EXPECT_FALSE(tf32_by_default(9, false, "0"));
+  EXPECT_FALSE(tf32_by_default(9, false, "false"));
+  EXPECT_TRUE(tf32_by_default(7, false, "1"));
+  EXPECT_TRUE(tf32_by_default(8, true, "true"));
+  EXPECT_TRUE(tf32_by_default(8, false, "yes"));  // unrecognised: the default
+}
 
 TEST(CudaGemm, DefaultFp32IsExactAndTf32StaysWithinItsRoundingBound) {
   const int64_t m = 9, n = 7, k = 300;
