@@ -4,10 +4,10 @@
 #include <cmath>
 #include <limits>
 
+#include "engine/allocator.h"
 #include "engine/error.h"
 #include "engine/ops/ops.h"
 #include "engine/tensor.h"
-#include "engine/allocator.h"
 #include "kernels/philox.h"
 
 namespace sp {
@@ -149,6 +149,35 @@ TEST(Dropout, MaskIsPhiloxUniformPerElement) {
   }
   // 1001 Bernoulli(0.25) draws: standard deviation 13.7; 5 sigma either side.
   EXPECT_NEAR(double(dropped), 250.0, 70.0);
+}
+
+// The CPU computes sixteen Philox blocks at a time (SIMD lanes) and splits the tensor across
+// threads: every offset within a block, lane group boundaries and a thread split must still give
+// element i the word philox::uniform(seed, offset, i), bit for bit.
+TEST(Dropout, LaneParallelMaskEqualsTheScalarStreamAtEveryOffset) {
+  const float p = 0.5f;
+  const uint64_t seed = 0x1234567890ABCDEFull;  // both key words non-zero
+  for (uint64_t offset : {uint64_t(0), uint64_t(1), uint64_t(3), uint64_t(63), uint64_t(65),
+                          (uint64_t(1) << 34) - 5}) {  // the counter's high word changes
+    const int64_t n = 3 * (1 << 14) + 77;              // several parallel chunks, ragged end
+    std::vector<float> y = dropout(Tensor::full({n}, 1.0f), p, seed, offset).to_floats();
+    int64_t mismatches = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      const bool drop = philox::uniform(seed, offset, uint64_t(i)) < p;
+      mismatches += y[size_t(i)] != (drop ? 0.0f : 2.0f);
+    }
+    EXPECT_EQ(mismatches, 0) << "offset " << offset;
+  }
+}
+
+TEST(Philox, LanesEqualOneBlockAtATime) {
+  uint32_t words[4 * philox::kLanes];
+  const uint64_t first = (uint64_t(1) << 32) - 7, seed = 0xFEDCBA9876543210ull;  // crosses 2^32
+  philox::generate_lanes(first, seed, words);
+  for (int j = 0; j < philox::kLanes; ++j) {
+    const philox::Block block = philox::generate(first + uint64_t(j), seed);
+    for (int w = 0; w < 4; ++w) EXPECT_EQ(words[4 * j + w], block.v[w]) << j << "," << w;
+  }
 }
 
 TEST(HostAllocator, LargeBlocksAreReusedAcrossSteps) {
