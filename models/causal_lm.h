@@ -31,6 +31,11 @@ struct ForwardOptions {
   bool train = false;
   uint64_t dropout_seed = 0;
   bool checkpoint_activations = false;
+  /// The caller's promise that the first `shared_prefix` positions of every row are the same
+  /// inputs (embeddings, default positions, unmasked): one soft prompt for the whole batch. A
+  /// causal model without dropout then computes those positions once, for row 0, and lets
+  /// every row attend to their keys and values (the result is the same; the work is 1/B).
+  int64_t shared_prefix = 0;
 };
 
 /// A frozen decoder-only language model (GPT-2). load_causal_lm() returns one for a Hugging

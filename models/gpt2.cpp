@@ -99,8 +99,8 @@ std::unique_ptr<Gpt2Model> Gpt2Model::load(const std::string& model_dir, Device 
   return model;
 }
 
-std::unique_ptr<Gpt2Model> Gpt2Model::random(const Gpt2Config& config, uint64_t seed,
-                                             Device device, DType dtype) {
+std::unique_ptr<Gpt2Model> Gpt2Model::random(const Gpt2Config& config, uint64_t seed, Device device,
+                                             DType dtype) {
   std::unique_ptr<Gpt2Model> model(new Gpt2Model());
   model->config_ = config;
   model->device_ = device;
@@ -161,33 +161,83 @@ uint64_t dropout_offset(int64_t layer, int site) {
 
 }  // namespace
 
-Tensor Gpt2Model::block_forward(int64_t layer, const Tensor& h, const AttentionMask& base_mask,
-                                KvCache* cache, const ForwardOptions& options) const {
-  const Gpt2Block& b = blocks_[size_t(layer)];
-  const int64_t B = h.size(0), T = h.size(1), d = config_.n_embd, H = config_.n_head;
-  const int64_t hd = d / H;
-  const float attn_p = options.train ? config_.attn_pdrop : 0.0f;
-  const float resid_p = options.train ? config_.resid_pdrop : 0.0f;
-
-  Tensor a = layernorm(h, b.ln1_weight, b.ln1_bias, float(config_.layer_norm_epsilon));
-  Tensor qkv = linear(a, b.attn_weight, b.attn_bias, WeightLayout::kInOut);  // [B, T, 3d]
-  Tensor q = qkv.slice(2, 0, d).view({B, T, H, hd});
-  Tensor k = qkv.slice(2, d, 2 * d).view({B, T, H, hd});
-  Tensor v = qkv.slice(2, 2 * d, 3 * d).view({B, T, H, hd});
-  if (cache) std::tie(k, v) = cache->append(layer, k, v);
-  AttentionMask mask = base_mask;
+AttentionMask Gpt2Model::layer_mask(int64_t layer, const AttentionMask& base) const {
+  AttentionMask mask = base;
+  const int64_t hd = config_.n_embd / config_.n_head;
   mask.scale = config_.scale_attn_weights ? 1.0f / std::sqrt(float(hd)) : 1.0f;
   if (config_.scale_attn_by_inverse_layer_idx) mask.scale /= float(layer + 1);
-  Tensor o = attn_p > 0.0f ? attention_materialized(q, k, v, mask, attn_p, options.dropout_seed,
-                                                    dropout_offset(layer, 0))
-                           : attention(q, k, v, mask);
-  o = linear(o.view({B, T, d}), b.attn_proj_weight, b.attn_proj_bias, WeightLayout::kInOut);
-  Tensor h1 = add(h, dropout(o, resid_p, options.dropout_seed, dropout_offset(layer, 1)));
+  return mask;
+}
 
+Tensor Gpt2Model::block_qkv(int64_t layer, const Tensor& h) const {
+  const Gpt2Block& b = blocks_[size_t(layer)];
+  Tensor a = layernorm(h, b.ln1_weight, b.ln1_bias, float(config_.layer_norm_epsilon));
+  return linear(a, b.attn_weight, b.attn_bias, WeightLayout::kInOut);  // [B, T, 3d]
+}
+
+Tensor Gpt2Model::block_finish(int64_t layer, const Tensor& h, const Tensor& o,
+                               const ForwardOptions& options) const {
+  const Gpt2Block& b = blocks_[size_t(layer)];
+  const float resid_p = options.train ? config_.resid_pdrop : 0.0f;
+  Tensor projected = linear(o, b.attn_proj_weight, b.attn_proj_bias, WeightLayout::kInOut);
+  Tensor h1 = add(h, dropout(projected, resid_p, options.dropout_seed, dropout_offset(layer, 1)));
   Tensor m = layernorm(h1, b.ln2_weight, b.ln2_bias, float(config_.layer_norm_epsilon));
   m = activation(linear(m, b.fc_weight, b.fc_bias, WeightLayout::kInOut), config_.activation);
   m = linear(m, b.mlp_proj_weight, b.mlp_proj_bias, WeightLayout::kInOut);
   return add(h1, dropout(m, resid_p, options.dropout_seed, dropout_offset(layer, 2)));
+}
+
+namespace {
+
+struct Heads {
+  Tensor q, k, v;  // [B, T, H, hd] views of the interleaved projection
+};
+
+Heads split_heads(const Tensor& qkv, int64_t H) {
+  const int64_t B = qkv.size(0), T = qkv.size(1), d = qkv.size(2) / 3;
+  return {qkv.slice(2, 0, d).view({B, T, H, d / H}), qkv.slice(2, d, 2 * d).view({B, T, H, d / H}),
+          qkv.slice(2, 2 * d, 3 * d).view({B, T, H, d / H})};
+}
+
+// x [1, ...] repeated along axis 0 to [rows, ...]; the backward sums the rows' gradients.
+Tensor repeat_row(const Tensor& x, int64_t rows) {
+  Shape shape = x.shape();
+  shape[0] = rows;
+  const Tensor zeros = Tensor::zeros({rows}, DType::I64, x.device());
+  return index_select(x.reshape({1, -1}), zeros).view(shape);
+}
+
+}  // namespace
+
+Tensor Gpt2Model::block_forward(int64_t layer, const Tensor& h, const AttentionMask& base_mask,
+                                KvCache* cache, const ForwardOptions& options) const {
+  const int64_t B = h.size(0), T = h.size(1), d = config_.n_embd;
+  const float attn_p = options.train ? config_.attn_pdrop : 0.0f;
+  Heads heads = split_heads(block_qkv(layer, h), config_.n_head);
+  if (cache) std::tie(heads.k, heads.v) = cache->append(layer, heads.k, heads.v);
+  const AttentionMask mask = layer_mask(layer, base_mask);
+  Tensor o = attn_p > 0.0f ? attention_materialized(heads.q, heads.k, heads.v, mask, attn_p,
+                                                    options.dropout_seed, dropout_offset(layer, 0))
+                           : attention(heads.q, heads.k, heads.v, mask);
+  return block_finish(layer, h, o.view({B, T, d}), options);
+}
+
+std::pair<Tensor, Tensor> Gpt2Model::shared_prefix_block_forward(
+    int64_t layer, const Tensor& prefix, const Tensor& rest, const AttentionMask& base_mask) const {
+  const int64_t B = rest.size(0), n = prefix.size(1), d = config_.n_embd;
+  const Heads p = split_heads(block_qkv(layer, prefix), config_.n_head);
+  const Heads r = split_heads(block_qkv(layer, rest), config_.n_head);
+  AttentionMask prefix_mask = layer_mask(layer, AttentionMask{});
+  prefix_mask.causal = true;  // the prefix is unmasked by promise: no key padding
+  Tensor prefix_o = attention(p.q, p.k, p.v, prefix_mask);
+  // The rest's queries sit at positions n.. and see the prefix's keys first, as a KV cache's.
+  AttentionMask rest_mask = layer_mask(layer, base_mask);
+  rest_mask.query_offset = n;
+  Tensor k = concat({repeat_row(p.k, B), r.k}, 1), v = concat({repeat_row(p.v, B), r.v}, 1);
+  Tensor rest_o = attention(r.q, k, v, rest_mask);
+  const ForwardOptions no_dropout;
+  return {block_finish(layer, prefix, prefix_o.view({1, n, d}), no_dropout),
+          block_finish(layer, rest, rest_o.view({B, rest.size(1), d}), no_dropout)};
 }
 
 Tensor Gpt2Model::hidden_states(const Tensor& inputs_embeds, const Tensor& attention_mask,
@@ -219,6 +269,19 @@ Tensor Gpt2Model::hidden_states(const Tensor& inputs_embeds, const Tensor& atten
   const float embd_p = options.train ? config_.embd_pdrop : 0.0f;
   Tensor h = add(inputs_embeds, embedding(wpe_, positions));
   h = dropout(h, embd_p, options.dropout_seed, dropout_offset(-1, 0));
+  const bool any_dropout =
+      options.train &&
+      (config_.embd_pdrop > 0.0f || config_.attn_pdrop > 0.0f || config_.resid_pdrop > 0.0f);
+  const int64_t shared = options.shared_prefix;
+  SP_CHECK(shared >= 0 && shared <= T, "gpt2: shared_prefix ", shared, " is outside [0, ", T, "]");
+  if (shared > 0 && shared < T && B > 1 && !cache && !any_dropout && !position_ids.defined() &&
+      !options.checkpoint_activations) {
+    Tensor prefix = h.slice(0, 0, 1).slice(1, 0, shared), rest = h.slice(1, shared, T);
+    for (int64_t layer = 0; layer < config_.n_layer; ++layer)
+      std::tie(prefix, rest) = shared_prefix_block_forward(layer, prefix, rest, mask);
+    h = concat({repeat_row(prefix, B), rest}, 1);
+    return layernorm(h, lnf_weight_, lnf_bias_, float(config_.layer_norm_epsilon));
+  }
   for (int64_t layer = 0; layer < config_.n_layer; ++layer) {
     if (options.checkpoint_activations && !cache && grad_mode_enabled() && h.requires_grad()) {
       h = checkpoint(

@@ -4,6 +4,7 @@
 
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "engine/backend.h"
@@ -52,8 +53,7 @@ class Gpt2Model final : public CausalLM {
   /// A model with random weights (benchmarks, tests): N(0, 0.02) matrices, unit layer norms;
   /// the matrices drawn in F32, then cast to `dtype` (as load() stores them).
   static std::unique_ptr<Gpt2Model> random(const Gpt2Config& config, uint64_t seed,
-                                           Device device = Device::cpu(),
-                                           DType dtype = DType::F32);
+                                           Device device = Device::cpu(), DType dtype = DType::F32);
 
   const ModelInfo& info() const override { return info_; }
   Device device() const override { return device_; }
@@ -73,6 +73,17 @@ class Gpt2Model final : public CausalLM {
   void finish_init();
   Tensor block_forward(int64_t layer, const Tensor& h, const AttentionMask& mask, KvCache* cache,
                        const ForwardOptions& options) const;
+  /// One block over a batch-shared prefix [1, n, d] and the rest of every row [B, T - n, d]
+  /// (no dropout): the rest attends to the prefix's keys and values. Returns {prefix, rest}.
+  std::pair<Tensor, Tensor> shared_prefix_block_forward(int64_t layer, const Tensor& prefix,
+                                                        const Tensor& rest,
+                                                        const AttentionMask& mask) const;
+  // The block's halves around attention: qkv = c_attn(ln_1(h)), and once attention has
+  // produced o [B, T, d], the output projection, both residuals and the MLP.
+  Tensor block_qkv(int64_t layer, const Tensor& h) const;
+  Tensor block_finish(int64_t layer, const Tensor& h, const Tensor& o,
+                      const ForwardOptions& options) const;
+  AttentionMask layer_mask(int64_t layer, const AttentionMask& base) const;
 
   Gpt2Config config_;
   ModelInfo info_;

@@ -25,8 +25,12 @@ PeftModel::PeftModel(std::shared_ptr<Seq2SeqLM> base, std::shared_ptr<const Toke
   SP_CHECK(seq2seq_ != nullptr, "PeftModel: no base model");
 }
 
-const ModelInfo& PeftModel::base_info() const { return causal_ ? causal_->info() : seq2seq_->info(); }
-Device PeftModel::device() const { return causal_ ? causal_->device() : seq2seq_->device(); }
+const ModelInfo& PeftModel::base_info() const {
+  return causal_ ? causal_->info() : seq2seq_->info();
+}
+Device PeftModel::device() const {
+  return causal_ ? causal_->device() : seq2seq_->device();
+}
 Tensor PeftModel::word_embeddings() const {
   return causal_ ? causal_->word_embeddings() : seq2seq_->word_embeddings();
 }
@@ -155,8 +159,9 @@ struct Joined {
   Tensor embeds, mask, labels;
 };
 
-Joined join_prefix(const std::vector<Tensor>& prefixes, const Tensor& uniform_prefix, const Tensor& body,
-                   const Tensor& body_mask, const Tensor& body_labels, bool pad_left) {
+Joined join_prefix(const std::vector<Tensor>& prefixes, const Tensor& uniform_prefix,
+                   const Tensor& body, const Tensor& body_mask, const Tensor& body_labels,
+                   bool pad_left) {
   const int64_t B = body.size(0), d = body.size(2);
   const Device device = body.device();
   // Prompts stay F32 (trainable, as in PEFT); like PEFT they are cast to the model's activation
@@ -180,7 +185,8 @@ Joined join_prefix(const std::vector<Tensor>& prefixes, const Tensor& uniform_pr
     Tensor pad_embeds = Tensor::zeros({pad, d}, dtype, device);
     Tensor pad_mask = Tensor::zeros({1, pad}, DType::F32, device);
     if (pad_left) e.push_back(pad_embeds), m.push_back(pad_mask);
-    if (N > 0) e.push_back(p.to(dtype)), m.push_back(Tensor::full({1, N}, 1.0f, DType::F32, device));
+    if (N > 0)
+      e.push_back(p.to(dtype)), m.push_back(Tensor::full({1, N}, 1.0f, DType::F32, device));
     e.push_back(body.select(0, b));
     m.push_back(body_mask.slice(0, b, b + 1));
     if (!pad_left) e.push_back(pad_embeds), m.push_back(pad_mask);
@@ -203,14 +209,15 @@ Joined join_prefix(const std::vector<Tensor>& prefixes, const Tensor& uniform_pr
 
 namespace {
 
-BatchPrompts collect_prompts(const PeftModel& model, int64_t B, const std::vector<std::string>& row_adapters,
-                             const Tensor& task_ids) {
+BatchPrompts collect_prompts(const PeftModel& model, int64_t B,
+                             const std::vector<std::string>& row_adapters, const Tensor& task_ids) {
   SP_CHECK(row_adapters.empty() || int64_t(row_adapters.size()) == B, "row_adapters names ",
            row_adapters.size(), " adapters for ", B, " rows");
   BatchPrompts prompts;
   std::map<std::string, std::vector<int64_t>> groups;
   for (int64_t b = 0; b < B; ++b) {
-    const std::string& name = row_adapters.empty() ? model.active_adapter() : row_adapters[size_t(b)];
+    const std::string& name =
+        row_adapters.empty() ? model.active_adapter() : row_adapters[size_t(b)];
     groups[name].push_back(b);
     prompts.adapters.push_back(&model.adapter(name));
   }
@@ -222,9 +229,19 @@ BatchPrompts collect_prompts(const PeftModel& model, int64_t B, const std::vecto
   for (auto& [name, rows] : groups) {
     Tensor group_tasks = task_ids.defined() ? take_rows(task_ids, rows) : Tensor();
     Tensor group = model.adapter(name).prompts(int64_t(rows.size()), group_tasks);
-    for (size_t i = 0; i < rows.size(); ++i) prompts.rows[size_t(rows[i])] = group.select(0, int64_t(i));
+    for (size_t i = 0; i < rows.size(); ++i)
+      prompts.rows[size_t(rows[i])] = group.select(0, int64_t(i));
   }
   return prompts;
+}
+
+// One adapter for the whole batch, and for a multitask one, one task: the prompt rows are then
+// equal, which lets a causal model compute them once (ForwardOptions::shared_prefix).
+bool same_prompt_in_every_row(const BatchPrompts& prompts, const Tensor& task_ids) {
+  if (!prompts.uniform.defined()) return false;
+  if (!prompts.adapters.front()->config().is_multitask() || !task_ids.defined()) return true;
+  const std::vector<int64_t> tasks = task_ids.to_ints();
+  return std::all_of(tasks.begin(), tasks.end(), [&](int64_t t) { return t == tasks.front(); });
 }
 
 }  // namespace
@@ -253,14 +270,16 @@ PeftOutput PeftModel::forward_causal(const PeftBatch& batch, const ForwardOption
                                                : Tensor::full({B, T}, 1.0f, DType::F32, device);
   Tensor labels = batch.labels.defined() ? batch.labels.to(DType::I64).to(device) : Tensor();
   Joined joined{text, mask, labels};
+  ForwardOptions run = options;
   if (use_adapter) {
     // PEFT's layout: [prompt][text], mask with N ones in front, labels with N times -100.
-    BatchPrompts prompts = collect_prompts(*this, B, batch.row_adapters,
-                                           batch.task_ids.defined() ? batch.task_ids.to(DType::I64) : Tensor());
+    const Tensor task_ids = batch.task_ids.defined() ? batch.task_ids.to(DType::I64) : Tensor();
+    BatchPrompts prompts = collect_prompts(*this, B, batch.row_adapters, task_ids);
     joined = join_prefix(prompts.rows, prompts.uniform, text, mask, labels, /*pad_left=*/false);
+    if (same_prompt_in_every_row(prompts, task_ids)) run.shared_prefix = prompts.uniform.size(1);
   }
   PeftOutput out;
-  out.hidden = causal_->hidden_states(joined.embeds, joined.mask, Tensor(), nullptr, options);
+  out.hidden = causal_->hidden_states(joined.embeds, joined.mask, Tensor(), nullptr, run);
   out.labels = joined.labels;
   if (labels.defined()) {
     CrossEntropyResult ce = causal_lm_loss(*causal_, out.hidden, joined.labels);
@@ -288,8 +307,9 @@ PeftOutput PeftModel::forward_seq2seq(const PeftBatch& batch, const ForwardOptio
   Joined decoder{target, target_mask, labels};
   bool decoder_mask_needed = false;
   if (use_adapter) {
-    BatchPrompts prompts = collect_prompts(*this, B, batch.row_adapters,
-                                           batch.task_ids.defined() ? batch.task_ids.to(DType::I64) : Tensor());
+    BatchPrompts prompts =
+        collect_prompts(*this, B, batch.row_adapters,
+                        batch.task_ids.defined() ? batch.task_ids.to(DType::I64) : Tensor());
     // Encoder: rows [0, N) of each prompt. Decoder: rows [N, 2N) for two-submodule MPT.
     std::vector<Tensor> encoder_rows(static_cast<size_t>(B)), decoder_rows(static_cast<size_t>(B));
     bool any_decoder = false, all_decoder = true;
@@ -312,7 +332,8 @@ PeftOutput PeftModel::forward_seq2seq(const PeftBatch& batch, const ForwardOptio
     }
     encoder = join_prefix(encoder_rows, uniform_encoder, source, source_mask, Tensor(), false);
     if (any_decoder) {
-      decoder = join_prefix(decoder_rows, uniform_decoder, target, target_mask, labels, /*pad_left=*/true);
+      decoder = join_prefix(decoder_rows, uniform_decoder, target, target_mask, labels,
+                            /*pad_left=*/true);
       decoder_mask_needed = !all_decoder || !prompts.uniform.defined();
     }
   }
@@ -363,7 +384,9 @@ std::vector<std::vector<int64_t>> PeftModel::generate(
   return generate_seq2seq(*seq2seq_, requests, config);
 }
 
-int64_t PeftModel::trainable_parameter_count() const { return adapter().parameter_count(); }
+int64_t PeftModel::trainable_parameter_count() const {
+  return adapter().parameter_count();
+}
 
 int64_t PeftModel::all_parameter_count() const {
   int64_t total = base_info().parameter_count;
@@ -388,8 +411,8 @@ std::string PeftModel::trainable_parameters_summary() const {
   const int64_t trainable = trainable_parameter_count(), all = all_parameter_count();
   char percent[32];
   std::snprintf(percent, sizeof percent, "%.4f", 100.0 * double(trainable) / double(all));
-  return "trainable params: " + with_thousands(trainable) + " || all params: " + with_thousands(all) +
-         " || trainable%: " + percent;
+  return "trainable params: " + with_thousands(trainable) +
+         " || all params: " + with_thousands(all) + " || trainable%: " + percent;
 }
 
 }  // namespace sp

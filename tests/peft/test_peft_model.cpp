@@ -10,6 +10,7 @@
 #include "engine/error.h"
 #include "engine/ops/ops.h"
 #include "engine/safetensors.h"
+#include "models/lm_loss.h"
 #include "peft/adapter_io.h"
 #include "peft/multitask_prompt_embedding.h"
 #include "peft/prompt_embedding.h"
@@ -357,6 +358,72 @@ TEST(PeftBf16, PromptTuningABf16ModelKeepsAnF32PromptAndGradient) {
                 double(want_loss));
     expect_close(want, got, 0.1f * scale, device.str() + " bf16 prompt gradient");
   }
+}
+
+// ForwardOptions::shared_prefix: a batch-wide soft prompt is run once (row 0) and every row
+// attends to its keys and values. The result must be the unshared forward's: the same sums in
+// different GEMM blockings, so 1e-5 on values of order 1 (a missing prompt key, a wrong causal
+// offset or a lost gradient row moves them by 1e-2 or more); the prompt's gradient is the sum
+// over rows either way. It must also do less work: fewer GEMM FLOPs.
+TEST(PeftSharedPrefix, ABatchWidePromptRunsOnceWithTheUnsharedLossAndGradients) {
+  std::vector<Device> devices{Device::cpu()};
+  if (backend_available(Device::parse("cuda-emu"))) devices.push_back(Device::parse("cuda-emu"));
+  for (Device device : devices) {
+    auto model = Gpt2Model::load(kTinyA, device);
+    PeftBatch batch = golden_batch("pt_random");
+    const int64_t B = batch.input_ids.size(0), N = 4, d = model->info().token_dim;
+    ASSERT_GT(B, 1);
+    const Tensor body_mask = batch.attention_mask.to(DType::F32);
+    Tensor mask = concat({Tensor::full({B, N}, 1.0f), body_mask}, 1).to(device);
+    Tensor labels = concat({Tensor::full({B, N}, -100.0f).to(DType::I64), batch.labels}, 1);
+    struct Run {
+      std::vector<float> hidden, prompt_grad, text_grad;
+      float loss = 0;
+      double gemm_flops = 0;
+    };
+    auto run = [&](int64_t shared) {
+      Tensor prompt = randn({1, N, d}, 11).to(device).set_requires_grad(true);
+      Tensor text = model->embed(batch.input_ids.to(device)).detach().set_requires_grad(true);
+      Tensor embeds = concat({concat(std::vector<Tensor>(size_t(B), prompt), 0), text}, 1);
+      ForwardOptions options;
+      options.shared_prefix = shared;
+      backend_for(device).reset_stats();
+      Tensor hidden = model->hidden_states(embeds, mask, Tensor(), nullptr, options);
+      Tensor loss = causal_lm_loss(*model, hidden, labels.to(device)).loss;
+      loss.backward();
+      return Run{hidden.to_floats(), prompt.grad().to_floats(), text.grad().to_floats(),
+                 loss.item(), backend_for(device).stats().gemm_flops};
+    };
+    const Run unshared = run(0), shared = run(N);
+    expect_close(unshared.hidden, shared.hidden, 1e-5f, device.str() + " hidden states");
+    EXPECT_NEAR(shared.loss, unshared.loss, 1e-5f) << device.str();
+    expect_close(unshared.prompt_grad, shared.prompt_grad, 1e-5f, device.str() + " prompt grad");
+    expect_close(unshared.text_grad, shared.text_grad, 1e-5f, device.str() + " text grad");
+    EXPECT_LT(shared.gemm_flops, unshared.gemm_flops) << device.str();
+  }
+}
+
+// PeftModel promises shared_prefix only where the prompt rows are equal: one adapter (a
+// mixed batch of two identical adapters gives the same outputs with more GEMM work).
+TEST(PeftSharedPrefix, PeftModelSharesOnlyOneAdaptersPrompt) {
+  auto model = tiny_peft_model();
+  model->add_adapter("a", causal_config(4, PromptInit::kRandom), 3);
+  model->add_adapter("b", causal_config(4, PromptInit::kRandom), 3);  // the same seed: equal
+  PeftBatch batch = golden_batch("pt_random");
+  const int64_t B = batch.input_ids.size(0);
+  NoGradGuard no_grad;
+  std::vector<std::string> one(size_t(B), "a"), two = one;
+  two.back() = "b";
+  double flops[2] = {0, 0};
+  std::vector<float> hidden[2];
+  for (int i = 0; i < 2; ++i) {
+    batch.row_adapters = i == 0 ? one : two;
+    backend_for(Device::cpu()).reset_stats();
+    hidden[i] = model->forward(batch).hidden.to_floats();
+    flops[i] = backend_for(Device::cpu()).stats().gemm_flops;
+  }
+  expect_close(hidden[1], hidden[0], 1e-5f, "one adapter vs two equal ones");
+  EXPECT_LT(flops[0], flops[1]);
 }
 
 }  // namespace
