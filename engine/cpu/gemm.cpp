@@ -1,5 +1,5 @@
 // CPU fp32 GEMM: OpenBLAS sgemm (single-threaded calls, split across softprompt's own pool) or
-// Eigen; bf16 operands go to engine/cpu/gemm_bf16.cpp.
+// Eigen, which also serves every one-row product; bf16 operands go to gemm_bf16.cpp.
 #include <cblas.h>
 
 #include <Eigen/Core>
@@ -50,7 +50,9 @@ void sgemm_one_thread(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t 
   lda = std::max(lda, trans_a ? m : k);
   ldb = std::max(ldb, trans_b ? k : n);
   ldc = std::max(ldc, n);
-  if (g_library.load() == CpuBackend::GemmLibrary::kEigen) {
+  // One row (a decode step, attention over a KV cache): Eigen's GEMV streams B at memory speed,
+  // OpenBLAS's sgemm packs it first (2-3x slower at M = 1; bench_ops gemm/*/M:1).
+  if (m == 1 || g_library.load() == CpuBackend::GemmLibrary::kEigen) {
     eigen_sgemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
     return;
   }
