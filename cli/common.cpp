@@ -36,17 +36,15 @@ void add_common_options(CLI::App& command, CommonOptions& options) {
 DType model_dtype(const CommonOptions& options, Device device) {
   DType dtype = DType::F32;
   if (options.dtype == "bf16") dtype = DType::BF16;
-  // The emulator has no bf16 hardware to gain from; real GPUs run bf16 GEMMs in cuBLAS.
+  // CPUs with AVX512-BF16 or AMX, GPUs of sm_80+; not the emulator, which has no bf16 hardware.
   if (options.dtype == "auto")
-    dtype = (device.is_cpu() ? CpuBackend::cpu_has_native_bf16() : device.kind == DeviceKind::CUDA)
-                ? DType::BF16
-                : DType::F32;
+    dtype = backend_for(device).native_bf16_gemm() ? DType::BF16 : DType::F32;
   if (dtype == DType::BF16 && device.is_cpu())
     note(options, "dtype bf16: bf16 GEMM weights, f32 activations; GEMMs: " +
                       CpuBackend::bf16_gemm_description());
   else
-    note(options, std::string("dtype ") + (dtype == DType::BF16 ? "bf16" : "f32") + " on " +
-                      device.str());
+    note(options,
+         std::string("dtype ") + (dtype == DType::BF16 ? "bf16" : "f32") + " on " + device.str());
   return dtype;
 }
 
@@ -55,7 +53,8 @@ Device apply_common_options(const CommonOptions& options) {
   if (options.threads > 0) set_num_threads(options.threads);
   Device device = Device::parse(options.device);
   if (!backend_available(device))
-    fail(ErrorKind::kUnsupported, "device ", device.str(), " is not available in this build or on this machine");
+    fail(ErrorKind::kUnsupported, "device ", device.str(),
+         " is not available in this build or on this machine");
   return device;
 }
 

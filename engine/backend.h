@@ -55,6 +55,8 @@ class Backend {
  public:
   virtual ~Backend() = default;
   virtual Device device() const = 0;
+  /// Whether bf16 GEMMs run natively here, faster than fp32 (what --dtype auto asks).
+  virtual bool native_bf16_gemm() const { return false; }
   virtual Allocator& allocator() = 0;
   virtual void synchronize() {}
   BackendStats stats() const { return stats_; }

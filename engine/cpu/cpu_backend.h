@@ -12,6 +12,7 @@ namespace sp {
 class CpuBackend final : public Backend {
  public:
   Device device() const override { return Device::cpu(); }
+  bool native_bf16_gemm() const override { return cpu_has_native_bf16(); }
   Allocator& allocator() override;
 
   void copy_from_host(void* dst, const void* src, size_t nbytes) override;
@@ -91,7 +92,7 @@ class CpuBackend final : public Backend {
   enum class Bf16GemmPath { kOneDnn, kWidenedSgemm };
   static void set_bf16_gemm_path(Bf16GemmPath path);
   static Bf16GemmPath bf16_gemm_path();
-  static bool cpu_has_native_bf16();  ///< AVX512-BF16 or AMX, as oneDNN detects it
+  static bool cpu_has_native_bf16();           ///< AVX512-BF16 or AMX, as oneDNN detects it
   static std::string bf16_gemm_description();  ///< e.g. "oneDNN brg:avx512_core_bf16"
 
  private:

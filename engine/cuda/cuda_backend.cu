@@ -7,9 +7,9 @@
 #include <cstring>
 #include <memory>
 
+#include "engine/cuda/capability_policy.h"
 #include "engine/cuda/cuda_backend_factory.h"
 #include "engine/cuda/cuda_check.h"
-#include "engine/cuda/tf32_policy.h"
 #include "engine/error.h"
 
 namespace sp::SP_CUDA_NS {
@@ -28,6 +28,7 @@ CudaBackend::CudaBackend(int device_index) : device_index_(device_index) {
   SP_CUBLAS_CHECK(op, cublasCreate(&cublas_));
   SP_CUBLAS_CHECK(op, cublasSetStream(cublas_, stream_));
   allow_tf32_.store(tf32_by_default(props.major, SP_CUDA_EMU, std::getenv("SOFTPROMPT_CUDA_TF32")));
+  native_bf16_gemm_ = native_bf16_gemm_for(props.major, SP_CUDA_EMU);
   // Deliberately leaked: Storage objects keep a pointer to their allocator and may be destroyed
   // after this backend during static destruction.
   allocator_ = new CachingAllocator(device_index_);

@@ -22,6 +22,7 @@ class CudaBackend final : public Backend {
   CudaBackend& operator=(const CudaBackend&) = delete;
 
   Device device() const override;
+  bool native_bf16_gemm() const override { return native_bf16_gemm_; }
   Allocator& allocator() override { return *allocator_; }
   void synchronize() override;
 
@@ -93,7 +94,7 @@ class CudaBackend final : public Backend {
 
   // TF32 tensor cores for fp32 GEMMs (10-bit mantissa inputs, fp32 accumulation): on by default
   // on sm_80+ GPUs, off under the emulator so fp32 results match the CPU reference
-  // (engine/cuda/tf32_policy.h); SOFTPROMPT_CUDA_TF32=0/1 decides at start.
+  // (engine/cuda/capability_policy.h); SOFTPROMPT_CUDA_TF32=0/1 decides at start.
   void set_allow_tf32(bool allow) { allow_tf32_.store(allow); }
   bool allow_tf32() const { return allow_tf32_.load(); }
 
@@ -120,6 +121,7 @@ class CudaBackend final : public Backend {
   int multiprocessors_ = 1;
   size_t max_shared_memory_ = 48 * 1024;
   std::atomic<bool> allow_tf32_{false};
+  bool native_bf16_gemm_ = false;
 };
 
 }  // namespace sp::SP_CUDA_NS

@@ -10,7 +10,8 @@
 #include <sstream>
 
 #include "engine/autograd.h"
-#include "engine/cuda/tf32_policy.h"
+#include "engine/cpu/cpu_backend.h"
+#include "engine/cuda/capability_policy.h"
 #include "engine/error.h"
 #include "engine/optim/adamw.h"
 #include "engine/safetensors.h"
@@ -115,6 +116,17 @@ TEST(CudaGemm, Tf32DefaultsOnForRealSm80AndOffUnderTheEmulator) {
   EXPECT_TRUE(tf32_by_default(7, false, "1"));
   EXPECT_TRUE(tf32_by_default(8, true, "true"));
   EXPECT_TRUE(tf32_by_default(8, false, "yes"));  // unrecognised: the default
+}
+
+// --dtype auto picks bf16 only where the backend says its bf16 GEMMs are native: sm_80+, not the
+// emulator (whose backend must say no), and the CPU as oneDNN detects it.
+TEST(CudaGemm, NativeBf16GemmNeedsSm80AndRealHardware) {
+  EXPECT_TRUE(native_bf16_gemm_for(8, false));
+  EXPECT_TRUE(native_bf16_gemm_for(9, false));
+  EXPECT_FALSE(native_bf16_gemm_for(7, false));
+  EXPECT_FALSE(native_bf16_gemm_for(9, true));
+  EXPECT_FALSE(backend_for(Device::cuda_emu()).native_bf16_gemm());
+  EXPECT_EQ(backend_for(Device::cpu()).native_bf16_gemm(), CpuBackend::cpu_has_native_bf16());
 }
 
 TEST(CudaGemm, DefaultFp32IsExactAndTf32StaysWithinItsRoundingBound) {

@@ -1,0 +1,26 @@
+// What a GPU's compute capability decides: whether fp32 GEMMs start on TF32 tensor cores, and
+// whether it has native bf16 GEMMs (what --dtype auto picks bf16 for). Both need sm_80+.
+#pragma once
+
+#include <cstring>
+
+namespace sp {
+
+// TF32 is on by default on real sm_80+ GPUs (an fp32 model then runs at tensor-core speed) and
+// off under the emulator, whose fp32 results must equal the CPU reference bit for bit.
+// SOFTPROMPT_CUDA_TF32 = 1/true or 0/false overrides the default either way.
+inline bool tf32_by_default(int compute_major, bool emulated, const char* env_value) {
+  if (env_value != nullptr) {
+    if (std::strcmp(env_value, "1") == 0 || std::strcmp(env_value, "true") == 0) return true;
+    if (std::strcmp(env_value, "0") == 0 || std::strcmp(env_value, "false") == 0) return false;
+  }
+  return !emulated && compute_major >= 8;
+}
+
+// bf16 tensor-core GEMMs with fp32 accumulation arrived with sm_80 (Ampere); older GPUs run
+// bf16 GEMMs far slower than fp32, and the emulator has no bf16 hardware to gain from.
+inline bool native_bf16_gemm_for(int compute_major, bool emulated) {
+  return !emulated && compute_major >= 8;
+}
+
+}  // namespace sp
