@@ -3,7 +3,7 @@
 logits that softprompt computes.
 
 For each case it trains a few steps with `softprompt train` on the tiny fixture models (GPT-2
-prompt tuning with TEXT init, GPT-2 multitask prompt tuning, T5 seq2seq prompt tuning, T5
+prompt tuning with TEXT init, the same trained with --dtype bf16, GPT-2 multitask prompt tuning, T5 seq2seq prompt tuning, T5
 multitask with decoder prompts), runs
 `softprompt forward --adapter` to dump softprompt's logits, loads the same directory with
 `PeftModel.from_pretrained`, and compares. Development tool: needs torch, transformers, peft.
@@ -87,6 +87,9 @@ def main():
             check(args.binary, work, "gpt2_prompt_tuning_text", "gpt2_tiny_a",
                   ["--num-virtual-tokens", "5", "--init", "TEXT", "--init-text", "Answer the question:"],
                   "The opposite of up is"),
+            # Trained with bf16 weights (the prompt and AdamW stay fp32), read back in fp32.
+            check(args.binary, work, "gpt2_trained_in_bf16", "gpt2_tiny_a",
+                  ["--num-virtual-tokens", "5", "--dtype", "bf16"], "The opposite of up is"),
             check(args.binary, work, "gpt2_multitask", "gpt2_tiny_a",
                   ["--multitask", "--num-virtual-tokens", "4", "--num-ranks", "2"], "The opposite of hot is", task=1),
             check(args.binary, work, "t5_seq2seq_prompt_tuning", "t5_tiny_v10",
