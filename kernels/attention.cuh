@@ -122,6 +122,9 @@ __global__ void __launch_bounds__(kAttentionThreads)
       const float p = new_max == -INFINITY ? 0.0f : expf(s - new_max);
       const float tile_sum = warp_sum(p);
       if (lane < bk) s_p[r * bk + lane] = p;
+      // Every lane has read s_max[r] before lane 0 overwrites it. The shuffles above already
+      // order that; the hardware's warp model is weaker than the emulator's, so say it.
+      __syncwarp();
       if (lane == 0) {
         const float rescale = new_max == -INFINITY ? 1.0f : expf(old_max - new_max);
         s_rescale[r] = rescale;

@@ -26,8 +26,9 @@ step "configure ($build, -DSOFTPROMPT_CUDA=ON)" \
   cmake -S . -B "$build" -DSOFTPROMPT_CUDA=ON -DCMAKE_BUILD_TYPE=Release
 step "build" cmake --build "$build" -j "$jobs"
 step "device probe" "$build/engine/cuda/softprompt_cuda_probe"
-# The suite compares fp32 on the GPU with the CPU at fp32 tolerances: exact fp32 GEMMs, not TF32.
-step "test suite (cpu, cuda-emu, cuda)" env SOFTPROMPT_CUDA_TF32=0 ctest --test-dir "$build" -j "$jobs" --output-on-failure
+# The suite compares fp32 on the GPU with the CPU at fp32 tolerances: exact fp32 GEMMs, not TF32;
+# and it synchronises after every launch, so that a faulting kernel is named.
+step "test suite (cpu, cuda-emu, cuda)" env SOFTPROMPT_CUDA_TF32=0 SOFTPROMPT_CUDA_SYNC=1 ctest --test-dir "$build" -j "$jobs" --output-on-failure
 step "micro-benchmarks (bench_ops)" "$build/bench/bench_ops" --benchmark_counters_tabular=true
 step "softprompt bench --device cuda (TF32 GEMMs on sm_80+)" "$build/cli/softprompt" bench --device cuda
 step "softprompt bench --device cuda, exact fp32 GEMMs" env SOFTPROMPT_CUDA_TF32=0 "$build/cli/softprompt" bench --device cuda

@@ -2,6 +2,10 @@
 // backend op and the call, in both flavours (nvcc and kernels/emu).
 #pragma once
 
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+
 #include "engine/error.h"
 #include "kernels/cuda_compat.h"
 
@@ -22,6 +26,24 @@ inline void check_cublas(cublasStatus_t status, const char* op, const char* call
        cublasGetStatusString(status), ")");
 }
 
+// SOFTPROMPT_CUDA_SYNC=1 (or true): every launch is followed by a device synchronisation, so a
+// fault inside a kernel is reported against that kernel rather than at the next synchronising
+// call. Slow; for diagnosis (scripts/gpu_check.sh runs the suite with it). Read once.
+inline bool sync_requested(const char* env_value) {
+  return env_value != nullptr &&
+         (std::strcmp(env_value, "1") == 0 || std::strcmp(env_value, "true") == 0);
+}
+inline std::atomic<bool>& sync_after_every_launch() {
+  static std::atomic<bool> on{sync_requested(std::getenv("SOFTPROMPT_CUDA_SYNC"))};
+  return on;
+}
+
+inline void check_launch(const char* op, const char* launch, const char* run) {
+  check_cuda(cudaGetLastError(), op, launch);
+  if (sync_after_every_launch().load(std::memory_order_relaxed))
+    check_cuda(cudaDeviceSynchronize(), op, run);
+}
+
 }  // namespace sp::SP_CUDA_NS
 
 // SP_CUDA_CHECK(op, call): runs a CUDA runtime call and throws sp::Error naming op and call.
@@ -29,6 +51,7 @@ inline void check_cublas(cublasStatus_t status, const char* op, const char* call
 // SP_CUBLAS_CHECK(op, call): the same for cuBLAS.
 #define SP_CUBLAS_CHECK(op, call) ::sp::SP_CUDA_NS::check_cublas((call), (op), #call)
 // SP_CUDA_CHECK_LAUNCH(op, kernel): checks the launch that just happened (bad configurations
-// surface here; faults inside the kernel surface at the next synchronising call).
+// surface here; faults inside the kernel at the next synchronising call, or here with
+// SOFTPROMPT_CUDA_SYNC=1).
 #define SP_CUDA_CHECK_LAUNCH(op, kernel) \
-  ::sp::SP_CUDA_NS::check_cuda(cudaGetLastError(), (op), "launch of " kernel)
+  ::sp::SP_CUDA_NS::check_launch((op), "launch of " kernel, kernel " (synchronised after launch)")

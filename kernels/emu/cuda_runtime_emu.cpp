@@ -69,6 +69,7 @@ std::atomic<std::uint64_t> g_host_alloc_calls{0};
 std::atomic<std::uint64_t> g_host_free_calls{0};
 std::atomic<std::uint64_t> g_memcpy_calls{0};
 std::atomic<std::uint64_t> g_memset_calls{0};
+std::atomic<std::uint64_t> g_sync_calls{0};
 std::atomic<std::uint64_t> g_gemm_calls{0};
 
 thread_local cudaError_t t_last_error = cudaSuccess;
@@ -464,6 +465,7 @@ RuntimeStats runtime_stats() {
   s.memcpy_calls = g_memcpy_calls.load();
   s.memset_calls = g_memset_calls.load();
   s.gemm_calls = g_gemm_calls.load();
+  s.sync_calls = g_sync_calls.load();
   Registry& r = registry();
   std::lock_guard lock(r.mu);
   s.live_allocations = r.device.size();
@@ -474,7 +476,7 @@ RuntimeStats runtime_stats() {
 
 void reset_runtime_stats() {
   for (auto* c : {&g_malloc_calls, &g_free_calls, &g_host_alloc_calls, &g_host_free_calls,
-                  &g_memcpy_calls, &g_memset_calls, &g_gemm_calls}) {
+                  &g_memcpy_calls, &g_memset_calls, &g_gemm_calls, &g_sync_calls}) {
     c->store(0);
   }
 }
@@ -708,6 +710,7 @@ cudaError_t cudaStreamDestroy(cudaStream_t stream) {
 }
 
 cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
+  emu::g_sync_calls.fetch_add(1, std::memory_order_relaxed);
   auto& r = registry();
   std::lock_guard lock(r.mu);
   if (!emu::valid_stream(r, stream)) {
@@ -717,8 +720,14 @@ cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
   return cudaSuccess;
 }
 
-cudaError_t cudaStreamQuery(cudaStream_t stream) {
-  return cudaStreamSynchronize(stream);
+cudaError_t cudaStreamQuery(cudaStream_t stream) {  // the emulator's streams are always done
+  auto& r = registry();
+  std::lock_guard lock(r.mu);
+  if (!emu::valid_stream(r, stream)) {
+    return failed(cudaErrorInvalidResourceHandle, "cudaStreamQuery(", emu::addr(stream),
+                  "): not a live stream");
+  }
+  return cudaSuccess;
 }
 
 cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned int) {
@@ -908,6 +917,7 @@ cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) 
 }
 
 cudaError_t cudaDeviceSynchronize() {
+  emu::g_sync_calls.fetch_add(1, std::memory_order_relaxed);
   return cudaSuccess;
 }
 cudaError_t cudaDeviceReset() {

@@ -289,6 +289,7 @@ struct RuntimeStats {
   std::uint64_t memcpy_calls = 0;
   std::uint64_t memset_calls = 0;
   std::uint64_t gemm_calls = 0;  // cuBLAS GEMM entry points (a batched call counts once)
+  std::uint64_t sync_calls = 0;  // cudaDeviceSynchronize and cudaStreamSynchronize
   std::uint64_t live_allocations = 0;
   std::uint64_t live_bytes = 0;
   std::uint64_t peak_bytes = 0;

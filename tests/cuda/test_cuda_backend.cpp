@@ -12,6 +12,7 @@
 #include "engine/autograd.h"
 #include "engine/cpu/cpu_backend.h"
 #include "engine/cuda/capability_policy.h"
+#include "engine/cuda/cuda_check.h"
 #include "engine/error.h"
 #include "engine/optim/adamw.h"
 #include "engine/safetensors.h"
@@ -116,6 +117,26 @@ TEST(CudaGemm, Tf32DefaultsOnForRealSm80AndOffUnderTheEmulator) {
   EXPECT_TRUE(tf32_by_default(7, false, "1"));
   EXPECT_TRUE(tf32_by_default(8, true, "true"));
   EXPECT_TRUE(tf32_by_default(8, false, "yes"));  // unrecognised: the default
+}
+
+// SOFTPROMPT_CUDA_SYNC=1: every launch is followed by a device synchronisation (counted by the
+// emulated runtime), so a fault names its kernel; without it an op launches and never waits.
+TEST(CudaDiagnosis, SyncAfterEveryLaunchOnlyWhenAsked) {
+  EXPECT_TRUE(cuda_emu::sync_requested("1"));
+  EXPECT_TRUE(cuda_emu::sync_requested("true"));
+  EXPECT_FALSE(cuda_emu::sync_requested("0"));
+  EXPECT_FALSE(cuda_emu::sync_requested(nullptr));
+  std::atomic<bool>& flag = cuda_emu::sync_after_every_launch();
+  const bool saved = flag.load();
+  Tensor x = randn({64, 33}, 1).to(Device::cuda_emu());
+  for (bool on : {false, true}) {
+    flag.store(on);
+    emu::reset_runtime_stats();
+    Tensor y = gelu_tanh(x);
+    EXPECT_EQ(emu::runtime_stats().sync_calls > 0, on);
+    EXPECT_TRUE(y.defined());
+  }
+  flag.store(saved);
 }
 
 // --dtype auto picks bf16 only where the backend says its bf16 GEMMs are native: sm_80+, not the
