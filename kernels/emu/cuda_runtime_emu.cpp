@@ -709,25 +709,28 @@ cudaError_t cudaStreamDestroy(cudaStream_t stream) {
   return cudaSuccess;
 }
 
-cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
-  emu::g_sync_calls.fetch_add(1, std::memory_order_relaxed);
+namespace {
+
+// The emulator's streams have always finished their work: synchronising or querying one only
+// checks that it is live.
+cudaError_t check_live_stream(cudaStream_t stream, const char* call) {
   auto& r = registry();
   std::lock_guard lock(r.mu);
-  if (!emu::valid_stream(r, stream)) {
-    return failed(cudaErrorInvalidResourceHandle, "cudaStreamSynchronize(", emu::addr(stream),
+  if (!emu::valid_stream(r, stream))
+    return failed(cudaErrorInvalidResourceHandle, call, "(", emu::addr(stream),
                   "): not a live stream");
-  }
   return cudaSuccess;
 }
 
-cudaError_t cudaStreamQuery(cudaStream_t stream) {  // the emulator's streams are always done
-  auto& r = registry();
-  std::lock_guard lock(r.mu);
-  if (!emu::valid_stream(r, stream)) {
-    return failed(cudaErrorInvalidResourceHandle, "cudaStreamQuery(", emu::addr(stream),
-                  "): not a live stream");
-  }
-  return cudaSuccess;
+}  // namespace
+
+cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
+  emu::g_sync_calls.fetch_add(1, std::memory_order_relaxed);
+  return check_live_stream(stream, "cudaStreamSynchronize");
+}
+
+cudaError_t cudaStreamQuery(cudaStream_t stream) {
+  return check_live_stream(stream, "cudaStreamQuery");
 }
 
 cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned int) {
