@@ -18,9 +18,18 @@ __global__ void dropout_kernel(const T* x, T* y, int64_t n, float p, float keep_
   grid_stride_elements<kPack>(
       n, vectorized,
       [&](int64_t i) {
+        // A Philox block holds four consecutive counters' words: one block per four elements
+        // of the pack (two where the pack straddles a block boundary), not one per element.
         Pack<T> px, py;
         load_pack(px, x + i);
-        for (int e = 0; e < kPack; ++e) py.v[e] = from_float<T>(keep(i + e, to_float(px.v[e])));
+        const uint64_t first = offset + uint64_t(i);
+        philox::Block block = philox::generate(first >> 2, seed);
+        for (int e = 0; e < kPack; ++e) {
+          const uint64_t c = first + uint64_t(e);
+          if (e > 0 && (c & 3) == 0) block = philox::generate(c >> 2, seed);
+          const float u = philox::to_unit_float(block.v[c & 3]);
+          py.v[e] = from_float<T>(u < p ? 0.0f : to_float(px.v[e]) * keep_scale);
+        }
         store_pack(y + i, py);
       },
       [&](int64_t i) { y[i] = from_float<T>(keep(i, to_float(x[i]))); });
