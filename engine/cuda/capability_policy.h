@@ -2,7 +2,7 @@
 // whether it has native bf16 GEMMs (what --dtype auto picks bf16 for). Both need sm_80+.
 #pragma once
 
-#include <cstring>
+#include "engine/env_switch.h"
 
 namespace sp {
 
@@ -10,11 +10,7 @@ namespace sp {
 // off under the emulator, whose fp32 results must equal the CPU reference bit for bit.
 // SOFTPROMPT_CUDA_TF32 = 1/true or 0/false overrides the default either way.
 inline bool tf32_by_default(int compute_major, bool emulated, const char* env_value) {
-  if (env_value != nullptr) {
-    if (std::strcmp(env_value, "1") == 0 || std::strcmp(env_value, "true") == 0) return true;
-    if (std::strcmp(env_value, "0") == 0 || std::strcmp(env_value, "false") == 0) return false;
-  }
-  return !emulated && compute_major >= 8;
+  return env_switch(env_value).value_or(!emulated && compute_major >= 8);
 }
 
 // bf16 tensor-core GEMMs with fp32 accumulation arrived with sm_80 (Ampere); older GPUs run

@@ -4,8 +4,8 @@
 
 #include <atomic>
 #include <cstdlib>
-#include <cstring>
 
+#include "engine/env_switch.h"
 #include "engine/error.h"
 #include "kernels/cuda_compat.h"
 
@@ -30,8 +30,7 @@ inline void check_cublas(cublasStatus_t status, const char* op, const char* call
 // fault inside a kernel is reported against that kernel rather than at the next synchronising
 // call. Slow; for diagnosis (scripts/gpu_check.sh runs the suite with it). Read once.
 inline bool sync_requested(const char* env_value) {
-  return env_value != nullptr &&
-         (std::strcmp(env_value, "1") == 0 || std::strcmp(env_value, "true") == 0);
+  return env_switch(env_value).value_or(false);
 }
 inline std::atomic<bool>& sync_after_every_launch() {
   static std::atomic<bool> on{sync_requested(std::getenv("SOFTPROMPT_CUDA_SYNC"))};
