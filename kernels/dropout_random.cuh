@@ -12,9 +12,7 @@ template <class T>
 __global__ void dropout_kernel(const T* x, T* y, int64_t n, float p, float keep_scale,
                                uint64_t seed, uint64_t offset, bool vectorized) {
   constexpr int kPack = Pack<T>::kSize;
-  auto keep = [&](int64_t i, float v) {
-    return philox::uniform(seed, offset, uint64_t(i)) < p ? 0.0f : v * keep_scale;
-  };
+  auto keep = [&](float uniform, float v) { return uniform < p ? 0.0f : v * keep_scale; };
   grid_stride_elements<kPack>(
       n, vectorized,
       [&](int64_t i) {
@@ -27,12 +25,13 @@ __global__ void dropout_kernel(const T* x, T* y, int64_t n, float p, float keep_
         for (int e = 0; e < kPack; ++e) {
           const uint64_t c = first + uint64_t(e);
           if (e > 0 && (c & 3) == 0) block = philox::generate(c >> 2, seed);
-          const float u = philox::to_unit_float(block.v[c & 3]);
-          py.v[e] = from_float<T>(u < p ? 0.0f : to_float(px.v[e]) * keep_scale);
+          py.v[e] = from_float<T>(keep(philox::to_unit_float(block.v[c & 3]), to_float(px.v[e])));
         }
         store_pack(y + i, py);
       },
-      [&](int64_t i) { y[i] = from_float<T>(keep(i, to_float(x[i]))); });
+      [&](int64_t i) {
+        y[i] = from_float<T>(keep(philox::uniform(seed, offset, uint64_t(i)), to_float(x[i])));
+      });
 }
 
 // dst[i] = mean + std * normal(seed, offset, i)
