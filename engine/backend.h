@@ -31,6 +31,9 @@ struct GemmArgs {
   int64_t stride_a = 0, stride_b = 0, stride_c = 0;  // elements between batch entries
   float alpha = 1.0f;
   float beta = 0.0f;
+  /// B's storage when it is immutable (a frozen weight, no batch stride): the backend may then
+  /// reuse a packed form of B across calls. Null means B may change between calls.
+  const Storage* b_storage = nullptr;
 };
 
 enum class BinaryOp { kAdd, kSub, kMul };

@@ -50,7 +50,22 @@ Storage::Storage(void* data, size_t nbytes, Device device, std::shared_ptr<void>
     : data_(data), nbytes_(nbytes), device_(device), owner_(std::move(owner)) {}
 
 Storage::~Storage() {
+  derived_.clear();  // derived forms may refer to the bytes; drop them first
   if (allocator_ != nullptr) allocator_->deallocate(data_, nbytes_);
+}
+
+std::shared_ptr<void> Storage::derived(const std::string& key,
+                                       const std::function<std::shared_ptr<void>()>& make) const {
+  SP_ASSERT(immutable_);
+  std::lock_guard<std::mutex> lock(derived_mutex_);
+  std::shared_ptr<void>& slot = derived_[key];
+  if (!slot) slot = make();
+  return slot;
+}
+
+size_t Storage::derived_count() const {
+  std::lock_guard<std::mutex> lock(derived_mutex_);
+  return derived_.size();
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -3,8 +3,11 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <initializer_list>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <span>
 #include <string>
 #include <vector>
@@ -40,12 +43,26 @@ class Storage {
   size_t nbytes() const { return nbytes_; }
   Device device() const { return device_; }
 
+  /// Promises that these bytes are never written again (frozen model weights), so a backend may
+  /// keep derived forms of them, such as a GEMM operand packed into its kernel's layout.
+  void mark_immutable() { immutable_ = true; }
+  bool immutable() const { return immutable_; }
+  /// The derived form filed under `key`, made by `make` on first use; it lives exactly as long
+  /// as this storage, so freed memory reused at the same address can never meet a stale one.
+  /// Only for immutable storage. Thread-safe; `make` runs under a lock, once per key.
+  std::shared_ptr<void> derived(const std::string& key,
+                                const std::function<std::shared_ptr<void>()>& make) const;
+  size_t derived_count() const;  ///< how many derived forms are held (for tests)
+
  private:
   void* data_ = nullptr;
   size_t nbytes_ = 0;
   Device device_;
   Allocator* allocator_ = nullptr;
   std::shared_ptr<void> owner_;
+  bool immutable_ = false;
+  mutable std::mutex derived_mutex_;
+  mutable std::map<std::string, std::shared_ptr<void>> derived_;
 };
 
 /// The state a Tensor handle points to: storage, geometry, dtype and autograd links.
@@ -163,6 +180,12 @@ class Tensor {
   void check_element_type(size_t element_size) const;
   std::shared_ptr<TensorImpl> impl_;
 };
+
+/// Marks t's storage immutable (Storage::mark_immutable): a frozen model weight, written never
+/// again, which GEMMs may then keep packed.
+inline void freeze_storage(const Tensor& t) {
+  if (t.defined()) t.impl()->storage->mark_immutable();
+}
 
 /// A tensor that shares `base`'s storage with a new geometry (no autograd record).
 Tensor make_view(const Tensor& base, const Shape& shape, const Shape& strides, int64_t offset);

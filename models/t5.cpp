@@ -135,9 +135,9 @@ std::unique_ptr<T5Model> T5Model::load(const std::string& model_dir, Device devi
   const Shape bias_table_shape{config.relative_attention_num_buckets, config.num_heads};
 
   // Tied checkpoints store the table once; which name survives depends on how it was saved.
-  model->shared_ =
-      w.get_any_matrix({"shared.weight", "encoder.embed_tokens.weight", "decoder.embed_tokens.weight"},
-                {config.vocab_size, d});
+  model->shared_ = w.get_any_matrix(
+      {"shared.weight", "encoder.embed_tokens.weight", "decoder.embed_tokens.weight"},
+      {config.vocab_size, d});
 
   auto load_attention = [&](const std::string& p, bool cross) {
     T5Attention a;
@@ -158,8 +158,9 @@ std::unique_ptr<T5Model> T5Model::load(const std::string& model_dir, Device devi
     f.norm = w.get(p + "layer_norm.weight", {d});
     const std::string dense = p + "DenseReluDense.";
     if (config.is_gated_act) {
-      f.wi =
-          concat({w.get_matrix(dense + "wi_0.weight", {ff, d}), w.get_matrix(dense + "wi_1.weight", {ff, d})}, 0);
+      f.wi = concat({w.get_matrix(dense + "wi_0.weight", {ff, d}),
+                     w.get_matrix(dense + "wi_1.weight", {ff, d})},
+                    0);
     } else {
       f.wi = w.get_matrix(dense + "wi.weight", {ff, d});
     }
@@ -215,16 +216,22 @@ void T5Model::finish_init() {
   info_.pad_token_id = config_.pad_token_id;
   info_.bos_token_id = std::nullopt;
   // PEFT counts model.named_parameters(), where tied tensors appear once.
-  int64_t count = shared_.numel() + encoder_bias_table_.numel() + decoder_bias_table_.numel() +
-                  encoder_final_norm_.numel() + decoder_final_norm_.numel();
-  if (lm_head_.defined()) count += lm_head_.numel();
+  // Every weight is frozen from here on, so GEMMs may keep packed forms of them.
+  int64_t count = 0;
+  auto account = [&](const Tensor& t) {
+    count += t.defined() ? t.numel() : 0;
+    freeze_storage(t);
+  };
+  for (const Tensor* t : {&shared_, &encoder_bias_table_, &decoder_bias_table_,
+                          &encoder_final_norm_, &decoder_final_norm_, &lm_head_})
+    account(*t);
   for (const auto* stack : {&encoder_, &decoder_})
     for (const T5Block& b : *stack)
       for (const Tensor* t : {&b.self_attention.norm, &b.self_attention.q, &b.self_attention.packed,
                               &b.self_attention.o, &b.cross_attention.norm, &b.cross_attention.q,
                               &b.cross_attention.packed, &b.cross_attention.o, &b.feed_forward.norm,
                               &b.feed_forward.wi, &b.feed_forward.wo})
-        if (t->defined()) count += t->numel();
+        account(*t);
   info_.parameter_count = count;
 }
 

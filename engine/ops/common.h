@@ -10,6 +10,12 @@
 
 namespace sp::ops_detail {
 
+// The storage behind t when it is marked immutable (for GemmArgs::b_storage), else null.
+inline const Storage* immutable_storage(const Tensor& t) {
+  const Storage* storage = t.impl()->storage.get();
+  return storage->immutable() ? storage : nullptr;
+}
+
 inline void check_defined(const char* op, std::initializer_list<const Tensor*> tensors) {
   int index = 0;
   for (const Tensor* t : tensors) {
@@ -55,8 +61,8 @@ inline GemmDtypes gemm_dtypes(const char* op, const Tensor& a, const Tensor& b) 
     check_float_inputs(op, {&a, &b});
     return {a.dtype(), a.dtype(), false};
   }
-  SP_CHECK(a.device() == b.device(), op, ": tensors on different devices: ", a.describe(),
-           " and ", b.describe());
+  SP_CHECK(a.device() == b.device(), op, ": tensors on different devices: ", a.describe(), " and ",
+           b.describe());
   return {DType::BF16, DType::F32, true};
 }
 

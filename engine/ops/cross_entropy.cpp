@@ -4,8 +4,8 @@
 #include <limits>
 
 #include "engine/autograd.h"
-#include "engine/ops/elementwise.h"
 #include "engine/ops/common.h"
+#include "engine/ops/elementwise.h"
 
 namespace sp {
 
@@ -55,7 +55,9 @@ CrossEntropyResult cross_entropy(const Tensor& logits_in, const Tensor& targets_
 namespace {
 
 // Rows per chunk: keeps a chunk's logits near 16 MiB of floats.
-int64_t chunk_rows(int64_t vocab) { return std::max<int64_t>(16, (int64_t(1) << 22) / std::max<int64_t>(vocab, 1)); }
+int64_t chunk_rows(int64_t vocab) {
+  return std::max<int64_t>(16, (int64_t(1) << 22) / std::max<int64_t>(vocab, 1));
+}
 
 // out[rows, N] (= beta * out +) a[rows, K] @ op(b); b is [N, K] when trans_b, else [K, N].
 // a and b share a dtype; out has it or is F32.
@@ -76,6 +78,7 @@ void chunk_gemm(Backend& backend, const Tensor& a, const Tensor& b, bool trans_a
   g.ldb = b.size(1);
   g.ldc = out.size(1);
   g.beta = beta;
+  g.b_storage = ops_detail::immutable_storage(b);
   backend.gemm(g);
 }
 
@@ -86,18 +89,19 @@ CrossEntropyResult linear_cross_entropy(const Tensor& hidden_in, const Tensor& w
   ops_detail::check_defined("linear_cross_entropy", {&hidden_in, &weight_in, &targets_in});
   const ops_detail::GemmDtypes types =
       ops_detail::gemm_dtypes("linear_cross_entropy", hidden_in, weight_in);
-  SP_CHECK(!types.mixed || (weight_in.dtype() == DType::BF16 && !weight_in.requires_grad()),
-           "linear_cross_entropy: F32 hidden states with a BF16 head need a frozen BF16 weight, got "
-           "hidden ",
-           hidden_in.describe(), " and weight ", weight_in.describe(),
-           weight_in.requires_grad() ? " (requires grad)" : "");
+  SP_CHECK(
+      !types.mixed || (weight_in.dtype() == DType::BF16 && !weight_in.requires_grad()),
+      "linear_cross_entropy: F32 hidden states with a BF16 head need a frozen BF16 weight, got "
+      "hidden ",
+      hidden_in.describe(), " and weight ", weight_in.describe(),
+      weight_in.requires_grad() ? " (requires grad)" : "");
   ops_detail::check_index_tensor("linear_cross_entropy", targets_in, hidden_in);
   SP_CHECK(hidden_in.dim() == 2 && weight_in.dim() == 2 && hidden_in.size(1) == weight_in.size(1),
-           "linear_cross_entropy: hidden ", hidden_in.describe(), " and weight ", weight_in.describe(),
-           " must be [n, d] and [V, d]");
+           "linear_cross_entropy: hidden ", hidden_in.describe(), " and weight ",
+           weight_in.describe(), " must be [n, d] and [V, d]");
   const int64_t n = hidden_in.size(0), V = weight_in.size(0), d = hidden_in.size(1);
-  SP_CHECK(targets_in.numel() == n, "linear_cross_entropy: ", targets_in.describe(), " does not have ",
-           n, " targets");
+  SP_CHECK(targets_in.numel() == n, "linear_cross_entropy: ", targets_in.describe(),
+           " does not have ", n, " targets");
   Tensor hidden = hidden_in.contiguous(), weight = weight_in.contiguous();
   Tensor targets = targets_in.contiguous().view({n});
   int64_t counted = 0;
@@ -113,23 +117,26 @@ CrossEntropyResult linear_cross_entropy(const Tensor& hidden_in, const Tensor& w
   const int64_t step = chunk_rows(V);
   Tensor row_loss = Tensor::empty({n}, DType::F32, hidden.device());
   Tensor lse = Tensor::empty({n}, DType::F32, hidden.device());
-  Tensor unit_grad = grad_hidden ? Tensor::empty({n, d}, hidden.dtype(), hidden.device()) : Tensor();
-  Tensor logits = Tensor::empty({std::min(step, std::max<int64_t>(n, 1)), V}, types.result, hidden.device());
+  Tensor unit_grad =
+      grad_hidden ? Tensor::empty({n, d}, hidden.dtype(), hidden.device()) : Tensor();
+  Tensor logits =
+      Tensor::empty({std::min(step, std::max<int64_t>(n, 1)), V}, types.result, hidden.device());
   // Mixed precision: the head multiplies bf16 copies of the hidden states and logit gradients.
   const Tensor gemm_hidden = types.mixed ? hidden.detach().to(DType::BF16) : hidden;
   for (int64_t r0 = 0; r0 < n; r0 += step) {
     const int64_t rows = std::min(step, n - r0);
     Tensor chunk_logits = logits.slice(0, 0, rows);
     Tensor chunk_targets = targets.slice(0, r0, r0 + rows);
-    chunk_gemm(backend, gemm_hidden.slice(0, r0, r0 + rows), weight, false, true, chunk_logits, 0.0f);
-    backend.cross_entropy_forward(chunk_logits, chunk_targets, ignore_index, row_loss.slice(0, r0, r0 + rows),
-                                  lse.slice(0, r0, r0 + rows));
+    chunk_gemm(backend, gemm_hidden.slice(0, r0, r0 + rows), weight, false, true, chunk_logits,
+               0.0f);
+    backend.cross_entropy_forward(chunk_logits, chunk_targets, ignore_index,
+                                  row_loss.slice(0, r0, r0 + rows), lse.slice(0, r0, r0 + rows));
     if (grad_hidden) {
       // d(mean loss)/d logits for an upstream gradient of 1, in place, then through the head.
-      backend.cross_entropy_backward(chunk_logits, chunk_targets, ignore_index, lse.slice(0, r0, r0 + rows),
-                                     inverse_count, chunk_logits);
-      chunk_gemm(backend, types.mixed ? chunk_logits.to(DType::BF16) : chunk_logits, weight, false, false,
-                 unit_grad.slice(0, r0, r0 + rows), 0.0f);
+      backend.cross_entropy_backward(chunk_logits, chunk_targets, ignore_index,
+                                     lse.slice(0, r0, r0 + rows), inverse_count, chunk_logits);
+      chunk_gemm(backend, types.mixed ? chunk_logits.to(DType::BF16) : chunk_logits, weight, false,
+                 false, unit_grad.slice(0, r0, r0 + rows), 0.0f);
     }
   }
   double total = 0.0;
@@ -149,15 +156,17 @@ CrossEntropyResult linear_cross_entropy(const Tensor& hidden_in, const Tensor& w
              Backend& b = backend_for(hidden.device());
              const int64_t rows_total = hidden.size(0), vocab = weight.size(0);
              grads[1] = Tensor::zeros(weight.shape(), weight.dtype(), weight.device());
-             Tensor logits = Tensor::empty({std::min(step, std::max<int64_t>(rows_total, 1)), vocab},
-                                           hidden.dtype(), hidden.device());
+             Tensor logits =
+                 Tensor::empty({std::min(step, std::max<int64_t>(rows_total, 1)), vocab},
+                               hidden.dtype(), hidden.device());
              for (int64_t r0 = 0; r0 < rows_total; r0 += step) {
                const int64_t rows = std::min(step, rows_total - r0);
                Tensor chunk_logits = logits.slice(0, 0, rows);
                Tensor h = hidden.slice(0, r0, r0 + rows);
                chunk_gemm(b, h, weight, false, true, chunk_logits, 0.0f);
                b.cross_entropy_backward(chunk_logits, targets.slice(0, r0, r0 + rows), ignore_index,
-                                        lse.slice(0, r0, r0 + rows), upstream * inverse_count, chunk_logits);
+                                        lse.slice(0, r0, r0 + rows), upstream * inverse_count,
+                                        chunk_logits);
                chunk_gemm(b, chunk_logits, h, true, false, grads[1], 1.0f);  // dW += dlogits^T h
              }
            }

@@ -105,13 +105,14 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
     g.trans_b = B.trans;
     g.lda = A.ld;
     g.ldb = B.ld;
+    if (g.stride_b == 0) g.b_storage = ops_detail::immutable_storage(B.storage);
     backend_for(a.device()).gemm(g);
   }
   bool a_needs = a.requires_grad(), b_needs = b.requires_grad();
   record(out, "matmul", {a, b},
          [sa = b_needs ? a.detach() : Tensor(), sb = a_needs ? b.detach() : Tensor(),
-          b_shape = b.shape(), a_dtype = a.dtype(), b_dtype = b.dtype()](const Tensor& g,
-                                                                         const NeedsGrad& need) {
+          b_shape = b.shape(), a_dtype = a.dtype(),
+          b_dtype = b.dtype()](const Tensor& g, const NeedsGrad& need) {
            std::vector<Tensor> grads(2);
            if (need[0]) grads[0] = matmul(g, sb.transpose(-1, -2));
            if (need[1]) {

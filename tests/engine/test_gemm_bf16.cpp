@@ -225,5 +225,37 @@ TEST(MixedLinearCrossEntropy, RefusesATrainableBf16Head) {
   EXPECT_THROW(linear_cross_entropy(hidden, head, targets, -100), Error);
 }
 
+// A frozen (immutable) weight is packed once per panel and reused: results must stay those of
+// the strided weight for every M (decode rows, prefill rows, row- and column-split panels) and
+// both layouts, and a new weight that reuses freed memory must never meet the old packing.
+TEST_P(Bf16Gemm, FrozenWeightPackedOnceGivesTheStridedResults) {
+  const int64_t K = 96, N = 300;
+  for (uint32_t seed : {20u, 21u, 22u}) {  // fresh weights, likely at the freed one's address
+    Tensor weight = floats(bf16_values(size_t(K * N), seed), {K, N}).to(DType::BF16);
+    Tensor fresh_copy = weight.clone();  // never marked: the strided path
+    weight.impl()->storage->mark_immutable();
+    for (bool transposed : {false, true}) {
+      Tensor frozen = transposed ? weight.view({N, K}).transpose(0, 1) : weight;
+      Tensor plain = transposed ? fresh_copy.view({N, K}).transpose(0, 1) : fresh_copy;
+      for (int64_t M : {1, 16, 700}) {
+        Tensor x = floats(bf16_values(size_t(M * K), seed + 100), {M, K});
+        const std::vector<float> got = matmul(x, frozen).to_floats();
+        const std::vector<float> want = matmul(x, plain).to_floats();
+        // Same bf16 products, fp32 sums; only the blocking may differ (1e-5 * K as above).
+        char label[64];
+        std::snprintf(label, sizeof label, "seed %u M %lld %s", seed, (long long)M,
+                      transposed ? "transposed" : "row-major");
+        expect_all_close(want, got, 1e-5f * float(K), label);
+      }
+    }
+    const size_t packed = weight.impl()->storage->derived_count();
+    if (GetParam() == CpuBackend::Bf16GemmPath::kOneDnn)
+      EXPECT_GE(packed, 2u) << "one packing per layout (and per column panel) expected";
+    else
+      EXPECT_EQ(packed, 0u) << "the widened path has nothing to pack";
+    EXPECT_EQ(fresh_copy.impl()->storage->derived_count(), 0u);
+  }
+}
+
 }  // namespace
 }  // namespace sp
