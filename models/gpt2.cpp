@@ -136,13 +136,18 @@ void Gpt2Model::finish_init() {
   info_.eos_token_id = config_.eos_token_id;
   info_.bos_token_id = config_.bos_token_id;
   info_.pad_token_id = config_.pad_token_id;
-  int64_t count = wte_.numel() + wpe_.numel() + lnf_weight_.numel() + lnf_bias_.numel();
+  // Every weight is frozen from here on, so GEMMs may keep packed forms of them.
+  int64_t count = 0;
+  auto account = [&](const Tensor& t) {
+    count += t.defined() ? t.numel() : 0;
+    freeze_storage(t);
+  };
+  for (const Tensor* t : {&wte_, &wpe_, &lnf_weight_, &lnf_bias_, &lm_head_}) account(*t);
   for (const Gpt2Block& b : blocks_)
     for (const Tensor* t : {&b.ln1_weight, &b.ln1_bias, &b.attn_weight, &b.attn_bias,
                             &b.attn_proj_weight, &b.attn_proj_bias, &b.ln2_weight, &b.ln2_bias,
                             &b.fc_weight, &b.fc_bias, &b.mlp_proj_weight, &b.mlp_proj_bias})
-      count += t->numel();
-  if (lm_head_.defined()) count += lm_head_.numel();
+      account(*t);
   info_.parameter_count = count;
 }
 
@@ -280,20 +285,20 @@ Tensor Gpt2Model::hidden_states(const Tensor& inputs_embeds, const Tensor& atten
     for (int64_t layer = 0; layer < config_.n_layer; ++layer)
       std::tie(prefix, rest) = shared_prefix_block_forward(layer, prefix, rest, mask);
     h = concat({repeat_row(prefix, B), rest}, 1);
-    return layernorm(h, lnf_weight_, lnf_bias_, float(config_.layer_norm_epsilon));
-  }
-  for (int64_t layer = 0; layer < config_.n_layer; ++layer) {
-    if (options.checkpoint_activations && !cache && grad_mode_enabled() && h.requires_grad()) {
-      h = checkpoint(
-          [this, layer, mask, options](const std::vector<Tensor>& in) {
-            return block_forward(layer, in[0], mask, nullptr, options);
-          },
-          {h});
-    } else {
-      h = block_forward(layer, h, mask, cache, options);
+  } else {
+    for (int64_t layer = 0; layer < config_.n_layer; ++layer) {
+      if (options.checkpoint_activations && !cache && grad_mode_enabled() && h.requires_grad()) {
+        h = checkpoint(
+            [this, layer, mask, options](const std::vector<Tensor>& in) {
+              return block_forward(layer, in[0], mask, nullptr, options);
+            },
+            {h});
+      } else {
+        h = block_forward(layer, h, mask, cache, options);
+      }
     }
+    if (cache) cache->length += T;
   }
-  if (cache) cache->length += T;
   return layernorm(h, lnf_weight_, lnf_bias_, float(config_.layer_norm_epsilon));
 }
 
