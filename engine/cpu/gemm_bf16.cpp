@@ -138,10 +138,11 @@ void onednn_one_thread(const PrimitiveKey& key, const uint16_t* a, const uint16_
   dnnl::stream& stream = thread_stream();
   memory b_mem;
   CachedMatmul* mm = nullptr;
-  // Packing pays where the per-call repack dominates: panels of few rows (a decode step, the
-  // LM head's row chunks). Training's long panels gained under 3% for another copy of every
-  // weight (+290 MB for GPT-2 small, measured with softprompt bench), so they stay strided.
-  constexpr int64_t kMaxPackedRows = 128;
+  // Packing pays where the per-call repack dominates: panels of few rows, a decode step's. In
+  // training it bought 0-5% (noise-level) for another copy of each weight in each layout
+  // (softprompt bench, GPT-2 small bf16: +150 MB for the LM head's 83-row chunks, +440 MB for
+  // every GEMM), so training's panels, all longer than this, stay strided.
+  constexpr int64_t kMaxPackedRows = 64;
   if (b_storage != nullptr && key.m <= kMaxPackedRows) {
     PrimitiveKey packed_key = key;
     packed_key.packed_b = true;
