@@ -8,6 +8,8 @@ PEFT (PromptTuningConfig, CAUSAL_LM) using examples/demo/demo_config.json, and m
     python3 scripts/demo_reference_peft.py                    # seed from demo_config.json
     python3 scripts/demo_reference_peft.py --seeds 42 43 44   # robustness over data orders
     python3 scripts/demo_reference_peft.py --save-adapter /tmp/demo_adapter
+    python3 scripts/demo_reference_peft.py --eval-adapter build/demo-adapter \
+        --compare-predictions preds.jsonl   # an adapter softprompt wrote, loaded by PEFT
 
 Recipe (the contract the C++ demo follows):
   * example tokens = tok(input) + tok(output) + [EOS]; labels are -100 on the input part; no BOS.
@@ -92,6 +94,37 @@ def collate(tok, rows, eos_id):
         labels[i, :len(s)] = torch.tensor(lab)
         mask[i, :len(s)] = 1
     return ids, mask, labels
+
+
+def eval_adapter(args, cfg, tok, evalset):
+    """Loads a PEFT adapter directory (e.g. one softprompt wrote) with PeftModel.from_pretrained on the
+    fp32 demo model, measures its accuracy, and with --compare-predictions checks that every greedy
+    generation equals the one in that JSONL file (as `softprompt eval --predictions` writes it)."""
+    from peft import PeftModel
+    from transformers import GPT2LMHeadModel
+
+    base = GPT2LMHeadModel.from_pretrained(args.model, attn_implementation="eager", dtype=torch.float32)
+    model = PeftModel.from_pretrained(base, args.eval_adapter)
+    model.eval()
+    prompt = model.get_prompt_embedding_to_save("default").detach()
+    embed = base.get_input_embeddings()
+    ours = load_jsonl(args.compare_predictions) if args.compare_predictions else None
+    if ours is not None and len(ours) != len(evalset):
+        raise SystemExit(f"{args.compare_predictions}: {len(ours)} rows, the eval set has {len(evalset)}")
+    correct = differing = 0
+    for i, r in enumerate(evalset):
+        ids = tok(r["input"], add_special_tokens=False)["input_ids"]
+        text = tok.decode(greedy(base, embed, prompt, ids, cfg["max_new_tokens"], tok.eos_token_id))
+        correct += text.strip() == r["output"].strip()
+        if ours is not None and ours[i]["prediction"] != text:
+            differing += 1
+            if differing <= 5:
+                print(f"  row {i}: PEFT {text!r}, softprompt {ours[i]['prediction']!r}")
+    print(f"PEFT with {args.eval_adapter}: accuracy {correct / len(evalset):.4f} ({correct}/{len(evalset)})")
+    if ours is not None:
+        print(f"predictions differing from {args.compare_predictions}: {differing} of {len(evalset)}")
+        if differing:
+            raise SystemExit(1)
 
 
 def run(args, cfg, seed, tok, train, evalset):
@@ -208,6 +241,9 @@ def main():
     ap.add_argument("--check-generate", type=int, default=5, help="compare greedy loop with generate() on N")
     ap.add_argument("--skip-untuned", action="store_true")
     ap.add_argument("--save-adapter", default=None)
+    ap.add_argument("--eval-adapter", default=None, help="only evaluate this PEFT adapter directory")
+    ap.add_argument("--compare-predictions", default=None,
+                    help="with --eval-adapter: JSONL of softprompt's predictions that must be equal")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -229,6 +265,9 @@ def main():
     evalset = load_jsonl(os.path.join(args.data, "eval.jsonl"))
     print(f"{len(train)} train / {len(evalset)} eval examples", flush=True)
 
+    if args.eval_adapter:
+        eval_adapter(args, cfg, tok, evalset)
+        return
     results = [run(args, cfg, s, tok, train, evalset) for s in args.seeds]
     print("summary:")
     for r in results:
