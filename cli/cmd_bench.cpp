@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <map>
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
@@ -161,6 +162,9 @@ CommandRunner add_bench_command(CLI::App& app) {
     Backend& backend = backend_for(device);
     std::vector<double> times;
     double flops = 0;
+    // Per timed step: what a GPU pays besides arithmetic (launches, host waits, allocations).
+    uint64_t launches = 0, gemm_calls = 0, host_syncs = 0, device_allocations = 0;
+    std::map<std::string, uint64_t, std::less<>> launches_by_kernel;
     for (int64_t s = 0; s < o->warmup + o->steps; ++s) {
       backend.reset_stats();
       auto t = Clock::now();
@@ -169,13 +173,31 @@ CommandRunner add_bench_command(CLI::App& app) {
       out.loss.backward();
       optimizer.step();
       optimizer.zero_grad();
+      const BackendStats step_stats = backend.stats();  // before the timing sync, not counting it
       backend.synchronize();
       double elapsed = seconds_since(t);
       if (s >= o->warmup) {
         times.push_back(elapsed);
-        flops += backend.stats().gemm_flops;
+        flops += step_stats.gemm_flops;
+        launches += step_stats.kernel_launches;
+        gemm_calls += step_stats.gemm_calls;
+        host_syncs += step_stats.host_syncs;
+        device_allocations += step_stats.device_allocations;
+        for (const auto& [kernel, count] : step_stats.launches_by_kernel)
+          launches_by_kernel[kernel] += count;
       }
     }
+    const double steps_timed = double(std::max<size_t>(times.size(), 1));
+    nlohmann::json per_step = {
+        {"kernel_launches", double(launches) / steps_timed},
+        {"gemm_calls", double(gemm_calls) / steps_timed},
+        {"launches_per_layer", double(launches + gemm_calls) / steps_timed /
+                                   double(std::max<int64_t>(info.num_layers, 1))},
+        {"host_syncs", double(host_syncs) / steps_timed},
+        {"device_allocations", double(device_allocations) / steps_timed}};
+    nlohmann::json per_kernel = nlohmann::json::object();
+    for (const auto& [kernel, count] : launches_by_kernel)
+      per_kernel[kernel] = double(count) / steps_timed;
     double total = 0;
     for (double t : times) total += t;
     const double mean = times.empty() ? 0 : total / double(times.size());
@@ -224,7 +246,9 @@ CommandRunner add_bench_command(CLI::App& app) {
                              {"generate_tokens_per_s", gen_tokens_per_s},
                              {"prefill_ms", prefill_ms},
                              {"generation_warmup_ms", generation_warmup_ms},
-                             {"peak_rss_mb", rss}};
+                             {"peak_rss_mb", rss},
+                             {"per_step", per_step},
+                             {"launches_by_kernel", per_kernel}};
     if (o->json) {
       std::printf("%s\n", result.dump().c_str());
       return kExitOk;
@@ -236,6 +260,13 @@ CommandRunner add_bench_command(CLI::App& app) {
         (long long)o->virtual_tokens, o->dropout ? "on" : "off");
     std::printf("train step: %.1f ms (best %.1f ms), %.0f tokens/s\n", mean * 1e3, best * 1e3,
                 tokens_per_s);
+    if (!device.is_cpu())
+      std::printf(
+          "per step: %.0f kernel launches + %.0f GEMM calls (%.1f per layer), %.0f host syncs, "
+          "%.0f device allocations\n",
+          per_step["kernel_launches"].get<double>(), per_step["gemm_calls"].get<double>(),
+          per_step["launches_per_layer"].get<double>(), per_step["host_syncs"].get<double>(),
+          per_step["device_allocations"].get<double>());
     std::printf("GEMMs: %.1f GFLOP/s = %.0f%% of this machine's sgemm peak (%.1f GFLOP/s)\n",
                 gemm_gflops, peak > 0 ? 100.0 * gemm_gflops / peak : 0.0, peak);
     if (gen_tokens_per_s > 0)

@@ -3,7 +3,11 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
+#include <map>
 #include <memory>
+#include <string>
+#include <string_view>
 #include <vector>
 
 #include "engine/device.h"
@@ -49,9 +53,15 @@ struct AttentionMask {
   Tensor bias;               // optional additive [H, Tq, Tk] or [B, H, Tq, Tk] F32 (T5)
 };
 
+// What the work since reset_stats() cost. Beyond the GEMMs, the counters say what bounds a step on
+// a GPU besides arithmetic: launches, host waits, device allocations (zero on the CPU backend).
 struct BackendStats {
   uint64_t gemm_calls = 0;
   double gemm_flops = 0;
+  uint64_t kernel_launches = 0;     // kernels, copies and memsets queued; GEMM calls: gemm_calls
+  uint64_t host_syncs = 0;          // times the host waited for the device's queue to drain
+  uint64_t device_allocations = 0;  // allocations the device's caching allocator did not serve
+  std::map<std::string, uint64_t, std::less<>> launches_by_kernel;
 };
 
 class Backend {
@@ -62,8 +72,8 @@ class Backend {
   virtual bool native_bf16_gemm() const { return false; }
   virtual Allocator& allocator() = 0;
   virtual void synchronize() {}
-  BackendStats stats() const { return stats_; }
-  void reset_stats() { stats_ = {}; }
+  virtual BackendStats stats() const { return stats_; }
+  virtual void reset_stats() { stats_ = {}; }
 
   // ---- memory (byte copies; host pointers are ordinary CPU memory) ----
   virtual void copy_from_host(void* dst, const void* src, size_t nbytes) = 0;
@@ -152,6 +162,9 @@ class Backend {
   virtual void cross_entropy_backward(const Tensor& logits, const Tensor& targets,
                                       int64_t ignore_index, const Tensor& lse, float grad_scale,
                                       const Tensor& d_logits) = 0;
+  // mean[] (one F32 value) = float(sum of row_loss in double / count), 0 when count is 0. On the
+  // device, so that the loss needs no host round trip until someone reads it.
+  virtual void cross_entropy_mean(const Tensor& row_loss, int64_t count, const Tensor& mean) = 0;
 
   // ---- randomness (counter-based Philox: identical numbers on every backend) ----
   // y = x * keep / (1 - p) with keep drawn from (seed, offset + element index).
@@ -178,6 +191,14 @@ class Backend {
     stats_.gemm_flops +=
         2.0 * double(args.m) * double(args.n) * double(args.k) * double(args.batch);
   }
+  void count_launch(std::string_view kernel) {
+    stats_.kernel_launches += 1;
+    auto it = stats_.launches_by_kernel.find(kernel);
+    if (it == stats_.launches_by_kernel.end())
+      it = stats_.launches_by_kernel.emplace(std::string(kernel), 0).first;
+    it->second += 1;
+  }
+  void count_host_sync() { stats_.host_syncs += 1; }
 
  private:
   BackendStats stats_;

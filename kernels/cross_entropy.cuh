@@ -2,6 +2,7 @@
 // keeps an online (max, sum of exp) per thread so logits are read once; the backward writes
 // grad_scale * (softmax - onehot) in place (d_logits may alias logits) from the saved
 // log-sum-exp, never materialising probabilities. Rows whose target is ignore_index give zeros.
+// The mean loss is reduced on the device too, so reading it is the caller's choice, not a sync.
 #pragma once
 
 #include "kernels/kernel_common.cuh"
@@ -97,6 +98,18 @@ __global__ void cross_entropy_backward_kernel(const T* logits, const void* targe
       out[j] = from_float<T>(d);
     });
   }
+}
+
+// *mean = float(sum of row_loss[0..n) in double / count), 0 when count is 0: the host's formula
+// (engine/cpu/cross_entropy.cpp) in one block, in a fixed order, so the value is deterministic.
+template <class Unused = void>
+__global__ void cross_entropy_mean_kernel(const float* row_loss, int64_t n, int64_t count,
+                                          float* mean) {
+  __shared__ double scratch[32];
+  double sum = 0.0;
+  for (int64_t i = thread_index(); i < n; i += block_threads()) sum += double(row_loss[i]);
+  sum = block_sum(sum, scratch);
+  if (thread_index() == 0) *mean = count == 0 ? 0.0f : float(sum / double(count));
 }
 
 }  // namespace sp::SP_CUDA_NS

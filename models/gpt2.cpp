@@ -208,7 +208,7 @@ Heads split_heads(const Tensor& qkv, int64_t H) {
 Tensor repeat_row(const Tensor& x, int64_t rows) {
   Shape shape = x.shape();
   shape[0] = rows;
-  const Tensor zeros = Tensor::zeros({rows}, DType::I64, x.device());
+  const Tensor zeros = Tensor::zeros({rows}, DType::I64);  // host ids: no wait to check them
   return index_select(x.reshape({1, -1}), zeros).view(shape);
 }
 
@@ -255,9 +255,10 @@ Tensor Gpt2Model::hidden_states(const Tensor& inputs_embeds, const Tensor& atten
   const int64_t past = cache ? cache->length : 0;
   SP_CHECK(past + T <= config_.n_positions, "gpt2: sequence of ", past + T,
            " positions exceeds n_positions = ", config_.n_positions);
-  Tensor positions = position_ids.defined()
-                         ? position_ids
-                         : Tensor::arange(past, past + T, DType::I64, device_).view({1, T});
+  Tensor positions =
+      position_ids.defined()
+          ? position_ids
+          : Tensor::arange(past, past + T, DType::I64).view({1, T});  // host: no check wait
   SP_CHECK(positions.dim() == 2 && positions.size(-1) == T &&
                (positions.size(0) == 1 || positions.size(0) == B),
            "gpt2: position_ids must be [B, T] or [1, T] with T = ", T, ", got ",

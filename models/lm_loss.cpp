@@ -19,8 +19,7 @@ SelectedTargets select_targets(const Tensor& labels, bool shifted, int64_t ignor
       targets.push_back(target);
     }
   const int64_t n = int64_t(rows.size());
-  return {Tensor::from_ints(rows, {n}, DType::I64, labels.device()),
-          Tensor::from_ints(targets, {n}, DType::I64, labels.device())};
+  return {Tensor::from_ints(rows, {n}, DType::I64), Tensor::from_ints(targets, {n}, DType::I64)};
 }
 
 namespace {
@@ -39,7 +38,7 @@ void check_labels(const char* what, const Tensor& hidden, const Tensor& labels) 
 CrossEntropyResult causal_lm_loss(const CausalLM& model, const Tensor& hidden,
                                   const Tensor& labels) {
   check_labels("causal_lm_loss", hidden, labels);
-  SelectedTargets selected = select_targets(labels.to(hidden.device()), /*shifted=*/true);
+  SelectedTargets selected = select_targets(labels, /*shifted=*/true);
   return linear_cross_entropy(selected_rows(hidden, selected), model.output_embeddings(),
                               selected.targets);
 }
@@ -47,7 +46,7 @@ CrossEntropyResult causal_lm_loss(const CausalLM& model, const Tensor& hidden,
 CrossEntropyResult seq2seq_lm_loss(const Seq2SeqLM& model, const Tensor& decoder_hidden,
                                    const Tensor& labels) {
   check_labels("seq2seq_lm_loss", decoder_hidden, labels);
-  SelectedTargets selected = select_targets(labels.to(decoder_hidden.device()), /*shifted=*/false);
+  SelectedTargets selected = select_targets(labels, /*shifted=*/false);
   Tensor rows = selected_rows(decoder_hidden, selected);
   if (model.output_scale() != 1.0f) rows = scale(rows, model.output_scale());
   return linear_cross_entropy(rows, model.output_embeddings(), selected.targets);

@@ -11,10 +11,12 @@ namespace sp {
 
 /// Row indices into the flattened [B * T] positions whose label counts, and the matching
 /// targets. Shifted (causal LM): position t predicts labels[t + 1]. Unshifted (seq2seq): position
-/// t predicts labels[t]. Shared by the losses and the accuracy metrics.
+/// t predicts labels[t]. Shared by the losses and the accuracy metrics. Both are host tensors:
+/// the ops that take them check them there and upload them without waiting for the device (pass
+/// host labels too: device labels are copied back to be read).
 struct SelectedTargets {
-  Tensor rows;     ///< I64 [n]
-  Tensor targets;  ///< I64 [n]
+  Tensor rows;     ///< I64 [n], on the host
+  Tensor targets;  ///< I64 [n], on the host
 };
 SelectedTargets select_targets(const Tensor& labels, bool shifted, int64_t ignore_index = -100);
 

@@ -15,15 +15,15 @@ MultitaskPromptEmbedding::MultitaskPromptEmbedding(PromptTuningConfig config, Te
       task_rows_(std::move(task_rows)) {}
 
 Tensor MultitaskPromptEmbedding::prompts(int64_t batch, const Tensor& task_ids) const {
-  SP_CHECK(task_ids.defined(), "task_ids cannot be None: multitask prompt tuning needs a task id per row");
+  SP_CHECK(task_ids.defined(),
+           "task_ids cannot be None: multitask prompt tuning needs a task id per row");
   SP_CHECK(task_ids.dim() == 1 && task_ids.size(0) == batch, "task_ids must be [", batch,
            "] (one per batch row), got ", task_ids.describe());
   for (int64_t t : task_ids.to_ints())
     SP_CHECK(t >= 0 && t < num_tasks(), "task id ", t, " is out of range: the adapter has ",
              num_tasks(), " tasks");
-  Tensor ids = task_ids.to(shared_.device());
-  Tensor cols = index_select(task_cols_, ids);  // [B, N*S, r]
-  Tensor rows = index_select(task_rows_, ids);  // [B, r, d]
+  Tensor cols = index_select(task_cols_, task_ids);  // [B, N*S, r]
+  Tensor rows = index_select(task_rows_, task_ids);  // [B, r, d]
   Tensor shared = shared_.unsqueeze(0).expand({batch, shared_.size(0), shared_.size(1)});
   return mul(shared, matmul(cols, rows));
 }

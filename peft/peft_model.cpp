@@ -144,7 +144,7 @@ struct BatchPrompts {
 };
 
 Tensor take_rows(const Tensor& t, const std::vector<int64_t>& rows) {
-  return index_select(t, Tensor::from_ints(rows, {int64_t(rows.size())}, DType::I64, t.device()));
+  return index_select(t, Tensor::from_ints(rows, {int64_t(rows.size())}, DType::I64));
 }
 
 Tensor ignore_labels(int64_t rows, int64_t width, Device device) {
@@ -172,7 +172,8 @@ Joined join_prefix(const std::vector<Tensor>& prefixes, const Tensor& uniform_pr
     const int64_t N = uniform_prefix.size(1);
     out.embeds = concat({uniform_prefix.to(dtype), body}, 1);
     out.mask = concat({Tensor::full({B, N}, 1.0f, DType::F32, device), body_mask}, 1);
-    if (body_labels.defined()) out.labels = concat({ignore_labels(B, N, device), body_labels}, 1);
+    if (body_labels.defined())
+      out.labels = concat({ignore_labels(B, N, body_labels.device()), body_labels}, 1);
     return out;
   }
   int64_t widest = 0;
@@ -193,9 +194,9 @@ Joined join_prefix(const std::vector<Tensor>& prefixes, const Tensor& uniform_pr
     embeds.push_back(concat(e, 0).unsqueeze(0));
     masks.push_back(concat(m, 1));
     if (body_labels.defined()) {
-      l.push_back(ignore_labels(1, pad_left ? widest : N, device));
+      l.push_back(ignore_labels(1, pad_left ? widest : N, body_labels.device()));
       l.push_back(body_labels.slice(0, b, b + 1));
-      if (!pad_left) l.push_back(ignore_labels(1, pad, device));
+      if (!pad_left) l.push_back(ignore_labels(1, pad, body_labels.device()));
       labels.push_back(concat(l, 1));
     }
   }
@@ -265,10 +266,12 @@ PeftOutput PeftModel::forward_causal(const PeftBatch& batch, const ForwardOption
   const Device device = causal_->device();
   SP_CHECK(!batch.labels.defined() || batch.labels.size(1) == T, "labels must be [", B, ", ", T,
            "] for a causal LM, got ", batch.labels.describe());
-  Tensor text = causal_->embed(batch.input_ids.to(device));
+  // Ids and labels stay where the caller made them (the host, normally): the embedding and the
+  // loss check them there and upload them without making the host wait for the device.
+  Tensor text = causal_->embed(batch.input_ids);
   Tensor mask = batch.attention_mask.defined() ? batch.attention_mask.to(DType::F32).to(device)
                                                : Tensor::full({B, T}, 1.0f, DType::F32, device);
-  Tensor labels = batch.labels.defined() ? batch.labels.to(DType::I64).to(device) : Tensor();
+  Tensor labels = batch.labels.defined() ? batch.labels.to(DType::I64) : Tensor();
   Joined joined{text, mask, labels};
   ForwardOptions run = options;
   if (use_adapter) {
@@ -295,11 +298,11 @@ PeftOutput PeftModel::forward_seq2seq(const PeftBatch& batch, const ForwardOptio
   const int64_t B = batch.input_ids.size(0), S = batch.input_ids.size(1);
   const Device device = seq2seq_->device();
   SP_CHECK(batch.labels.defined(), "a seq2seq forward needs labels (the decoder targets)");
-  Tensor source = seq2seq_->embed(batch.input_ids.to(device));
+  Tensor source = seq2seq_->embed(batch.input_ids);
   Tensor source_mask = batch.attention_mask.defined()
                            ? batch.attention_mask.to(DType::F32).to(device)
                            : Tensor::full({B, S}, 1.0f, DType::F32, device);
-  Tensor labels = batch.labels.to(DType::I64).to(device);
+  Tensor labels = batch.labels.to(DType::I64);
   const int64_t L = labels.size(1);
   Tensor target = seq2seq_->embed(seq2seq_->shift_right(labels));
   Tensor target_mask = Tensor::full({B, L}, 1.0f, DType::F32, device);

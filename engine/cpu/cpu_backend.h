@@ -68,6 +68,7 @@ class CpuBackend final : public Backend {
                              const Tensor& loss, const Tensor& lse) override;
   void cross_entropy_backward(const Tensor& logits, const Tensor& targets, int64_t ignore_index,
                               const Tensor& lse, float grad_scale, const Tensor& d_logits) override;
+  void cross_entropy_mean(const Tensor& row_loss, int64_t count, const Tensor& mean) override;
 
   void dropout(const Tensor& x, float p, uint64_t seed, uint64_t offset, const Tensor& y) override;
   void normal_fill(const Tensor& dst, float mean, float std, uint64_t seed,

@@ -1,5 +1,5 @@
 // CPU cross-entropy fused with log-softmax, ignore_index rows skipped; the backward writes
-// softmax - onehot straight into d_logits (which may alias the logits).
+// softmax - onehot straight into d_logits (which may alias the logits); the mean loss.
 #include <Eigen/Core>
 #include <cmath>
 
@@ -65,6 +65,14 @@ void CpuBackend::cross_entropy_backward(const Tensor& logits, const Tensor& targ
       d[t] -= grad_scale;
     }
   });
+}
+
+void CpuBackend::cross_entropy_mean(const Tensor& row_loss, int64_t count, const Tensor& mean) {
+  // In order, in double, so the mean does not depend on the thread count.
+  double total = 0.0;
+  const float* p = row_loss.data<float>();
+  for (int64_t i = 0; i < row_loss.numel(); ++i) total += double(p[i]);
+  mean.data<float>()[0] = count == 0 ? 0.0f : float(total / double(count));
 }
 
 }  // namespace sp

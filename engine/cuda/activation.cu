@@ -35,7 +35,7 @@ void CudaBackend::activation_forward(Activation act, const Tensor& x, const Tens
     SP_LAUNCH(grid_for(n / Pack<T>::kSize + 1, kElementwiseThreads), kElementwiseThreads, 0,
               stream_, activation_forward_kernel<T>)
     (activation_kind(act), const_ptr<T>(x), mutable_ptr<T>(y), n, vectorized);
-    SP_CUDA_CHECK_LAUNCH(op, "activation_forward_kernel");
+    SP_CUDA_CHECK_LAUNCH(*this, op, "activation_forward_kernel");
   });
 }
 
@@ -53,7 +53,7 @@ void CudaBackend::activation_backward(Activation act, const Tensor& x, const Ten
     SP_LAUNCH(grid_for(n / Pack<T>::kSize + 1, kElementwiseThreads), kElementwiseThreads, 0,
               stream_, activation_backward_kernel<T>)
     (activation_kind(act), const_ptr<T>(x), const_ptr<T>(dy), mutable_ptr<T>(dx), n, vectorized);
-    SP_CUDA_CHECK_LAUNCH(op, "activation_backward_kernel");
+    SP_CUDA_CHECK_LAUNCH(*this, op, "activation_backward_kernel");
   });
 }
 
@@ -71,7 +71,7 @@ void CudaBackend::gated_forward(Activation act, const Tensor& gate, const Tensor
     SP_LAUNCH(grid_for(n / Pack<T>::kSize + 1, kElementwiseThreads), kElementwiseThreads, 0,
               stream_, gated_forward_kernel<T>)
     (activation_kind(act), const_ptr<T>(gate), const_ptr<T>(up), mutable_ptr<T>(y), n, vectorized);
-    SP_CUDA_CHECK_LAUNCH(op, "gated_forward_kernel");
+    SP_CUDA_CHECK_LAUNCH(*this, op, "gated_forward_kernel");
   });
 }
 
@@ -92,7 +92,7 @@ void CudaBackend::gated_backward(Activation act, const Tensor& gate, const Tenso
               stream_, gated_backward_kernel<T>)
     (activation_kind(act), const_ptr<T>(gate), const_ptr<T>(up), const_ptr<T>(dy), dg, du, n,
      vectorized);
-    SP_CUDA_CHECK_LAUNCH(op, "gated_backward_kernel");
+    SP_CUDA_CHECK_LAUNCH(*this, op, "gated_backward_kernel");
   });
 }
 

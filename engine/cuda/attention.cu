@@ -79,7 +79,7 @@ void CudaBackend::attention_forward(const Tensor& q, const Tensor& k, const Tens
     SP_LAUNCH(grid, kAttentionThreads, smem, stream_, attention_forward_kernel<T>)
     (const_ptr<T>(q), const_ptr<T>(k), const_ptr<T>(v), shape, args, tiles, mutable_ptr<T>(out),
      mutable_ptr<float>(lse));
-    SP_CUDA_CHECK_LAUNCH(op, "attention_forward_kernel");
+    SP_CUDA_CHECK_LAUNCH(*this, op, "attention_forward_kernel");
   });
 }
 
@@ -105,7 +105,7 @@ void CudaBackend::attention_backward(const Tensor& q, const Tensor& k, const Ten
               attention_backward_delta_kernel<T>)
     (const_ptr<T>(out), const_ptr<T>(d_out), shape.batch, shape.q_len, shape.heads, shape.head_dim,
      delta.as<float>());
-    SP_CUDA_CHECK_LAUNCH(op, "attention_backward_delta_kernel");
+    SP_CUDA_CHECK_LAUNCH(*this, op, "attention_backward_delta_kernel");
     if (dq.defined()) {
       const AttentionTiles tiles =
           choose_tiles(op, shape.head_dim, max_shared_memory_, attention_backward_dq_smem_floats);
@@ -116,7 +116,7 @@ void CudaBackend::attention_backward(const Tensor& q, const Tensor& k, const Ten
       SP_LAUNCH(grid, kAttentionThreads, smem, stream_, attention_backward_dq_kernel<T>)
       (const_ptr<T>(q), const_ptr<T>(k), const_ptr<T>(v), const_ptr<T>(d_out),
        const_ptr<float>(lse), delta.as<float>(), shape, args, tiles, mutable_ptr<T>(dq));
-      SP_CUDA_CHECK_LAUNCH(op, "attention_backward_dq_kernel");
+      SP_CUDA_CHECK_LAUNCH(*this, op, "attention_backward_dq_kernel");
     }
     if (dk.defined() || dv.defined()) {
       const AttentionTiles tiles =
@@ -129,7 +129,7 @@ void CudaBackend::attention_backward(const Tensor& q, const Tensor& k, const Ten
       (const_ptr<T>(q), const_ptr<T>(k), const_ptr<T>(v), const_ptr<T>(d_out),
        const_ptr<float>(lse), delta.as<float>(), shape, args, tiles, mutable_ptr<T>(dk),
        mutable_ptr<T>(dv));
-      SP_CUDA_CHECK_LAUNCH(op, "attention_backward_dkv_kernel");
+      SP_CUDA_CHECK_LAUNCH(*this, op, "attention_backward_dkv_kernel");
     }
   });
 }

@@ -1,5 +1,5 @@
-// CudaBackend cross-entropy forward/backward (kernels/cross_entropy.cuh); the backward may write
-// d_logits over the logits.
+// CudaBackend cross-entropy forward/backward and the mean loss (kernels/cross_entropy.cuh); the
+// backward may write d_logits over the logits.
 #include "engine/cuda/cuda_backend.h"
 #include "engine/cuda/cuda_check.h"
 #include "engine/cuda/launch.h"
@@ -36,7 +36,7 @@ void CudaBackend::cross_entropy_forward(const Tensor& logits, const Tensor& targ
     SP_LAUNCH(grid_for_rows(rows), threads, 0, stream_, cross_entropy_forward_kernel<T>)
     (const_ptr<T>(logits), targets.raw_data(), targets.dtype() == DType::I64, ignore_index, rows,
      vocab, mutable_ptr<float>(loss), mutable_ptr<float>(lse), vectorized);
-    SP_CUDA_CHECK_LAUNCH(op, "cross_entropy_forward_kernel");
+    SP_CUDA_CHECK_LAUNCH(*this, op, "cross_entropy_forward_kernel");
   });
 }
 
@@ -60,8 +60,19 @@ void CudaBackend::cross_entropy_backward(const Tensor& logits, const Tensor& tar
     SP_LAUNCH(grid_for_rows(rows), threads, 0, stream_, cross_entropy_backward_kernel<T>)
     (const_ptr<T>(logits), targets.raw_data(), targets.dtype() == DType::I64, ignore_index,
      const_ptr<float>(lse), grad_scale, rows, vocab, mutable_ptr<T>(d_logits), vectorized);
-    SP_CUDA_CHECK_LAUNCH(op, "cross_entropy_backward_kernel");
+    SP_CUDA_CHECK_LAUNCH(*this, op, "cross_entropy_backward_kernel");
   });
+}
+
+void CudaBackend::cross_entropy_mean(const Tensor& row_loss, int64_t count, const Tensor& mean) {
+  const char* op = "cross_entropy_mean";
+  expect_dtype(op, DType::F32, {&row_loss, &mean});
+  expect_contiguous(op, {&row_loss});
+  SP_CHECK(mean.numel() == 1, op, ": the mean is one value, got ", mean.describe());
+  activate(op);
+  SP_LAUNCH(1, kElementwiseThreads, 0, stream_, cross_entropy_mean_kernel<>)
+  (const_ptr<float>(row_loss), row_loss.numel(), count, mutable_ptr<float>(mean));
+  SP_CUDA_CHECK_LAUNCH(*this, op, "cross_entropy_mean_kernel");
 }
 
 }  // namespace sp::SP_CUDA_NS

@@ -52,28 +52,52 @@ void CudaBackend::activate(const char* op) const {
 
 void CudaBackend::synchronize() {
   activate("synchronize");
+  count_host_sync();
   SP_CUDA_CHECK("synchronize", cudaStreamSynchronize(stream_));
+}
+
+BackendStats CudaBackend::stats() const {
+  BackendStats s = Backend::stats();
+  s.device_allocations = allocator_->cache_stats().device_mallocs - device_mallocs_at_reset_;
+  return s;
+}
+
+void CudaBackend::reset_stats() {
+  Backend::reset_stats();
+  device_mallocs_at_reset_ = allocator_->cache_stats().device_mallocs;
 }
 
 void CudaBackend::copy_from_host(void* dst, const void* src, size_t nbytes) {
   if (nbytes == 0) return;
   activate("copy_from_host");
+  cudaPointerAttributes source{};
+  SP_CUDA_CHECK("copy_from_host", cudaPointerGetAttributes(&source, src));
+  count_launch("cudaMemcpyAsync (host to device)");
   SP_CUDA_CHECK("copy_from_host",
                 cudaMemcpyAsync(dst, src, nbytes, cudaMemcpyHostToDevice, stream_));
-  // The host buffer may be freed as soon as we return.
-  SP_CUDA_CHECK("copy_from_host", cudaStreamSynchronize(stream_));
+  // The caller may free the host buffer as soon as we return. From pageable memory (every host
+  // tensor softprompt allocates) the driver has staged the bytes by the time cudaMemcpyAsync
+  // returns, so the host need not wait; page-locked memory (a borrowed pinned buffer) is read
+  // by the DMA later, so then it waits. (CUDA runtime docs, "API synchronization behavior".)
+  if (source.type == cudaMemoryTypeHost) {
+    count_host_sync();
+    SP_CUDA_CHECK("copy_from_host", cudaStreamSynchronize(stream_));
+  }
 }
 
 void CudaBackend::copy_to_host(void* dst, const void* src, size_t nbytes) {
   if (nbytes == 0) return;
   activate("copy_to_host");
+  count_launch("cudaMemcpyAsync (device to host)");
   SP_CUDA_CHECK("copy_to_host", cudaMemcpyAsync(dst, src, nbytes, cudaMemcpyDeviceToHost, stream_));
+  count_host_sync();
   SP_CUDA_CHECK("copy_to_host", cudaStreamSynchronize(stream_));
 }
 
 void CudaBackend::copy_on_device(void* dst, const void* src, size_t nbytes) {
   if (nbytes == 0) return;
   activate("copy_on_device");
+  count_launch("cudaMemcpyAsync (device to device)");
   SP_CUDA_CHECK("copy_on_device",
                 cudaMemcpyAsync(dst, src, nbytes, cudaMemcpyDeviceToDevice, stream_));
 }

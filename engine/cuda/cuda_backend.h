@@ -25,6 +25,11 @@ class CudaBackend final : public Backend {
   bool native_bf16_gemm() const override { return native_bf16_gemm_; }
   Allocator& allocator() override { return *allocator_; }
   void synchronize() override;
+  // Adds the device allocations of the caching allocator to Backend's counters.
+  BackendStats stats() const override;
+  void reset_stats() override;
+  // Counts a launch of `kernel` (SP_CUDA_CHECK_LAUNCH calls it for every launch).
+  void note_launch(std::string_view kernel) { count_launch(kernel); }
 
   void copy_from_host(void* dst, const void* src, size_t nbytes) override;
   void copy_to_host(void* dst, const void* src, size_t nbytes) override;
@@ -79,6 +84,7 @@ class CudaBackend final : public Backend {
                              const Tensor& loss, const Tensor& lse) override;
   void cross_entropy_backward(const Tensor& logits, const Tensor& targets, int64_t ignore_index,
                               const Tensor& lse, float grad_scale, const Tensor& d_logits) override;
+  void cross_entropy_mean(const Tensor& row_loss, int64_t count, const Tensor& mean) override;
 
   void dropout(const Tensor& x, float p, uint64_t seed, uint64_t offset, const Tensor& y) override;
   void normal_fill(const Tensor& dst, float mean, float std, uint64_t seed,
@@ -122,6 +128,7 @@ class CudaBackend final : public Backend {
   size_t max_shared_memory_ = 48 * 1024;
   std::atomic<bool> allow_tf32_{false};
   bool native_bf16_gemm_ = false;
+  uint64_t device_mallocs_at_reset_ = 0;
 };
 
 }  // namespace sp::SP_CUDA_NS

@@ -24,7 +24,7 @@ void CudaBackend::dropout(const Tensor& x, float p, uint64_t seed, uint64_t offs
     SP_LAUNCH(grid_for(n / Pack<T>::kSize + 1, kElementwiseThreads), kElementwiseThreads, 0,
               stream_, dropout_kernel<T>)
     (const_ptr<T>(x), mutable_ptr<T>(y), n, p, keep_scale, seed, offset, vectorized);
-    SP_CUDA_CHECK_LAUNCH(op, "dropout_kernel");
+    SP_CUDA_CHECK_LAUNCH(*this, op, "dropout_kernel");
   });
 }
 
@@ -40,7 +40,7 @@ void CudaBackend::normal_fill(const Tensor& dst, float mean, float std, uint64_t
     SP_LAUNCH(grid_for(n, kElementwiseThreads), kElementwiseThreads, 0, stream_,
               normal_fill_kernel<T>)
     (mutable_ptr<T>(dst), n, mean, std, seed, offset);
-    SP_CUDA_CHECK_LAUNCH(op, "normal_fill_kernel");
+    SP_CUDA_CHECK_LAUNCH(*this, op, "normal_fill_kernel");
   });
 }
 

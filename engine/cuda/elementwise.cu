@@ -41,13 +41,13 @@ void CudaBackend::binary(BinaryOp op, const Tensor& a, const Tensor& b, const Te
       SP_LAUNCH(grid_for(work, kElementwiseThreads), kElementwiseThreads, 0, stream_,
                 binary_contiguous_kernel<T>)
       (kind, const_ptr<T>(a), const_ptr<T>(b), mutable_ptr<T>(out), n, vectorized);
-      SP_CUDA_CHECK_LAUNCH(name, "binary_contiguous_kernel");
+      SP_CUDA_CHECK_LAUNCH(*this, name, "binary_contiguous_kernel");
       return;
     }
     SP_LAUNCH(grid_for(n, kElementwiseThreads), kElementwiseThreads, 0, stream_,
               binary_strided_kernel<T>)
     (kind, const_ptr<T>(a), const_ptr<T>(b), mutable_ptr<T>(out), layout, n);
-    SP_CUDA_CHECK_LAUNCH(name, "binary_strided_kernel");
+    SP_CUDA_CHECK_LAUNCH(*this, name, "binary_strided_kernel");
   });
 }
 
@@ -65,7 +65,7 @@ void CudaBackend::affine(const Tensor& x, float scale, float shift, const Tensor
     SP_LAUNCH(grid_for(work, kElementwiseThreads), kElementwiseThreads, 0, stream_,
               affine_kernel<T>)
     (const_ptr<T>(x), scale, shift, mutable_ptr<T>(out), n, vectorized);
-    SP_CUDA_CHECK_LAUNCH(op, "affine_kernel");
+    SP_CUDA_CHECK_LAUNCH(*this, op, "affine_kernel");
   });
 }
 

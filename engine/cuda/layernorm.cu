@@ -27,7 +27,7 @@ void CudaBackend::layernorm_forward(const Tensor& x, const Tensor& weight, const
     SP_LAUNCH(grid_for_rows(rows), threads, 0, stream_, layernorm_forward_kernel<T>)
     (const_ptr<T>(x), const_ptr<T>(weight), const_ptr<T>(bias), eps, rows, cols, mutable_ptr<T>(y),
      mutable_ptr<float>(mean), mutable_ptr<float>(rstd), vectorized);
-    SP_CUDA_CHECK_LAUNCH(op, "layernorm_forward_kernel");
+    SP_CUDA_CHECK_LAUNCH(*this, op, "layernorm_forward_kernel");
   });
 }
 
@@ -51,7 +51,7 @@ void CudaBackend::layernorm_backward(const Tensor& x, const Tensor& weight, cons
       SP_LAUNCH(grid_for_rows(rows), threads, 0, stream_, layernorm_backward_input_kernel<T>)
       (const_ptr<T>(x), const_ptr<T>(weight), const_ptr<float>(mean), const_ptr<float>(rstd),
        const_ptr<T>(dy), rows, cols, mutable_ptr<T>(dx), vectorized);
-      SP_CUDA_CHECK_LAUNCH(op, "layernorm_backward_input_kernel");
+      SP_CUDA_CHECK_LAUNCH(*this, op, "layernorm_backward_input_kernel");
     }
     if (!d_weight.defined() && !d_bias.defined()) return;
     const int threads = kColumnSumThreads;
@@ -65,12 +65,12 @@ void CudaBackend::layernorm_backward(const Tensor& x, const Tensor& weight, cons
     SP_LAUNCH(grid, threads, 0, stream_, layernorm_param_grad_partials_kernel<T>)
     (const_ptr<T>(x), const_ptr<float>(mean), const_ptr<float>(rstd), const_ptr<T>(dy), rows, cols,
      c.rows_per_chunk, dw, db);
-    SP_CUDA_CHECK_LAUNCH(op, "layernorm_param_grad_partials_kernel");
+    SP_CUDA_CHECK_LAUNCH(*this, op, "layernorm_param_grad_partials_kernel");
     for (auto [partials, target] : {std::pair{dw, &d_weight}, std::pair{db, &d_bias}}) {
       if (!partials) continue;
       SP_LAUNCH(grid_for(cols, threads), threads, 0, stream_, finalize_column_sums_kernel<T>)
       (partials, c.chunks, cols, mutable_ptr<T>(*target), true);
-      SP_CUDA_CHECK_LAUNCH(op, "finalize_column_sums_kernel");
+      SP_CUDA_CHECK_LAUNCH(*this, op, "finalize_column_sums_kernel");
     }
   });
 }

@@ -25,7 +25,7 @@ void CudaBackend::masked_softmax_forward(const Tensor& scores, const AttentionMa
     const int threads = threads_for_row(tk, vectorized ? Pack<T>::kSize : 1);
     SP_LAUNCH(grid_for_rows(rows), threads, 0, stream_, masked_softmax_forward_kernel<T>)
     (const_ptr<T>(scores), args, heads, tq, tk, rows, mutable_ptr<T>(probs), vectorized);
-    SP_CUDA_CHECK_LAUNCH(op, "masked_softmax_forward_kernel");
+    SP_CUDA_CHECK_LAUNCH(*this, op, "masked_softmax_forward_kernel");
   });
 }
 
@@ -46,7 +46,7 @@ void CudaBackend::masked_softmax_backward(const Tensor& probs, const Tensor& d_p
     SP_LAUNCH(grid_for_rows(rows), threads, 0, stream_, masked_softmax_backward_kernel<T>)
     (const_ptr<T>(probs), const_ptr<T>(d_probs), scale, rows, tk, mutable_ptr<T>(d_scores),
      vectorized);
-    SP_CUDA_CHECK_LAUNCH(op, "masked_softmax_backward_kernel");
+    SP_CUDA_CHECK_LAUNCH(*this, op, "masked_softmax_backward_kernel");
   });
 }
 

@@ -66,11 +66,4 @@ inline GemmDtypes gemm_dtypes(const char* op, const Tensor& a, const Tensor& b) 
   return {DType::BF16, DType::F32, true};
 }
 
-inline void check_index_tensor(const char* op, const Tensor& ids, const Tensor& like) {
-  SP_CHECK(ids.dtype() == DType::I64 || ids.dtype() == DType::I32, op,
-           ": indices must be I32 or I64, got ", ids.describe());
-  SP_CHECK(ids.device() == like.device(), op, ": indices ", ids.describe(), " and ",
-           like.describe(), " are on different devices");
-}
-
 }  // namespace sp::ops_detail

@@ -9,44 +9,80 @@
 
 namespace sp {
 
+namespace {
+
+struct CheckedTargets {
+  Tensor targets;  // [rows] on `device`
+  int64_t counted = 0;
+};
+
+// Checks every target is in [0, V) or the ignore index, and counts them. Targets on the host are
+// checked for free and uploaded once (asynchronously); targets already on the device cost a copy
+// back to the host, i.e. a wait for the device, so callers that have them on the host pass those.
+CheckedTargets check_targets(const char* op, const Tensor& targets_in, int64_t rows, int64_t V,
+                             int64_t ignore_index, Device device) {
+  SP_CHECK(targets_in.dtype() == DType::I64 || targets_in.dtype() == DType::I32, op,
+           ": targets must be I32 or I64, got ", targets_in.describe());
+  SP_CHECK(targets_in.device().is_cpu() || targets_in.device() == device, op, ": targets ",
+           targets_in.describe(), " are neither on the host nor on ", device.str());
+  SP_CHECK(targets_in.numel() == rows, op, ": ", targets_in.describe(), " does not have ", rows,
+           " targets");
+  Tensor targets = targets_in.contiguous().view({rows});
+  CheckedTargets checked;
+  for (int64_t t : targets.to_ints()) {
+    if (t == ignore_index) continue;
+    SP_CHECK(t >= 0 && t < V, op, ": target ", t, " is outside the vocabulary [0, ", V,
+             ") and is not the ignore index ", ignore_index);
+    ++checked.counted;
+  }
+  checked.targets = targets.to(device);
+  return checked;
+}
+
+// The [] mean of the per-row losses, computed where they are.
+Tensor mean_loss(const Tensor& row_loss, int64_t counted) {
+  Tensor loss = Tensor::empty({}, DType::F32, row_loss.device());
+  backend_for(row_loss.device()).cross_entropy_mean(row_loss, counted, loss);
+  return loss;
+}
+
+// x * g for the [] upstream gradient g of a loss. A device-resident g is multiplied there rather
+// than read on the host: reading it would make the host wait for the whole forward.
+Tensor times_upstream(const Tensor& x, const Tensor& g) {
+  if (g.device().is_cpu()) return scale(x, g.item());
+  return mul(x, g.to(x.dtype()));
+}
+
+}  // namespace
+
 CrossEntropyResult cross_entropy(const Tensor& logits_in, const Tensor& targets_in,
                                  int64_t ignore_index) {
   ops_detail::check_defined("cross_entropy", {&logits_in, &targets_in});
   ops_detail::check_float_inputs("cross_entropy", {&logits_in});
-  ops_detail::check_index_tensor("cross_entropy", targets_in, logits_in);
   const int64_t V = logits_in.size(-1);
   const int64_t rows = logits_in.numel() / std::max<int64_t>(V, 1);
-  SP_CHECK(targets_in.numel() == rows, "cross_entropy: ", targets_in.describe(),
-           " has a different number of rows than logits ", logits_in.describe());
   Tensor logits = logits_in.contiguous().view({rows, V});
-  Tensor targets = targets_in.contiguous().view({rows});
-  int64_t counted = 0;
-  for (int64_t t : targets.to_ints()) {
-    if (t == ignore_index) continue;
-    SP_CHECK(t >= 0 && t < V, "cross_entropy: target ", t, " is outside the vocabulary [0, ", V,
-             ") and is not the ignore index ", ignore_index);
-    ++counted;
-  }
+  const auto [targets, counted] =
+      check_targets("cross_entropy", targets_in, rows, V, ignore_index, logits.device());
   Backend& backend = backend_for(logits.device());
   Tensor row_loss = Tensor::empty({rows}, DType::F32, logits.device());
   Tensor lse = Tensor::empty({rows}, DType::F32, logits.device());
   if (rows > 0) backend.cross_entropy_forward(logits, targets, ignore_index, row_loss, lse);
-  // Sum in double on the host so the mean does not depend on the reduction order.
-  double total = 0.0;
-  for (float value : row_loss.to_floats()) total += double(value);
   // transformers divides by the count (NaN when every target is ignored); we report 0 there
   // and the trainer flags the batch.
-  float mean = counted == 0 ? 0.0f : float(total / double(counted));
-  Tensor loss = Tensor::full({}, mean, DType::F32, Device::cpu()).to(logits.device());
+  Tensor loss = mean_loss(row_loss, counted);
   record(loss, "cross_entropy", {logits_in},
          [logits = logits.detach(), targets, lse, ignore_index, counted, shape = logits_in.shape()](
              const Tensor& g, const NeedsGrad&) {
            Tensor d_logits = Tensor::empty(logits.shape(), logits.dtype(), logits.device());
-           float upstream = g.item();
-           float grad_scale = counted == 0 ? 0.0f : upstream / float(counted);
+           // A host upstream value folds into the kernel's scale; a device one is multiplied in.
+           const bool host_upstream = g.device().is_cpu();
+           const float upstream = host_upstream ? g.item() : 1.0f;
+           const float grad_scale = counted == 0 ? 0.0f : upstream / float(counted);
            if (logits.numel() > 0)
              backend_for(logits.device())
                  .cross_entropy_backward(logits, targets, ignore_index, lse, grad_scale, d_logits);
+           if (!host_upstream) d_logits = times_upstream(d_logits, g);
            return std::vector<Tensor>{d_logits.view(shape)};
          });
   return {loss, counted};
@@ -95,22 +131,13 @@ CrossEntropyResult linear_cross_entropy(const Tensor& hidden_in, const Tensor& w
       "hidden ",
       hidden_in.describe(), " and weight ", weight_in.describe(),
       weight_in.requires_grad() ? " (requires grad)" : "");
-  ops_detail::check_index_tensor("linear_cross_entropy", targets_in, hidden_in);
   SP_CHECK(hidden_in.dim() == 2 && weight_in.dim() == 2 && hidden_in.size(1) == weight_in.size(1),
            "linear_cross_entropy: hidden ", hidden_in.describe(), " and weight ",
            weight_in.describe(), " must be [n, d] and [V, d]");
   const int64_t n = hidden_in.size(0), V = weight_in.size(0), d = hidden_in.size(1);
-  SP_CHECK(targets_in.numel() == n, "linear_cross_entropy: ", targets_in.describe(),
-           " does not have ", n, " targets");
   Tensor hidden = hidden_in.contiguous(), weight = weight_in.contiguous();
-  Tensor targets = targets_in.contiguous().view({n});
-  int64_t counted = 0;
-  for (int64_t t : targets.to_ints()) {
-    if (t == ignore_index) continue;
-    SP_CHECK(t >= 0 && t < V, "linear_cross_entropy: target ", t, " is outside the vocabulary [0, ",
-             V, ") and is not the ignore index ", ignore_index);
-    ++counted;
-  }
+  const auto [targets, counted] =
+      check_targets("linear_cross_entropy", targets_in, n, V, ignore_index, hidden.device());
   Backend& backend = backend_for(hidden.device());
   const bool grad_hidden = grad_mode_enabled() && hidden_in.requires_grad();
   const float inverse_count = counted == 0 ? 0.0f : 1.0f / float(counted);
@@ -139,20 +166,18 @@ CrossEntropyResult linear_cross_entropy(const Tensor& hidden_in, const Tensor& w
                  false, unit_grad.slice(0, r0, r0 + rows), 0.0f);
     }
   }
-  double total = 0.0;
-  for (float value : row_loss.to_floats()) total += double(value);
-  float mean = counted == 0 ? 0.0f : float(total / double(counted));
-  Tensor loss = Tensor::full({}, mean, DType::F32, Device::cpu()).to(hidden.device());
+  Tensor loss = mean_loss(row_loss, counted);
   record(loss, "linear_cross_entropy", {hidden_in, weight_in},
          [unit_grad, hidden = hidden.detach(), weight = weight.detach(), targets, lse, ignore_index,
           inverse_count, step](const Tensor& g, const NeedsGrad& need) {
            std::vector<Tensor> grads(2);
-           const float upstream = g.item();
            if (need[0]) {
              SP_ASSERT(unit_grad.defined());
-             grads[0] = scale(unit_grad, upstream);
+             grads[0] = times_upstream(unit_grad, g);
            }
            if (need[1]) {
+             // The rare trainable head (not prompt tuning) reads the upstream value on the host.
+             const float upstream = g.item();
              Backend& b = backend_for(hidden.device());
              const int64_t rows_total = hidden.size(0), vocab = weight.size(0);
              grads[1] = Tensor::zeros(weight.shape(), weight.dtype(), weight.device());

@@ -14,7 +14,9 @@ struct CrossEntropyResult {
   int64_t counted_rows;  ///< rows whose target != ignore_index
 };
 
-/// logits [N, V] (or [..., V]), targets [N] (or [...]) I64/I32.
+/// logits [N, V] (or [..., V]), targets [N] (or [...]) I64/I32, on the host (checked there and
+/// uploaded without a wait) or on the logits' device (checked through a copy back). The loss is
+/// reduced on the logits' device: reading it is the only wait for the device.
 CrossEntropyResult cross_entropy(const Tensor& logits, const Tensor& targets,
                                  int64_t ignore_index = -100);
 

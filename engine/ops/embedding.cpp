@@ -8,21 +8,29 @@ namespace sp {
 
 namespace {
 
-void check_ids_in_range(const char* op, const Tensor& ids, int64_t rows, const Tensor& table) {
+// The ids, range-checked, on the table's device. Ids on the host are checked there for free and
+// uploaded without waiting; ids already on the device are copied back to be checked, which makes
+// the host wait for the device, so callers that built them on the host pass them as they are.
+Tensor checked_ids(const char* op, const Tensor& ids_in, const Tensor& table) {
+  SP_CHECK(ids_in.dtype() == DType::I64 || ids_in.dtype() == DType::I32, op,
+           ": indices must be I32 or I64, got ", ids_in.describe());
+  SP_CHECK(ids_in.device().is_cpu() || ids_in.device() == table.device(), op, ": indices ",
+           ids_in.describe(), " are neither on the host nor on the device of ", table.describe());
+  const int64_t rows = table.size(0);
+  Tensor ids = ids_in.contiguous();
   for (int64_t id : ids.to_ints())
     SP_CHECK(id >= 0 && id < rows, op, ": index ", id, " is out of range for ", table.describe(),
              " (valid 0..", rows - 1, ")");
+  return ids.to(table.device());
 }
 
 Tensor gather(const char* op, const Tensor& table_in, const Tensor& ids_in, Shape out_shape) {
   ops_detail::check_defined(op, {&table_in, &ids_in});
-  ops_detail::check_index_tensor(op, ids_in, table_in);
   SP_CHECK(table_in.dim() >= 1, op, ": the table must have at least one dimension, got ",
            table_in.describe());
   Tensor table = table_in.contiguous();
-  Tensor ids = ids_in.contiguous();
   const int64_t rows = table.size(0);
-  check_ids_in_range(op, ids, rows, table);
+  const Tensor ids = checked_ids(op, ids_in, table);
   Tensor out = Tensor::empty(out_shape, table.dtype(), table.device());
   Shape flat_shape{ids.numel(), rows == 0 ? 0 : table.numel() / rows};
   if (out.numel() > 0)

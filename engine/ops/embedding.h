@@ -6,7 +6,9 @@
 
 namespace sp {
 
-/// table [V, D], ids of any shape (I32/I64) -> [*ids.shape, D]. Ids are range-checked.
+/// table [V, D], ids of any shape (I32/I64) -> [*ids.shape, D]. Ids are range-checked; they may
+/// be on the host (checked there and uploaded without a wait: the cheap way on a GPU) or on the
+/// table's device (checked through a copy back, which waits for the device).
 Tensor embedding(const Tensor& table, const Tensor& ids);
 /// x [N, ...] rows picked by 1-D ids -> [len(ids), ...].
 Tensor index_select(const Tensor& x, const Tensor& ids);

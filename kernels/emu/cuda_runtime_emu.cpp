@@ -10,6 +10,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <iterator>
 #include <map>
 #include <mutex>
 #include <new>
@@ -648,6 +649,28 @@ cudaError_t cudaFreeHost(void* ptr) {
   }
   ::operator delete (ptr, std::align_val_t{emu::kDeviceAlignment});
   emu::g_host_free_calls.fetch_add(1, std::memory_order_relaxed);
+  return cudaSuccess;
+}
+
+cudaError_t cudaPointerGetAttributes(cudaPointerAttributes* attributes, const void* ptr) {
+  if (!attributes) return failed(cudaErrorInvalidValue, "cudaPointerGetAttributes: null output");
+  *attributes = {cudaMemoryTypeUnregistered, -1, nullptr, nullptr};
+  const auto address = reinterpret_cast<std::uintptr_t>(ptr);
+  auto& r = registry();
+  std::lock_guard lock(r.mu);
+  auto device = r.device.upper_bound(address);
+  if (device != r.device.begin() &&
+      address < std::prev(device)->first + std::prev(device)->second) {
+    *attributes = {cudaMemoryTypeDevice, 0, const_cast<void*>(ptr), nullptr};
+    return cudaSuccess;
+  }
+  for (const auto& [start, size] : r.host) {
+    const auto begin = reinterpret_cast<std::uintptr_t>(start);
+    if (address >= begin && address < begin + std::max<std::size_t>(size, 1)) {
+      *attributes = {cudaMemoryTypeHost, 0, const_cast<void*>(ptr), const_cast<void*>(ptr)};
+      return cudaSuccess;
+    }
+  }
   return cudaSuccess;
 }
 

@@ -58,6 +58,20 @@ inline constexpr unsigned int cudaEventBlockingSync = 0x01;
 inline constexpr unsigned int cudaEventDisableTiming = 0x02;
 inline constexpr unsigned int cudaHostAllocDefault = 0x00;
 
+// What memory a pointer points into (CUDA 11+ layout of cudaPointerAttributes).
+enum cudaMemoryType {
+  cudaMemoryTypeUnregistered = 0,  // ordinary pageable host memory
+  cudaMemoryTypeHost = 1,          // page-locked: cudaMallocHost / cudaHostAlloc
+  cudaMemoryTypeDevice = 2,
+  cudaMemoryTypeManaged = 3,
+};
+struct cudaPointerAttributes {
+  cudaMemoryType type;
+  int device;
+  void* devicePointer;
+  void* hostPointer;
+};
+
 // Device memory is host memory aligned to 256 bytes. Every allocation is registered, so the
 // copy and set functions reject pointers that are not where the copy kind says (CUDA calls that
 // undefined; here it is an error with a detail from sp::emu::last_error_detail()).
@@ -76,6 +90,8 @@ cudaError_t cudaHostAlloc(void** ptr, std::size_t size, unsigned int flags);
 cudaError_t cudaFreeHost(void* ptr);
 cudaError_t cudaMemGetInfo(std::size_t* free_bytes, std::size_t* total_bytes);
 
+// Any address inside a live allocation is classified, as CUDA does.
+cudaError_t cudaPointerGetAttributes(cudaPointerAttributes* attributes, const void* ptr);
 cudaError_t cudaMemcpy(void* dst, const void* src, std::size_t count, cudaMemcpyKind kind);
 cudaError_t cudaMemcpyAsync(void* dst, const void* src, std::size_t count, cudaMemcpyKind kind,
                             cudaStream_t stream = nullptr);

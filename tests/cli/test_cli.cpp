@@ -450,6 +450,28 @@ TEST_F(Cli, BenchRunsOnATinyConfig) {
   EXPECT_GT(j["peak_rss_mb"].get<double>(), 0);
 }
 
+// On a device, bench --json says what a steady-state step costs besides arithmetic (issue: the
+// CUDA step's launch, sync and allocation budget): per-step counts and launches per kernel.
+TEST_F(Cli, BenchOnCudaEmuReportsLaunchesSyncsAndAllocationsPerStep) {
+  CommandResult r = run(
+      "bench --device cuda-emu --config gpt2-tiny --batch-size 2 --seq-len 8 --virtual-tokens 2 "
+      "--steps 2 --warmup 1 --skip-generation --json");
+  ASSERT_EQ(r.code, 0) << r.output;
+  nlohmann::json j = nlohmann::json::parse(r.output.substr(r.output.find('{')));
+  const nlohmann::json& step = j["per_step"];
+  EXPECT_GT(step["kernel_launches"].get<double>(), 0) << r.output;
+  EXPECT_GT(step["gemm_calls"].get<double>(), 0) << r.output;
+  EXPECT_EQ(step["host_syncs"].get<double>(), 0) << r.output;
+  EXPECT_EQ(step["device_allocations"].get<double>(), 0) << r.output;
+  double listed = 0;
+  for (const auto& [kernel, count] : j["launches_by_kernel"].items()) listed += count.get<double>();
+  EXPECT_EQ(listed, step["kernel_launches"].get<double>()) << r.output;
+  EXPECT_TRUE(j["launches_by_kernel"].contains("layernorm_forward_kernel")) << r.output;
+  // gpt2-tiny has 2 layers: launches per layer are the step's launches and GEMMs over them.
+  EXPECT_DOUBLE_EQ(step["launches_per_layer"].get<double>(),
+                   (step["kernel_launches"].get<double>() + step["gemm_calls"].get<double>()) / 2);
+}
+
 // The demo on the committed assets (examples/demo): the frozen model never answers without a cue,
 // the 150-step recipe teaches the soft prompt to. examples/demo/README.md has the reference
 // numbers: 78.9% here, 77.8% with PEFT on the same recipe; the bound of 60% leaves room for other

@@ -103,6 +103,75 @@ TEST(CudaAllocator, SteadyStateTrainingStepMakesNoCudaMalloc) {
   EXPECT_GT(emu_backend().caching_allocator().cache_stats().cache_hits, 100u);
 }
 
+// ---- the step's budget: launches, host syncs, allocations ----
+
+// A steady-state train step (forward with dropout, backward, AdamW) only queues work: no host
+// sync and no device allocation until the loss is read, and that read is the one sync. The
+// backend's counters are checked against the emulated runtime's, which count the calls
+// themselves (cudaStreamSynchronize, cudaMalloc, kernel launches).
+TEST(CudaStepBudget, TrainStepNeverWaitsForTheDeviceUntilTheLossIsRead) {
+  auto model = Gpt2Model::load(kFixtures + "/gpt2_tiny_a", emu_device());
+  auto golden = SafetensorsFile::open(kFixtures + "/golden/gpt2_tiny_a.safetensors");
+  Tensor ids = golden->get("input_ids");  // on the host, as the trainer has them
+  Tensor labels =
+      concat({Tensor::full({ids.size(0), 4}, -100.0f).to(DType::I64), golden->get("labels")}, 1);
+  Tensor prompt = randn({ids.size(0), 4, 64}, 7).to(emu_device()).detach().set_requires_grad(true);
+  AdamW optimizer({prompt}, AdamWOptions{});
+  ForwardOptions train;
+  train.train = true;
+  auto step = [&](uint64_t seed) {
+    train.dropout_seed = seed;
+    Tensor embeds = concat({prompt, model->embed(ids)}, 1);
+    Tensor hidden = model->hidden_states(embeds, Tensor(), Tensor(), nullptr, train);
+    Tensor loss = causal_lm_loss(*model, hidden, labels).loss;
+    loss.backward();
+    optimizer.step();
+    optimizer.zero_grad();
+    return loss;
+  };
+  step(0).item();  // fills the allocator's cache and creates AdamW's moments
+  Backend& backend = emu_backend();
+  backend.reset_stats();
+  emu::reset_runtime_stats();
+  const uint64_t launches_before = emu::exec_stats().launches;
+  Tensor loss = step(1);
+  const BackendStats s = backend.stats();
+  EXPECT_EQ(s.host_syncs, 0u);
+  EXPECT_EQ(emu::runtime_stats().sync_calls, 0u);
+  EXPECT_EQ(s.device_allocations, 0u);
+  EXPECT_EQ(emu::runtime_stats().malloc_calls, 0u);
+  uint64_t listed = 0, kernels = 0;
+  for (const auto& [name, count] : s.launches_by_kernel) {
+    listed += count;
+    if (name.rfind("cudaMem", 0) != 0) kernels += count;  // copies and memsets run no kernel
+  }
+  EXPECT_EQ(listed, s.kernel_launches);
+  EXPECT_EQ(kernels, emu::exec_stats().launches - launches_before);
+  EXPECT_EQ(s.launches_by_kernel.count("layernorm_forward_kernel"), 1u);
+  EXPECT_GT(s.gemm_calls, 0u);
+  EXPECT_TRUE(std::isfinite(loss.item()));
+  EXPECT_EQ(backend.stats().host_syncs, 1u);
+  EXPECT_EQ(emu::runtime_stats().sync_calls, 1u);
+}
+
+// An upload from pageable memory (every host tensor softprompt makes) does not wait: the driver
+// has staged the bytes when cudaMemcpyAsync returns. From page-locked memory it waits, since the
+// DMA reads the buffer later and the caller may free it as soon as the copy returns.
+TEST(CudaStepBudget, UploadsWaitOnlyForPageLockedSources) {
+  cuda_emu::CudaBackend& backend = emu_backend();
+  std::vector<float> pageable(64, 1.0f);
+  float* pinned = nullptr;
+  ASSERT_EQ(cuda_emu::cudaMallocHost(&pinned, 64 * sizeof(float)), cuda_emu::cudaSuccess);
+  Tensor dst = Tensor::empty({64}, DType::F32, emu_device());
+  backend.reset_stats();
+  backend.copy_from_host(dst.raw_data(), pageable.data(), 64 * sizeof(float));
+  EXPECT_EQ(backend.stats().host_syncs, 0u);
+  backend.copy_from_host(dst.raw_data(), pinned + 16, 16 * sizeof(float));
+  EXPECT_EQ(backend.stats().host_syncs, 1u);
+  EXPECT_EQ(backend.stats().launches_by_kernel.at("cudaMemcpyAsync (host to device)"), 2u);
+  EXPECT_EQ(cuda_emu::cudaFreeHost(pinned), cuda_emu::cudaSuccess);
+}
+
 // ---- TF32 ----
 
 // The start-up default: TF32 on real sm_80+ GPUs, exact fp32 on older ones and under the

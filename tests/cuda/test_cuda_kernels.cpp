@@ -472,6 +472,17 @@ TEST_P(CudaKernels, CrossEntropyIgnoredRowsAndInPlaceBackward) {
     emu().cross_entropy_forward(dev(logits), targets_d, -100, loss_d, lse_d);
     EXPECT_TRUE(all_close(loss, loss_d, 1e-5f, 1e-5f)) << "loss";
     EXPECT_TRUE(all_close(lse, lse_d, 1e-5f, 1e-5f)) << "lse";
+    // The mean over the counted rows, reduced on the device: both sum the same floats in double
+    // (in another order), so the float results agree to rounding; no rows counted gives 0.
+    for (int64_t count : {r - 1, int64_t(0)}) {
+      Tensor mean = Tensor::empty({}), mean_d = Tensor::empty({}, DType::F32, emu_device());
+      cpu().cross_entropy_mean(loss, count, mean);
+      emu().cross_entropy_mean(loss.to(emu_device()), count, mean_d);
+      EXPECT_FLOAT_EQ(mean.item(), mean_d.item()) << "mean over " << count;
+      if (count == 0) {
+        EXPECT_EQ(mean_d.item(), 0.0f);
+      }
+    }
     Tensor d = Tensor::empty({r, V});
     cpu().cross_entropy_backward(logits, targets, -100, lse, 0.5f, d);
     Tensor d_d = dev_empty({r, V});

@@ -7,6 +7,7 @@
 #include <limits>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "kernels/cuda_compat.h"
@@ -97,6 +98,29 @@ TEST(EmuRuntime, PinnedHostMemory) {
   EXPECT_EQ(cudaFreeHost(dev), cudaErrorInvalidValue);
   EXPECT_EQ(cudaFree(dev), cudaSuccess);
   cudaGetLastError();
+}
+
+// Any address inside an allocation is classified, as CUDA's cudaPointerGetAttributes does:
+// page-locked host, device, or ordinary (unregistered) host memory.
+TEST(EmuRuntime, PointerAttributesClassifyEveryAddressOfAnAllocation) {
+  float *pinned = nullptr, *dev = nullptr;
+  ASSERT_EQ(cudaMallocHost(&pinned, 64 * sizeof(float)), cudaSuccess);
+  ASSERT_EQ(cudaMalloc(&dev, 64 * sizeof(float)), cudaSuccess);
+  std::vector<float> pageable(64);
+  cudaPointerAttributes a{};
+  for (auto [ptr, want] : {std::pair<const void*, cudaMemoryType>{pinned, cudaMemoryTypeHost},
+                           {pinned + 63, cudaMemoryTypeHost},
+                           {dev, cudaMemoryTypeDevice},
+                           {dev + 63, cudaMemoryTypeDevice},
+                           {dev + 64, cudaMemoryTypeUnregistered},
+                           {pageable.data(), cudaMemoryTypeUnregistered}}) {
+    ASSERT_EQ(cudaPointerGetAttributes(&a, ptr), cudaSuccess);
+    EXPECT_EQ(a.type, want) << ptr;
+  }
+  EXPECT_EQ(cudaFreeHost(pinned), cudaSuccess);
+  ASSERT_EQ(cudaPointerGetAttributes(&a, pinned), cudaSuccess);
+  EXPECT_EQ(a.type, cudaMemoryTypeUnregistered);
+  EXPECT_EQ(cudaFree(dev), cudaSuccess);
 }
 
 TEST(EmuRuntime, StreamsAndEvents) {
