@@ -46,7 +46,7 @@ void BM_Gemm(benchmark::State& state, CpuBackend::GemmLibrary library) {
     cpu.gemm(g);
     benchmark::DoNotOptimize(c.data());
   }
-  CpuBackend::set_gemm_library(CpuBackend::GemmLibrary::kOpenBlas);
+  CpuBackend::set_gemm_library(CpuBackend::default_gemm_library());
   const double flops = 2.0 * double(M) * double(N) * double(K);
   state.counters["GFLOP/s"] =
       benchmark::Counter(flops * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
@@ -104,6 +104,7 @@ void register_gemms() {
     b->Unit(benchmark::kMillisecond)->MinTime(0.2)->UseRealTime();
   };
   for (auto [name, library] : {std::pair{"openblas", CpuBackend::GemmLibrary::kOpenBlas},
+                               {"onednn", CpuBackend::GemmLibrary::kOneDnn},
                                {"eigen", CpuBackend::GemmLibrary::kEigen}})
     add_shapes(
         benchmark::RegisterBenchmark((std::string("gemm/") + name).c_str(), BM_Gemm, library),

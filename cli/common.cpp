@@ -42,6 +42,8 @@ DType model_dtype(const CommonOptions& options, Device device) {
   if (dtype == DType::BF16 && device.is_cpu())
     note(options, "dtype bf16: bf16 GEMM weights, f32 activations; GEMMs: " +
                       CpuBackend::bf16_gemm_description());
+  else if (device.is_cpu())
+    note(options, "dtype f32 on cpu; GEMMs: " + CpuBackend::gemm_description());
   else
     note(options,
          std::string("dtype ") + (dtype == DType::BF16 ? "bf16" : "f32") + " on " + device.str());

@@ -82,10 +82,19 @@ class CpuBackend final : public Backend {
                   const Tensor& exp_avg_sq, float lr, float beta1, float beta2, float eps,
                   float weight_decay, int64_t step) override;
 
-  // Which library runs fp32 GEMMs; benchmarks compare them. Default: OpenBLAS.
-  enum class GemmLibrary { kOpenBlas, kEigen };
+  // Which library runs fp32 GEMMs (one-row products always go to Eigen's GEMV); benchmarks
+  // compare them. Default: OpenBLAS, unless OpenBLAS runs its generic pre-AVX2 kernels on a CPU
+  // with AVX2 (it does not know the CPU model, e.g. OpenBLAS 0.3.21 on 5th-generation Xeons,
+  // 5x slower there): then oneDNN's sgemm, which picks kernels by instruction set, not model.
+  enum class GemmLibrary { kOpenBlas, kEigen, kOneDnn };
   static void set_gemm_library(GemmLibrary library);
   static GemmLibrary gemm_library();
+  // The default above, and a line saying what runs fp32 GEMMs and why ("OpenBLAS SkylakeX").
+  static GemmLibrary default_gemm_library();
+  static std::string gemm_description();
+  // The policy behind the default: OpenBLAS core `core` (openblas_get_corename) has no AVX2
+  // kernels although the CPU has AVX2 and FMA.
+  static bool openblas_runs_generic_kernels(const std::string& core, bool cpu_has_avx2_fma);
 
   // How GEMMs on bf16 operands (fp32 result) run: oneDNN's matmul, whose AVX512-BF16 / AMX
   // kernels double fp32's throughput, or sgemm on operands widened to fp32 (same products, fp32

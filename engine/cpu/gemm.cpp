@@ -1,13 +1,17 @@
-// CPU fp32 GEMM: OpenBLAS sgemm (single-threaded calls, split across softprompt's own pool) or
-// Eigen, which also serves every one-row product; bf16 operands go to gemm_bf16.cpp.
+// CPU fp32 GEMM: OpenBLAS or oneDNN sgemm (single-threaded calls, split across softprompt's own
+// pool) or Eigen, which also serves every one-row product; bf16 operands go to gemm_bf16.cpp.
 #include <cblas.h>
 
+#include <dnnl.h>
 #include <Eigen/Core>
 #include <algorithm>
 #include <atomic>
+#include <cctype>
+#include <string>
 
 #include "engine/cpu/cpu_backend.h"
 #include "engine/cpu/gemm_panels.h"
+#include "engine/cpu/onednn_thread.h"
 #include "engine/error.h"
 #include "engine/thread_pool.h"
 
@@ -15,7 +19,15 @@ namespace sp {
 
 namespace {
 
-std::atomic<CpuBackend::GemmLibrary> g_library{CpuBackend::GemmLibrary::kOpenBlas};
+// OpenBLAS picks its kernels by CPU model; a model newer than its table gets the generic
+// "Prescott" SSE3 kernels, at a fifth of the machine's speed. oneDNN picks by instruction set.
+bool openblas_runs_below_this_cpu() {
+  __builtin_cpu_init();
+  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return CpuBackend::openblas_runs_generic_kernels(openblas_get_corename(), avx2);
+}
+
+std::atomic<CpuBackend::GemmLibrary> g_library{CpuBackend::default_gemm_library()};
 
 using RowMajor = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 using ConstMap = Eigen::Map<const RowMajor, 0, Eigen::OuterStride<>>;
@@ -56,6 +68,14 @@ void sgemm_one_thread(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t 
     eigen_sgemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
     return;
   }
+  if (g_library.load() == CpuBackend::GemmLibrary::kOneDnn) {
+    cpu_detail::keep_onednn_on_this_thread();
+    const dnnl_status_t status = dnnl_sgemm(trans_a ? 'T' : 'N', trans_b ? 'T' : 'N', m, n, k,
+                                            alpha, a, lda, b, ldb, beta, c, ldc);
+    SP_CHECK(status == dnnl_success, "gemm: oneDNN's sgemm failed with status ", int(status),
+             " for m ", m, ", n ", n, ", k ", k);
+    return;
+  }
   cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
               trans_b ? CblasTrans : CblasNoTrans, int(m), int(n), int(k), alpha, a, int(lda), b,
               int(ldb), beta, c, int(ldc));
@@ -68,6 +88,34 @@ void CpuBackend::set_gemm_library(GemmLibrary library) {
 }
 CpuBackend::GemmLibrary CpuBackend::gemm_library() {
   return g_library.load();
+}
+bool CpuBackend::openblas_runs_generic_kernels(const std::string& core, bool cpu_has_avx2_fma) {
+  std::string name = core;
+  for (char& ch : name) ch = char(std::tolower(static_cast<unsigned char>(ch)));
+  // OpenBLAS's x86-64 cores with AVX2 kernels, as openblas_get_corename names them.
+  for (const char* avx2_core : {"haswell", "zen", "skylakex", "cooperlake", "sapphirerapids"})
+    if (name == avx2_core) return false;
+  return cpu_has_avx2_fma;
+}
+
+CpuBackend::GemmLibrary CpuBackend::default_gemm_library() {
+  static const GemmLibrary library =
+      openblas_runs_below_this_cpu() ? GemmLibrary::kOneDnn : GemmLibrary::kOpenBlas;
+  return library;
+}
+std::string CpuBackend::gemm_description() {
+  const std::string openblas = std::string("OpenBLAS ") + openblas_get_corename();
+  switch (gemm_library()) {
+    case GemmLibrary::kOpenBlas:
+      return openblas;
+    case GemmLibrary::kEigen:
+      return "Eigen";
+    case GemmLibrary::kOneDnn:
+      return openblas_runs_below_this_cpu()
+                 ? "oneDNN sgemm (" + openblas + " would run its generic kernels on this CPU)"
+                 : "oneDNN sgemm";
+  }
+  return "?";
 }
 
 void cpu_sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,

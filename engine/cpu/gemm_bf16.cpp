@@ -1,7 +1,5 @@
 // CPU GEMM on bf16 operands with fp32 accumulation and an fp32 result: oneDNN's matmul (its
 // AVX512-BF16 / AMX kernels) per thread-pool panel, or sgemm on operands widened to fp32.
-#include <omp.h>
-
 #include <algorithm>
 #include <atomic>
 #include <dnnl.hpp>
@@ -13,6 +11,7 @@
 
 #include "engine/cpu/cpu_backend.h"
 #include "engine/cpu/gemm_panels.h"
+#include "engine/cpu/onednn_thread.h"
 #include "engine/dtype.h"
 #include "engine/error.h"
 
@@ -97,10 +96,7 @@ CachedMatmul& matmul_for(const PrimitiveKey& key) {
 }
 
 dnnl::stream& thread_stream() {
-  // Debian's oneDNN runs on OpenMP; each panel is already one pool thread's share, so it must
-  // not fork a team of its own.
-  thread_local bool single_threaded = (omp_set_num_threads(1), true);
-  (void)single_threaded;
+  cpu_detail::keep_onednn_on_this_thread();
   thread_local dnnl::stream stream(cpu_engine());
   return stream;
 }

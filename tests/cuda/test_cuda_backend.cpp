@@ -222,11 +222,16 @@ TEST(CudaGemm, NativeBf16GemmNeedsSm80AndRealHardware) {
 TEST(CudaGemm, DefaultFp32IsExactAndTf32StaysWithinItsRoundingBound) {
   const int64_t m = 9, n = 7, k = 300;
   Tensor a = data({m, k}, 1), b = data({k, n}, 2);
+  // The emulated cuBLAS runs OpenBLAS's sgemm, so exact mode equals the CPU backend's OpenBLAS
+  // path bit for bit (the CPU's default may be oneDNN where OpenBLAS misjudges the CPU).
+  const CpuBackend::GemmLibrary saved = CpuBackend::gemm_library();
+  CpuBackend::set_gemm_library(CpuBackend::GemmLibrary::kOpenBlas);
   Tensor want = matmul(a, b);
+  CpuBackend::set_gemm_library(saved);
   auto& backend = emu_backend();
   ASSERT_FALSE(backend.allow_tf32()) << "fp32 GEMMs default to exact fp32";
   Tensor exact = matmul(on_emu(a), on_emu(b));
-  EXPECT_TRUE(bitwise_equal(want, exact)) << "the emulated cuBLAS runs the CPU's sgemm";
+  EXPECT_TRUE(bitwise_equal(want, exact)) << "the emulated cuBLAS runs OpenBLAS's sgemm";
   backend.set_allow_tf32(true);
   Tensor tf32 = matmul(on_emu(a), on_emu(b));
   backend.set_allow_tf32(false);

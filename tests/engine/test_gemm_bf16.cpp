@@ -11,12 +11,14 @@
 #include "engine/cpu/cpu_backend.h"
 #include "engine/error.h"
 #include "engine/ops/ops.h"
+#include "tests/engine/gemm_reference.h"
 #include "tests/test_util.h"
 
 namespace sp {
 namespace {
 
 using testing::expect_all_close;
+using testing::reference_gemm;
 
 // Values on the bf16 grid, so that widening is exact and both GEMM paths see the same numbers.
 std::vector<float> bf16_values(size_t n, uint32_t seed) {
@@ -31,22 +33,6 @@ std::vector<uint16_t> to_bf16(const std::vector<float>& values) {
   std::vector<uint16_t> out(values.size());
   for (size_t i = 0; i < values.size(); ++i) out[i] = float_to_bf16(values[i]);
   return out;
-}
-
-// C = alpha op(A) op(B) + beta C in double, row-major with leading dimensions.
-std::vector<float> reference_gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha,
-                                  const std::vector<float>& a, int64_t lda,
-                                  const std::vector<float>& b, int64_t ldb, float beta,
-                                  std::vector<float> c, int64_t ldc) {
-  for (int64_t i = 0; i < m; ++i)
-    for (int64_t j = 0; j < n; ++j) {
-      double sum = 0;
-      for (int64_t p = 0; p < k; ++p)
-        sum += double(ta ? a[p * lda + i] : a[i * lda + p]) *
-               double(tb ? b[j * ldb + p] : b[p * ldb + j]);
-      c[i * ldc + j] = float(alpha * sum + (beta == 0.0f ? 0.0 : beta * c[i * ldc + j]));
-    }
-  return c;
 }
 
 class Bf16Gemm : public ::testing::TestWithParam<CpuBackend::Bf16GemmPath> {
