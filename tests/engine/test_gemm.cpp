@@ -3,8 +3,6 @@
 #include <cblas.h>
 #include <gtest/gtest.h>
 
-#include <cstdio>
-#include <random>
 #include <vector>
 
 #include "engine/cpu/cpu_backend.h"
@@ -15,15 +13,8 @@ namespace sp {
 namespace {
 
 using testing::expect_all_close;
-using testing::reference_gemm;
-
-std::vector<float> uniform_values(size_t n, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::uniform_real_distribution<float> uniform(-1.0f, 1.0f);
-  std::vector<float> out(n);
-  for (float& v : out) v = uniform(rng);
-  return out;
-}
+using testing::for_each_gemm_case;
+using testing::GemmCase;
 
 class CpuGemm : public ::testing::TestWithParam<CpuBackend::GemmLibrary> {
  protected:
@@ -35,34 +26,19 @@ class CpuGemm : public ::testing::TestWithParam<CpuBackend::GemmLibrary> {
   CpuBackend::GemmLibrary saved_{};
 };
 
-// Every layout, alpha and beta, padded leading dimensions, and shapes that are split into
-// thread-pool panels (m * n * k >= 2^18) as well as ones that are not.
+// Every layout, beta, padded leading dimensions, panel-split and unsplit shapes (a one-row
+// product is Eigen's GEMV whatever the library).
 TEST_P(CpuGemm, MatchesDoubleReferenceForEveryLayout) {
-  struct Shape3 {
-    int64_t m, n, k;
-  };
-  for (Shape3 s : {Shape3{5, 7, 3}, Shape3{130, 300, 70}, Shape3{300, 90, 40}, Shape3{2, 257, 96}})
-    for (bool ta : {false, true})
-      for (bool tb : {false, true})
-        for (float beta : {0.0f, 0.5f}) {
-          const int64_t a_rows = ta ? s.k : s.m, a_cols = ta ? s.m : s.k;
-          const int64_t b_rows = tb ? s.n : s.k, b_cols = tb ? s.k : s.n;
-          const int64_t lda = a_cols + 3, ldb = b_cols + 1, ldc = s.n + 2;
-          std::vector<float> a = uniform_values(size_t(a_rows * lda), 1);
-          std::vector<float> b = uniform_values(size_t(b_rows * ldb), 2);
-          std::vector<float> c = uniform_values(size_t(s.m * ldc), 3);
-          std::vector<float> got = c;
-          cpu_sgemm(ta, tb, s.m, s.n, s.k, 0.75f, a.data(), lda, b.data(), ldb, beta, got.data(),
-                    ldc, false);
-          std::vector<float> want =
-              reference_gemm(ta, tb, s.m, s.n, s.k, 0.75f, a, lda, b, ldb, beta, c, ldc);
-          // fp32 products and sums: |error| <= k * 2^-23 * sum|a||b| (+ one rounding of beta c),
-          // under 1e-5 * k for |a|, |b| <= 1; a wrong layout or stride is off by O(1).
-          char label[96];
-          std::snprintf(label, sizeof label, "m%lld n%lld ta%d tb%d beta%g", (long long)s.m,
-                        (long long)s.n, int(ta), int(tb), double(beta));
-          expect_all_close(want, got, 1e-5f * float(s.k), label);
-        }
+  for_each_gemm_case([](float v) { return v; },
+                     [](const GemmCase& c) {
+                       std::vector<float> got = c.c;
+                       cpu_sgemm(c.trans_a, c.trans_b, c.m, c.n, c.k, 0.75f, c.a.data(), c.lda,
+                                 c.b.data(), c.ldb, c.beta, got.data(), c.ldc, false);
+                       // fp32 products and sums: |error| <= k * 2^-23 * sum|a||b| (+ one rounding
+                       // of beta c), under 1e-5 * k for |a|, |b| <= 1; a wrong layout or stride is
+                       // off by O(1).
+                       expect_all_close(c.reference(), got, 1e-5f * float(c.k), c.label);
+                     });
 }
 
 INSTANTIATE_TEST_SUITE_P(Libraries, CpuGemm,

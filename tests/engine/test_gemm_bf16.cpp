@@ -18,6 +18,8 @@ namespace sp {
 namespace {
 
 using testing::expect_all_close;
+using testing::for_each_gemm_case;
+using testing::GemmCase;
 using testing::reference_gemm;
 
 // Values on the bf16 grid, so that widening is exact and both GEMM paths see the same numbers.
@@ -45,43 +47,24 @@ class Bf16Gemm : public ::testing::TestWithParam<CpuBackend::Bf16GemmPath> {
   CpuBackend::Bf16GemmPath saved_{};
 };
 
-// Every layout, alpha and beta, padded leading dimensions, and shapes large enough to be split
-// into thread-pool panels (m * n * k >= 2^18) as well as small ones that are not.
+// Every layout, beta, padded leading dimensions, panel-split and unsplit shapes.
 TEST_P(Bf16Gemm, MatchesDoubleReferenceForEveryLayout) {
   Backend& cpu = backend_for(Device::cpu());
-  struct Shape3 {
-    int64_t m, n, k;
-  };
-  for (Shape3 s :
-       {Shape3{5, 7, 3}, Shape3{130, 300, 70}, Shape3{300, 90, 40}, Shape3{1, 257, 96}}) {
-    for (bool ta : {false, true})
-      for (bool tb : {false, true})
-        for (float beta : {0.0f, 0.5f}) {
-          const int64_t a_rows = ta ? s.k : s.m, a_cols = ta ? s.m : s.k;
-          const int64_t b_rows = tb ? s.n : s.k, b_cols = tb ? s.k : s.n;
-          const int64_t lda = a_cols + 3, ldb = b_cols + 1, ldc = s.n + 2;
-          std::vector<float> a = bf16_values(size_t(a_rows * lda), 1);
-          std::vector<float> b = bf16_values(size_t(b_rows * ldb), 2);
-          std::vector<float> c = bf16_values(size_t(s.m * ldc), 3);
-          std::vector<uint16_t> a16 = to_bf16(a), b16 = to_bf16(b);
-          std::vector<float> got = c;
-          GemmArgs g;
-          g.dtype = DType::BF16;
-          g.c_dtype = DType::F32;
-          g.trans_a = ta, g.trans_b = tb, g.m = s.m, g.n = s.n, g.k = s.k;
-          g.lda = lda, g.ldb = ldb, g.ldc = ldc, g.alpha = 0.75f, g.beta = beta;
-          g.a = a16.data(), g.b = b16.data(), g.c = got.data();
-          cpu.gemm(g);
-          std::vector<float> want =
-              reference_gemm(ta, tb, s.m, s.n, s.k, 0.75f, a, lda, b, ldb, beta, c, ldc);
-          // Exact products of bf16 values summed in fp32: |error| <= k * 2^-24 * sum|a||b|,
-          // under 1e-5 for k <= 96 and |a|, |b| <= 1 (a wrong layout is off by O(1)).
-          char label[96];
-          std::snprintf(label, sizeof label, "m%lld n%lld ta%d tb%d beta%g", (long long)s.m,
-                        (long long)s.n, int(ta), int(tb), double(beta));
-          expect_all_close(want, got, 1e-5f * float(s.k), label);
-        }
-  }
+  auto on_bf16_grid = [](float v) { return bf16_to_float(float_to_bf16(v)); };
+  for_each_gemm_case(on_bf16_grid, [&](const GemmCase& c) {
+    std::vector<uint16_t> a16 = to_bf16(c.a), b16 = to_bf16(c.b);
+    std::vector<float> got = c.c;
+    GemmArgs g;
+    g.dtype = DType::BF16;
+    g.c_dtype = DType::F32;
+    g.trans_a = c.trans_a, g.trans_b = c.trans_b, g.m = c.m, g.n = c.n, g.k = c.k;
+    g.lda = c.lda, g.ldb = c.ldb, g.ldc = c.ldc, g.alpha = 0.75f, g.beta = c.beta;
+    g.a = a16.data(), g.b = b16.data(), g.c = got.data();
+    cpu.gemm(g);
+    // Exact products of bf16 values summed in fp32: |error| <= k * 2^-24 * sum|a||b|,
+    // under 1e-5 for k <= 96 and |a|, |b| <= 1 (a wrong layout is off by O(1)).
+    expect_all_close(c.reference(), got, 1e-5f * float(c.k), c.label);
+  });
 }
 
 TEST_P(Bf16Gemm, StridedBatchAndEmptyInnerDimension) {
