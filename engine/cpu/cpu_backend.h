@@ -12,7 +12,8 @@ namespace sp {
 class CpuBackend final : public Backend {
  public:
   Device device() const override { return Device::cpu(); }
-  bool native_bf16_gemm() const override { return cpu_has_native_bf16(); }
+  /// bf16 instructions and, measured once, bf16 GEMMs that outpace fp32 ones (--dtype auto).
+  bool native_bf16_gemm() const override;
   Allocator& allocator() override;
 
   void copy_from_host(void* dst, const void* src, size_t nbytes) override;
@@ -104,6 +105,12 @@ class CpuBackend final : public Backend {
   static Bf16GemmPath bf16_gemm_path();
   static bool cpu_has_native_bf16();           ///< AVX512-BF16 or AMX, as oneDNN detects it
   static std::string bf16_gemm_description();  ///< e.g. "oneDNN brg:avx512_core_bf16"
+  // Having the instructions does not make them fast: without AMX (hidden by some hypervisors)
+  // AVX512-BF16 may multiply no faster than fp32 FMAs. So --dtype auto measures, once, a GPT-2
+  // sized projection (256 x 768 x 768) both ways: fp32 seconds / bf16 seconds (0 without bf16
+  // instructions), and whether that ratio pays for bf16's rounding (at least 1.15).
+  static double measured_bf16_speedup();
+  static bool bf16_pays_off(double speedup) { return speedup >= 1.15; }
 
  private:
   void bf16_gemm(const GemmArgs& g);  // engine/cpu/gemm_bf16.cpp

@@ -2,6 +2,7 @@
 // AVX512-BF16 / AMX kernels) per thread-pool panel, or sgemm on operands widened to fp32.
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <dnnl.hpp>
 #include <memory>
 #include <string>
@@ -208,6 +209,42 @@ CpuBackend::Bf16GemmPath CpuBackend::bf16_gemm_path() {
 bool CpuBackend::cpu_has_native_bf16() {
   static const bool native = detect_native_bf16();
   return native;
+}
+
+double CpuBackend::measured_bf16_speedup() {
+  static const double speedup = [] {
+    if (!cpu_has_native_bf16()) return 0.0;
+    const int64_t m = 256, k = 768, n = 768;
+    std::vector<float> a(size_t(m * k), 0.5f), b(size_t(k * n), 0.25f), c(size_t(m * n));
+    std::vector<uint16_t> a16(a.size(), float_to_bf16(0.5f)), b16(b.size(), float_to_bf16(0.25f));
+    GemmArgs g;
+    g.dtype = DType::BF16, g.c_dtype = DType::F32;
+    g.m = m, g.n = n, g.k = k, g.lda = k, g.ldb = n, g.ldc = n;
+    g.a = a16.data(), g.b = b16.data(), g.c = c.data();
+    auto& cpu = static_cast<CpuBackend&>(backend_for(Device::cpu()));
+    // Best of three after a warm-up call (oneDNN creates its primitive on the first).
+    auto best_seconds = [](const auto& run) {
+      run();
+      double best = 1e30;
+      for (int i = 0; i < 3; ++i) {
+        const auto start = std::chrono::steady_clock::now();
+        run();
+        best = std::min(
+            best, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+      }
+      return best;
+    };
+    const double bf16 = best_seconds([&] { cpu.bf16_gemm(g); });
+    const double fp32 = best_seconds([&] {
+      cpu_sgemm(false, false, m, n, k, 1.0f, a.data(), k, b.data(), n, 0.0f, c.data(), n, false);
+    });
+    return bf16 > 0 ? fp32 / bf16 : 0.0;
+  }();
+  return speedup;
+}
+
+bool CpuBackend::native_bf16_gemm() const {
+  return cpu_has_native_bf16() && bf16_pays_off(measured_bf16_speedup());
 }
 
 std::string CpuBackend::bf16_gemm_description() {
