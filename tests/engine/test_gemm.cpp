@@ -75,5 +75,18 @@ TEST(CpuGemmPolicy, OneDnnServesOnlyWhereOpenBlasRunsGenericKernels) {
       << CpuBackend::gemm_description();
 }
 
+// --dtype auto on the CPU: bf16 only with bf16 instructions (as oneDNN detects them) and bf16
+// GEMMs measured at least 1.15x fp32's speed.
+TEST(CpuGemmPolicy, AutoPicksBf16OnlyWhereItsGemmsMeasureFaster) {
+  EXPECT_TRUE(CpuBackend::bf16_pays_off(2.0));
+  EXPECT_FALSE(CpuBackend::bf16_pays_off(1.0));
+  EXPECT_FALSE(CpuBackend::bf16_pays_off(0.0));  // no bf16 instructions
+  const double speedup = CpuBackend::measured_bf16_speedup();
+  EXPECT_EQ(speedup > 0, CpuBackend::cpu_has_native_bf16());
+  EXPECT_EQ(backend_for(Device::cpu()).native_bf16_gemm(),
+            CpuBackend::cpu_has_native_bf16() && CpuBackend::bf16_pays_off(speedup))
+      << "bf16 GEMMs measured at " << speedup << "x fp32";
+}
+
 }  // namespace
 }  // namespace sp
