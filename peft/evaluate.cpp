@@ -22,9 +22,12 @@ Metric parse_metric(const std::string& text) {
 
 const char* metric_name(Metric metric) {
   switch (metric) {
-    case Metric::kLoss: return "loss";
-    case Metric::kExactMatch: return "exact_match";
-    case Metric::kTokenAccuracy: return "token_accuracy";
+    case Metric::kLoss:
+      return "loss";
+    case Metric::kExactMatch:
+      return "exact_match";
+    case Metric::kTokenAccuracy:
+      return "token_accuracy";
   }
   return "?";
 }
@@ -71,8 +74,7 @@ EvalResult evaluate(const PeftModel& model, const Tokenizer& tokenizer, const Da
     if (options.metric == Metric::kTokenAccuracy) {
       // Correct when the argmax at every counted position is its label.
       SelectedTargets selected = select_targets(out.labels, model.labels_are_shifted());
-      Tensor rows = index_select(out.hidden.reshape({-1, out.hidden.size(2)}),
-                                 selected.rows.to(out.hidden.device()));
+      Tensor rows = index_select(out.hidden.reshape({-1, out.hidden.size(2)}), selected.rows);
       std::vector<float> logits = model.logits(rows).to_floats();
       std::vector<int64_t> targets = selected.targets.to_ints(), row_ids = selected.rows.to_ints();
       const int64_t V = model.base_info().vocab_size, width = out.labels.size(1);
