@@ -98,8 +98,9 @@ class CpuBackend final : public Backend {
   static bool openblas_runs_generic_kernels(const std::string& core, bool cpu_has_avx2_fma);
 
   // How GEMMs on bf16 operands (fp32 result) run: oneDNN's matmul, whose AVX512-BF16 / AMX
-  // kernels double fp32's throughput, or sgemm on operands widened to fp32 (same products, fp32
-  // speed). The default is oneDNN where the CPU has bf16 instructions; tests force either.
+  // kernels can double fp32's throughput (not on every CPU: see measured_bf16_speedup), or sgemm
+  // on operands widened to fp32 (same products, fp32 speed). The default is oneDNN where the CPU
+  // has bf16 instructions; tests force either.
   enum class Bf16GemmPath { kOneDnn, kWidenedSgemm };
   static void set_bf16_gemm_path(Bf16GemmPath path);
   static Bf16GemmPath bf16_gemm_path();

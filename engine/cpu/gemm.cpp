@@ -110,8 +110,8 @@ std::string CpuBackend::gemm_description() {
       return openblas;
     case GemmLibrary::kEigen:
       return "Eigen";
-    case GemmLibrary::kOneDnn:
-      return openblas_runs_below_this_cpu()
+    case GemmLibrary::kOneDnn:  // the default only where OpenBLAS runs its generic kernels
+      return default_gemm_library() == GemmLibrary::kOneDnn
                  ? "oneDNN sgemm (" + openblas + " would run its generic kernels on this CPU)"
                  : "oneDNN sgemm";
   }
