@@ -6,6 +6,8 @@
 #include "cli/common.h"
 #include "cli/train_pipeline.h"
 #include "cli/validate.h"
+#include "engine/dist/mpi_communicator.h"
+#include "engine/dist/nccl_communicator.h"
 #include "engine/error.h"
 #include "models/model_loader.h"
 #include "peft/evaluate.h"
@@ -25,11 +27,15 @@ struct TrainOptions {
   std::string schedule = "linear", metric = "exact_match";
   TrainJob job;
   CLI::Option* max_length = nullptr;
+  double collective_timeout = 300;
+  std::unique_ptr<Communicator> nccl;  // --device cuda with several ranks
 };
 
 PromptTuningConfig prompt_config_from_flags(const TrainOptions& o, const std::string& model_type) {
-  PromptTuningConfig c = o.multitask || o.num_tasks > 1 ? MultitaskPromptTuningConfig() : PromptTuningConfig();
-  c.task_type = parse_task_type(o.task_type.empty() ? (model_type == "t5" ? "SEQ_2_SEQ_LM" : "CAUSAL_LM") : o.task_type);
+  PromptTuningConfig c =
+      o.multitask || o.num_tasks > 1 ? MultitaskPromptTuningConfig() : PromptTuningConfig();
+  c.task_type = parse_task_type(
+      o.task_type.empty() ? (model_type == "t5" ? "SEQ_2_SEQ_LM" : "CAUSAL_LM") : o.task_type);
   c.num_virtual_tokens = o.num_virtual_tokens;
   as_usage("--init", [&] { c.prompt_tuning_init = parse_prompt_init(o.init, c.peft_type); });
   if (!o.init_text.empty()) c.prompt_tuning_init_text = o.init_text;
@@ -50,14 +56,21 @@ PromptTuningConfig prompt_config_from_flags(const TrainOptions& o, const std::st
 
 CommandRunner add_train_command(CLI::App& app) {
   auto o = std::make_shared<TrainOptions>();
-  CLI::App* cmd = app.add_subcommand("train", "Prompt-tune a frozen model on JSONL data; writes a PEFT adapter directory");
+  CLI::App* cmd = app.add_subcommand(
+      "train", "Prompt-tune a frozen model on JSONL data; writes a PEFT adapter directory");
   cmd->footer(kExitCodeHelp);
   add_common_options(*cmd, o->common);
   cmd->add_option("--model", o->model, "Hugging Face model directory (gpt2 family)")->required();
-  cmd->add_option("--data", o->job.train_file, "training JSONL: {\"input\": ..., \"output\": ..., \"task\": optional}")->required();
+  cmd->add_option("--data", o->job.train_file,
+                  "training JSONL: {\"input\": ..., \"output\": ..., \"task\": optional}")
+      ->required();
   cmd->add_option("--eval-data", o->job.eval_file, "evaluation JSONL (same format)");
-  cmd->add_option("--output", o->job.train.output_dir, "output directory: the PEFT adapter, training_state/, metrics.jsonl")->required();
-  auto* config = cmd->add_option("--config", o->config_file, "adapter_config.json-style file with the prompt-tuning config (instead of the flags below)");
+  cmd->add_option("--output", o->job.train.output_dir,
+                  "output directory: the PEFT adapter, training_state/, metrics.jsonl")
+      ->required();
+  auto* config = cmd->add_option(
+      "--config", o->config_file,
+      "adapter_config.json-style file with the prompt-tuning config (instead of the flags below)");
   auto flag_group = [&](CLI::Option* opt) { opt->excludes(config); };
   flag_group(cmd->add_option("--task-type", o->task_type,
                              "CAUSAL_LM or SEQ_2_SEQ_LM (default: from the model)")
@@ -80,15 +93,18 @@ CommandRunner add_train_command(CLI::App& app) {
                      parse_prompt_init(s, PeftType::kMultitaskPromptTuning);
                    }
                  })));
-  flag_group(cmd->add_option("--init-text", o->init_text, "text for --init TEXT (tokenized with the model's tokenizer)"));
-  flag_group(cmd->add_flag("--multitask", o->multitask, "multitask prompt tuning (MPT): needs a 'task' field per line"));
+  flag_group(cmd->add_option("--init-text", o->init_text,
+                             "text for --init TEXT (tokenized with the model's tokenizer)"));
+  flag_group(cmd->add_flag("--multitask", o->multitask,
+                           "multitask prompt tuning (MPT): needs a 'task' field per line"));
   flag_group(
       cmd->add_option("--num-tasks", o->num_tasks, "MPT: number of tasks (default: from the data)")
           ->check(integer(1, kMaxTasks)));
   flag_group(cmd->add_option("--num-ranks", o->num_ranks, "MPT: rank of the per-task factors")
                  ->capture_default_str()
                  ->check(integer(1, kMaxRanks)));
-  flag_group(cmd->add_option("--init-from", o->init_from, "MPT source inits: the source adapter_model.safetensors"));
+  flag_group(cmd->add_option("--init-from", o->init_from,
+                             "MPT source inits: the source adapter_model.safetensors"));
   flag_group(
       cmd->add_option("--init-task", o->init_task, "MPT EXACT_SOURCE_TASK: source task index")
           ->capture_default_str()
@@ -138,8 +154,10 @@ CommandRunner add_train_command(CLI::App& app) {
       ->capture_default_str()
       ->check(integer(0, kMaxBatchSize));
   cmd->add_flag("!--no-shuffle", t.shuffle, "keep the file order");
-  cmd->add_flag("!--no-dropout", t.dropout, "train with the base model's dropout off (PEFT keeps it on)");
-  cmd->add_flag("--checkpoint-activations", t.checkpoint_activations, "recompute block activations in backward to save memory");
+  cmd->add_flag("!--no-dropout", t.dropout,
+                "train with the base model's dropout off (PEFT keeps it on)");
+  cmd->add_flag("--checkpoint-activations", t.checkpoint_activations,
+                "recompute block activations in backward to save memory");
   cmd->add_option("--eval-every", t.eval_every, "evaluate every N steps (0 = at the end)")
       ->capture_default_str()
       ->check(integer(0, kMaxSteps));
@@ -155,7 +173,8 @@ CommandRunner add_train_command(CLI::App& app) {
                   "n_positions)")
       ->capture_default_str()
       ->check(integer(1, kMaxTokens));
-  cmd->add_flag("!--no-keep-best", t.keep_best, "do not keep the best evaluated adapter in <output>/best");
+  cmd->add_flag("!--no-keep-best", t.keep_best,
+                "do not keep the best evaluated adapter in <output>/best");
   cmd->add_option("--save-every", t.save_every, "checkpoint every N steps (0 = at the end)")
       ->capture_default_str()
       ->check(integer(0, kMaxSteps));
@@ -172,8 +191,14 @@ CommandRunner add_train_command(CLI::App& app) {
                   "seq2seq: max target tokens")
       ->capture_default_str()
       ->check(integer(1, kMaxTokens));
-  cmd->add_flag("--skip-bad-lines", o->job.skip_bad_lines, "skip (and count) malformed JSONL lines instead of refusing to start");
+  cmd->add_flag("--skip-bad-lines", o->job.skip_bad_lines,
+                "skip (and count) malformed JSONL lines instead of refusing to start");
   cmd->add_flag("--resume", o->job.resume, "continue from <output>/training_state");
+  cmd->add_option("--collective-timeout", o->collective_timeout,
+                  "under mpirun: seconds a rank waits for the others in one collective before "
+                  "ending the job")
+      ->capture_default_str()
+      ->check(real(1, 86400));
 
   return [o]() -> int {
     // Flag combinations first: nothing is loaded for a command line that cannot run.
@@ -181,6 +206,23 @@ CommandRunner add_train_command(CLI::App& app) {
       usage_error("--epochs", "0 needs --max-steps > 0 (expected epochs >= 1 or a step count)");
     Device device = apply_common_options(o->common);
     TrainJob job = o->job;
+    if (ranks().size() > 1) {
+      if (auto* mpi = dynamic_cast<MpiCommunicator*>(&ranks()))
+        mpi->set_timeout(o->collective_timeout);
+      job.train.communicator = &ranks();
+      // GPUs all-reduce gradients in device memory with NCCL; MPI still launches and carries
+      // the rest. The emulated GPU and the CPU stage through host memory over MPI.
+      if (device.kind == DeviceKind::CUDA) {
+        o->nccl = make_nccl_communicator(ranks(), device);
+        job.train.communicator = o->nccl.get();
+      }
+      note(o->common,
+           "data parallel: " + job.train.communicator->description() + "; " +
+               std::to_string(job.train.batch_size * ranks().size() * job.train.grad_accum) +
+               " examples per step (batch size " + std::to_string(job.train.batch_size) + " x " +
+               std::to_string(ranks().size()) + " ranks x grad-accum " +
+               std::to_string(job.train.grad_accum) + ")");
+    }
     job.max_length_given = o->max_length->count() > 0;
     std::optional<PromptTuningConfig> prompt;
     if (o->config_file.empty()) prompt = prompt_config_from_flags(*o, read_model_type(o->model));
@@ -196,12 +238,16 @@ CommandRunner add_train_command(CLI::App& app) {
     job.train.metric = parse_metric(o->metric);
     job.init_seed = job.train.seed;
     TrainJobResult r = run_train_job(loaded, job, o->common);
+    if (!ranks().is_root()) return r.result.interrupted ? kExitInterrupted : kExitOk;
     if (r.result.interrupted) {
-      std::fprintf(stderr, "softprompt: interrupted at step %lld; checkpoint saved in %s (continue with --resume)\n",
-                   (long long)r.result.steps, job.train.output_dir.c_str());
+      std::fprintf(
+          stderr,
+          "softprompt: interrupted at step %lld; checkpoint saved in %s (continue with --resume)\n",
+          (long long)r.result.steps, job.train.output_dir.c_str());
       return kExitInterrupted;
     }
-    std::printf("trained %lld steps, final loss %.4f", (long long)r.result.steps, r.result.final_loss);
+    std::printf("trained %lld steps, final loss %.4f", (long long)r.result.steps,
+                r.result.final_loss);
     if (r.result.last_eval)
       std::printf(", eval loss %.4f, eval %s %.2f%%", r.result.last_eval->loss,
                   metric_name(job.train.metric), 100.0 * r.result.last_eval->accuracy);

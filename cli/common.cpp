@@ -3,7 +3,11 @@
 #include "cli/validate.h"
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <cstdio>
+#include <cstdlib>
+#include <span>
+#include <thread>
 
 #include "engine/backend.h"
 #include "engine/cpu/cpu_backend.h"
@@ -13,6 +17,18 @@
 #include "models/model_loader.h"
 
 namespace sp::cli {
+
+namespace {
+SingleProcessCommunicator g_single_process;
+Communicator* g_ranks = &g_single_process;
+}  // namespace
+
+Communicator& ranks() {
+  return *g_ranks;
+}
+void set_ranks(Communicator* communicator) {
+  g_ranks = communicator ? communicator : &g_single_process;
+}
 
 void add_common_options(CLI::App& command, CommonOptions& options) {
   command
@@ -46,6 +62,13 @@ DType model_dtype(const CommonOptions& options, Device device) {
                         " the speed of its fp32 ones (measured)");
     }
   }
+  if (ranks().size() > 1) {
+    // Measured choices may differ between ranks; every rank must run rank 0's.
+    double choice = dtype == DType::BF16 ? 1.0 : 0.0;
+    if (!ranks().is_root()) choice = 0.0;
+    ranks().all_reduce_sum(std::span<double>(&choice, 1));
+    dtype = choice > 0 ? DType::BF16 : DType::F32;
+  }
   if (dtype == DType::BF16 && device.is_cpu())
     note(options, "dtype bf16: bf16 GEMM weights, f32 activations; GEMMs: " +
                       CpuBackend::bf16_gemm_description());
@@ -59,8 +82,17 @@ DType model_dtype(const CommonOptions& options, Device device) {
 
 Device apply_common_options(const CommonOptions& options) {
   set_quiet(options.quiet);
-  if (options.threads > 0) set_num_threads(options.threads);
-  Device device = Device::parse(options.device);
+  if (options.threads > 0) {
+    set_num_threads(options.threads);
+  } else if (ranks().local_size() > 1 && std::getenv("SOFTPROMPT_NUM_THREADS") == nullptr) {
+    // Ranks sharing a machine share its cores: oversubscribed GEMM threads run far slower.
+    const int cores = int(std::max(1u, std::thread::hardware_concurrency()));
+    set_num_threads(std::max(1, cores / ranks().local_size()));
+  }
+  std::string device_text = options.device;
+  if (device_text == "cuda" && ranks().size() > 1)
+    device_text = "cuda:" + std::to_string(ranks().local_rank());  // one GPU per local rank
+  Device device = Device::parse(device_text);
   if (!backend_available(device))
     fail(ErrorKind::kUnsupported, "device ", device.str(),
          " is not available in this build or on this machine");
@@ -87,7 +119,8 @@ std::unique_ptr<PeftModel> LoadedModel::peft() const {
 }
 
 void note(const CommonOptions& options, const std::string& message) {
-  if (!options.quiet) std::fprintf(stderr, "softprompt: %s\n", message.c_str());
+  if (!options.quiet && ranks().is_root())
+    std::fprintf(stderr, "%s: %s\n", log_prefix().c_str(), message.c_str());
 }
 
 }  // namespace sp::cli

@@ -18,7 +18,8 @@ std::vector<std::string> read_task_names(const std::string& dir) {
   const fs::path path = fs::path(dir) / "tasks.json";
   if (!path_exists(path.string())) return {};
   const nlohmann::json j = read_json_file(path.string());
-  if (!j.is_array()) fail(ErrorKind::kFormat, path.string(), ": expected a JSON list of task names");
+  if (!j.is_array())
+    fail(ErrorKind::kFormat, path.string(), ": expected a JSON list of task names");
   std::vector<std::string> names;
   for (auto& v : j) {
     if (!v.is_string()) fail(ErrorKind::kFormat, path.string(), ": task names must be strings");
@@ -48,15 +49,22 @@ TrainJobResult run_train_job(const LoadedModel& loaded, TrainJob job, const Comm
   Dataset train = load_jsonl(job.train_file, job.skip_bad_lines);
   std::optional<Dataset> eval;
   if (!job.eval_file.empty()) eval = load_jsonl(job.eval_file, job.skip_bad_lines);
-  if (train.skipped_lines) note(common, "skipped " + std::to_string(train.skipped_lines) + " malformed training lines");
+  if (train.skipped_lines)
+    note(common, "skipped " + std::to_string(train.skipped_lines) + " malformed training lines");
 
   std::optional<TaskIndex> tasks;
   if (job.prompt.is_multitask()) {
-    std::vector<std::string> known = job.resume ? read_task_names(job.train.output_dir) : std::vector<std::string>{};
+    std::vector<std::string> known = job.resume && ranks().is_root()
+                                         ? read_task_names(job.train.output_dir)
+                                         : std::vector<std::string>{};
+    if (job.resume && ranks().size() > 1)  // only rank 0 reads the output directory
+      known = nlohmann::json::parse(broadcast_string(ranks(), nlohmann::json(known).dump(), 0))
+                  .get<std::vector<std::string>>();
     tasks = known.empty() ? TaskIndex::from_examples(train.examples) : TaskIndex::from_names(known);
-    if (!job.prompt.num_tasks || *job.prompt.num_tasks <= 1) job.prompt.num_tasks = std::max<int64_t>(1, tasks->size());
-    SP_CHECK(tasks->size() <= *job.prompt.num_tasks, job.train_file, ": the data has ", tasks->size(),
-             " tasks but the adapter has num_tasks = ", *job.prompt.num_tasks);
+    if (!job.prompt.num_tasks || *job.prompt.num_tasks <= 1)
+      job.prompt.num_tasks = std::max<int64_t>(1, tasks->size());
+    SP_CHECK(tasks->size() <= *job.prompt.num_tasks, job.train_file, ": the data has ",
+             tasks->size(), " tasks but the adapter has num_tasks = ", *job.prompt.num_tasks);
   }
   check_adapter_size(job.prompt, loaded.info().token_dim, job.virtual_tokens_from);
   const TaskIndex* task_index = tasks ? &*tasks : nullptr;
@@ -85,11 +93,13 @@ TrainJobResult run_train_job(const LoadedModel& loaded, TrainJob job, const Comm
     out.initial_eval = evaluate(model, *loaded.tokenizer, *eval, eval_examples, options);
   }
 
-  fs::create_directories(job.train.output_dir);
-  if (tasks && !tasks->names().empty()) write_task_names(job.train.output_dir, tasks->names());
+  if (ranks().is_root()) {  // rank 0 alone writes the output directory
+    fs::create_directories(job.train.output_dir);
+    if (tasks && !tasks->names().empty()) write_task_names(job.train.output_dir, tasks->names());
+  }
   Trainer trainer(model, *loaded.tokenizer, job.train, train, std::move(train_examples),
                   eval ? &*eval : nullptr, std::move(eval_examples));
-  ProgressDisplay progress(common.quiet, job.train.log_every);
+  ProgressDisplay progress(common.quiet || !ranks().is_root(), job.train.log_every);
   trainer.set_event_callback([&](const TrainEvent& e) { progress(e); });
   Trainer::install_signal_handlers();
   out.result = trainer.run(job.resume);

@@ -57,19 +57,29 @@ EvalResult evaluate(const PeftModel& model, const Tokenizer& tokenizer, const Da
                     const std::vector<TokenizedExample>& examples, const EvalOptions& options) {
   NoGradGuard no_grad;
   SP_CHECK(options.batch_size > 0, "evaluation batch size must be positive");
+  const int ranks = options.communicator ? options.communicator->size() : 1;
+  const int rank = options.communicator ? options.communicator->rank() : 0;
+  SP_CHECK(ranks == 1 || !options.keep_predictions,
+           "evaluate: keeping predictions needs a single process (they are not gathered)");
   EvalResult result;
   result.examples = int64_t(examples.size());
-  double loss_sum = 0.0;
-  int64_t loss_count = 0;
-  for (size_t start = 0; start < examples.size(); start += size_t(options.batch_size)) {
+  // Per batch: loss sum, counted targets, correct rows. Each batch is scored by one rank and the
+  // others hold zeros there, so the sum over ranks is exact and the totals below add the batches
+  // in file order: every rank count gives the single-process result bit for bit.
+  const size_t batch_size = size_t(options.batch_size);
+  const size_t batches = (examples.size() + batch_size - 1) / batch_size;
+  std::vector<double> loss_sums(batches, 0.0), counts(batches, 0.0), correct(batches, 0.0);
+  for (size_t b = 0; b < batches; ++b) {
+    if (int(b % size_t(ranks)) != rank) continue;
+    const size_t start = b * batch_size;
     std::vector<size_t> indices;
-    for (size_t i = start; i < std::min(examples.size(), start + size_t(options.batch_size)); ++i)
+    for (size_t i = start; i < std::min(examples.size(), start + batch_size); ++i)
       indices.push_back(i);
     Batch batch = collate(examples, indices, options.pad_id);
     PeftBatch pb{batch.input_ids, batch.attention_mask, batch.labels, batch.task_ids, {}};
     PeftOutput out = model.forward(pb, {}, false, options.use_adapter);
-    loss_sum += double(out.loss.item()) * double(out.counted_targets);
-    loss_count += out.counted_targets;
+    loss_sums[b] = double(out.loss.item()) * double(out.counted_targets);
+    counts[b] = double(out.counted_targets);
 
     if (options.metric == Metric::kTokenAccuracy) {
       // Correct when the argmax at every counted position is its label.
@@ -84,7 +94,7 @@ EvalResult evaluate(const PeftModel& model, const Tokenizer& tokenizer, const Da
         int64_t argmax = int64_t(std::max_element(row, row + V) - row);
         if (argmax != targets[r]) ok[size_t(row_ids[r] / width)] = false;
       }
-      for (bool c : ok) result.correct += c ? 1 : 0;
+      for (bool c : ok) correct[b] += c ? 1 : 0;
     } else if (options.metric == Metric::kExactMatch) {
       std::vector<std::vector<int64_t>> prompts;
       std::vector<int64_t> tasks;
@@ -103,10 +113,26 @@ EvalResult evaluate(const PeftModel& model, const Tokenizer& tokenizer, const Da
         if (!ids.empty() && gen.eos_token_id && ids.back() == *gen.eos_token_id) ids.pop_back();
         std::string text = tokenizer.decode(ids, true);
         const Example& source = data.examples[examples[indices[k]].example_index];
-        if (strip(text) == strip(source.output)) ++result.correct;
+        if (strip(text) == strip(source.output)) correct[b] += 1;
         if (options.keep_predictions) result.predictions.push_back(text);
       }
     }
+  }
+  if (ranks > 1) {
+    std::vector<double> all;
+    for (const auto* part : {&loss_sums, &counts, &correct})
+      all.insert(all.end(), part->begin(), part->end());
+    options.communicator->all_reduce_sum(std::span<double>(all));
+    std::copy(all.begin(), all.begin() + long(batches), loss_sums.begin());
+    std::copy(all.begin() + long(batches), all.begin() + long(2 * batches), counts.begin());
+    std::copy(all.begin() + long(2 * batches), all.end(), correct.begin());
+  }
+  double loss_sum = 0.0;
+  int64_t loss_count = 0;
+  for (size_t b = 0; b < batches; ++b) {
+    loss_sum += loss_sums[b];
+    loss_count += int64_t(counts[b]);
+    result.correct += int64_t(correct[b]);
   }
   result.loss = loss_count == 0 ? 0.0 : loss_sum / double(loss_count);
   if (options.metric != Metric::kLoss && result.examples > 0)

@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/dist/communicator.h"
 #include "peft/data.h"
 #include "peft/peft_model.h"
 
@@ -29,6 +30,9 @@ struct EvalOptions {
   int64_t pad_id = 0;
   bool use_adapter = true;  ///< false: the frozen base model alone (the "untuned" baseline)
   bool keep_predictions = false;
+  /// Data parallel: each rank scores every size()-th batch and the sums are combined, so every
+  /// rank returns the single-process result. Null: this process scores everything.
+  Communicator* communicator = nullptr;
 };
 
 /// Mean loss over counted targets, and the metric's accuracy.

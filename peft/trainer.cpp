@@ -13,6 +13,7 @@
 #include <cstring>
 #include <filesystem>
 #include <limits>
+#include <span>
 
 #include "engine/durable_fs.h"
 #include "engine/error.h"
@@ -45,7 +46,7 @@ constexpr const char* kBestDir = "best";
 constexpr const char* kMetricsFile = "metrics.jsonl";
 constexpr const char* kStateFile = "trainer_state.json";
 constexpr const char* kOptimizerFile = "optimizer.safetensors";
-constexpr int kStateVersion = 2;  // 2 added metrics_bytes and eval_pending
+constexpr int kStateVersion = 3;  // 2 added metrics_bytes and eval_pending, 3 world_size
 
 uint64_t mix_seed(uint64_t seed, uint64_t step, uint64_t micro) {
   // splitmix64 of the triple: distinct dropout streams per micro-batch, reproducible on resume.
@@ -154,9 +155,11 @@ Trainer::Trainer(PeftModel& model, const Tokenizer& tokenizer, TrainConfig confi
            "max_grad_norm must be a finite number >= 0 (0 disables clipping), got ",
            config_.max_grad_norm);
   SP_CHECK(!train_.empty(), "no training examples");
+  if (config_.communicator) comm_ = config_.communicator;
+  micro_batches_per_step_ = config_.grad_accum * comm_->size();  // both <= 2^31: no overflow
   // Overflow-safe: a batch larger than the dataset is simply one batch.
   batches_per_epoch_ = ceil_div(int64_t(train_.size()), config_.batch_size);
-  const int64_t steps_per_epoch = ceil_div(batches_per_epoch_, config_.grad_accum);
+  const int64_t steps_per_epoch = ceil_div(batches_per_epoch_, micro_batches_per_step_);
   if (config_.max_steps > 0) {
     total_steps_ = config_.max_steps;
   } else if (__builtin_mul_overflow(steps_per_epoch, config_.epochs, &total_steps_)) {
@@ -209,6 +212,7 @@ int64_t Trainer::metrics_size() const {
 }
 
 void Trainer::append_metrics(const json& record) const {
+  if (!is_root()) return;
   const std::string line = record.dump() + "\n";
   fs_hook_point("write", (fs::path(config_.output_dir) / kMetricsFile).string());
   // One write per record (O_APPEND): a crash leaves at most a partial last line, which resume
@@ -232,6 +236,7 @@ EvalResult Trainer::run_eval() const {
   options.batch_size = config_.eval_batch_size;
   options.max_new_tokens = config_.max_new_tokens;
   options.pad_id = pad_id_;
+  options.communicator = comm_;
   return evaluate(model_, tokenizer_, *eval_data_, eval_, options);
 }
 
@@ -259,6 +264,7 @@ void Trainer::prepare_output_dir() {
 }
 
 void Trainer::save_checkpoint(Position at, const TrainResult& result, int64_t metrics_bytes) {
+  if (!is_root()) return;
   const fs::path out(config_.output_dir);
   commit_directory((out / kStateDir).string(), [&](const std::string& staged) {
     save_adapter(staged, model_.adapter());
@@ -281,6 +287,7 @@ void Trainer::save_checkpoint(Position at, const TrainResult& result, int64_t me
                  {"seed", config_.seed},
                  {"batch_size", config_.batch_size},
                  {"grad_accum", config_.grad_accum},
+                 {"world_size", comm_->size()},
                  {"total_steps", total_steps_},
                  {"threads", num_threads()},
                  {"metrics_bytes", metrics_bytes}};
@@ -312,7 +319,15 @@ Trainer::Position Trainer::load_checkpoint(TrainResult& result, int64_t& metrics
              " but this run has ", now, "; resuming would not continue the same run");
   };
   check_same("batch_size", config_.batch_size);
-  check_same("grad_accum", config_.grad_accum);
+  // The data order is defined per global micro-batch, so a run on M ranks continues one of N
+  // ranks exactly when grad_accum x ranks is the same.
+  const int64_t then_accum = int_field(meta, path, "grad_accum", 1, 1 << 30);
+  const int64_t then_ranks = version >= 3 ? int_field(meta, path, "world_size", 1, 1 << 20) : 1;
+  SP_CHECK(then_accum * then_ranks == micro_batches_per_step_, "--resume: the checkpoint took ",
+           then_accum * then_ranks, " micro-batches per step (grad_accum ", then_accum, " x ",
+           then_ranks, " ranks) but this run takes ", micro_batches_per_step_, " (grad_accum ",
+           config_.grad_accum, " x ", comm_->size(),
+           " ranks); choose --grad-accum so that the products match to continue the same run");
   check_same("total_steps", total_steps_);
   const uint64_t seed = uint_field(meta, path, "seed");
   SP_CHECK(seed == config_.seed, "--resume: the checkpoint used seed ", seed,
@@ -374,13 +389,67 @@ Trainer::Position Trainer::load_checkpoint(TrainResult& result, int64_t& metrics
   return at;
 }
 
+void Trainer::sync_from_root(Position& at, TrainResult& result) {
+  json meta;
+  if (is_root())
+    meta = {{"step", at.step},
+            {"epoch", at.epoch},
+            {"batch_in_epoch", at.batch_in_epoch},
+            {"eval_pending", at.eval_pending},
+            {"optimizer_steps", optimizer_->steps_taken()},
+            {"best_step", result.best_step},
+            {"best_accuracy", result.best_eval ? result.best_eval->accuracy : 0.0},
+            {"best_loss", result.best_eval ? result.best_eval->loss : 0.0}};
+  // JSON numbers print doubles to round trip, so every rank compares against the same best.
+  meta = json::parse(broadcast_string(*comm_, is_root() ? meta.dump() : std::string(), 0));
+  std::vector<Tensor> state = model_.adapter().parameters();
+  std::vector<Tensor> exp_avg, exp_avg_sq;
+  for (size_t i = 0; i < state.size(); ++i) {
+    exp_avg.push_back(optimizer_->exp_avg()[i].clone());
+    exp_avg_sq.push_back(optimizer_->exp_avg_sq()[i].clone());
+  }
+  state.insert(state.end(), exp_avg.begin(), exp_avg.end());
+  state.insert(state.end(), exp_avg_sq.begin(), exp_avg_sq.end());
+  broadcast_tensors(*comm_, state, 0);
+  if (is_root()) return;
+  at.step = meta["step"].get<int64_t>();
+  at.epoch = meta["epoch"].get<int64_t>();
+  at.batch_in_epoch = meta["batch_in_epoch"].get<int64_t>();
+  at.eval_pending = meta["eval_pending"].get<bool>();
+  result.steps = at.step;
+  result.best_step = meta["best_step"].get<int64_t>();
+  if (result.best_step >= 0) {
+    result.best_eval = EvalResult{};
+    result.best_eval->accuracy = meta["best_accuracy"].get<double>();
+    result.best_eval->loss = meta["best_loss"].get<double>();
+  }
+  optimizer_->load_state(meta["optimizer_steps"].get<int64_t>(), exp_avg, exp_avg_sq);
+}
+
+void Trainer::all_reduce_gradients(const std::vector<Tensor>& params) {
+  std::vector<Tensor> grads;
+  for (const Tensor& p : params) {
+    // A rank without a micro-batch in this step (the last, short step of an epoch) has none.
+    if (!p.grad().defined()) {
+      Tensor zeros = Tensor::zeros(p.shape(), DType::F32, p.device());
+      Tensor(p).set_grad(zeros);
+    }
+    grads.push_back(p.grad());
+  }
+  comm_->all_reduce_sum(grads);
+}
+
 TrainResult Trainer::run(bool resume) {
-  prepare_output_dir();
   stop_requested().store(false);
-  open_metrics();
+  if (is_root()) {
+    prepare_output_dir();
+    open_metrics();
+  }
   TrainResult result;
   Position at;
-  if (resume) {
+  if (!is_root()) {
+    // Rank 0 alone reads and writes the output directory; the others take its state below.
+  } else if (resume) {
     int64_t metrics_bytes = -1;
     at = load_checkpoint(result, metrics_bytes);
     // Re-publish the checkpoint's adapter: the top-level pair may lag behind training_state/
@@ -403,6 +472,7 @@ TrainResult Trainer::run(bool resume) {
       fail(ErrorKind::kIo, config_.output_dir, "/", kMetricsFile,
            ": cannot truncate: ", std::strerror(errno));
   }
+  if (comm_->size() > 1) sync_from_root(at, result);
   int64_t& step = at.step;
   int64_t& epoch = at.epoch;
   int64_t& batch_in_epoch = at.batch_in_epoch;
@@ -427,7 +497,7 @@ TrainResult Trainer::run(bool resume) {
     return p;
   };
   auto checkpoint = [&](bool eval_pending) {
-    save_checkpoint(position(eval_pending), result, metrics_size());
+    save_checkpoint(position(eval_pending), result, is_root() ? metrics_size() : 0);
   };
   auto interrupted = [&](bool eval_pending) {
     checkpoint(eval_pending);
@@ -458,14 +528,16 @@ TrainResult Trainer::run(bool resume) {
     if (config_.keep_best && better(r)) {
       result.best_eval = r;
       result.best_step = at_step;
-      commit_directory((fs::path(config_.output_dir) / kBestDir).string(),
-                       [&](const std::string& staged) { save_adapter(staged, model_.adapter()); });
+      if (is_root())
+        commit_directory(
+            (fs::path(config_.output_dir) / kBestDir).string(),
+            [&](const std::string& staged) { save_adapter(staged, model_.adapter()); });
     }
   };
   // A periodic evaluation that fails must not cost the steps trained since the last checkpoint:
   // save one marked eval_pending (resume runs that evaluation first), then report the error.
   auto periodic_eval = [&]() {
-    const int64_t metrics_before = metrics_size();
+    const int64_t metrics_before = is_root() ? metrics_size() : 0;
     const TrainResult before = result;
     try {
       evaluate_now(step);
@@ -479,25 +551,35 @@ TrainResult Trainer::run(bool resume) {
     }
   };
 
+  // One process polls the stop flag before every micro-batch. Ranks must agree on where to
+  // stop (or one would wait in a collective for the others), so with several ranks the flag
+  // travels with each step's sums and the run stops after that step, on every rank.
+  const int64_t ranks = comm_->size(), rank = comm_->rank();
+  bool stop_agreed = false;
+  auto stop_now = [&] { return ranks == 1 ? stop_requested().load() : stop_agreed; };
+
   if (at.eval_pending) periodic_eval();
   while (step < total_steps_) {
-    if (stop_requested().load()) return interrupted(false);
+    if (stop_now()) return interrupted(false);
     std::vector<size_t> order =
         epoch_order(train_, config_.seed, epoch, config_.shuffle, order_batch, order_bucket);
     while (batch_in_epoch < batches_per_epoch_ && step < total_steps_) {
       const int64_t step_first_batch = batch_in_epoch;
+      const int64_t step_batches =
+          std::min(micro_batches_per_step_, batches_per_epoch_ - step_first_batch);
       double step_loss = 0.0;
-      int64_t micro = 0;
-      for (; micro < config_.grad_accum && batch_in_epoch < batches_per_epoch_; ++micro) {
-        if (stop_requested().load()) {
+      int64_t step_tokens = 0;
+      // This rank's micro-batches of the step: global indices rank, rank + ranks, ...
+      for (int64_t micro = rank; micro < step_batches; micro += ranks) {
+        if (ranks == 1 && stop_requested().load()) {
           // Honoured between micro-batches too: the partial step is dropped and the checkpoint
           // is the last completed step, so resume redoes this step from its first batch.
           optimizer_->zero_grad();
           batch_in_epoch = step_first_batch;
           return interrupted(false);
         }
-        // batch_in_epoch < ceil(n / batch_size), so begin < n and nothing here overflows.
-        const size_t begin = size_t(batch_in_epoch * config_.batch_size);
+        // The batch index < ceil(n / batch_size), so begin < n and nothing here overflows.
+        const size_t begin = size_t((step_first_batch + micro) * config_.batch_size);
         const size_t count =
             size_t(std::min<int64_t>(config_.batch_size, n_examples - int64_t(begin)));
         std::vector<size_t> indices(order.begin() + long(begin),
@@ -514,11 +596,21 @@ TrainResult Trainer::run(bool resume) {
           fail(ErrorKind::kNumerical, "loss is ", loss, " at step ", step + 1,
                "; training stopped. The last good checkpoint is in ", config_.output_dir, "/",
                kStateDir, " (if one was saved); lower the learning rate or check the data");
-        scale(out.loss, 1.0f / float(config_.grad_accum)).backward();
-        step_loss += double(loss) / double(config_.grad_accum);
-        tokens_since_log += batch.text_tokens;
-        ++batch_in_epoch;
+        scale(out.loss, 1.0f / float(micro_batches_per_step_)).backward();
+        step_loss += double(loss) / double(micro_batches_per_step_);
+        step_tokens += batch.text_tokens;
       }
+      batch_in_epoch = step_first_batch + step_batches;
+      if (ranks > 1) {
+        all_reduce_gradients(params);
+        std::vector<double> sums = {step_loss, double(step_tokens),
+                                    stop_requested().load() ? 1.0 : 0.0};
+        comm_->all_reduce_sum(std::span<double>(sums));
+        step_loss = sums[0];
+        step_tokens = int64_t(sums[1]);
+        stop_agreed = sums[2] > 0;
+      }
+      tokens_since_log += step_tokens;
       const double lr =
           base_lr * schedule_factor(config_.schedule, step, config_.warmup_steps, total_steps_);
       optimizer_->set_lr(float(lr));
@@ -560,10 +652,10 @@ TrainResult Trainer::run(bool resume) {
       const bool eval_due =
           config_.eval_every > 0 && step % config_.eval_every == 0 && step < total_steps_;
       if (eval_due) {
-        if (stop_requested().load()) return interrupted(/*eval_pending=*/true);
+        if (stop_now()) return interrupted(/*eval_pending=*/true);
         periodic_eval();
       }
-      if (stop_requested().load()) return interrupted(false);
+      if (stop_now()) return interrupted(false);
       if (config_.save_every > 0 && step % config_.save_every == 0 && step < total_steps_)
         checkpoint(false);
     }
@@ -575,7 +667,7 @@ TrainResult Trainer::run(bool resume) {
   // The trained adapter and its checkpoint are on disk before the final evaluation runs, so an
   // evaluation error never loses the run; resuming a finished run repeats only that evaluation.
   checkpoint(false);
-  if (stop_requested().load()) {
+  if (stop_now()) {
     result.interrupted = true;  // the run is complete; resume only repeats the final evaluation
     return result;
   }

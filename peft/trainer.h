@@ -1,6 +1,6 @@
 // Trainer: prompt tuning with AdamW, LR schedules, gradient accumulation and clipping, periodic
 // evaluation with keep-best, atomic checkpoints with bitwise-exact resume, NaN and signal
-// handling, metrics.jsonl; the output directory is a PEFT adapter directory.
+// handling, metrics.jsonl, data-parallel ranks; the output directory is a PEFT adapter directory.
 #pragma once
 
 #include <atomic>
@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/dist/communicator.h"
 #include "engine/optim/adamw.h"
 #include "peft/data.h"
 #include "peft/evaluate.h"
@@ -42,6 +43,13 @@ struct TrainConfig {
   bool keep_best = true;   ///< keep the best evaluated adapter in <output_dir>/best
   int64_t save_every = 0;  ///< checkpoint every N optimizer steps; 0 = only at the end
   int64_t log_every = 10;
+  /// Data parallel (null: one process). Each optimizer step takes batch_size x ranks x grad_accum
+  /// examples: global micro-batch j of the step (j = m * ranks + rank for this rank's m-th) holds
+  /// slots [j * batch_size, (j + 1) * batch_size) of the step's share of the epoch order, so the
+  /// data and dropout of a step do not depend on how many ranks share it. Gradients are summed
+  /// (each rank scales its losses by 1 / (ranks x grad_accum)), evaluation is sharded by batch,
+  /// and rank 0 alone writes the output directory.
+  Communicator* communicator = nullptr;
 };
 
 /// What the trainer reports as it goes (the CLI draws a progress bar from these).
@@ -106,6 +114,11 @@ class Trainer {
   void save_checkpoint(Position at, const TrainResult& result, int64_t metrics_bytes);
   Position load_checkpoint(TrainResult& result, int64_t& metrics_bytes);
   EvalResult run_eval() const;
+  /// Ranks > 1: every rank takes rank 0's parameters, optimizer state and position.
+  void sync_from_root(Position& at, TrainResult& result);
+  /// Ranks > 1: sums the parameters' gradients (zeros where a rank had no micro-batch).
+  void all_reduce_gradients(const std::vector<Tensor>& params);
+  bool is_root() const { return comm_->is_root(); }
   void emit(const TrainEvent& event) const;
   void open_metrics();
   void append_metrics(const nlohmann::json& record) const;
@@ -119,6 +132,9 @@ class Trainer {
   const Dataset* eval_data_;
   std::vector<TokenizedExample> eval_;
   std::unique_ptr<AdamW> optimizer_;
+  SingleProcessCommunicator single_process_;
+  Communicator* comm_ = &single_process_;
+  int64_t micro_batches_per_step_ = 1;  ///< grad_accum x ranks
   int64_t batches_per_epoch_ = 0;
   int64_t total_steps_ = 0;
   int64_t pad_id_ = 0;

@@ -5,6 +5,7 @@
 #include <exception>
 
 #include "engine/backend.h"
+#include "engine/dist/nccl_communicator.h"
 #include "engine/ops/ops.h"
 
 int main() {
@@ -14,6 +15,8 @@ int main() {
     std::printf("softprompt devices:");
     for (const Device& d : devices) std::printf(" %s", d.str().c_str());
     std::printf("\n");
+    // NCCL links into the real backend; its version call needs no GPU.
+    std::printf("data-parallel GPU collectives: %s\n", nccl_version().c_str());
     int failures = 0;
     for (const Device& device : devices) {
       if (device.is_cpu()) continue;
