@@ -150,7 +150,10 @@ CommandRunner add_bench_command(CLI::App& app) {
     prompt.num_virtual_tokens = o->virtual_tokens;
     PromptAdapter& adapter = model.add_adapter("bench", prompt, 1);
     AdamW optimizer(adapter.parameters(), AdamWOptions{});
-    Generator gen(7);
+    // Under mpirun: data parallel, each rank on its own synthetic batch, gradients all-reduced.
+    Communicator& comm = ranks();
+    const bool parallel = comm.size() > 1;
+    Generator gen(7 + uint64_t(comm.rank()));
     std::vector<int64_t> ids(size_t(o->batch * o->seq));
     for (auto& id : ids) id = gen.uniform_int(info.vocab_size);
     PeftBatch batch;
@@ -165,12 +168,29 @@ CommandRunner add_bench_command(CLI::App& app) {
     // Per timed step: what a GPU pays besides arithmetic (launches, host waits, allocations).
     uint64_t launches = 0, gemm_calls = 0, host_syncs = 0, device_allocations = 0;
     std::map<std::string, uint64_t, std::less<>> launches_by_kernel;
+    std::vector<double> allreduce_times, wait_times;
+    std::vector<Tensor> params = adapter.parameters();
     for (int64_t s = 0; s < o->warmup + o->steps; ++s) {
       backend.reset_stats();
       auto t = Clock::now();
       train.dropout_seed = uint64_t(s);
       PeftOutput out = model.forward(batch, train);
       out.loss.backward();
+      if (parallel) {
+        // The barrier separates waiting for the slowest rank from the all-reduce itself.
+        backend.synchronize();
+        auto c = Clock::now();
+        comm.barrier();
+        const double waited = seconds_since(c);
+        c = Clock::now();
+        std::vector<Tensor> grads;
+        for (const Tensor& p : params) grads.push_back(p.grad());
+        comm.all_reduce_sum(grads);
+        if (s >= o->warmup) {
+          allreduce_times.push_back(seconds_since(c));
+          wait_times.push_back(waited);
+        }
+      }
       optimizer.step();
       optimizer.zero_grad();
       const BackendStats step_stats = backend.stats();  // before the timing sync, not counting it
@@ -202,11 +222,17 @@ CommandRunner add_bench_command(CLI::App& app) {
     for (double t : times) total += t;
     const double mean = times.empty() ? 0 : total / double(times.size());
     const double best = times.empty() ? 0 : *std::min_element(times.begin(), times.end());
-    const double tokens_per_s = mean > 0 ? double(o->batch * o->seq) / mean : 0;
+    const double tokens_per_s = mean > 0 ? double(o->batch * o->seq * comm.size()) / mean : 0;
+    auto mean_ms = [](const std::vector<double>& values) {
+      double sum = 0;
+      for (double v : values) sum += v;
+      return values.empty() ? 0.0 : sum / double(values.size()) * 1e3;
+    };
+    const double allreduce_ms = mean_ms(allreduce_times), wait_ms = mean_ms(wait_times);
     const double gemm_gflops = total > 0 ? flops / total / 1e9 : 0;
 
     double gen_tokens_per_s = 0, prefill_ms = 0, generation_warmup_ms = 0;
-    if (!o->skip_generation && o->gen_tokens > 0) {
+    if (!o->skip_generation && o->gen_tokens > 0 && !parallel) {
       std::vector<std::vector<int64_t>> prompts(size_t(o->gen_batch));
       for (auto& p : prompts)
         for (int64_t i = 0; i < o->gen_prompt; ++i) p.push_back(gen.uniform_int(info.vocab_size));
@@ -233,6 +259,9 @@ CommandRunner add_bench_command(CLI::App& app) {
                              {"device", device.str()},
                              {"dtype", dtype == DType::BF16 ? "bf16" : "f32"},
                              {"threads", num_threads()},
+                             {"ranks", comm.size()},
+                             {"allreduce_ms_per_step", allreduce_ms},
+                             {"rank_wait_ms_per_step", wait_ms},
                              {"batch_size", o->batch},
                              {"seq_len", o->seq},
                              {"virtual_tokens", o->virtual_tokens},
@@ -249,6 +278,7 @@ CommandRunner add_bench_command(CLI::App& app) {
                              {"peak_rss_mb", rss},
                              {"per_step", per_step},
                              {"launches_by_kernel", per_kernel}};
+    if (!comm.is_root()) return kExitOk;
     if (o->json) {
       std::printf("%s\n", result.dump().c_str());
       return kExitOk;
@@ -260,6 +290,11 @@ CommandRunner add_bench_command(CLI::App& app) {
         (long long)o->virtual_tokens, o->dropout ? "on" : "off");
     std::printf("train step: %.1f ms (best %.1f ms), %.0f tokens/s\n", mean * 1e3, best * 1e3,
                 tokens_per_s);
+    if (parallel)
+      std::printf(
+          "data parallel: %d ranks x batch %lld; per step: gradient all-reduce %.3f ms, waiting "
+          "for the slowest rank %.1f ms (%s)\n",
+          comm.size(), (long long)o->batch, allreduce_ms, wait_ms, comm.description().c_str());
     if (!device.is_cpu())
       std::printf(
           "per step: %.0f kernel launches + %.0f GEMM calls (%.1f per layer), %.0f host syncs, "

@@ -22,10 +22,11 @@ int run_parsed_command(const std::map<CLI::App*, sp::cli::CommandRunner>& runner
   try {
     for (auto& [command, run] : runners) {
       if (!command->parsed()) continue;
-      if (ranks().size() > 1 && command->get_name() != "train")
-        throw UsageError("only 'softprompt train' runs on several ranks (this is rank " +
-                         std::to_string(ranks().rank()) + " of " + std::to_string(ranks().size()) +
-                         "); run '" + command->get_name() + "' as one process, without mpirun");
+      if (ranks().size() > 1 && command->get_name() != "train" && command->get_name() != "bench")
+        throw UsageError(
+            "only 'softprompt train' and 'softprompt bench' run on several ranks (this is rank " +
+            std::to_string(ranks().rank()) + " of " + std::to_string(ranks().size()) + "); run '" +
+            command->get_name() + "' as one process, without mpirun");
       return run();
     }
   } catch (const UsageError& e) {

@@ -110,7 +110,7 @@ TEST_F(CliDataParallel, AKilledRankEndsTheJobWithinSeconds) {
 TEST_F(CliDataParallel, OnlyTrainRunsOnSeveralRanks) {
   CommandResult r = shell(mpirun(2, "inspect " + kFixtures + "/gpt2_tiny_a"));
   EXPECT_EQ(r.code, 2) << r.output;
-  EXPECT_NE(r.output.find("only 'softprompt train' runs on several ranks"), std::string::npos)
+  EXPECT_NE(r.output.find("only 'softprompt train' and 'softprompt bench' run on several ranks"), std::string::npos)
       << r.output;
 }
 
