@@ -238,6 +238,23 @@ TEST_F(DataParallel, ACheckpointOfTwoRanksResumesOnOneRankExactly) {
   EXPECT_EQ(metrics("split"), metrics("full"));
 }
 
+// The other way round: a single-process checkpoint (grad-accum 2) continues on 2 ranks.
+TEST_F(DataParallel, ACheckpointOfOneProcessResumesOnTwoRanksExactly) {
+  if (comm().is_root()) {
+    Run first = train(config("grow", nullptr, 2), false, /*stop_at=*/4, /*stop_rank=*/0);
+    Trainer::stop_requested().store(false);
+    EXPECT_TRUE(first.result.interrupted);
+    EXPECT_EQ(first.result.steps, 4);
+  }
+  comm().barrier();  // rank 1 waits here while rank 0 trains alone
+  Run resumed = train(config("grow", &comm(), 1), /*resume=*/true);
+  EXPECT_EQ(resumed.result.steps, 7);
+  if (!comm().is_root()) return;
+  Run full = train(config("full", nullptr, 2));
+  EXPECT_EQ(resumed.prompt, full.prompt);
+  EXPECT_EQ(metrics("grow"), metrics("full"));
+}
+
 }  // namespace
 }  // namespace sp
 
