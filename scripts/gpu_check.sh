@@ -33,6 +33,27 @@ step "micro-benchmarks (bench_ops)" "$build/bench/bench_ops" --benchmark_counter
 step "softprompt bench --device cuda (TF32 GEMMs on sm_80+)" "$build/cli/softprompt" bench --device cuda
 step "softprompt bench --device cuda, exact fp32 GEMMs" env SOFTPROMPT_CUDA_TF32=0 "$build/cli/softprompt" bench --device cuda
 step "softprompt bench --device cuda --dtype bf16" "$build/cli/softprompt" bench --device cuda --dtype bf16
+# Data parallel with NCCL needs two GPUs (NCCL refuses two ranks on one device): 2 ranks x batch 2
+# must write the adapter of one process with --grad-accum 2, byte for byte, as on the CPU.
+gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
+if [ "${gpus:-0}" -ge 2 ]; then
+  dp_dir=$(mktemp -d)
+  data_parallel_check() {
+    local data="$dp_dir/train.jsonl" model=tests/fixtures/gpt2_tiny_a
+    for w in hot up big day open left fast old wet; do
+      echo "{\"input\": \"The opposite of $w is\", \"output\": \" x\"}"
+    done >"$data"
+    local args=(train --model "$model" --data "$data" --batch-size 2 --num-virtual-tokens 3 --max-steps 6 -q)
+    mpiexec -n 2 "$build/cli/softprompt" "${args[@]}" --device cuda --output "$dp_dir/two" &&
+      "$build/cli/softprompt" "${args[@]}" --device cuda:0 --grad-accum 2 --output "$dp_dir/one" &&
+      cmp "$dp_dir/two/adapter_model.safetensors" "$dp_dir/one/adapter_model.safetensors"
+  }
+  step "data parallel: mpiexec -n 2 train --device cuda (NCCL) = 1 GPU with --grad-accum 2" data_parallel_check
+  step "data parallel: mpiexec -n 2 bench --device cuda (NCCL)" mpiexec -n 2 "$build/cli/softprompt" bench --device cuda --batch-size 4
+  rm -rf "$dp_dir"
+else
+  echo "gpu_check: fewer than 2 GPUs: the NCCL data-parallel checks are skipped"
+fi
 step "softprompt bench --device cpu (for comparison)" "$build/cli/softprompt" bench --device cpu --steps 2
 
 echo
