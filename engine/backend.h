@@ -46,11 +46,12 @@ enum class Activation { kGeluTanh, kGeluErf, kRelu };
 // Masking and scaling applied to attention scores before the softmax (HF semantics: masked
 // positions receive float32 min, i.e. exactly zero probability unless a row has no valid key).
 struct AttentionMask {
-  float scale = 1.0f;        // multiplies q.k (1/sqrt(d) for GPT-2, 1 for T5)
-  bool causal = false;       // query i (absolute position query_offset + i) sees keys <= it
-  int64_t query_offset = 0;  // absolute position of query 0 (the KV-cache length)
-  Tensor key_padding;        // optional [B, Tk] F32: 1 = attend, 0 = masked
-  Tensor bias;               // optional additive [H, Tq, Tk] or [B, H, Tq, Tk] F32 (T5)
+  float scale = 1.0f;          // multiplies q.k (1/sqrt(d) for GPT-2, 1 for T5)
+  bool causal = false;         // query i (absolute position query_offset + i) sees keys <= it
+  int64_t query_offset = 0;    // absolute position of query 0 (the KV-cache length)
+  Tensor key_padding;          // optional [B, Tk] F32: 1 = attend, 0 = masked
+  Tensor bias;                 // optional additive [H, Tq, Tk] or [B, H, Tq, Tk] F32 (T5)
+  int64_t sliding_window = 0;  // > 0: query at position p sees only keys j > p - window (Mistral)
 };
 
 // What the work since reset_stats() cost. Beyond the GEMMs, the counters say what bounds a step on
@@ -135,7 +136,8 @@ class Backend {
   virtual void masked_softmax_backward(const Tensor& probs, const Tensor& d_probs, float scale,
                                        const Tensor& d_scores) = 0;
 
-  // ---- attention: q [B, Tq, H, D], k/v [B, Tk, H, D] (any strides, unit stride on D) ----
+  // ---- attention: q [B, Tq, H, D], k/v [B, Tk, Hkv, D] (any strides, unit stride on D) ----
+  // Grouped-query attention when Hkv < H: query head h reads key/value head h / (H / Hkv).
   // out [B, Tq, H, D] contiguous; lse [B, H, Tq] receives each row's log-sum-exp for backward.
   virtual void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v,
                                  const AttentionMask& mask, const Tensor& out,

@@ -2,7 +2,9 @@
 // score matrix. The forward streams key tiles through shared memory with an online softmax and
 // saves each row's log-sum-exp; the backward recomputes probabilities from it (FlashAttention-2
 // style) in two deterministic kernels, one per query tile (dQ) and one per key tile (dK, dV).
-// q/k/v are strided [B, T, H, D] views with unit stride on D; out/dq/dk/dv are contiguous.
+// q is a strided [B, Tq, H, D] view and k/v [B, Tk, Hkv, D] views (grouped-query attention when
+// Hkv < H: query head h reads key/value head h / (H / Hkv)), unit stride on D; out/dq/dk/dv are
+// contiguous.
 #pragma once
 
 #include "kernels/attention_mask.cuh"
@@ -12,6 +14,7 @@ namespace sp::SP_CUDA_NS {
 
 struct AttentionShape {
   int64_t batch = 0, heads = 0, q_len = 0, k_len = 0, head_dim = 0;
+  int64_t kv_heads = 0;  // divides heads
   // Element strides of the batch, time and head axes of q, k and v.
   int64_t q_stride[3] = {}, k_stride[3] = {}, v_stride[3] = {};
 };
@@ -87,6 +90,7 @@ __global__ void __launch_bounds__(kAttentionThreads)
   const int tid = thread_index(), threads = block_threads();
   const int lane = tid % 32, warp = tid / 32, warps = threads / 32;
   const int64_t b = blockIdx.y / heads, h = blockIdx.y % heads;
+  const int64_t hk = h / (heads / shape.kv_heads);
   const int64_t q0 = int64_t(blockIdx.x) * bq;
   const int rows = int(shape.q_len - q0 < bq ? shape.q_len - q0 : bq);
 
@@ -100,8 +104,8 @@ __global__ void __launch_bounds__(kAttentionThreads)
   for (int64_t k0 = 0; k0 < key_end; k0 += bk) {
     const int cols = int(key_end - k0 < bk ? key_end - k0 : bk);
     __syncthreads();  // the previous tile's readers of s_k, s_v and s_p are done
-    load_head_tile(k, shape.k_stride, b, h, k0, cols, bk, d, ld, s_k);
-    load_head_tile(v, shape.v_stride, b, h, k0, cols, bk, d, ld, s_v);
+    load_head_tile(k, shape.k_stride, b, hk, k0, cols, bk, d, ld, s_k);
+    load_head_tile(v, shape.v_stride, b, hk, k0, cols, bk, d, ld, s_v);
     __syncthreads();
     for (int e = tid; e < bq * bk; e += threads) {
       const int r = e / bk, c = e % bk;
@@ -222,6 +226,7 @@ __global__ void __launch_bounds__(kAttentionThreads)
 
   const int tid = thread_index(), threads = block_threads();
   const int64_t b = blockIdx.y / heads, h = blockIdx.y % heads;
+  const int64_t hk = h / (heads / shape.kv_heads);
   const int64_t q0 = int64_t(blockIdx.x) * bq;
   const int rows = int(shape.q_len - q0 < bq ? shape.q_len - q0 : bq);
   const int64_t contiguous_stride[3] = {shape.q_len * heads * d, heads * d, d};
@@ -238,8 +243,8 @@ __global__ void __launch_bounds__(kAttentionThreads)
   for (int64_t k0 = 0; k0 < key_end; k0 += bk) {
     const int cols = int(key_end - k0 < bk ? key_end - k0 : bk);
     __syncthreads();
-    load_head_tile(k, shape.k_stride, b, h, k0, cols, bk, d, ld, s_k);
-    load_head_tile(v, shape.v_stride, b, h, k0, cols, bk, d, ld, s_v);
+    load_head_tile(k, shape.k_stride, b, hk, k0, cols, bk, d, ld, s_k);
+    load_head_tile(v, shape.v_stride, b, hk, k0, cols, bk, d, ld, s_v);
     __syncthreads();
     attention_tile_gradients(s_q, s_do, s_k, s_v, s_lse, s_delta, shape, mask, b, h, q0, rows, k0,
                              cols, bk, bq, nullptr, s_ds);
@@ -257,8 +262,9 @@ __global__ void __launch_bounds__(kAttentionThreads)
   }
 }
 
-// dK and dV for a block per (key tile, batch * head): dV = sum P^T dO, dK = sum dS^T Q over the
-// query tiles that can see the keys. Either output may be null.
+// dK and dV for a block per (key tile, batch * key/value head): dV = sum P^T dO, dK = sum dS^T Q
+// over the query tiles that can see the keys, of every query head of the group (summed in head
+// order: deterministic). Either output may be null.
 template <class T>
 __global__ void __launch_bounds__(kAttentionThreads)
     attention_backward_dkv_kernel(const T* q, const T* k, const T* v, const T* d_out,
@@ -280,13 +286,14 @@ __global__ void __launch_bounds__(kAttentionThreads)
   float* s_delta = s_lse + bq;    // [bq]
 
   const int tid = thread_index(), threads = block_threads();
-  const int64_t b = blockIdx.y / heads, h = blockIdx.y % heads;
+  const int64_t kv_heads = shape.kv_heads, group = heads / kv_heads;
+  const int64_t b = blockIdx.y / kv_heads, hk = blockIdx.y % kv_heads;
   const int64_t k0 = int64_t(blockIdx.x) * bk;
   const int cols = int(shape.k_len - k0 < bk ? shape.k_len - k0 : bk);
   const int64_t contiguous_stride[3] = {shape.q_len * heads * d, heads * d, d};
 
-  load_head_tile(k, shape.k_stride, b, h, k0, cols, bk, d, ld, s_k);
-  load_head_tile(v, shape.v_stride, b, h, k0, cols, bk, d, ld, s_v);
+  load_head_tile(k, shape.k_stride, b, hk, k0, cols, bk, d, ld, s_k);
+  load_head_tile(v, shape.v_stride, b, hk, k0, cols, bk, d, ld, s_v);
   for (int64_t e = tid; e < bk * d; e += threads) {
     s_dk[e] = 0.0f;
     s_dv[e] = 0.0f;
@@ -294,34 +301,35 @@ __global__ void __launch_bounds__(kAttentionThreads)
   // Causal: query i sees key j iff j <= query_offset + i, so earlier queries never see this tile.
   int64_t first_query = 0;
   if (mask.causal && k0 - mask.query_offset > 0) first_query = k0 - mask.query_offset;
-  for (int64_t q0 = first_query; q0 < shape.q_len; q0 += bq) {
-    const int rows = int(shape.q_len - q0 < bq ? shape.q_len - q0 : bq);
-    __syncthreads();
-    load_head_tile(q, shape.q_stride, b, h, q0, rows, bq, d, d, s_q);
-    load_head_tile(d_out, contiguous_stride, b, h, q0, rows, bq, d, d, s_do);
-    for (int r = tid; r < bq; r += threads) {
-      const int64_t row = (b * heads + h) * shape.q_len + q0 + r;
-      s_lse[r] = r < rows ? lse[row] : -INFINITY;
-      s_delta[r] = r < rows ? delta[row] : 0.0f;
-    }
-    __syncthreads();
-    attention_tile_gradients(s_q, s_do, s_k, s_v, s_lse, s_delta, shape, mask, b, h, q0, rows, k0,
-                             cols, bk, bq, s_p, s_ds);
-    __syncthreads();
-    for (int64_t e = tid; e < bk * d; e += threads) {
-      const int64_t c = e / d, x = e % d;
-      float acc_v = s_dv[e], acc_k = s_dk[e];
-      for (int r = 0; r < rows; ++r) {
-        acc_v += s_p[r * bk + c] * s_do[r * d + x];
-        acc_k += s_ds[r * bk + c] * s_q[r * d + x];
+  for (int64_t h = hk * group; h < (hk + 1) * group; ++h)
+    for (int64_t q0 = first_query; q0 < shape.q_len; q0 += bq) {
+      const int rows = int(shape.q_len - q0 < bq ? shape.q_len - q0 : bq);
+      __syncthreads();
+      load_head_tile(q, shape.q_stride, b, h, q0, rows, bq, d, d, s_q);
+      load_head_tile(d_out, contiguous_stride, b, h, q0, rows, bq, d, d, s_do);
+      for (int r = tid; r < bq; r += threads) {
+        const int64_t row = (b * heads + h) * shape.q_len + q0 + r;
+        s_lse[r] = r < rows ? lse[row] : -INFINITY;
+        s_delta[r] = r < rows ? delta[row] : 0.0f;
       }
-      s_dv[e] = acc_v;
-      s_dk[e] = acc_k;
+      __syncthreads();
+      attention_tile_gradients(s_q, s_do, s_k, s_v, s_lse, s_delta, shape, mask, b, h, q0, rows, k0,
+                               cols, bk, bq, s_p, s_ds);
+      __syncthreads();
+      for (int64_t e = tid; e < bk * d; e += threads) {
+        const int64_t c = e / d, x = e % d;
+        float acc_v = s_dv[e], acc_k = s_dk[e];
+        for (int r = 0; r < rows; ++r) {
+          acc_v += s_p[r * bk + c] * s_do[r * d + x];
+          acc_k += s_ds[r * bk + c] * s_q[r * d + x];
+        }
+        s_dv[e] = acc_v;
+        s_dk[e] = acc_k;
+      }
     }
-  }
   for (int64_t e = tid; e < cols * d; e += threads) {
     const int64_t c = e / d, x = e % d;
-    const int64_t index = ((b * shape.k_len + k0 + c) * heads + h) * d + x;
+    const int64_t index = ((b * shape.k_len + k0 + c) * kv_heads + hk) * d + x;
     if (dk) dk[index] = from_float<T>(s_dk[e]);
     if (dv) dv[index] = from_float<T>(s_dv[e]);
   }

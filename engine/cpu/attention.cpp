@@ -1,6 +1,6 @@
-// CPU attention: per (batch, head) GEMMs through Eigen on strided views of q/k/v, the masked
-// softmax of attention_mask.h, and a backward that recomputes the probabilities from the saved
-// log-sum-exp instead of storing them.
+// CPU attention: per (batch, head) GEMMs through Eigen on strided views of q/k/v (grouped-query:
+// a query head reads its group's key/value head), the masked softmax of attention_mask.h, and a
+// backward that recomputes the probabilities from the saved log-sum-exp instead of storing them.
 #include <Eigen/Core>
 #include <cmath>
 #include <limits>
@@ -52,9 +52,12 @@ void softmax_rows(Matrix& s, int64_t b, int64_t h, int64_t H, const AttentionMas
   }
 }
 
-void check_qkv(const Tensor& q, const Tensor& k, const Tensor& v) {
+// Query heads per key/value head.
+int64_t check_qkv(const Tensor& q, const Tensor& k, const Tensor& v) {
   SP_ASSERT(q.dim() == 4 && k.dim() == 4 && v.dim() == 4);
   SP_ASSERT(q.stride(3) == 1 && k.stride(3) == 1 && v.stride(3) == 1);
+  SP_ASSERT(k.size(2) > 0 && q.size(2) % k.size(2) == 0 && v.size(2) == k.size(2));
+  return q.size(2) / k.size(2);
 }
 
 }  // namespace
@@ -62,7 +65,7 @@ void check_qkv(const Tensor& q, const Tensor& k, const Tensor& v) {
 void CpuBackend::attention_forward(const Tensor& q, const Tensor& k, const Tensor& v,
                                    const AttentionMask& mask, const Tensor& out,
                                    const Tensor& lse) {
-  check_qkv(q, k, v);
+  const int64_t group = check_qkv(q, k, v);
   const int64_t B = q.size(0), Tq = q.size(1), H = q.size(2);
   const int64_t Tk = k.size(1);
   float* plse = lse.data<float>();
@@ -71,8 +74,8 @@ void CpuBackend::attention_forward(const Tensor& q, const Tensor& k, const Tenso
     for (int64_t bh = lo; bh < hi; ++bh) {
       const int64_t b = bh / H, h = bh % H;
       auto Q = head_view(q, b, h);
-      auto K = head_view(k, b, h);
-      auto V = head_view(v, b, h);
+      auto K = head_view(k, b, h / group);
+      auto V = head_view(v, b, h / group);
       s.resize(Tq, Tk);
       s.noalias() = Q * K.transpose();
       softmax_rows(s, b, h, H, mask, plse + (b * H + h) * Tq);
@@ -85,44 +88,58 @@ void CpuBackend::attention_backward(const Tensor& q, const Tensor& k, const Tens
                                     const AttentionMask& mask, const Tensor& out, const Tensor& lse,
                                     const Tensor& d_out, const Tensor& dq, const Tensor& dk,
                                     const Tensor& dv) {
-  check_qkv(q, k, v);
-  const int64_t B = q.size(0), Tq = q.size(1), H = q.size(2);
+  const int64_t group = check_qkv(q, k, v);
+  const int64_t B = q.size(0), Tq = q.size(1), H = q.size(2), Hkv = k.size(2);
   const int64_t Tk = k.size(1);
   const float* plse = lse.data<float>();
-  parallel_for(0, B * H, 1, [&](int64_t lo, int64_t hi) {
+  // A task per (batch, key/value head): the query heads of its group add into the same dK/dV
+  // rows, one after another, so no two threads write them.
+  parallel_for(0, B * Hkv, 1, [&](int64_t lo, int64_t hi) {
     Matrix p, dp;
-    for (int64_t bh = lo; bh < hi; ++bh) {
-      const int64_t b = bh / H, h = bh % H;
-      auto Q = head_view(q, b, h);
-      auto K = head_view(k, b, h);
-      auto V = head_view(v, b, h);
-      auto dO = head_view(d_out, b, h);
-      // Recompute P = exp(masked scores - lse) exactly as the forward produced it.
-      p.resize(Tq, Tk);
-      p.noalias() = Q * K.transpose();
-      const float* row_lse = plse + (b * H + h) * Tq;
-      for (int64_t i = 0; i < Tq; ++i) {
-        float* row = p.data() + i * Tk;
-        cpu::mask_scores_row(row, b, h, i, H, Tq, Tk, mask);
-        Eigen::Map<Eigen::ArrayXf> r(row, Tk);
-        if (std::isfinite(row_lse[i]))
-          r = (r == -std::numeric_limits<float>::infinity()).select(0.0f, (r - row_lse[i]).exp());
-        else
-          r.setZero();
+    for (int64_t bg = lo; bg < hi; ++bg)
+      for (int64_t h = (bg % Hkv) * group; h < (bg % Hkv + 1) * group; ++h) {
+        const int64_t b = bg / Hkv, hk = bg % Hkv;
+        const bool first_in_group = h == hk * group;
+        auto Q = head_view(q, b, h);
+        auto K = head_view(k, b, hk);
+        auto V = head_view(v, b, hk);
+        auto dO = head_view(d_out, b, h);
+        // Recompute P = exp(masked scores - lse) exactly as the forward produced it.
+        p.resize(Tq, Tk);
+        p.noalias() = Q * K.transpose();
+        const float* row_lse = plse + (b * H + h) * Tq;
+        for (int64_t i = 0; i < Tq; ++i) {
+          float* row = p.data() + i * Tk;
+          cpu::mask_scores_row(row, b, h, i, H, Tq, Tk, mask);
+          Eigen::Map<Eigen::ArrayXf> r(row, Tk);
+          if (std::isfinite(row_lse[i]))
+            r = (r == -std::numeric_limits<float>::infinity()).select(0.0f, (r - row_lse[i]).exp());
+          else
+            r.setZero();
+        }
+        if (dv.defined()) {
+          if (first_in_group)
+            head_view_mut(dv, b, hk).noalias() = p.transpose() * dO;
+          else
+            head_view_mut(dv, b, hk).noalias() += p.transpose() * dO;
+        }
+        if (!dq.defined() && !dk.defined()) continue;
+        dp.resize(Tq, Tk);
+        dp.noalias() = dO * V.transpose();
+        // dS = P * (dP - rowsum(P * dP)), then the scale of the forward's q.k.
+        for (int64_t i = 0; i < Tq; ++i) {
+          Eigen::Map<Eigen::ArrayXf> pr(p.data() + i * Tk, Tk), dpr(dp.data() + i * Tk, Tk);
+          float dot = (pr * dpr).sum();
+          dpr = mask.scale * pr * (dpr - dot);
+        }
+        if (dq.defined()) head_view_mut(dq, b, h).noalias() = dp * K;
+        if (dk.defined()) {
+          if (first_in_group)
+            head_view_mut(dk, b, hk).noalias() = dp.transpose() * Q;
+          else
+            head_view_mut(dk, b, hk).noalias() += dp.transpose() * Q;
+        }
       }
-      if (dv.defined()) head_view_mut(dv, b, h).noalias() = p.transpose() * dO;
-      if (!dq.defined() && !dk.defined()) continue;
-      dp.resize(Tq, Tk);
-      dp.noalias() = dO * V.transpose();
-      // dS = P * (dP - rowsum(P * dP)), then the scale of the forward's q.k.
-      for (int64_t i = 0; i < Tq; ++i) {
-        Eigen::Map<Eigen::ArrayXf> pr(p.data() + i * Tk, Tk), dpr(dp.data() + i * Tk, Tk);
-        float dot = (pr * dpr).sum();
-        dpr = mask.scale * pr * (dpr - dot);
-      }
-      if (dq.defined()) head_view_mut(dq, b, h).noalias() = dp * K;
-      if (dk.defined()) head_view_mut(dk, b, h).noalias() = dp.transpose() * Q;
-    }
   });
 }
 

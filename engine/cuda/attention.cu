@@ -23,6 +23,9 @@ AttentionShape attention_shape(const char* op, const Tensor& q, const Tensor& k,
   s.heads = q.size(2);
   s.head_dim = q.size(3);
   s.k_len = k.size(1);
+  s.kv_heads = k.size(2);
+  SP_CHECK(s.kv_heads > 0 && s.heads % s.kv_heads == 0 && v.size(2) == s.kv_heads, op,
+           ": key/value heads ", s.kv_heads, " must divide the query heads ", s.heads);
   // Batch x heads is the grid's y dimension.
   SP_CHECK(s.batch * s.heads <= 65535, op, ": batch * heads = ", s.batch * s.heads,
            " exceeds the 65535 blocks of a grid's y dimension");
@@ -124,7 +127,8 @@ void CudaBackend::attention_backward(const Tensor& q, const Tensor& k, const Ten
       const size_t smem =
           size_t(attention_backward_dkv_smem_floats(tiles, shape.head_dim)) * sizeof(float);
       allow_shared_memory(op, attention_backward_dkv_kernel<T>, smem);
-      const dim3 grid(unsigned((shape.k_len + tiles.block_k - 1) / tiles.block_k), unsigned(bh));
+      const dim3 grid(unsigned((shape.k_len + tiles.block_k - 1) / tiles.block_k),
+                      unsigned(shape.batch * shape.kv_heads));
       SP_LAUNCH(grid, kAttentionThreads, smem, stream_, attention_backward_dkv_kernel<T>)
       (const_ptr<T>(q), const_ptr<T>(k), const_ptr<T>(v), const_ptr<T>(d_out),
        const_ptr<float>(lse), delta.as<float>(), shape, args, tiles, mutable_ptr<T>(dk),

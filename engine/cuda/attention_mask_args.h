@@ -18,6 +18,7 @@ inline AttentionMaskArgs attention_mask_args(const char* op, const AttentionMask
   args.key_padding = const_ptr<float>(mask.key_padding);
   args.bias = const_ptr<float>(mask.bias);
   args.bias_per_batch = mask.bias.defined() && mask.bias.dim() == 4;
+  args.sliding_window = mask.sliding_window;
   return args;
 }
 

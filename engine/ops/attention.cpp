@@ -27,6 +27,7 @@ void check_mask(const char* op, const AttentionMask& mask, int64_t B, int64_t H,
              ", ", Tq, ", ", Tk, "], got ", mask.bias.describe());
   }
   SP_CHECK(mask.query_offset >= 0, op, ": negative query offset");
+  SP_CHECK(mask.sliding_window >= 0, op, ": negative sliding window");
 }
 
 }  // namespace
@@ -59,9 +60,11 @@ Tensor attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in,
            "attention: q, k, v must be [B, T, H, D], got ", q_in.describe(), ", ", k_in.describe(),
            ", ", v_in.describe());
   const int64_t B = q_in.size(0), Tq = q_in.size(1), H = q_in.size(2), D = q_in.size(3);
-  const int64_t Tk = k_in.size(1);
-  SP_CHECK(k_in.shape() == Shape({B, Tk, H, D}) && v_in.shape() == k_in.shape(), "attention: k ",
-           k_in.describe(), " and v ", v_in.describe(), " do not match q ", q_in.describe());
+  const int64_t Tk = k_in.size(1), Hkv = k_in.size(2);
+  SP_CHECK(k_in.shape() == Shape({B, Tk, Hkv, D}) && v_in.shape() == k_in.shape() && Hkv > 0 &&
+               H % Hkv == 0,
+           "attention: k ", k_in.describe(), " and v ", v_in.describe(), " do not match q ",
+           q_in.describe(), " (k/v heads must divide the query heads)");
   check_mask("attention", mask, B, H, Tq, Tk, q_in);
   // Unit stride on D is all the kernels need; other axes may be any strided view.
   auto unit_inner = [](const Tensor& t) { return t.stride(3) == 1 ? t : t.contiguous(); };
@@ -94,10 +97,19 @@ Tensor attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in,
 Tensor attention_materialized(const Tensor& q, const Tensor& k, const Tensor& v,
                               const AttentionMask& mask, float dropout_p, uint64_t dropout_seed,
                               uint64_t dropout_offset) {
-  // [B, T, H, D] -> [B, H, T, D] views; matmul copies only if the batch axes need it.
+  // [B, T, H, D] -> [B, H, T, D] views; matmul copies only if the batch axes need it. Grouped
+  // key/value heads are repeated here (this path materialises everything anyway).
+  const int64_t H = q.size(2), Hkv = k.size(2);
+  SP_CHECK(Hkv > 0 && H % Hkv == 0 && v.size(2) == Hkv, "attention_materialized: k/v heads ", Hkv,
+           " must divide the query heads ", H);
+  auto repeat_heads = [&](const Tensor& t) {
+    if (Hkv == H) return t;
+    const int64_t B = t.size(0), T = t.size(1), D = t.size(3);
+    return t.unsqueeze(3).expand({B, T, Hkv, H / Hkv, D}).reshape({B, T, H, D});
+  };
   Tensor qh = q.permute({0, 2, 1, 3});
-  Tensor kh = k.permute({0, 2, 1, 3});
-  Tensor vh = v.permute({0, 2, 1, 3});
+  Tensor kh = repeat_heads(k).permute({0, 2, 1, 3});
+  Tensor vh = repeat_heads(v).permute({0, 2, 1, 3});
   Tensor scores = matmul(qh, kh.transpose(-1, -2));
   Tensor probs = dropout(masked_softmax(scores, mask), dropout_p, dropout_seed, dropout_offset);
   return matmul(probs, vh).permute({0, 2, 1, 3}).contiguous();

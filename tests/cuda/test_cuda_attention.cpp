@@ -1,7 +1,8 @@
 // The fused attention kernels on the emulated device against their oracle, the materialised path
 // (GEMM, masked softmax, GEMM) on the same device, and against the CPU backend: every mask kind,
-// KV-cache offsets, cross-attention, strided q/k/v views, several query/key tiles, a head
-// dimension that needs the shared-memory opt-in, bf16, and no T x T buffer.
+// KV-cache offsets, cross-attention, strided q/k/v views, grouped-query heads, sliding windows,
+// several query/key tiles, a head dimension that needs the shared-memory opt-in, bf16, and no
+// T x T buffer.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -26,6 +27,8 @@ struct AttentionCase {
   bool strided = false;      // q/k/v as permuted views (non-contiguous, unit stride on D)
   bool blind_batch = false;  // batch 0 sees no key at all (rows of zeros, lse -inf)
   float scale = 0.5f;
+  int64_t kv_heads = 0;        // 0: as many as query heads; fewer: grouped-query attention
+  int64_t sliding_window = 0;  // Mistral's window (0: none)
 };
 
 std::vector<AttentionCase> attention_cases() {
@@ -40,6 +43,13 @@ std::vector<AttentionCase> attention_cases() {
       {"rows_without_visible_keys", 2, 6, 9, 2, 5, false, 0, false, 0, false, true},
       {"head_dim_64", 1, 18, 18, 2, 64, true},
       {"head_dim_160_needs_shared_memory_opt_in", 1, 9, 40, 1, 160, true, 31},
+      {"grouped_query_4_heads_2_kv_padding", 2, 20, 20, 4, 8, true, 0, true, 0, false, false, 0.5f,
+       2},
+      {"multi_query_kv_cache_strided", 2, 3, 40, 3, 8, true, 37, false, 0, true, false, 0.5f, 1},
+      {"sliding_window_two_key_tiles", 1, 40, 40, 2, 8, true, 0, false, 0, false, false, 0.5f, 0,
+       7},
+      {"grouped_query_sliding_window_kv_cache", 2, 4, 45, 4, 8, true, 41, true, 0, false, false,
+       0.5f, 2, 16},
   };
 }
 
@@ -54,8 +64,10 @@ struct Inputs {
 Inputs make_inputs(const AttentionCase& c, DType dtype = DType::F32) {
   Inputs in;
   in.q = data({c.batch, c.q_len, c.heads, c.head_dim}, 1, dtype);
-  in.k = data({c.batch, c.k_len, c.heads, c.head_dim}, 2, dtype);
-  in.v = data({c.batch, c.k_len, c.heads, c.head_dim}, 3, dtype);
+  const int64_t kv_heads = c.kv_heads > 0 ? c.kv_heads : c.heads;
+  in.k = data({c.batch, c.k_len, kv_heads, c.head_dim}, 2, dtype);
+  in.v = data({c.batch, c.k_len, kv_heads, c.head_dim}, 3, dtype);
+  in.mask.sliding_window = c.sliding_window;
   in.mask.scale = c.scale;
   in.mask.causal = c.causal;
   in.mask.query_offset = c.query_offset;

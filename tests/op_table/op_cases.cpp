@@ -330,6 +330,22 @@ std::vector<OpCase> build_cases() {
               return attention(in[0], in[1], in[2], mask);
             }});
 
+  add_case({"attention/grouped_query_sliding_window",
+            [](CaseSize) {
+              return std::vector<Tensor>{random_tensor({2, 6, 4, 3}, 90),
+                                         random_tensor({2, 6, 2, 3}, 91),
+                                         random_tensor({2, 6, 2, 3}, 92), padding_mask(2, 6, 1)};
+            },
+            {0, 1, 2},
+            [](const std::vector<Tensor>& in) {
+              AttentionMask mask;  // 4 query heads over 2 key/value heads, a 3-key window
+              mask.scale = 0.6f;
+              mask.causal = true;
+              mask.sliding_window = 3;
+              mask.key_padding = in[3];
+              return attention(in[0], in[1], in[2], mask);
+            }});
+
   // ---- loss and dropout ----
   add_case(
       {"cross_entropy/ignore_index",
