@@ -41,7 +41,7 @@ struct GemmArgs {
 };
 
 enum class BinaryOp { kAdd, kSub, kMul };
-enum class Activation { kGeluTanh, kGeluErf, kRelu };
+enum class Activation { kGeluTanh, kGeluErf, kRelu, kSilu };
 
 // Masking and scaling applied to attention scores before the softmax (HF semantics: masked
 // positions receive float32 min, i.e. exactly zero probability unless a row has no valid key).
@@ -124,6 +124,11 @@ class Backend {
   virtual void layernorm_backward(const Tensor& x, const Tensor& weight, const Tensor& mean,
                                   const Tensor& rstd, const Tensor& dy, const Tensor& dx,
                                   const Tensor& d_weight, const Tensor& d_bias) = 0;
+  // Rotary position embedding (Llama's rotate_half form) of x [B, T, H, D] with cos/sin
+  // [B, T, D/2] F32: out[..i] = x[i] c - x[i + D/2] s, out[..i + D/2] = x[i + D/2] c + x[i] s.
+  // inverse negates s: the transpose of the rotation, i.e. the backward.
+  virtual void rotary_embedding(const Tensor& x, const Tensor& cos, const Tensor& sin, bool inverse,
+                                const Tensor& out) = 0;
   virtual void rmsnorm_forward(const Tensor& x, const Tensor& weight, float eps, const Tensor& y,
                                const Tensor& rstd) = 0;
   virtual void rmsnorm_backward(const Tensor& x, const Tensor& weight, const Tensor& rstd,

@@ -1,4 +1,4 @@
-// kernels/activation.cuh: elementwise activations (gelu_new, exact GELU, ReLU) and the gated
+// kernels/activation.cuh: elementwise activations (gelu_new, exact GELU, ReLU, SiLU) and the gated
 // form act(gate) * up, forward and backward; the formulas are kernels/activation_math.h's.
 #pragma once
 
@@ -7,7 +7,7 @@
 
 namespace sp::SP_CUDA_NS {
 
-enum class ActivationKind : int { kGeluTanh = 0, kGeluErf = 1, kRelu = 2 };
+enum class ActivationKind : int { kGeluTanh = 0, kGeluErf = 1, kRelu = 2, kSilu = 3 };
 
 __device__ __forceinline__ float activation_value(ActivationKind kind, float x) {
   switch (kind) {
@@ -17,6 +17,8 @@ __device__ __forceinline__ float activation_value(ActivationKind kind, float x) 
       return act::gelu_erf(x);
     case ActivationKind::kRelu:
       return act::relu(x);
+    case ActivationKind::kSilu:
+      return act::silu(x);
   }
   return 0.0f;
 }
@@ -29,6 +31,8 @@ __device__ __forceinline__ float activation_derivative(ActivationKind kind, floa
       return act::gelu_erf_grad(x);
     case ActivationKind::kRelu:
       return act::relu_grad(x);
+    case ActivationKind::kSilu:
+      return act::silu_grad(x);
   }
   return 0.0f;
 }

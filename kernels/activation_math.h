@@ -1,5 +1,5 @@
 // The scalar math of every activation and its derivative, shared by the CPU backend (as the
-// reference) and the CUDA kernels: gelu_new (tanh form), exact GELU (erf form) and ReLU.
+// reference) and the CUDA kernels: gelu_new (tanh form), exact GELU (erf form), ReLU and SiLU.
 #pragma once
 
 #include <cmath>
@@ -38,6 +38,15 @@ SP_HOST_DEVICE inline float relu(float x) {
 }
 SP_HOST_DEVICE inline float relu_grad(float x) {
   return x > 0.0f ? 1.0f : 0.0f;
+}
+
+// SiLU (swish), Llama's MLP gate: x * sigmoid(x).
+SP_HOST_DEVICE inline float silu(float x) {
+  return x / (1.0f + expf(-x));
+}
+SP_HOST_DEVICE inline float silu_grad(float x) {
+  const float s = 1.0f / (1.0f + expf(-x));
+  return s * (1.0f + x * (1.0f - s));
 }
 
 }  // namespace sp::act

@@ -1,4 +1,4 @@
-// CPU activations (gelu_new, exact GELU, ReLU) and the gated form act(gate) * up, vectorised
+// CPU activations (gelu_new, exact GELU, ReLU, SiLU) and the gated form act(gate) * up, vectorised
 // with Eigen arrays; the formulas are those of kernels/activation_math.h.
 #include <Eigen/Core>
 #include <unsupported/Eigen/SpecialFunctions>
@@ -27,6 +27,8 @@ Array apply(Activation act, const ConstMap& x) {
       return 0.5f * x * (1.0f + (x * act::kInvSqrt2).erf());
     case Activation::kRelu:
       return x.max(0.0f);
+    case Activation::kSilu:
+      return x / (1.0f + (-x).exp());
   }
   return Array();
 }
@@ -44,6 +46,10 @@ Array derivative(Activation act, const ConstMap& x) {
              x * act::kInvSqrt2Pi * (-0.5f * x * x).exp();
     case Activation::kRelu:
       return (x > 0.0f).cast<float>();
+    case Activation::kSilu: {
+      Array s = 1.0f / (1.0f + (-x).exp());
+      return s * (1.0f + x * (1.0f - s));
+    }
   }
   return Array();
 }

@@ -45,6 +45,8 @@ class CpuBackend final : public Backend {
   void layernorm_backward(const Tensor& x, const Tensor& weight, const Tensor& mean,
                           const Tensor& rstd, const Tensor& dy, const Tensor& dx,
                           const Tensor& d_weight, const Tensor& d_bias) override;
+  void rotary_embedding(const Tensor& x, const Tensor& cos, const Tensor& sin, bool inverse,
+                        const Tensor& out) override;
   void rmsnorm_forward(const Tensor& x, const Tensor& weight, float eps, const Tensor& y,
                        const Tensor& rstd) override;
   void rmsnorm_backward(const Tensor& x, const Tensor& weight, const Tensor& rstd, const Tensor& dy,

@@ -16,6 +16,8 @@ ActivationKind activation_kind(Activation act) {
       return ActivationKind::kGeluErf;
     case Activation::kRelu:
       return ActivationKind::kRelu;
+    case Activation::kSilu:
+      return ActivationKind::kSilu;
   }
   fail(ErrorKind::kInternal, "activation: unknown kind");
 }

@@ -56,8 +56,9 @@ Activation parse_activation(std::string_view name, const char* field) {
     return Activation::kGeluTanh;
   if (name == "gelu") return Activation::kGeluErf;
   if (name == "relu") return Activation::kRelu;
+  if (name == "silu" || name == "swish") return Activation::kSilu;
   fail(ErrorKind::kUnsupported, field, ": activation '", name,
-       "' is not supported; expected gelu_new, gelu_pytorch_tanh, gelu or relu");
+       "' is not supported; expected gelu_new, gelu_pytorch_tanh, gelu, relu or silu");
 }
 
 }  // namespace sp

@@ -14,4 +14,5 @@
 #include "engine/ops/random.h"
 #include "engine/ops/reduce.h"
 #include "engine/ops/relative_position_bias.h"
+#include "engine/ops/rotary.h"
 #include "engine/tensor.h"

@@ -296,7 +296,8 @@ TEST(CudaKernelsLarge, SumRowsAndNormGradsSplitRowsIntoChunks) {
 
 TEST_P(CudaKernels, ActivationsForwardBackward) {
   Tensor x = in({rows(), cols()}, 1, 2.0f), dy = in({rows(), cols()}, 2);
-  for (Activation act : {Activation::kGeluTanh, Activation::kGeluErf, Activation::kRelu}) {
+  for (Activation act :
+       {Activation::kGeluTanh, Activation::kGeluErf, Activation::kRelu, Activation::kSilu}) {
     Tensor y = Tensor::empty(x.shape()), dx = Tensor::empty(x.shape());
     cpu().activation_forward(act, x, y);
     cpu().activation_backward(act, x, dy, dx);
@@ -311,7 +312,7 @@ TEST_P(CudaKernels, ActivationsForwardBackward) {
 TEST_P(CudaKernels, GatedActivationForwardBackward) {
   Tensor gate = in({rows(), cols()}, 1, 2.0f), up = in({rows(), cols()}, 2),
          dy = in({rows(), cols()}, 3);
-  for (Activation act : {Activation::kGeluTanh, Activation::kRelu}) {
+  for (Activation act : {Activation::kGeluTanh, Activation::kRelu, Activation::kSilu}) {
     Tensor y = Tensor::empty(gate.shape()), dg = Tensor::empty(gate.shape()),
            du = Tensor::empty(gate.shape());
     cpu().gated_forward(act, gate, up, y);
@@ -382,6 +383,29 @@ TEST_P(CudaKernels, RmsNormForwardBackward) {
   const float grad_atol = atol() * 4.0f;
   EXPECT_TRUE(all_close(dx, dx_d, grad_atol, rtol())) << "dx";
   EXPECT_TRUE(all_close(dw, dw_d, grad_atol, rtol())) << "d_weight";
+}
+
+// ---- rotary position embedding ----
+
+// [rows, 2, heads 2, D = 2 * cols]: the forward, then the inverse rotation (the backward), which
+// must also undo the forward up to rounding.
+TEST_P(CudaKernels, RotaryEmbeddingForwardAndInverse) {
+  const int64_t B = rows(), T = 2, H = 2, half = cols();
+  Tensor x = in({B, T, H, 2 * half}, 1, 2.0f);
+  std::vector<float> angle = data({B, T, half}, 2, DType::F32, 3.0f).to_floats();
+  std::vector<float> c(angle.size()), s(angle.size());
+  for (size_t i = 0; i < angle.size(); ++i) c[i] = std::cos(angle[i]), s[i] = std::sin(angle[i]);
+  Tensor cos = Tensor::from_floats(c, {B, T, half}), sin = Tensor::from_floats(s, {B, T, half});
+  Tensor cos_d = cos.to(emu_device()), sin_d = sin.to(emu_device());
+  Tensor y = Tensor::empty(x.shape()), y_d = dev_empty(x.shape());
+  cpu().rotary_embedding(x, cos, sin, false, y);
+  emu().rotary_embedding(dev(x), cos_d, sin_d, false, y_d);
+  EXPECT_TRUE(all_close(y, y_d, atol(), rtol())) << "forward";
+  Tensor back = Tensor::empty(x.shape()), back_d = dev_empty(x.shape());
+  cpu().rotary_embedding(y, cos, sin, true, back);
+  emu().rotary_embedding(y_d, cos_d, sin_d, true, back_d);
+  EXPECT_TRUE(all_close(back, back_d, atol() * 2, rtol())) << "inverse";
+  EXPECT_TRUE(all_close(x, back, 1e-5f, 1e-5f)) << "the inverse undoes the rotation";
 }
 
 // ---- softmax ----

@@ -242,6 +242,21 @@ std::vector<OpCase> build_cases() {
             },
             {0},
             [](const std::vector<Tensor>& in) { return relu(in[0]); }});
+  add_case({"activation/silu",
+            [](CaseSize) {
+              return std::vector<Tensor>{random_tensor({3, 7}, 93, 3.0f)};
+            },
+            {0},
+            [](const std::vector<Tensor>& in) { return activation(in[0], Activation::kSilu); }});
+  add_case(
+      {"activation/gated_silu_swiglu",
+       [](CaseSize) {
+         return std::vector<Tensor>{random_tensor({4, 5}, 94, 2.0f), random_tensor({4, 5}, 95)};
+       },
+       {0, 1},
+       [](const std::vector<Tensor>& in) {
+         return gated_activation(in[0], in[1], Activation::kSilu);
+       }});
   add_case(
       {"activation/gated_gelu",
        [](CaseSize) {
@@ -251,6 +266,21 @@ std::vector<OpCase> build_cases() {
        [](const std::vector<Tensor>& in) {
          return gated_activation(in[0], in[1], Activation::kGeluTanh);
        }});
+
+  add_case({"rotary_embedding/llama_rotate_half",
+            [](CaseSize s) {
+              const int64_t B = perf(s) ? 8 : 2, T = perf(s) ? 148 : 3, H = perf(s) ? 12 : 2,
+                            D = perf(s) ? 64 : 6;
+              // Angles of real positions: cos^2 + sin^2 = 1, as the model computes them.
+              Tensor angle = random_tensor({B, T, D / 2}, 96, 3.0f);
+              std::vector<float> a = angle.to_floats(), c(a.size()), si(a.size());
+              for (size_t i = 0; i < a.size(); ++i) c[i] = std::cos(a[i]), si[i] = std::sin(a[i]);
+              return std::vector<Tensor>{random_tensor({B, T, H, D}, 97),
+                                         Tensor::from_floats(c, angle.shape()),
+                                         Tensor::from_floats(si, angle.shape())};
+            },
+            {0},
+            [](const std::vector<Tensor>& in) { return rotary_embedding(in[0], in[1], in[2]); }});
 
   // ---- softmax and attention ----
   add_case({"masked_softmax/causal_padding_bias",

@@ -1,0 +1,29 @@
+// CudaBackend rotary position embedding: one launch of kernels/rotary.cuh.
+#include "engine/cuda/cuda_backend.h"
+#include "engine/cuda/cuda_check.h"
+#include "engine/cuda/launch.h"
+#include "kernels/rotary.cuh"
+
+namespace sp::SP_CUDA_NS {
+
+void CudaBackend::rotary_embedding(const Tensor& x, const Tensor& cos, const Tensor& sin,
+                                   bool inverse, const Tensor& out) {
+  const char* op = "rotary_embedding";
+  expect_dtype(op, x.dtype(), {&out});
+  expect_dtype(op, DType::F32, {&cos, &sin});
+  expect_contiguous(op, {&x, &cos, &sin, &out});
+  const int64_t rows = x.size(0) * x.size(1), heads = x.size(2), half = x.size(3) / 2;
+  if (rows * heads * half == 0) return;
+  activate(op);
+  dispatch_float(op, x, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    const int threads = 256;
+    SP_LAUNCH(grid_for(rows * heads * half, threads), threads, 0, stream_,
+              rotary_embedding_kernel<T>)
+    (const_ptr<T>(x), const_ptr<float>(cos), const_ptr<float>(sin), inverse ? -1.0f : 1.0f, rows,
+     heads, half, mutable_ptr<T>(out));
+    SP_CUDA_CHECK_LAUNCH(*this, op, "rotary_embedding_kernel");
+  });
+}
+
+}  // namespace sp::SP_CUDA_NS
