@@ -6,6 +6,7 @@
 #include "engine/error.h"
 #include "models/gpt2.h"
 #include "models/hf_config.h"
+#include "models/llama.h"
 #include "models/t5.h"
 
 namespace sp {
@@ -21,8 +22,11 @@ std::string read_model_type(const std::string& model_dir) {
 std::unique_ptr<CausalLM> load_causal_lm(const std::string& model_dir, Device device, DType dtype) {
   std::string type = read_model_type(model_dir);
   if (type == "gpt2") return Gpt2Model::load(model_dir, device, dtype);
+  if (type == "llama" || type == "mistral" || type == "qwen2")
+    return LlamaModel::load(model_dir, device, dtype);
   fail(ErrorKind::kUnsupported, model_dir, "/config.json: model_type '", type,
-       "' is not a supported causal LM (supported: gpt2; t5 is a seq2seq model)");
+       "' is not a supported causal LM (supported: gpt2, llama, mistral, qwen2; t5 is a seq2seq "
+       "model)");
 }
 
 std::unique_ptr<Seq2SeqLM> load_seq2seq_lm(const std::string& model_dir, Device device,
@@ -30,7 +34,7 @@ std::unique_ptr<Seq2SeqLM> load_seq2seq_lm(const std::string& model_dir, Device 
   std::string type = read_model_type(model_dir);
   if (type == "t5") return T5Model::load(model_dir, device, dtype);
   fail(ErrorKind::kUnsupported, model_dir, "/config.json: model_type '", type,
-       "' is not a supported seq2seq model (supported: t5; gpt2 is a causal LM)");
+       "' is not a supported seq2seq model (supported: t5; gpt2 and llama are causal LMs)");
 }
 
 }  // namespace sp
