@@ -37,6 +37,37 @@ std::string gpt2_pattern() {
          "]+(?![^" + ws + "])|[" + ws + "]+";
 }
 
+// A tokenizers Split regex (Oniguruma syntax) in PCRE2 syntax. The two engines agree on what these
+// patterns use (\p{..}, (?i:..), lookahead, {m,n}) except \s / \S, which are rewritten as the
+// explicit White_Space class for the reason given at kWhiteSpace.
+std::string oniguruma_to_pcre2(std::string_view pattern, const std::string& source) {
+  const std::string ws(kWhiteSpace);
+  std::string out;
+  int class_depth = 0;
+  for (size_t i = 0; i < pattern.size(); ++i) {
+    const char c = pattern[i];
+    if (c == '\\' && i + 1 < pattern.size()) {
+      const char next = pattern[++i];
+      if (next == 's') {
+        out += class_depth > 0 ? ws : "[" + ws + "]";
+      } else if (next == 'S') {
+        if (class_depth > 0)
+          fail(ErrorKind::kFormat, source, ": regex '", pattern,
+               "' uses \\S inside a character class, which softprompt does not translate");
+        out += "[^" + ws + "]";
+      } else {
+        out += c;
+        out += next;
+      }
+      continue;
+    }
+    if (c == '[') ++class_depth;
+    if (c == ']' && class_depth > 0) --class_depth;
+    out += c;
+  }
+  return out;
+}
+
 // bytes_to_unicode(): printable Latin-1 bytes stand for themselves; the other 68 bytes get the
 // code points U+0100, U+0101, ... in byte order, so every byte is a visible vocabulary symbol.
 std::array<char32_t, 256> byte_to_char_table() {
@@ -150,17 +181,22 @@ struct BpeTokenizer::Regex {
 };
 
 BpeTokenizer::BpeTokenizer() : regex_(std::make_unique<Regex>()) {
-  const std::string pattern = gpt2_pattern();
+  compile_pattern(gpt2_pattern(), "the GPT-2 pattern");
+}
+
+void BpeTokenizer::compile_pattern(const std::string& pattern, const std::string& source) {
   int error_code = 0;
   PCRE2_SIZE error_offset = 0;
-  regex_->code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(),
-                               PCRE2_UTF | PCRE2_UCP, &error_code, &error_offset, nullptr);
-  if (!regex_->code) {
+  pcre2_code* code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(),
+                                   PCRE2_UTF | PCRE2_UCP, &error_code, &error_offset, nullptr);
+  if (!code) {
     PCRE2_UCHAR message[256];
     pcre2_get_error_message(error_code, message, sizeof(message));
-    fail(ErrorKind::kInternal, "BpeTokenizer: the GPT-2 pattern does not compile at offset ",
-         error_offset, ": ", reinterpret_cast<const char*>(message));
+    fail(ErrorKind::kFormat, source, ": the pre-tokenizer regex does not compile at offset ",
+         error_offset, ": ", reinterpret_cast<const char*>(message), " (pattern '", pattern, "')");
   }
+  if (regex_->code) pcre2_code_free(regex_->code);
+  regex_->code = code;
   // JIT is an optimisation only: builds of PCRE2 without it fall back to the interpreter.
   pcre2_jit_compile(regex_->code, PCRE2_JIT_COMPLETE);
 }
@@ -298,14 +334,9 @@ std::unique_ptr<BpeTokenizer> BpeTokenizer::from_tokenizer_json(
   }
 
   if (const std::string type = component_type(doc, "normalizer", source); type != "null")
-    fail(ErrorKind::kFormat, source, ": unsupported normalizer type '", type,
-         "' (byte-level BPE is supported without a normalizer)");
-  if (const std::string type = component_type(doc, "pre_tokenizer", source); type != "ByteLevel")
-    fail(ErrorKind::kFormat, source, ": unsupported pre_tokenizer type '", type,
-         "' (supported: ByteLevel)");
-  const json& pre_tokenizer = doc["pre_tokenizer"];
-  tokenizer->add_prefix_space_ = optional_bool(pre_tokenizer, "add_prefix_space", false, source);
-  tokenizer->use_regex_ = optional_bool(pre_tokenizer, "use_regex", true, source);
+    fail(ErrorKind::kFormat, source, ": field 'normalizer': unsupported normalizer type '", type,
+         "' for byte-level BPE (supported: null)");
+  tokenizer->read_pre_tokenizer(doc, source);
   // Who decides add_prefix_space depends on the class transformers instantiates: GPT2Tokenizer
   // builds its own pre-tokenizer from its keyword (tokenizer_config.json, default false), while
   // the generic TokenizersBackend keeps tokenizer.json's and ignores the keyword.
@@ -337,6 +368,68 @@ std::unique_ptr<BpeTokenizer> BpeTokenizer::from_tokenizer_json(
   tokenizer->finish_loading(std::move(vocab), merges, sources, std::move(added), settings,
                             model_source + ".vocab");
   return tokenizer;
+}
+
+void BpeTokenizer::read_pre_tokenizer(const json& doc, const std::string& source) {
+  const std::string type = component_type(doc, "pre_tokenizer", source);
+  const json* byte_level = nullptr;
+  const json* split = nullptr;
+  if (type == "ByteLevel") {
+    byte_level = &doc["pre_tokenizer"];
+  } else if (type == "Sequence") {
+    // Llama 3 / Qwen2: Split(regex, Isolated) then ByteLevel(use_regex=false).
+    const json& sequence = doc["pre_tokenizer"];
+    auto found = sequence.find("pretokenizers");
+    if (found == sequence.end() || !found->is_array())
+      fail(ErrorKind::kFormat, source,
+           ": field 'pre_tokenizer.pretokenizers' must be a list, found ",
+           found == sequence.end() ? std::string("nothing") : found->dump());
+    const json& list = *found;
+    for (size_t i = 0; i < list.size(); ++i) {
+      const std::string where = str_cat(source, ": pre_tokenizer.pretokenizers[", i, "]");
+      const std::string inner =
+          list[i].is_object() && list[i].contains("type") && list[i]["type"].is_string()
+              ? list[i]["type"].get<std::string>()
+              : std::string("(no type)");
+      if (inner == "Split" && !split && !byte_level) {
+        split = &list[i];
+      } else if (inner == "ByteLevel" && !byte_level) {
+        byte_level = &list[i];
+      } else {
+        fail(ErrorKind::kFormat, where, ": unsupported pre_tokenizer type '", inner,
+             "' at this position (supported: an optional Split followed by ByteLevel)");
+      }
+    }
+    if (!byte_level)
+      fail(ErrorKind::kFormat, source,
+           ": pre_tokenizer Sequence has no ByteLevel step, which byte-level BPE needs");
+  } else {
+    fail(ErrorKind::kFormat, source, ": field 'pre_tokenizer': unsupported pre_tokenizer type '",
+         type, "' for byte-level BPE (supported: ByteLevel, Sequence[Split, ByteLevel])");
+  }
+  add_prefix_space_ = optional_bool(*byte_level, "add_prefix_space", false, source);
+  use_regex_ = optional_bool(*byte_level, "use_regex", true, source);
+  if (!split) return;
+  const std::string where = source + ": pre_tokenizer Split";
+  if (use_regex_)
+    fail(ErrorKind::kFormat, where,
+         " is followed by ByteLevel with use_regex true; only use_regex false is supported there");
+  if (add_prefix_space_)
+    fail(ErrorKind::kFormat, where,
+         " is followed by ByteLevel with add_prefix_space true; only false is supported there");
+  const std::string& behavior = string_field_or_empty(*split, "behavior", where);
+  if (behavior != "Isolated")
+    fail(ErrorKind::kFormat, where, ": field 'behavior' is '", behavior,
+         "', expected 'Isolated' (the only behaviour softprompt implements)");
+  if (optional_bool(*split, "invert", false, where))
+    fail(ErrorKind::kFormat, where, ": field 'invert' is true, expected false");
+  auto pattern = split->find("pattern");
+  if (pattern == split->end() || !pattern->is_object() || !pattern->contains("Regex") ||
+      !(*pattern)["Regex"].is_string())
+    fail(ErrorKind::kFormat, where, ": field 'pattern' must be {\"Regex\": \"...\"}, found ",
+         pattern == split->end() ? std::string("nothing") : pattern->dump());
+  compile_pattern(oniguruma_to_pcre2((*pattern)["Regex"].get<std::string>(), where), where);
+  use_regex_ = true;  // the Split regex takes the place of ByteLevel's own
 }
 
 void BpeTokenizer::finish_loading(TokenIds vocab,
@@ -519,7 +612,7 @@ void BpeTokenizer::encode_text(std::string_view segment, std::vector<int64_t>& o
     // Text between matches stays a word of its own (tokenizers' Split "Isolated" behaviour).
     if (begin > offset) encode_word(segment.substr(offset, begin - offset), out);
     if (end == begin) {
-      // The GPT-2 pattern never matches empty; advance one character all the same.
+      // Patterns that match empty (none of the shipped ones) still make progress.
       size_t next = begin;
       tokenizer_detail::next_code_point(segment, next);
       end = next;
@@ -626,6 +719,7 @@ std::string BpeTokenizer::decode(std::span<const int64_t> ids, bool skip_special
   }
   // One repair over the whole byte string, so a token split across ids still decodes, and a
   // special token between two halves leaves each half a replacement character (as HF).
+  // No clean_up_tokenization_spaces: transformers 5 ignores it for every BPE model.
   return tokenizer_detail::replace_invalid_utf8(bytes);
 }
 

@@ -1,5 +1,5 @@
-// sp::BpeTokenizer: GPT-2's byte-level BPE (regex pre-tokenizer, bytes_to_unicode, rank-ordered
-// merges), loaded from vocab.json + merges.txt or from a tokenizers tokenizer.json.
+// sp::BpeTokenizer: byte-level BPE (GPT-2, Llama 3, Qwen2: regex pre-tokenizer, bytes_to_unicode,
+// rank-ordered merges), loaded from vocab.json + merges.txt or from a tokenizers tokenizer.json.
 #pragma once
 
 #include <array>
@@ -68,6 +68,10 @@ class BpeTokenizer final : public Tokenizer {
                       std::vector<tokenizer_detail::AddedToken> added,
                       const tokenizer_detail::SpecialTokenSettings& settings,
                       const std::string& vocab_source);
+  // tokenizer.json "pre_tokenizer": ByteLevel (GPT-2) or Sequence[Split(regex), ByteLevel] (Llama
+  // 3, Qwen2).
+  void read_pre_tokenizer(const nlohmann::json& doc, const std::string& source);
+  void compile_pattern(const std::string& pattern, const std::string& source);
   static TokenIds parse_vocab(const nlohmann::json& vocab, const std::string& source);
 
   void encode_text(std::string_view text, std::vector<int64_t>& out) const;

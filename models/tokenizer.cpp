@@ -3,11 +3,13 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <initializer_list>
 #include <nlohmann/json.hpp>
 #include <utility>
 
 #include "engine/error.h"
 #include "engine/input_file.h"
+#include "models/bpe_byte_fallback_tokenizer.h"
 #include "models/bpe_tokenizer.h"
 #include "models/sentencepiece_tokenizer.h"
 
@@ -564,6 +566,28 @@ TemplateIds parse_template_processing(const json& post_processor, const std::str
 
 // ---------------------------------------------------------------------------------------------
 
+namespace {
+
+// Whether a BPE tokenizer.json works on characters with "▁" marks and byte fallback (Llama 2,
+// Mistral) rather than on GPT-2's byte alphabet: byte_fallback, or a SentencePiece-kind component.
+bool is_sentencepiece_style_bpe(const json& model, const json& doc) {
+  if (auto fallback = model.find("byte_fallback");
+      fallback != model.end() && fallback->is_boolean() && fallback->get<bool>())
+    return true;
+  const auto mentions = [&](const char* component, std::initializer_list<std::string_view> types) {
+    auto found = doc.find(component);
+    if (found == doc.end() || !found->is_object()) return false;
+    const std::string text = found->dump();
+    return std::any_of(types.begin(), types.end(), [&](std::string_view type) {
+      return text.find(str_cat("\"type\":\"", type, "\"")) != std::string::npos;
+    });
+  };
+  return mentions("pre_tokenizer", {"Metaspace"}) || mentions("normalizer", {"Prepend"}) ||
+         mentions("decoder", {"ByteFallback", "Metaspace"});
+}
+
+}  // namespace
+
 std::unique_ptr<Tokenizer> load_tokenizer(const std::string& model_dir) {
   std::error_code ec;
   if (!fs::exists(model_dir, ec))
@@ -593,11 +617,15 @@ std::unique_ptr<Tokenizer> load_tokenizer(const std::string& model_dir) {
     } else {
       fail(ErrorKind::kFormat, path, ": model has no 'type' field");
     }
+    if (type == "BPE" && is_sentencepiece_style_bpe(*model, doc))
+      return BpeByteFallbackTokenizer::from_tokenizer_json(
+          doc, path, tokenizer_detail::read_special_token_settings(model_dir));
     if (type == "BPE")
       return BpeTokenizer::from_tokenizer_json(
           doc, path, tokenizer_detail::read_special_token_settings(model_dir));
     fail(ErrorKind::kFormat, path, ": model.type '", type,
-         "' is not supported (supported: 'BPE' = byte-level BPE; a SentencePiece tokenizer needs "
+         "' is not supported (supported: 'BPE' = byte-level or byte-fallback BPE; a SentencePiece "
+         "tokenizer needs "
          "spiece.model, which is not in '",
          model_dir, "')");
   }

@@ -16,8 +16,9 @@
 
 namespace sp {
 
-/// Text <-> token ids with Hugging Face's results (byte-level BPE for GPT-2, SentencePiece for
-/// T5). load_tokenizer() picks the implementation from the model directory's files.
+/// Text <-> token ids with Hugging Face's results (byte-level BPE for GPT-2 / Llama 3 / Qwen2, BPE
+/// with byte fallback for Llama 2 / Mistral, SentencePiece for T5). load_tokenizer() picks the
+/// implementation from the model directory's files.
 class Tokenizer {
  public:
   virtual ~Tokenizer() = default;
@@ -42,8 +43,11 @@ class Tokenizer {
 ///   1. spiece.model -> SentencePiece (T5). A tokenizer.json next to it only contributes its
 ///      added_tokens (the sentinel ids); otherwise there are tokenizer_config.json "extra_ids"
 ///      sentinels, or as many as the special-token lists name, or 100 (T5Tokenizer's default).
-///   2. tokenizer.json with model.type "BPE" -> byte-level BPE (GPT-2); any other model type is
-///      an error naming the type.
+///   2. tokenizer.json with model.type "BPE" -> BPE with byte fallback over characters
+///      (BpeByteFallbackTokenizer: Llama 2, Mistral) when model.byte_fallback is true or a
+///      component is of the SentencePiece kind (Metaspace, Prepend, ByteFallback); otherwise
+///      byte-level BPE (BpeTokenizer: GPT-2, Llama 3, Qwen2). Any other model type is an error
+///      naming the type.
 ///   3. vocab.json + merges.txt -> byte-level BPE (GPT-2).
 /// tokenizer.json wins over vocab.json + merges.txt because AutoTokenizer (fast) prefers it too.
 ///

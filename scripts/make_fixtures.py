@@ -13,7 +13,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures"))
 
-GROUPS = ["gpt2", "t5", "tokconfig"]  # each is scripts/fixtures/<group>_fixtures.py with a main(root) function
+GROUPS = ["gpt2", "t5", "tokconfig", "tokjson", "llama"]  # each is scripts/fixtures/<group>_fixtures.py with a main(root) function
 
 
 def main(argv):
