@@ -3,7 +3,8 @@
 logits that softprompt computes.
 
 For each case it trains a few steps with `softprompt train` on the tiny fixture models (GPT-2
-prompt tuning with TEXT init, the same trained with --dtype bf16, GPT-2 multitask prompt tuning, T5 seq2seq prompt tuning, T5
+prompt tuning with TEXT init, the same trained with --dtype bf16, GPT-2 multitask prompt tuning, Llama
+(GQA) with TEXT init, Qwen2 trained in bf16, Mistral multitask, T5 seq2seq prompt tuning, T5
 multitask with decoder prompts), runs
 `softprompt forward --adapter` to dump softprompt's logits, loads the same directory with
 `PeftModel.from_pretrained`, and compares. Development tool: needs torch, transformers, peft.
@@ -91,6 +92,13 @@ def main():
             check(args.binary, work, "gpt2_trained_in_bf16", "gpt2_tiny_a",
                   ["--num-virtual-tokens", "5", "--dtype", "bf16"], "The opposite of up is"),
             check(args.binary, work, "gpt2_multitask", "gpt2_tiny_a",
+                  ["--multitask", "--num-virtual-tokens", "4", "--num-ranks", "2"], "The opposite of hot is", task=1),
+            check(args.binary, work, "llama_gqa_prompt_tuning", "llama_tiny_gqa",
+                  ["--num-virtual-tokens", "5", "--init", "TEXT", "--init-text", "Answer:"],
+                  "The opposite of up is"),
+            check(args.binary, work, "qwen2_trained_in_bf16", "qwen2_tiny",
+                  ["--num-virtual-tokens", "4", "--dtype", "bf16"], "The opposite of up is"),
+            check(args.binary, work, "mistral_multitask", "mistral_tiny",
                   ["--multitask", "--num-virtual-tokens", "4", "--num-ranks", "2"], "The opposite of hot is", task=1),
             check(args.binary, work, "t5_seq2seq_prompt_tuning", "t5_tiny_v10",
                   ["--num-virtual-tokens", "4"], "the final answer", target="cold"),
