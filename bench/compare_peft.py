@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Side-by-side benchmark: one prompt-tuning train step in PyTorch + PEFT vs `softprompt bench`.
 
-Same work on both sides: GPT-2 small (124M) config with random weights, batch 8, 128 text tokens,
+Same work on both sides: GPT-2 small (124M) config (or with --arch llama-3.2-1b, Llama 3.2 1B's shape)
+with random weights, batch 8, 128 text tokens,
 20 virtual tokens, CPU, the same thread count, the base model in train mode (dropout on, as PEFT
 trains), AdamW on the prompt only. Each dtype is measured on both sides:
   fp32  PyTorch eager; `softprompt bench --dtype f32`.
@@ -49,19 +50,38 @@ def peak_rss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+ARCHS = {"gpt2-small": "GPT-2 small (124M, random weights)",
+         "llama-3.2-1b": "Llama 3.2 1B shape (1.24B, GQA 32/8 heads, tied embeddings, random weights)"}
+
+
+def make_base_model(arch):
+    """The random-weight base model, shaped as `softprompt bench --config <arch>` builds it."""
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+    if arch == "gpt2-small":
+        return GPT2LMHeadModel(GPT2Config())
+    config = LlamaConfig(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+                         num_attention_heads=32, num_key_value_heads=8, head_dim=64,
+                         max_position_embeddings=131072, rms_norm_eps=1e-5, tie_word_embeddings=True,
+                         rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0,
+                                          "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                          "original_max_position_embeddings": 8192},
+                         bos_token_id=128000, eos_token_id=128001)
+    return LlamaForCausalLM(config)
+
+
 def torch_worker(args):
     import torch
     from peft import PromptTuningConfig, TaskType, get_peft_model
-    from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config())
+    model = make_base_model(args.arch)
+    vocab = model.config.vocab_size
     model = get_peft_model(model, PromptTuningConfig(task_type=TaskType.CAUSAL_LM,
                                                      num_virtual_tokens=args.virtual_tokens))
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-    ids = torch.randint(0, 50257, (args.batch, args.seq))
+    ids = torch.randint(0, vocab, (args.batch, args.seq))
     times = []
     for step in range(args.warmup + args.steps):
         start = time.perf_counter()
@@ -87,7 +107,7 @@ def torch_generate(model, args):
 
     base = model.get_base_model().eval()
     prompt = model.get_prompt_embedding_to_save(adapter_name="default")
-    ids = torch.randint(0, 50257, (args.gen_batch, args.gen_prompt))
+    ids = torch.randint(0, base.config.vocab_size, (args.gen_batch, args.gen_prompt))
 
     def generate(rows, new_tokens):
         embeds = base.get_input_embeddings()(ids[:rows])
@@ -126,11 +146,13 @@ def run_json(command, env):
 
 def command(args, side, dtype, batch, seq, steps, warmup, gen_batch, gen_tokens):
     if side == "softprompt":
-        return [args.binary, "bench", "--json", "--dtype", dtype, "--threads", str(args.threads),
+        return [args.binary, "bench", "--json", "--config", args.arch, "--dtype", dtype,
+                "--threads", str(args.threads),
                 "--batch-size", str(batch), "--seq-len", str(seq), "--virtual-tokens", str(args.virtual_tokens),
                 "--steps", str(steps), "--warmup", str(warmup), "--gen-batch", str(gen_batch),
                 "--gen-prompt", str(args.gen_prompt), "--gen-tokens", str(gen_tokens)]
-    return [sys.executable, __file__, "--worker", "--dtype", dtype, "--threads", str(args.threads),
+    return [sys.executable, __file__, "--worker", "--arch", args.arch, "--dtype", dtype,
+            "--threads", str(args.threads),
             "--batch", str(batch), "--seq", str(seq), "--virtual-tokens", str(args.virtual_tokens),
             "--steps", str(steps), "--warmup", str(warmup), "--gen-batch", str(gen_batch),
             "--gen-prompt", str(args.gen_prompt), "--gen-tokens", str(gen_tokens)]
@@ -149,6 +171,8 @@ def csv(kind, choices=None):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--binary", default="build/cli/softprompt")
+    parser.add_argument("--arch", default="gpt2-small", choices=sorted(ARCHS),
+                        help="the random-weight base model (default gpt2-small)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--batch", type=int, default=8)
@@ -192,7 +216,7 @@ def main():
             ("train", "peak_rss_mb", "train peak RSS (MB)")]
     rows += [(f"gen{b}", "generate_tokens_per_s", f"generate tokens/s (KV cache, batch {b})")
              for b in args.gen_batches]
-    print(f"GPT-2 small (124M, random weights), train batch {args.batch} x {args.seq} tokens + "
+    print(f"{ARCHS[args.arch]}, train batch {args.batch} x {args.seq} tokens + "
           f"{args.virtual_tokens} virtual tokens, dropout on, CPU, {args.threads} threads; medians of "
           f"{args.rounds} rounds, the configurations alternating within each round")
     if "bf16" in args.dtypes:

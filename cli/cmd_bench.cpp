@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <optional>
 
 #include "cli/commands.h"
 #include "cli/common.h"
@@ -19,6 +20,7 @@
 #include "engine/optim/adamw.h"
 #include "engine/thread_pool.h"
 #include "models/gpt2.h"
+#include "models/llama.h"
 #include "peft/peft_model.h"
 
 namespace sp::cli {
@@ -50,6 +52,26 @@ double measure_sgemm_gflops() {
   return best;
 }
 
+// Llama-family shapes with random weights: Llama 3.2 1B as published (GQA 32/8 heads, head_dim
+// 64, tied embeddings, llama3 RoPE scaling), and a tiny one for tests.
+std::optional<LlamaConfig> named_llama_config(const std::string& name) {
+  LlamaConfig c;
+  if (name == "llama-3.2-1b") {
+    c.hidden_size = 2048, c.intermediate_size = 8192, c.num_layers = 16, c.num_heads = 32;
+    c.num_kv_heads = 8, c.head_dim = 64, c.vocab_size = 128256, c.max_positions = 131072;
+    c.rms_norm_eps = 1e-5, c.tie_word_embeddings = true, c.rope_theta = 500000.0;
+    c.rope_type = "llama3", c.rope_factor = 32.0, c.low_freq_factor = 1.0;
+    c.high_freq_factor = 4.0, c.original_max_positions = 8192;
+  } else if (name == "llama-tiny") {
+    c.hidden_size = 64, c.intermediate_size = 128, c.num_layers = 2, c.num_heads = 4;
+    c.num_kv_heads = 2, c.head_dim = 16, c.vocab_size = 512, c.max_positions = 256;
+  } else {
+    return std::nullopt;
+  }
+  c.layer_window.assign(size_t(c.num_layers), 0);
+  return c;
+}
+
 Gpt2Config named_config(const std::string& name) {
   Gpt2Config c;  // defaults are GPT-2 small (124M)
   if (name == "gpt2-small" || name == "gpt2") return c;
@@ -63,7 +85,7 @@ Gpt2Config named_config(const std::string& name) {
     return c;
   }
   fail(ErrorKind::kInvalidArgument, "unknown --config '", name,
-       "': expected gpt2-small, gpt2-medium or gpt2-tiny");
+       "': expected gpt2-small, gpt2-medium, gpt2-tiny, llama-3.2-1b or llama-tiny");
 }
 
 }  // namespace
@@ -83,10 +105,13 @@ CommandRunner add_bench_command(CLI::App& app) {
   cmd->footer(kExitCodeHelp);
   add_common_options(*cmd, o->common);
   cmd->add_option("--config", o->config,
-                  "random-weight architecture: gpt2-small, gpt2-medium, gpt2-tiny")
+                  "random-weight architecture: gpt2-small, gpt2-medium, gpt2-tiny, "
+                  "llama-3.2-1b, llama-tiny")
       ->capture_default_str()
-      ->check(choice("gpt2-small|gpt2-medium|gpt2-tiny",
-                     [](const std::string& s) { named_config(s); }));
+      ->check(choice("gpt2-small|gpt2-medium|gpt2-tiny|llama-3.2-1b|llama-tiny",
+                     [](const std::string& s) {
+                       if (!named_llama_config(s)) named_config(s);
+                     }));
   cmd->add_option("--model", o->model, "benchmark a real model directory instead");
   cmd->add_option("--batch-size", o->batch)
       ->capture_default_str()
@@ -128,9 +153,14 @@ CommandRunner add_bench_command(CLI::App& app) {
     const DType dtype = model_dtype(o->common, device);
     if (!o->model.empty()) {
       base = load_model(o->model, device, dtype).causal;
-      SP_CHECK(base != nullptr, "bench: --model must be a causal LM (gpt2); ", o->model, " is not");
-    } else
+      SP_CHECK(base != nullptr,
+               "bench: --model must be a causal LM (gpt2, llama, mistral, qwen2); ", o->model,
+               " is not");
+    } else if (auto llama = named_llama_config(o->config)) {
+      base = LlamaModel::random(*llama, 1, device, dtype);
+    } else {
       base = Gpt2Model::random(named_config(o->config), 1, device, dtype);
+    }
     const ModelInfo& info = base->info();
     // Sizes against the context before the adapter and the batch are allocated.
     const int64_t room = text_positions(info, o->virtual_tokens, {"--virtual-tokens"});

@@ -441,13 +441,17 @@ TEST_F(Cli, SigintDuringTrainingCheckpointsAndExits130) {
 }
 
 TEST_F(Cli, BenchRunsOnATinyConfig) {
-  CommandResult r = run(
-      "bench --config gpt2-tiny --batch-size 2 --seq-len 8 --virtual-tokens 2 --steps 1 --warmup 0 "
-      "--gen-tokens 4 --json");
-  ASSERT_EQ(r.code, 0) << r.output;
-  nlohmann::json j = nlohmann::json::parse(r.output.substr(r.output.find('{')));
-  EXPECT_GT(j["tokens_per_s"].get<double>(), 0);
-  EXPECT_GT(j["peak_rss_mb"].get<double>(), 0);
+  for (const char* config : {"gpt2-tiny", "llama-tiny"}) {
+    CommandResult r = run(std::string("bench --config ") + config +
+                          " --batch-size 2 --seq-len 8 --virtual-tokens 2 --steps 1 --warmup 0 "
+                          "--gen-tokens 4 --json");
+    ASSERT_EQ(r.code, 0) << r.output;
+    nlohmann::json j = nlohmann::json::parse(r.output.substr(r.output.find('{')));
+    EXPECT_EQ(j["model"], config);
+    EXPECT_GT(j["tokens_per_s"].get<double>(), 0);
+    EXPECT_GT(j["generate_tokens_per_s"].get<double>(), 0);
+    EXPECT_GT(j["peak_rss_mb"].get<double>(), 0);
+  }
 }
 
 // On a device, bench --json says what a steady-state step costs besides arithmetic (issue: the
