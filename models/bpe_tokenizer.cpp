@@ -1,5 +1,6 @@
 // BpeTokenizer: loading (vocab.json + merges.txt or tokenizer.json), encoding and decoding.
 #include "models/bpe_tokenizer.h"
+#include "models/unicode_nfc.h"
 
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
@@ -333,9 +334,11 @@ std::unique_ptr<BpeTokenizer> BpeTokenizer::from_tokenizer_json(
     tokenizer->unk_id_ = found->second;
   }
 
-  if (const std::string type = component_type(doc, "normalizer", source); type != "null")
+  if (const std::string type = component_type(doc, "normalizer", source); type == "NFC")
+    tokenizer->nfc_ = true;  // Qwen2
+  else if (type != "null")
     fail(ErrorKind::kFormat, source, ": field 'normalizer': unsupported normalizer type '", type,
-         "' for byte-level BPE (supported: null)");
+         "' for byte-level BPE (supported: null, NFC)");
   tokenizer->read_pre_tokenizer(doc, source);
   // Who decides add_prefix_space depends on the class transformers instantiates: GPT2Tokenizer
   // builds its own pre-tokenizer from its keyword (tokenizer_config.json, default false), while
@@ -566,8 +569,10 @@ std::vector<int64_t> BpeTokenizer::encode(std::string_view text, bool add_specia
       ids.push_back(*piece.token_id);
       continue;
     }
-    // There is no normalizer, so the second (normalized) pass sees the same text.
-    for (const auto& inner : normalized_matcher_.split(piece.text)) {
+    // Added tokens match the raw text first, then the normalized rest (tokenizers' two passes).
+    const std::string normalized = nfc_ ? to_nfc(piece.text) : std::string();
+    for (const auto& inner : normalized_matcher_.split(nfc_ ? std::string_view(normalized)
+                                                            : std::string_view(piece.text))) {
       if (inner.token_id) {
         ids.push_back(*inner.token_id);
       } else {

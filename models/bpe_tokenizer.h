@@ -86,6 +86,7 @@ class BpeTokenizer final : public Tokenizer {
   std::unordered_map<uint64_t, Merge> merges_;  // key: (left id << 32) | right id
   std::array<int32_t, 256> byte_ids_{};         // id of each byte's symbol, -1 if absent
   std::optional<int32_t> unk_id_;               // model.unk_token for bytes missing from the vocab
+  bool nfc_ = false;  ///< tokenizer.json normalizer NFC (Qwen2): applied before pre-tokenizing
   bool ignore_merges_ = false;  // model.ignore_merges: whole words found in vocab win
   bool add_prefix_space_ = false;
   bool use_regex_ = true;
