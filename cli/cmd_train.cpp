@@ -60,7 +60,7 @@ CommandRunner add_train_command(CLI::App& app) {
       "train", "Prompt-tune a frozen model on JSONL data; writes a PEFT adapter directory");
   cmd->footer(kExitCodeHelp);
   add_common_options(*cmd, o->common);
-  cmd->add_option("--model", o->model, "Hugging Face model directory (gpt2 family)")->required();
+  cmd->add_option("--model", o->model, "Hugging Face model directory (gpt2, llama, mistral, qwen2, t5)")->required();
   cmd->add_option("--data", o->job.train_file,
                   "training JSONL: {\"input\": ..., \"output\": ..., \"task\": optional}")
       ->required();
