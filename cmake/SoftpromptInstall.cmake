@@ -48,7 +48,8 @@ configure_file(${softprompt_SOURCE_DIR}/include/softprompt/version.h.in
 add_library(softprompt_library INTERFACE)
 add_library(softprompt::softprompt ALIAS softprompt_library)
 set_target_properties(softprompt_library PROPERTIES EXPORT_NAME softprompt)
-target_link_libraries(softprompt_library INTERFACE softprompt_peft softprompt_models softprompt_engine)
+target_link_libraries(softprompt_library INTERFACE softprompt_peft softprompt_models softprompt_mpi
+  softprompt_engine)
 # Consumers compile the headers as C++20 whatever their own default is.
 target_compile_features(softprompt_library INTERFACE cxx_std_20)
 target_include_directories(softprompt_library INTERFACE
