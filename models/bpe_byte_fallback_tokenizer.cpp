@@ -18,10 +18,6 @@ using Step = BpeByteFallbackTokenizer::Step;
 
 namespace {
 
-uint64_t pair_key(int32_t left, int32_t right) {
-  return (static_cast<uint64_t>(static_cast<uint32_t>(left)) << 32) | static_cast<uint32_t>(right);
-}
-
 std::string replace_all(std::string_view text, std::string_view from, std::string_view to) {
   if (from.empty()) return std::string(text);
   std::string out;
@@ -230,7 +226,7 @@ std::unique_ptr<BpeByteFallbackTokenizer> BpeByteFallbackTokenizer::from_tokeniz
       return found->second;
     };
     const int32_t left_id = id_of(left), right_id = id_of(right);
-    tok->merges_[pair_key(left_id, right_id)] = Merge{static_cast<int32_t>(i), id_of(left + right)};
+    tok->merges_.add(left_id, right_id, static_cast<int32_t>(i), id_of(left + right));
   }
 
   // Normalizer: Prepend / Replace (Llama 2), alone or in a Sequence.
@@ -473,16 +469,8 @@ void BpeByteFallbackTokenizer::encode_word(std::string_view word, std::vector<in
       return;
     }
   }
-  struct Symbol {
-    int32_t id;
-    int32_t prev, next;
-    bool alive;
-  };
-  std::vector<Symbol> symbols;
-  const auto push = [&](int32_t id) {
-    const auto index = static_cast<int32_t>(symbols.size());
-    symbols.push_back(Symbol{id, index - 1, index + 1, true});
-  };
+  std::vector<int32_t> symbols;
+  const auto push = [&](int32_t id) { symbols.push_back(id); };
   // Mirrors tokenizers' merge_word: a pending (fused) unknown is written when the next known
   // character arrives or at the end, not before byte-fallback tokens.
   bool unk_pending = false;
@@ -509,36 +497,7 @@ void BpeByteFallbackTokenizer::encode_word(std::string_view word, std::vector<in
     unk_pending = true;
   }
   if (unk_pending) push(*unk_id_);
-  if (symbols.empty()) return;
-  symbols.back().next = -1;
-
-  // Lowest rank first, leftmost among equal ranks; stale entries are skipped when popped.
-  using Candidate = std::tuple<int32_t, int32_t, int32_t, int32_t>;  // rank, pos, left, right
-  std::priority_queue<Candidate, std::vector<Candidate>, std::greater<>> queue;
-  const auto push_pair = [&](int32_t at) {
-    if (at < 0) return;
-    const int32_t next = symbols[at].next;
-    if (next < 0) return;
-    auto found = merges_.find(pair_key(symbols[at].id, symbols[next].id));
-    if (found != merges_.end())
-      queue.emplace(found->second.rank, at, symbols[at].id, symbols[next].id);
-  };
-  for (int32_t at = 0; at + 1 < static_cast<int32_t>(symbols.size()); ++at) push_pair(at);
-  while (!queue.empty()) {
-    const auto [rank, at, left, right] = queue.top();
-    queue.pop();
-    Symbol& symbol = symbols[at];
-    if (!symbol.alive || symbol.next < 0 || symbol.id != left || symbols[symbol.next].id != right)
-      continue;
-    Symbol& absorbed = symbols[symbol.next];
-    symbol.id = merges_.at(pair_key(left, right)).merged_id;
-    absorbed.alive = false;
-    symbol.next = absorbed.next;
-    if (absorbed.next >= 0) symbols[absorbed.next].prev = at;
-    push_pair(symbol.prev);
-    push_pair(at);
-  }
-  for (int32_t at = 0; at >= 0; at = symbols[at].next) out.push_back(symbols[at].id);
+  for (int32_t id : merges_.apply(symbols)) out.push_back(id);
 }
 
 // ---------------------------------------------------------------------------------------------

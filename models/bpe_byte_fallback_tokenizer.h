@@ -14,6 +14,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "models/bpe_merges.h"
 #include "models/tokenizer.h"
 
 namespace sp {
@@ -50,10 +51,6 @@ class BpeByteFallbackTokenizer final : public Tokenizer {
     size_t operator()(std::string_view text) const { return std::hash<std::string_view>{}(text); }
   };
   using TokenIds = std::unordered_map<std::string, int32_t, StringHash, std::equal_to<>>;
-  struct Merge {
-    int32_t rank;
-    int32_t merged_id;
-  };
 
   BpeByteFallbackTokenizer() = default;
   std::string normalize(std::string_view text) const;
@@ -66,8 +63,8 @@ class BpeByteFallbackTokenizer final : public Tokenizer {
   std::vector<std::string> id_to_token_;  // "" for ids nobody uses
   std::vector<bool> id_used_;
   std::vector<bool> id_special_;
-  std::unordered_map<uint64_t, Merge> merges_;  // key: (left id << 32) | right id
-  std::array<int32_t, 256> byte_ids_{};         // id of "<0xNN>", -1 if absent
+  BpeMerges merges_;
+  std::array<int32_t, 256> byte_ids_{};  // id of "<0xNN>", -1 if absent
   std::optional<int32_t> unk_id_;
   bool fuse_unk_ = false;
   bool ignore_merges_ = false;

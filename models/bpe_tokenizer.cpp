@@ -120,10 +120,6 @@ std::string mapped_word(std::string_view word) {
   return symbols;
 }
 
-uint64_t pair_key(int32_t left, int32_t right) {
-  return (static_cast<uint64_t>(static_cast<uint32_t>(left)) << 32) | static_cast<uint32_t>(right);
-}
-
 // Words longer than this are encoded without the cache so that one huge input cannot pin memory.
 constexpr size_t kMaxCachedWordBytes = 256;
 
@@ -478,7 +474,7 @@ void BpeTokenizer::finish_loading(TokenIds vocab,
     const int32_t right_id = id_of(right, "symbol");
     const int32_t merged_id = id_of(left + right, "merged symbol");
     // A repeated merge keeps its last rank, as both HF implementations build a map from the list.
-    merges_[pair_key(left_id, right_id)] = Merge{static_cast<int32_t>(i), merged_id};
+    merges_.add(left_id, right_id, static_cast<int32_t>(i), merged_id);
   }
   for (int byte = 0; byte < 256; ++byte) {
     auto found = vocab.find(tokenizer_detail::encode_utf8(byte_to_char()[byte]));
@@ -655,12 +651,7 @@ std::vector<int32_t> BpeTokenizer::bpe(std::string_view word) const {
     auto whole = token_to_id_.find(mapped_word(word));
     if (whole != token_to_id_.end()) return {whole->second};
   }
-  struct Symbol {
-    int32_t id;
-    int32_t prev, next;
-    bool alive;
-  };
-  std::vector<Symbol> symbols;
+  std::vector<int32_t> symbols;
   symbols.reserve(word.size());
   for (const char c : word) {
     int32_t id = byte_ids_[static_cast<unsigned char>(c)];
@@ -668,42 +659,9 @@ std::vector<int32_t> BpeTokenizer::bpe(std::string_view word) const {
       if (!unk_id_) continue;  // the tokenizers BPE drops unknown symbols when it has no unk
       id = *unk_id_;
     }
-    const auto index = static_cast<int32_t>(symbols.size());
-    symbols.push_back(Symbol{id, index - 1, index + 1, true});
+    symbols.push_back(id);
   }
-  if (symbols.empty()) return {};
-  symbols.back().next = -1;
-
-  // Lowest rank first; equal ranks (the same pair several times) leftmost first. Entries go stale
-  // when a neighbour merges; they are recognised by re-checking the pair when popped.
-  using Candidate = std::tuple<int32_t, int32_t, int32_t, int32_t>;  // rank, pos, left, right
-  std::priority_queue<Candidate, std::vector<Candidate>, std::greater<>> queue;
-  const auto push_pair = [&](int32_t pos) {
-    if (pos < 0) return;
-    const int32_t next = symbols[pos].next;
-    if (next < 0) return;
-    auto found = merges_.find(pair_key(symbols[pos].id, symbols[next].id));
-    if (found != merges_.end())
-      queue.emplace(found->second.rank, pos, symbols[pos].id, symbols[next].id);
-  };
-  for (int32_t pos = 0; pos + 1 < static_cast<int32_t>(symbols.size()); ++pos) push_pair(pos);
-  while (!queue.empty()) {
-    const auto [rank, pos, left, right] = queue.top();
-    queue.pop();
-    Symbol& symbol = symbols[pos];
-    if (!symbol.alive || symbol.next < 0 || symbol.id != left || symbols[symbol.next].id != right)
-      continue;
-    Symbol& absorbed = symbols[symbol.next];
-    symbol.id = merges_.at(pair_key(left, right)).merged_id;
-    absorbed.alive = false;
-    symbol.next = absorbed.next;
-    if (absorbed.next >= 0) symbols[absorbed.next].prev = pos;
-    push_pair(symbol.prev);
-    push_pair(pos);
-  }
-  std::vector<int32_t> ids;
-  for (int32_t pos = 0; pos >= 0; pos = symbols[pos].next) ids.push_back(symbols[pos].id);
-  return ids;
+  return merges_.apply(symbols);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "models/bpe_merges.h"
 #include "models/tokenizer.h"
 
 namespace sp {
@@ -55,10 +56,6 @@ class BpeTokenizer final : public Tokenizer {
     size_t operator()(std::string_view text) const { return std::hash<std::string_view>{}(text); }
   };
   using TokenIds = std::unordered_map<std::string, int32_t, StringHash, std::equal_to<>>;
-  struct Merge {
-    int32_t rank;
-    int32_t merged_id;
-  };
 
   BpeTokenizer();
   // Shared by both loaders once vocab and merges are known. `source` names them in errors.
@@ -81,11 +78,11 @@ class BpeTokenizer final : public Tokenizer {
   TokenIds token_to_id_;                  // base vocabulary and added tokens
   std::vector<std::string> id_to_token_;  // "" for ids nobody uses
   std::vector<bool> id_used_;
-  std::vector<std::string> id_bytes_;           // what each id decodes to before UTF-8 repair
-  std::vector<bool> id_special_;                // skipped by decode(skip_special_tokens=true)
-  std::unordered_map<uint64_t, Merge> merges_;  // key: (left id << 32) | right id
-  std::array<int32_t, 256> byte_ids_{};         // id of each byte's symbol, -1 if absent
-  std::optional<int32_t> unk_id_;               // model.unk_token for bytes missing from the vocab
+  std::vector<std::string> id_bytes_;  // what each id decodes to before UTF-8 repair
+  std::vector<bool> id_special_;       // skipped by decode(skip_special_tokens=true)
+  BpeMerges merges_;
+  std::array<int32_t, 256> byte_ids_{};  // id of each byte's symbol, -1 if absent
+  std::optional<int32_t> unk_id_;        // model.unk_token for bytes missing from the vocab
   bool nfc_ = false;  ///< tokenizer.json normalizer NFC (Qwen2): applied before pre-tokenizing
   bool ignore_merges_ = false;  // model.ignore_merges: whole words found in vocab win
   bool add_prefix_space_ = false;

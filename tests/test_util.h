@@ -8,10 +8,12 @@
 #include <unistd.h>
 #include <cmath>
 
+#include <atomic>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -78,6 +80,38 @@ class TempDirTest : public ::testing::Test {
     return path(name);
   }
   std::filesystem::path dir_;
+};
+
+// A fresh directory for the lifetime of the object (several per test), removed with everything in
+// it at the end.
+class ScopedTempDir {
+ public:
+  ScopedTempDir() {
+    static std::atomic<int> counter{0};
+    std::random_device random;
+    path_ = std::filesystem::temp_directory_path() /
+            ("sp_tmp_" + std::to_string(::getpid()) + "_" + std::to_string(random()) + "_" +
+             std::to_string(counter++));
+    std::filesystem::create_directories(path_);
+  }
+  ~ScopedTempDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path_, ec);
+  }
+  ScopedTempDir(const ScopedTempDir&) = delete;
+  ScopedTempDir& operator=(const ScopedTempDir&) = delete;
+
+  const std::filesystem::path& path() const { return path_; }
+  std::string str() const { return path_.string(); }
+  void copy_from(const std::filesystem::path& file) const {
+    std::filesystem::copy_file(file, path_ / file.filename());
+  }
+  void write(const std::string& name, const std::string& content) const {
+    std::ofstream(path_ / name, std::ios::binary) << content;
+  }
+
+ private:
+  std::filesystem::path path_;
 };
 
 }  // namespace sp::testing

@@ -14,6 +14,7 @@
 
 #include "engine/error.h"
 #include "models/tokenizer.h"
+#include "tests/test_util.h"
 
 namespace {
 
@@ -71,31 +72,7 @@ void check_golden(const std::string& name) {
   check_golden_on(*tok, name, false);
 }
 
-// A fresh directory, removed with everything in it when the test ends.
-class TempDir {
- public:
-  TempDir() {
-    static std::atomic<int> counter{0};
-    std::random_device random;
-    path_ = fs::temp_directory_path() /
-            ("softprompt_tokjson_" + std::to_string(random()) + "_" + std::to_string(counter++));
-    fs::create_directories(path_);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  std::string str() const { return path_.string(); }
-  void write(const std::string& name, const std::string& content) const {
-    std::ofstream out(path_ / name, std::ios::binary);
-    out << content;
-  }
-
- private:
-  fs::path path_;
-};
+using TempDir = sp::testing::ScopedTempDir;
 
 // A copy of fixture `name` whose tokenizer.json is patched (RFC 7386 merge patch).
 void write_patched(const TempDir& dir, const std::string& name, const json& patch) {

@@ -16,6 +16,7 @@
 #include "models/bpe_tokenizer.h"
 #include "models/sentencepiece_tokenizer.h"
 #include "models/tokenizer.h"
+#include "tests/test_util.h"
 
 namespace {
 
@@ -41,34 +42,7 @@ std::vector<int64_t> ids_of(const json& list) {
   return list.get<std::vector<int64_t>>();
 }
 
-// A fresh directory, removed with everything in it when the test ends.
-class TempDir {
- public:
-  TempDir() {
-    static std::atomic<int> counter{0};
-    std::random_device random;
-    path_ = fs::temp_directory_path() /
-            ("softprompt_tok_" + std::to_string(random()) + "_" + std::to_string(counter++));
-    fs::create_directories(path_);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-
-  const fs::path& path() const { return path_; }
-  std::string str() const { return path_.string(); }
-  void copy_from(const fs::path& file) const { fs::copy_file(file, path_ / file.filename()); }
-  void write(const std::string& name, const std::string& content) const {
-    std::ofstream out(path_ / name, std::ios::binary);
-    out << content;
-  }
-
- private:
-  fs::path path_;
-};
+using TempDir = sp::testing::ScopedTempDir;
 
 // Runs fn, which must throw sp::Error of `kind` whose message contains every fragment.
 template <class Fn>
