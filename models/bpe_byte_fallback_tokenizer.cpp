@@ -305,16 +305,7 @@ std::unique_ptr<BpeByteFallbackTokenizer> BpeByteFallbackTokenizer::from_tokeniz
     tok->template_ = tokenizer_detail::parse_template_processing(*post, source);
 
   // Added tokens: the file's, then those only tokenizer_config.json / added_tokens.json name.
-  std::vector<AddedToken> added;
-  if (auto list = doc.find("added_tokens"); list != doc.end() && !list->is_null())
-    added = tokenizer_detail::parse_added_tokens(*list, source);
-  for (const auto* extra : {&settings.added_tokens_decoder, &settings.legacy_added_tokens}) {
-    for (const AddedToken& token : *extra) {
-      const bool known = std::any_of(added.begin(), added.end(),
-                                     [&](const AddedToken& a) { return a.id == token.id; });
-      if (!known) added.push_back(token);
-    }
-  }
+  std::vector<AddedToken> added = tokenizer_detail::collect_added_tokens(doc, source, settings);
 
   // Ids may leave gaps, but not more than there are tokens (a stray huge id must not allocate).
   const auto id_limit = static_cast<int64_t>(tok->vocab_.size() + added.size());

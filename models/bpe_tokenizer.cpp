@@ -354,16 +354,7 @@ std::unique_ptr<BpeTokenizer> BpeTokenizer::from_tokenizer_json(
   if (auto post = doc.find("post_processor"); post != doc.end())
     tokenizer->template_ = tokenizer_detail::parse_template_processing(*post, source);
 
-  std::vector<AddedToken> added;
-  if (auto list = doc.find("added_tokens"); list != doc.end() && !list->is_null())
-    added = tokenizer_detail::parse_added_tokens(*list, source);
-  for (const auto* extra : {&settings.added_tokens_decoder, &settings.legacy_added_tokens}) {
-    for (const AddedToken& token : *extra) {
-      const bool known = std::any_of(added.begin(), added.end(),
-                                     [&](const AddedToken& a) { return a.id == token.id; });
-      if (!known) added.push_back(token);
-    }
-  }
+  std::vector<AddedToken> added = tokenizer_detail::collect_added_tokens(doc, source, settings);
   tokenizer->finish_loading(std::move(vocab), merges, sources, std::move(added), settings,
                             model_source + ".vocab");
   return tokenizer;

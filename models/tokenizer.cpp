@@ -361,6 +361,21 @@ bool special_flag_from_file(const std::vector<AddedToken>& added, int64_t id) {
                      [&](const AddedToken& a) { return a.id == id && a.special_from_file; });
 }
 
+std::vector<AddedToken> collect_added_tokens(const json& doc, const std::string& source,
+                                             const SpecialTokenSettings& settings) {
+  std::vector<AddedToken> added;
+  if (auto list = doc.find("added_tokens"); list != doc.end() && !list->is_null())
+    added = parse_added_tokens(*list, source);
+  for (const auto* extra : {&settings.added_tokens_decoder, &settings.legacy_added_tokens}) {
+    for (const AddedToken& token : *extra) {
+      const bool known = std::any_of(added.begin(), added.end(),
+                                     [&](const AddedToken& a) { return a.id == token.id; });
+      if (!known) added.push_back(token);
+    }
+  }
+  return added;
+}
+
 std::vector<AddedToken> parse_added_tokens(const json& list, const std::string& source) {
   if (!list.is_array())
     fail(ErrorKind::kFormat, source, ": 'added_tokens' must be a list, found ", list.type_name());

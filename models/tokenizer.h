@@ -149,6 +149,11 @@ SpecialTokenSettings read_special_token_settings(const std::string& model_dir);
 // "single_word"}, ...]. single_word=true is rejected (not implemented).
 std::vector<AddedToken> parse_added_tokens(const nlohmann::json& list, const std::string& source);
 
+// The added tokens of a tokenizer.json document: its "added_tokens", then those that only
+// tokenizer_config.json "added_tokens_decoder" or added_tokens.json name (ids not seen yet).
+std::vector<AddedToken> collect_added_tokens(const nlohmann::json& doc, const std::string& source,
+                                             const SpecialTokenSettings& settings);
+
 // Whether `added` holds token `id` with a "special" flag given by its file: transformers adds an
 // "extra_special_tokens" entry only when it is not an added token yet, so that flag survives.
 bool special_flag_from_file(const std::vector<AddedToken>& added, int64_t id);
