@@ -430,6 +430,8 @@ SpecialTokenSettings read_special_token_settings(const std::string& model_dir) {
       settings.add_prefix_space = optional_bool(config, "add_prefix_space", false, config_path);
     settings.add_bos_token = optional_bool(config, "add_bos_token", false, config_path);
     settings.add_eos_token = optional_bool(config, "add_eos_token", false, config_path);
+    if (auto legacy = config.find("legacy"); legacy != config.end() && !legacy->is_null())
+      settings.legacy = optional_bool(config, "legacy", false, config_path);
     if (auto name = config.find("tokenizer_class"); name != config.end() && !name->is_null()) {
       if (!name->is_string())
         fail(ErrorKind::kFormat, config_path, ": field 'tokenizer_class' must be a string, found ",
@@ -601,6 +603,30 @@ bool is_sentencepiece_style_bpe(const json& model, const json& doc) {
          mentions("decoder", {"ByteFallback", "Metaspace"});
 }
 
+// transformers 5's LlamaTokenizer (what Llama 2 and Mistral directories name) keeps only the
+// vocabulary, merges and post-processor of tokenizer.json and builds the rest itself: no
+// normalizer, a Metaspace pre-tokenizer prepending "▁" always (legacy) or only to the text's start
+// (the default) or never (add_prefix_space false), and the matching decoder. Its template stays
+// the file's whatever tokenizer_config.json's add_bos_token / add_eos_token say (as transformers
+// 5).
+json as_llama_tokenizer_class(json doc, const tokenizer_detail::SpecialTokenSettings& settings) {
+  const bool prefix_space = settings.add_prefix_space.value_or(true);
+  const std::string prepend =
+      !prefix_space ? "never" : (settings.legacy.value_or(false) ? "always" : "first");
+  constexpr const char* kMark = "\xe2\x96\x81";  // U+2581, SentencePiece's word mark
+  doc["normalizer"] = nullptr;
+  doc["pre_tokenizer"] = {
+      {"type", "Metaspace"}, {"replacement", kMark}, {"prepend_scheme", prepend}, {"split", false}};
+  json steps =
+      json::array({{{"type", "Replace"}, {"pattern", {{"String", kMark}}}, {"content", " "}},
+                   {{"type", "ByteFallback"}},
+                   {{"type", "Fuse"}}});
+  if (prefix_space)
+    steps.push_back({{"type", "Strip"}, {"content", " "}, {"start", 1}, {"stop", 0}});
+  doc["decoder"] = {{"type", "Sequence"}, {"decoders", steps}};
+  return doc;
+}
+
 }  // namespace
 
 std::unique_ptr<Tokenizer> load_tokenizer(const std::string& model_dir) {
@@ -632,9 +658,13 @@ std::unique_ptr<Tokenizer> load_tokenizer(const std::string& model_dir) {
     } else {
       fail(ErrorKind::kFormat, path, ": model has no 'type' field");
     }
-    if (type == "BPE" && is_sentencepiece_style_bpe(*model, doc))
-      return BpeByteFallbackTokenizer::from_tokenizer_json(
-          doc, path, tokenizer_detail::read_special_token_settings(model_dir));
+    if (type == "BPE" && is_sentencepiece_style_bpe(*model, doc)) {
+      auto settings = tokenizer_detail::read_special_token_settings(model_dir);
+      const std::string cls = settings.tokenizer_class.value_or("");
+      if (cls == "LlamaTokenizer" || cls == "LlamaTokenizerFast")
+        doc = as_llama_tokenizer_class(std::move(doc), settings);
+      return BpeByteFallbackTokenizer::from_tokenizer_json(doc, path, settings);
+    }
     if (type == "BPE")
       return BpeTokenizer::from_tokenizer_json(
           doc, path, tokenizer_detail::read_special_token_settings(model_dir));

@@ -140,6 +140,7 @@ struct SpecialTokenSettings {
   // tokenizer_config.json; transformers honours them only when there is no tokenizer.json.
   bool add_bos_token = false;
   bool add_eos_token = false;
+  std::optional<bool> legacy;                  // tokenizer_config.json "legacy" (LlamaTokenizer)
   std::optional<std::string> tokenizer_class;  // tokenizer_config.json "tokenizer_class"
 };
 

@@ -165,6 +165,32 @@ TEST(TokenizerJsonGolden, Qwen2WithoutNfcDiffersOnDecomposedText) {
 TEST(TokenizerJsonGolden, Llama2ByteFallbackBpe) {
   check_golden("llama2_byte_fallback");
 }
+// Llama 2 / Mistral directories name LlamaTokenizer, whose pre-tokenizer and decoder transformers 5
+// builds itself from "legacy" and "add_prefix_space" (ignoring tokenizer.json's): leading spaces
+// and text after special tokens then tokenize differently from the file's own pipeline.
+TEST(TokenizerJsonGolden, LlamaTokenizerClassLegacy) {
+  check_golden("llama2_llama_tokenizer_legacy");
+}
+TEST(TokenizerJsonGolden, LlamaTokenizerClass) {
+  check_golden("llama2_llama_tokenizer");
+}
+
+// transformers 5 keeps the file's template for LlamaTokenizer even when tokenizer_config.json
+// says add_bos_token false and add_eos_token true (checked with transformers 5.24): still BOS only.
+TEST(TokenizerJsonGolden, LlamaTokenizerClassKeepsTheFilesTemplate) {
+  TempDir dir;
+  write_patched(dir, "llama2_llama_tokenizer", json::object());
+  json config =
+      read_json(kFixtures / "tokenizers" / "llama2_llama_tokenizer" / "tokenizer_config.json");
+  config["add_bos_token"] = false;
+  config["add_eos_token"] = true;
+  dir.write("tokenizer_config.json", config.dump());
+  auto tok = sp::load_tokenizer(dir.str());
+  for (const json& e : golden_case("llama2_llama_tokenizer")["encode"])
+    EXPECT_EQ(tok->encode(e["text"].get<std::string>()), e["ids"].get<std::vector<int64_t>>())
+        << e["text"];
+}
+
 TEST(TokenizerJsonGolden, MistralMetaspaceBpe) {
   check_golden("mistral_metaspace");
 }
