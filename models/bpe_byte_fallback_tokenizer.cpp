@@ -333,36 +333,13 @@ std::unique_ptr<BpeByteFallbackTokenizer> BpeByteFallbackTokenizer::from_tokeniz
   };
   // No family defaults: with tokenizer.json, transformers takes the names from the config files.
   tok->specials_ = tokenizer_detail::resolve_named_tokens(settings, {}, size, lookup);
-  const auto mark_special = [&](int64_t id, const std::string& content) {
-    for (AddedToken& a : added) {
-      if (a.id == id) {
-        a.special = true;
-        return;
-      }
-    }
-    AddedToken token;
-    token.id = id;
-    token.content = content;
-    token.special = true;
-    added.push_back(std::move(token));
-  };
-  const auto& specials = tok->specials_;
-  for (const auto& id : {specials.bos, specials.eos, specials.unk, specials.pad}) {
-    if (!id) continue;
-    auto in_added =
-        std::find_if(added.begin(), added.end(), [&](const AddedToken& a) { return a.id == *id; });
-    if (in_added == added.end() && !tok->id_used_[*id])
-      fail(ErrorKind::kFormat, model_source, ": special token id ", *id,
-           " (from config.json) is not assigned to any token");
-    mark_special(*id, in_added != added.end() ? in_added->content : tok->id_to_token_[*id]);
-  }
-  for (const auto& [content, where] : settings.additional_special) {
-    auto id = lookup(content);
-    if (!id)
-      fail(ErrorKind::kFormat, where, ": token '", content,
-           "' is neither in the vocabulary nor an added token");
-    if (!tokenizer_detail::special_flag_from_file(added, *id)) mark_special(*id, content);
-  }
+  tokenizer_detail::mark_special_tokens(
+      added, tok->specials_, settings, lookup,
+      [&](int64_t id) -> std::optional<std::string> {
+        if (!tok->id_used_[size_t(id)]) return std::nullopt;
+        return tok->id_to_token_[size_t(id)];
+      },
+      model_source);
   std::vector<AddedToken> raw, normalized;
   for (const AddedToken& token : added) {
     const auto id = static_cast<size_t>(token.id);

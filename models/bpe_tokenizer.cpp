@@ -486,37 +486,13 @@ void BpeTokenizer::finish_loading(TokenIds vocab,
     defaults.bos = defaults.eos = defaults.unk = endoftext;
   specials_ = tokenizer_detail::resolve_named_tokens(settings, defaults, size, lookup);
 
-  // Every special token is split out of the text and skippable, like HF's all_special_tokens.
-  const auto mark_special = [&](int64_t id, const std::string& content) {
-    for (AddedToken& a : added) {
-      if (a.id == id) {
-        a.special = true;
-        return;
-      }
-    }
-    AddedToken token;
-    token.id = id;
-    token.content = content;
-    token.special = true;
-    added.push_back(std::move(token));
-  };
-  for (const auto& id : {specials_.bos, specials_.eos, specials_.unk, specials_.pad}) {
-    if (!id) continue;
-    auto in_added =
-        std::find_if(added.begin(), added.end(), [&](const AddedToken& a) { return a.id == *id; });
-    if (in_added == added.end() && !id_used_[*id])
-      fail(ErrorKind::kFormat, vocab_source, ": special token id ", *id,
-           " (from config.json) is not assigned to any token");
-    mark_special(*id, in_added != added.end() ? in_added->content : id_to_token_[*id]);
-  }
-  for (const auto& [content, where] : settings.additional_special) {
-    auto id = lookup(content);
-    if (!id)
-      fail(ErrorKind::kFormat, where, ": token '", content,
-           "' is neither in the vocabulary nor an added token");
-    // A file's "special": false survives the listing (decode then keeps the token).
-    if (!tokenizer_detail::special_flag_from_file(added, *id)) mark_special(*id, content);
-  }
+  tokenizer_detail::mark_special_tokens(
+      added, specials_, settings, lookup,
+      [&](int64_t id) -> std::optional<std::string> {
+        if (!id_used_[size_t(id)]) return std::nullopt;
+        return id_to_token_[size_t(id)];
+      },
+      vocab_source);
 
   std::vector<AddedToken> raw, normalized;
   for (const AddedToken& token : added) {

@@ -475,6 +475,47 @@ SpecialTokenSettings read_special_token_settings(const std::string& model_dir) {
   return settings;
 }
 
+void mark_special_tokens(std::vector<AddedToken>& added, const ResolvedSpecials& specials,
+                         const SpecialTokenSettings& settings,
+                         const std::function<std::optional<int64_t>(std::string_view)>& lookup,
+                         const std::function<std::optional<std::string>(int64_t)>& vocab_token,
+                         const std::string& source) {
+  const auto mark = [&](int64_t id, const std::string& content) {
+    for (AddedToken& a : added) {
+      if (a.id == id) {
+        a.special = true;
+        return;
+      }
+    }
+    AddedToken token;
+    token.id = id;
+    token.content = content;
+    token.special = true;
+    added.push_back(std::move(token));
+  };
+  for (const auto& id : {specials.bos, specials.eos, specials.unk, specials.pad}) {
+    if (!id) continue;
+    auto in_added =
+        std::find_if(added.begin(), added.end(), [&](const AddedToken& a) { return a.id == *id; });
+    if (in_added != added.end()) {
+      mark(*id, in_added->content);
+      continue;
+    }
+    const std::optional<std::string> text = vocab_token(*id);
+    if (!text)
+      fail(ErrorKind::kFormat, source, ": special token id ", *id,
+           " (from config.json) is not assigned to any token");
+    mark(*id, *text);
+  }
+  for (const auto& [content, where] : settings.additional_special) {
+    auto id = lookup(content);
+    if (!id)
+      fail(ErrorKind::kFormat, where, ": token '", content,
+           "' is neither in the vocabulary nor an added token");
+    if (!special_flag_from_file(added, *id)) mark(*id, content);
+  }
+}
+
 ResolvedSpecials resolve_named_tokens(
     const SpecialTokenSettings& settings, const NamedDefaults& defaults, int64_t vocab_size,
     const std::function<std::optional<int64_t>(std::string_view)>& lookup) {

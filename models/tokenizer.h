@@ -179,6 +179,16 @@ ResolvedSpecials resolve_named_tokens(
     const SpecialTokenSettings& settings, const NamedDefaults& defaults, int64_t vocab_size,
     const std::function<std::optional<int64_t>(std::string_view)>& lookup);
 
+// Makes every named special token and every "additional_special_tokens" entry a special added token
+// (split out of the text, skippable in decode), as HF's all_special_tokens. vocab_token gives the
+// vocabulary's text of an id, nullopt when the id is unassigned (an error naming `source`); a
+// file's "special": false on an additional token survives.
+void mark_special_tokens(std::vector<AddedToken>& added, const ResolvedSpecials& specials,
+                         const SpecialTokenSettings& settings,
+                         const std::function<std::optional<int64_t>(std::string_view)>& lookup,
+                         const std::function<std::optional<std::string>(int64_t)>& vocab_token,
+                         const std::string& source);
+
 // Unicode White_Space (what Rust's char::is_whitespace and Oniguruma's \s use).
 bool is_unicode_whitespace(char32_t c);
 // Decodes the code point starting at text[pos] of valid UTF-8; advances pos.
