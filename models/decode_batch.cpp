@@ -1,0 +1,178 @@
+// DecodeBatch: right-aligned rows in one growing KV cache; joins, leaves, realignment, steps.
+#include "models/decode_batch.h"
+
+#include <algorithm>
+
+#include "engine/autograd.h"
+#include "engine/backend.h"
+#include "engine/error.h"
+
+namespace sp {
+
+namespace {
+
+// Copies positions [from, from + count) of rows [0, rows) of every layer of `src` to positions
+// [to, to + count) of `dst` (the same buffers when moving within a cache).
+void copy_positions(const KvCache& src, int64_t from, const KvCache& dst, int64_t to, int64_t rows,
+                    int64_t count, int64_t src_row = 0, int64_t dst_row = 0) {
+  if (count == 0 || rows == 0) return;
+  for (size_t layer = 0; layer < src.keys.size(); ++layer)
+    for (const auto* buffers : {&src.keys, &src.values}) {
+      const auto* targets = buffers == &src.keys ? &dst.keys : &dst.values;
+      Tensor from_view =
+          (*buffers)[layer].slice(0, src_row, src_row + rows).slice(1, from, from + count);
+      Tensor to_view = (*targets)[layer].slice(0, dst_row, dst_row + rows).slice(1, to, to + count);
+      // Overlapping moves inside one buffer go through a copy.
+      if (&src == &dst) from_view = from_view.clone();
+      backend_for(to_view.device()).copy(from_view, to_view);
+    }
+}
+
+}  // namespace
+
+RowKv extend_row(CausalLM& model, const RowKv* past, const Tensor& embeds) {
+  NoGradGuard no_grad;
+  const int64_t d = model.info().token_dim;
+  SP_CHECK(embeds.dim() == 2 && embeds.size(1) == d, "extend_row: embeddings must be [T, ", d,
+           "], got ", embeds.describe());
+  const int64_t before = past ? past->length() : 0, T = embeds.size(0);
+  SP_CHECK(T > 0, "extend_row: no positions to add");
+  RowKv row;
+  row.cache = model.make_cache(1, before + T);
+  copy_positions(past ? past->cache : row.cache, 0, row.cache, 0, 1, before);
+  row.cache.length = before;
+  const DType dtype = row.cache.keys.front().dtype();
+  Tensor inputs = embeds.to(model.device()).to(dtype).unsqueeze(0);
+  Tensor hidden = model.hidden_states(inputs, Tensor(), Tensor(), &row.cache, ForwardOptions{});
+  row.last_hidden = hidden.select(0, 0).select(0, T - 1);
+  return row;
+}
+
+DecodeBatch::DecodeBatch(CausalLM& model, int64_t max_rows, int64_t capacity)
+    : model_(model), max_rows_(max_rows), capacity_(capacity) {
+  SP_CHECK(max_rows >= 1, "DecodeBatch: max_rows must be >= 1, got ", max_rows);
+  SP_CHECK(capacity >= 2, "DecodeBatch: capacity must be >= 2, got ", capacity);
+  const int64_t limit = model.info().max_positions;
+  SP_CHECK(limit == 0 || capacity <= limit, "DecodeBatch: capacity ", capacity,
+           " exceeds the model's ", limit, " positions");
+}
+
+int64_t DecodeBatch::slot_of(int64_t id) const {
+  auto it = std::find(slot_ids_.begin(), slot_ids_.end(), id);
+  SP_CHECK(it != slot_ids_.end(), "DecodeBatch: no row with id ", id);
+  return int64_t(it - slot_ids_.begin());
+}
+
+int64_t DecodeBatch::length(int64_t id) const {
+  return slot_lengths_[size_t(slot_of(id))];
+}
+
+int64_t DecodeBatch::longest_row() const {
+  return slot_lengths_.empty() ? 0 : *std::max_element(slot_lengths_.begin(), slot_lengths_.end());
+}
+
+void DecodeBatch::reserve(int64_t row_count, int64_t positions) {
+  if (row_count <= allocated_rows_ && positions <= allocated_positions_) return;
+  // Doubling keeps reallocation rare; a first allocation of 64 positions covers short prompts.
+  const int64_t new_rows =
+      std::min(max_rows_, std::max({row_count, 2 * allocated_rows_, int64_t(1)}));
+  const int64_t new_positions =
+      std::min(capacity_, std::max({positions, 2 * allocated_positions_, int64_t(64)}));
+  KvCache grown = model_.make_cache(new_rows, new_positions);
+  // Masked positions still enter attention's matmuls: zeros keep them finite.
+  for (size_t layer = 0; layer < grown.keys.size(); ++layer) {
+    backend_for(grown.keys[layer].device()).fill(grown.keys[layer], 0.0f);
+    backend_for(grown.values[layer].device()).fill(grown.values[layer], 0.0f);
+  }
+  copy_positions(cache_, 0, grown, 0, rows(), shared_length_);
+  cache_ = std::move(grown);
+  allocated_rows_ = new_rows;
+  allocated_positions_ = new_positions;
+}
+
+void DecodeBatch::realign(int64_t new_length) {
+  const int64_t longest = longest_row();
+  SP_ASSERT(new_length >= longest && new_length <= capacity_);
+  if (new_length == shared_length_) return;
+  reserve(rows(), new_length);
+  copy_positions(cache_, shared_length_ - longest, cache_, new_length - longest, rows(), longest);
+  shared_length_ = new_length;
+}
+
+int64_t DecodeBatch::add(const RowKv& row) {
+  NoGradGuard no_grad;
+  SP_CHECK(!full(), "DecodeBatch: all ", max_rows_, " rows are taken");
+  const int64_t length = row.length();
+  SP_CHECK(length >= 1 && length < capacity_, "DecodeBatch: a row of ", length,
+           " positions does not fit a capacity of ", capacity_, " (it needs room to grow)");
+  if (rows() == 0) shared_length_ = 0;
+  // Room for this row and the next step.
+  reserve(rows() + 1, std::max(shared_length_, length) + 1);
+  if (length > shared_length_) realign(length);
+  const int64_t slot = rows();
+  copy_positions(row.cache, 0, cache_, shared_length_ - length, 1, length, 0, slot);
+  slot_ids_.push_back(next_id_);
+  slot_lengths_.push_back(length);
+  return next_id_++;
+}
+
+void DecodeBatch::remove(int64_t id) {
+  NoGradGuard no_grad;
+  const int64_t slot = slot_of(id), last = rows() - 1;
+  if (slot != last) {
+    const int64_t moved = slot_lengths_[size_t(last)];
+    copy_positions(cache_, shared_length_ - moved, cache_, shared_length_ - moved, 1, moved, last,
+                   slot);
+    slot_ids_[size_t(slot)] = slot_ids_[size_t(last)];
+    slot_lengths_[size_t(slot)] = moved;
+  }
+  slot_ids_.pop_back();
+  slot_lengths_.pop_back();
+  if (rows() == 0) {
+    shared_length_ = 0;
+    return;
+  }
+  // Attention spans the shared length: once a quarter of it is masked for every row, moving the
+  // rows left (one copy) is cheaper than the steps that would attend over the gap.
+  const int64_t gap = shared_length_ - longest_row();
+  if (gap > 0 && 4 * gap >= shared_length_) realign(longest_row());
+}
+
+Tensor DecodeBatch::step(const std::vector<int64_t>& tokens) {
+  NoGradGuard no_grad;
+  const int64_t A = rows();
+  SP_CHECK(A > 0 && int64_t(tokens.size()) == A, "DecodeBatch::step: ", tokens.size(),
+           " tokens for ", A, " rows");
+  if (shared_length_ + 1 > capacity_) {
+    const int64_t longest = longest_row();
+    SP_CHECK(longest < capacity_, "DecodeBatch::step: a row already fills the capacity of ",
+             capacity_, " positions");
+    realign(longest);
+  }
+  reserve(A, shared_length_ + 1);
+  const int64_t L = shared_length_, total = L + 1;
+  std::vector<float> mask(size_t(A * total), 0.0f);
+  std::vector<int64_t> positions(static_cast<size_t>(A));
+  for (int64_t s = 0; s < A; ++s) {
+    const int64_t length = slot_lengths_[size_t(s)];
+    std::fill(mask.begin() + s * total + (L - length), mask.begin() + (s + 1) * total, 1.0f);
+    positions[size_t(s)] = length;
+  }
+  KvCache view;
+  view.length = L;
+  view.capacity = allocated_positions_;
+  for (size_t layer = 0; layer < cache_.keys.size(); ++layer) {
+    view.keys.push_back(cache_.keys[layer].slice(0, 0, A));
+    view.values.push_back(cache_.values[layer].slice(0, 0, A));
+  }
+  const Device device = model_.device();
+  Tensor embeds = model_.embed(Tensor::from_ints(tokens, {A, 1}, DType::I64, device));
+  Tensor hidden = model_.hidden_states(embeds, Tensor::from_floats(mask, {A, total}, device),
+                                       Tensor::from_ints(positions, {A, 1}, DType::I64, device),
+                                       &view, ForwardOptions{});
+  shared_length_ = total;
+  for (int64_t& length : slot_lengths_) ++length;
+  return hidden.select(1, 0);
+}
+
+}  // namespace sp
