@@ -19,5 +19,6 @@ CommandRunner add_forward_command(CLI::App& app);
 CommandRunner add_inspect_command(CLI::App& app);
 CommandRunner add_bench_command(CLI::App& app);
 CommandRunner add_demo_command(CLI::App& app);
+CommandRunner add_serve_command(CLI::App& app);
 
 }  // namespace sp::cli

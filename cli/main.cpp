@@ -71,7 +71,7 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", "softprompt " SOFTPROMPT_VERSION_STRING);
   std::map<CLI::App*, CommandRunner> runners;
   for (auto add : {add_train_command, add_eval_command, add_generate_command, add_forward_command,
-                   add_inspect_command, add_bench_command, add_demo_command}) {
+                   add_inspect_command, add_bench_command, add_demo_command, add_serve_command}) {
     size_t before = app.get_subcommands({}).size();
     CommandRunner run = add(app);
     runners[app.get_subcommands({})[before]] = run;

@@ -8,6 +8,8 @@ pkg_check_modules(PCRE2 REQUIRED IMPORTED_TARGET libpcre2-8)
 pkg_check_modules(SENTENCEPIECE REQUIRED IMPORTED_TARGET sentencepiece)
 # Unicode normalization (NFC) for tokenizer.json normalizers.
 pkg_check_modules(ICU REQUIRED IMPORTED_TARGET icu-uc)
+# softprompt serve's HTTP server (Debian's libcpp-httplib-dev: a compiled cpp-httplib).
+pkg_check_modules(HTTPLIB REQUIRED IMPORTED_TARGET cpp-httplib)
 # bf16 GEMMs on the CPU (AVX512-BF16 / AMX kernels). Debian builds it on OpenMP (libgomp), whose
 # omp_set_num_threads keeps each of our pool threads' oneDNN calls single-threaded.
 find_package(dnnl 2.6 CONFIG QUIET)

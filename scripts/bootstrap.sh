@@ -7,6 +7,7 @@ packages=(
   cmake g++ make pkg-config
   libeigen3-dev libopenblas-dev nlohmann-json3-dev libsentencepiece-dev libpcre2-dev libicu-dev libcli11-dev
   mpich libmpich-dev  # data-parallel training: mpiexec and the MPI library
+  libcpp-httplib-dev curl  # softprompt serve's HTTP server; its tests talk to it with curl
   libdnnl-dev ocl-icd-opencl-dev  # oneDNN's CMake config requires OpenCL (only a Recommends)
   libgtest-dev libgmock-dev libbenchmark-dev
 )
