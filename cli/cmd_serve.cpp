@@ -1,7 +1,10 @@
 // softprompt serve: one frozen model and many soft prompts behind an OpenAI-compatible HTTP API
 // (completions, streaming, models, health, adapter load/unload), with graceful shutdown.
+#include <arpa/inet.h>
 #include <httplib.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
@@ -85,6 +88,25 @@ std::string adapter_path(const std::string& adapters_dir, const std::string& rel
         400, "invalid_request_error",
         "adapter path '" + relative + "' must name a directory inside --adapters-dir");
   return path_text;
+}
+
+// Debian's cpp-httplib is built with a listen backlog of 5: a burst of clients connecting at
+// once (64 is an ordinary load) overflows it and the kernel drops connections. listen() on the
+// already listening socket raises its backlog; the socket is found by its port.
+void widen_listen_backlog(int port) {
+  for (const auto& entry : fs::directory_iterator("/proc/self/fd")) {
+    const int fd = std::atoi(entry.path().filename().c_str());
+    int listening = 0;
+    socklen_t size = sizeof listening;
+    sockaddr_storage address{};
+    socklen_t address_size = sizeof address;
+    if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &size) != 0 || !listening) continue;
+    if (getsockname(fd, reinterpret_cast<sockaddr*>(&address), &address_size) != 0) continue;
+    const int bound = address.ss_family == AF_INET6
+                          ? ntohs(reinterpret_cast<sockaddr_in6*>(&address)->sin6_port)
+                          : ntohs(reinterpret_cast<sockaddr_in*>(&address)->sin_port);
+    if (bound == port) ::listen(fd, SOMAXCONN);
+  }
 }
 
 class Server {
@@ -379,6 +401,7 @@ CommandRunner add_serve_command(CLI::App& app) {
       fail(ErrorKind::kUnsupported, "cannot listen on ", o->host, ":", port,
            " (in use, or not an address of this machine)");
     }
+    widen_listen_backlog(port);
     if (!o->port_file.empty()) write_file_atomically(o->port_file, std::to_string(port) + "\n");
     note(o->common, "serving " + base_id + " with " + std::to_string(service.adapters().size()) +
                         " adapters on http://" + o->host + ":" + std::to_string(port) +

@@ -47,6 +47,9 @@ class DecodeBatch {
   const std::vector<int64_t>& ids() const { return slot_ids_; }
   int64_t length(int64_t id) const;  ///< positions the row has so far
   int64_t shared_length() const { return shared_length_; }
+  /// The buffers' current size (rows x positions); they grow on demand.
+  int64_t allocated_rows() const { return allocated_rows_; }
+  int64_t allocated_positions() const { return allocated_positions_; }
 
  private:
   int64_t slot_of(int64_t id) const;

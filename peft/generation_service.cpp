@@ -220,7 +220,9 @@ std::unique_ptr<CompletionHandle> GenerationService::submit(CompletionRequest re
   {
     std::lock_guard lock(mutex_);
     if (refusing_) throw ServiceError(503, "unavailable", "the server is shutting down");
-    if (int64_t(queue_.size()) >= options_.max_queue)
+    // Requests beyond the rows that are free now wait in the queue, up to max_queue of them.
+    const int64_t free_rows = std::max<int64_t>(0, options_.max_batch - stats_.active);
+    if (int64_t(queue_.size()) >= options_.max_queue + free_rows)
       throw ServiceError(429, "overloaded",
                          "the server is busy: " + std::to_string(queue_.size()) +
                              " requests are waiting (--max-queue " +
@@ -535,8 +537,15 @@ void GenerationService::run() {
         finish(*job, "", ServiceError(500, "internal_error", e.what()));
       }
     }
+    {
+      std::lock_guard lock(mutex_);
+      stats_.active = int64_t(running_.size());
+    }
     try {
-      if (!running_.empty()) decode_step();
+      if (!running_.empty()) {
+        decode_step();
+        if (options_.after_step) options_.after_step();
+      }
     } catch (const std::exception& e) {
       // The batch's state is unknown after a failed step: fail its rows, keep serving.
       warn("serve: a decode step failed; failing its ", running_.size(), " requests: ", e.what());

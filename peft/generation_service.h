@@ -6,6 +6,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -46,6 +47,9 @@ struct ServiceOptions {
   int64_t max_tokens_limit = 1024;  ///< the largest max_tokens a request may ask for
   bool prefix_cache = true;         ///< reuse each adapter's soft-prompt keys/values
   std::chrono::milliseconds request_timeout{std::chrono::minutes(10)};
+  /// Called on the scheduler thread after every decode step (metrics, tests that need the batch
+  /// held in place).
+  std::function<void()> after_step;
 };
 
 /// One completion, as OpenAI's /v1/completions takes it. temperature 0 is greedy decoding.

@@ -148,6 +148,18 @@ TEST_P(DecodeBatchTest, StaggeredRowsMatchTheirSequenceRunAlone) {
 INSTANTIATE_TEST_SUITE_P(Models, DecodeBatchTest,
                          ::testing::Values("gpt2_tiny_a", "llama_tiny_gqa", "mistral_tiny"));
 
+TEST(DecodeBatch, BuffersGrowOnlyInTheDimensionThatRanOut) {
+  std::shared_ptr<CausalLM> model = load_causal_lm(kFixtures + "/gpt2_tiny_a");
+  DecodeBatch batch(*model, 16, 128);
+  RowKv row = extend_row(*model, nullptr, randn({5, model->info().token_dim}, 3));
+  for (int i = 0; i < 16; ++i) batch.add(row);
+  EXPECT_EQ(batch.allocated_rows(), 16);
+  EXPECT_EQ(batch.allocated_positions(), 64);  // short rows: the first allocation suffices
+  for (int step = 0; step < 60; ++step) batch.step(std::vector<int64_t>(16, 7));
+  EXPECT_EQ(batch.allocated_positions(), 128);  // 65 positions: doubled, up to the capacity
+  EXPECT_EQ(batch.allocated_rows(), 16);
+}
+
 TEST(DecodeBatch, RefusesRowsThatCannotGrowAndUnknownIds) {
   std::shared_ptr<CausalLM> model = load_causal_lm(kFixtures + "/gpt2_tiny_a");
   DecodeBatch batch(*model, 1, 8);
