@@ -44,7 +44,8 @@ class Cli : public cli_test::TempDirTest {
 };
 
 TEST_F(Cli, EveryCommandHasHelp) {
-  for (const char* command : {"train", "eval", "generate", "forward", "inspect", "bench", "demo"}) {
+  for (const char* command :
+       {"train", "eval", "generate", "forward", "inspect", "bench", "demo", "serve"}) {
     CommandResult r = run(std::string(command) + " --help");
     EXPECT_EQ(r.code, 0) << command;
     EXPECT_NE(r.output.find("Usage:"), std::string::npos) << command;
