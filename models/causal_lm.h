@@ -19,6 +19,9 @@ struct ModelInfo {
   int64_t num_heads = 0;
   int64_t vocab_size = 0;
   int64_t max_positions = 0;  ///< 0 when unbounded (T5's relative positions)
+  /// The widest attention window of any layer when layers attend to a sliding window of past
+  /// positions (Mistral); 0 when every layer sees the whole past.
+  int64_t sliding_window = 0;
   std::optional<int64_t> eos_token_id;
   std::optional<int64_t> pad_token_id;
   std::optional<int64_t> bos_token_id;

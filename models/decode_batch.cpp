@@ -2,10 +2,12 @@
 #include "models/decode_batch.h"
 
 #include <algorithm>
+#include <map>
 
 #include "engine/autograd.h"
 #include "engine/backend.h"
 #include "engine/error.h"
+#include "engine/ops/ops.h"
 
 namespace sp {
 
@@ -31,21 +33,84 @@ void copy_positions(const KvCache& src, int64_t from, const KvCache& dst, int64_
 }  // namespace
 
 RowKv extend_row(CausalLM& model, const RowKv* past, const Tensor& embeds) {
+  return extend_rows(model, {past}, {embeds}).front();
+}
+
+std::vector<RowKv> extend_rows(CausalLM& model, const std::vector<const RowKv*>& pasts,
+                               const std::vector<Tensor>& embeds) {
   NoGradGuard no_grad;
-  const int64_t d = model.info().token_dim;
-  SP_CHECK(embeds.dim() == 2 && embeds.size(1) == d, "extend_row: embeddings must be [T, ", d,
-           "], got ", embeds.describe());
-  const int64_t before = past ? past->length() : 0, T = embeds.size(0);
-  SP_CHECK(T > 0, "extend_row: no positions to add");
-  RowKv row;
-  row.cache = model.make_cache(1, before + T);
-  copy_positions(past ? past->cache : row.cache, 0, row.cache, 0, 1, before);
-  row.cache.length = before;
-  const DType dtype = row.cache.keys.front().dtype();
-  Tensor inputs = embeds.to(model.device()).to(dtype).unsqueeze(0);
-  Tensor hidden = model.hidden_states(inputs, Tensor(), Tensor(), &row.cache, ForwardOptions{});
-  row.last_hidden = hidden.select(0, 0).select(0, T - 1);
-  return row;
+  const int64_t d = model.info().token_dim, J = int64_t(embeds.size());
+  SP_CHECK(J > 0 && pasts.size() == embeds.size(), "extend_rows: ", pasts.size(), " pasts for ",
+           embeds.size(), " rows");
+  // Row r's past goes right-aligned before position P, its new positions right-aligned before
+  // P + T; the gaps are masked, and explicit positions keep each row's numbering its own. A
+  // sliding window counts distance in cache slots, so with one, a row whose past and new
+  // positions would have a gap between them runs with the rows of its own new length.
+  if (model.info().sliding_window > 0 && J > 1) {
+    std::map<int64_t, std::vector<int64_t>> groups;  // new length (-1: no past) -> rows
+    for (int64_t r = 0; r < J; ++r)
+      groups[pasts[size_t(r)] ? embeds[size_t(r)].size(0) : -1].push_back(r);
+    if (groups.size() > 1) {
+      std::vector<RowKv> out(static_cast<size_t>(J));
+      for (const auto& [length, rows] : groups) {
+        std::vector<const RowKv*> group_pasts;
+        std::vector<Tensor> group_embeds;
+        for (int64_t r : rows) {
+          group_pasts.push_back(pasts[size_t(r)]);
+          group_embeds.push_back(embeds[size_t(r)]);
+        }
+        std::vector<RowKv> done = extend_rows(model, group_pasts, group_embeds);
+        for (size_t i = 0; i < rows.size(); ++i) out[size_t(rows[i])] = std::move(done[i]);
+      }
+      return out;
+    }
+  }
+  int64_t P = 0, T = 0;
+  for (int64_t r = 0; r < J; ++r) {
+    const Tensor& e = embeds[size_t(r)];
+    SP_CHECK(e.dim() == 2 && e.size(1) == d && e.size(0) > 0,
+             "extend_rows: embeddings must be [T, ", d, "] with T >= 1, got ", e.describe());
+    if (pasts[size_t(r)]) P = std::max(P, pasts[size_t(r)]->length());
+    T = std::max(T, e.size(0));
+  }
+  KvCache work = model.make_cache(J, P + T);
+  for (size_t layer = 0; layer < work.keys.size(); ++layer) {
+    backend_for(work.keys[layer].device()).fill(work.keys[layer], 0.0f);
+    backend_for(work.values[layer].device()).fill(work.values[layer], 0.0f);
+  }
+  const DType dtype = work.keys.front().dtype();
+  const Device device = model.device();
+  std::vector<float> mask(size_t(J * (P + T)), 0.0f);
+  std::vector<int64_t> positions(static_cast<size_t>(J * T), 0);
+  std::vector<Tensor> rows;
+  for (int64_t r = 0; r < J; ++r) {
+    const int64_t before = pasts[size_t(r)] ? pasts[size_t(r)]->length() : 0;
+    const int64_t added = embeds[size_t(r)].size(0);
+    if (before > 0) copy_positions(pasts[size_t(r)]->cache, 0, work, P - before, 1, before, 0, r);
+    std::fill_n(mask.begin() + r * (P + T) + (P - before), before, 1.0f);
+    std::fill_n(mask.begin() + r * (P + T) + (P + T - added), added, 1.0f);
+    for (int64_t k = 0; k < added; ++k) positions[size_t(r * T + (T - added) + k)] = before + k;
+    Tensor row = embeds[size_t(r)].to(device).to(dtype);
+    if (added < T) row = concat({Tensor::zeros({T - added, d}, dtype, device), row}, 0);
+    rows.push_back(row.unsqueeze(0));
+  }
+  work.length = P;
+  Tensor hidden = model.hidden_states(
+      concat(rows, 0), Tensor::from_floats(mask, {J, P + T}, device),
+      Tensor::from_ints(positions, {J, T}, DType::I64, device), &work, ForwardOptions{});
+  // Each row's positions, gathered contiguous: its past, then its new positions.
+  std::vector<RowKv> out(static_cast<size_t>(J));
+  for (int64_t r = 0; r < J; ++r) {
+    const int64_t before = pasts[size_t(r)] ? pasts[size_t(r)]->length() : 0;
+    const int64_t added = embeds[size_t(r)].size(0);
+    RowKv& row = out[size_t(r)];
+    row.cache = model.make_cache(1, before + added);
+    copy_positions(work, P - before, row.cache, 0, 1, before, r, 0);
+    copy_positions(work, P + T - added, row.cache, before, 1, added, r, 0);
+    row.cache.length = before + added;
+    row.last_hidden = hidden.select(0, r).select(0, T - 1);
+  }
+  return out;
 }
 
 DecodeBatch::DecodeBatch(CausalLM& model, int64_t max_rows, int64_t capacity)

@@ -23,6 +23,11 @@ struct RowKv {
 /// the text that follows it, so a server computes it once per adapter and extends it per request.
 RowKv extend_row(CausalLM& model, const RowKv* past, const Tensor& embeds);
 
+/// extend_row for several rows in one forward (rows of other lengths are padded and masked):
+/// the weights are read once for all of them, which is what a batch-1 prefill is bound by.
+std::vector<RowKv> extend_rows(CausalLM& model, const std::vector<const RowKv*>& pasts,
+                               const std::vector<Tensor>& embeds);
+
 /// A decode batch whose rows join and leave between steps. Rows share one cache length L: row r
 /// holds positions at [L - length_r, L), the rest of its cache row is masked out. A joining row
 /// longer than L shifts the others right; when L reaches the capacity, or rows that left made the

@@ -288,6 +288,8 @@ void LlamaModel::finish_init() {
   info_.num_heads = config_.num_heads;
   info_.vocab_size = config_.vocab_size;
   info_.max_positions = config_.max_positions;
+  for (int64_t window : config_.layer_window)
+    info_.sliding_window = std::max(info_.sliding_window, window);
   info_.eos_token_id = config_.eos_token_id;
   info_.bos_token_id = config_.bos_token_id;
   info_.pad_token_id = config_.pad_token_id;

@@ -417,44 +417,111 @@ bool GenerationService::accept_token(Job& job, int64_t token) {
   return false;
 }
 
-bool GenerationService::admit(Job& job_ref) {
-  NoGradGuard no_grad;
-  Job* job = &job_ref;
-  if (job->state->cancelled) {
-    finish(*job, "", ServiceError(499, "cancelled", "the client went away"));
+bool GenerationService::admissible(Job& job) {
+  if (job.state->cancelled) {
+    finish(job, "", ServiceError(499, "cancelled", "the client went away"));
     return false;
   }
-  if (Clock::now() > job->deadline) {
-    finish(*job, "", ServiceError(504, "timeout", "the request waited longer than the timeout"));
+  if (Clock::now() > job.deadline) {
+    finish(job, "", ServiceError(504, "timeout", "the request waited longer than the timeout"));
     return false;
   }
-  const std::string& adapter = job->request.adapter;
+  const std::string& adapter = job.request.adapter;
   if (!adapter.empty() && !model_->has_adapter(adapter)) {
-    finish(*job, "", ServiceError(404, "not_found", "adapter '" + adapter + "' was unloaded"));
+    finish(job, "", ServiceError(404, "not_found", "adapter '" + adapter + "' was unloaded"));
     return false;
   }
-  CausalLM& causal = model_->causal_base();
-  const int64_t T = int64_t(job->prompt_ids.size());
-  Tensor text;
-  if (T > 0)
-    text = causal.embed(Tensor::from_ints(job->prompt_ids, {T}, DType::I64, model_->device()));
-  RowKv row;
-  if (adapter.empty()) {
-    row = extend_row(causal, nullptr, text);
-  } else if (options_.prefix_cache) {
-    const RowKv& prefix = prefix_for(adapter, job->task);
-    row = T > 0 ? extend_row(causal, &prefix, text) : prefix;
-  } else {
-    Tensor prompt = prompt_embeddings(adapter, job->task).to(model_->device());
-    row = extend_row(causal, nullptr, T > 0 ? concat({prompt.to(text.dtype()), text}, 0) : prompt);
-  }
-  const int64_t vocab = model_->base_info().vocab_size;
-  std::vector<float> logits = model_->logits(row.last_hidden.unsqueeze(0)).to_floats();
-  const int64_t token = choose_next_token(logits.data(), vocab, job->config, job->rng);
-  if (accept_token(*job, token)) return false;
-  job->row = batch_->add(row);
-  job->next_token = token;
   return true;
+}
+
+void GenerationService::admit(std::vector<std::unique_ptr<Job>> jobs) {
+  NoGradGuard no_grad;
+  CausalLM& causal = model_->causal_base();
+  // What each row runs: a cached soft prompt (`past`) to continue, and the embeddings after it.
+  struct Prefill {
+    std::unique_ptr<Job> job;
+    const RowKv* past = nullptr;
+    Tensor embeds;  // [T, d]; undefined when the cached prefix is the whole row
+  };
+  std::vector<Prefill> rows;
+  for (auto& job : jobs) {
+    if (!admissible(*job)) continue;
+    Prefill row;
+    try {
+      const std::string& adapter = job->request.adapter;
+      const int64_t T = int64_t(job->prompt_ids.size());
+      if (T > 0)
+        row.embeds =
+            causal.embed(Tensor::from_ints(job->prompt_ids, {T}, DType::I64, model_->device()));
+      if (!adapter.empty() && options_.prefix_cache) {
+        row.past = &prefix_for(adapter, job->task);
+      } else if (!adapter.empty()) {
+        Tensor prompt = prompt_embeddings(adapter, job->task).to(model_->device());
+        row.embeds = T > 0 ? concat({prompt.to(row.embeds.dtype()), row.embeds}, 0) : prompt;
+      }
+    } catch (const std::exception& e) {
+      warn("serve: a request's soft prompt failed: ", e.what());
+      finish(*job, "", ServiceError(500, "internal_error", e.what()));
+      continue;
+    }
+    row.job = std::move(job);
+    rows.push_back(std::move(row));
+  }
+  // The rows go through the model together, in groups whose padded size stays within the
+  // context (a GPT-2 limit on the shared positions) and a bounded activation size.
+  constexpr int64_t kMaxGroupPositions = 16384;
+  const int64_t vocab = model_->base_info().vocab_size;
+  for (size_t start = 0; start < rows.size();) {
+    std::vector<Prefill*> group;
+    int64_t longest_past = 0, longest_new = 0;
+    for (size_t i = start; i < rows.size(); ++i) {
+      const int64_t past = rows[i].past ? rows[i].past->length() : 0;
+      const int64_t added = rows[i].embeds.defined() ? rows[i].embeds.size(0) : 0;
+      const int64_t P = std::max(longest_past, past), T = std::max(longest_new, added);
+      if (!group.empty() &&
+          (P + T > context_ || int64_t(group.size() + 1) * (P + T) > kMaxGroupPositions))
+        break;
+      group.push_back(&rows[i]);
+      longest_past = P;
+      longest_new = T;
+    }
+    start += group.size();
+    try {
+      std::vector<const RowKv*> pasts;
+      std::vector<Tensor> embeds;
+      std::vector<Prefill*> computed;
+      for (Prefill* row : group)
+        if (row->embeds.defined()) {
+          pasts.push_back(row->past);
+          embeds.push_back(row->embeds);
+          computed.push_back(row);
+        }
+      std::vector<RowKv> kv =
+          computed.empty() ? std::vector<RowKv>{} : extend_rows(causal, pasts, embeds);
+      std::vector<Tensor> last;
+      std::vector<const RowKv*> row_kv;
+      for (Prefill* row : group) {
+        auto it = std::find(computed.begin(), computed.end(), row);
+        row_kv.push_back(it == computed.end() ? row->past : &kv[size_t(it - computed.begin())]);
+        last.push_back(row_kv.back()->last_hidden.unsqueeze(0));
+      }
+      // One LM-head GEMM for the group's first tokens.
+      const std::vector<float> logits = model_->logits(concat(last, 0)).to_floats();
+      for (size_t i = 0; i < group.size(); ++i) {
+        Job& job = *group[i]->job;
+        const int64_t token =
+            choose_next_token(logits.data() + int64_t(i) * vocab, vocab, job.config, job.rng);
+        if (accept_token(job, token)) continue;
+        job.row = batch_->add(*row_kv[i]);
+        job.next_token = token;
+        running_.push_back(std::move(group[i]->job));
+      }
+    } catch (const std::exception& e) {
+      warn("serve: a prefill of ", group.size(), " requests failed: ", e.what());
+      for (Prefill* row : group)
+        if (row->job) finish(*row->job, "", ServiceError(500, "internal_error", e.what()));
+    }
+  }
 }
 
 void GenerationService::decode_step() {
@@ -527,16 +594,7 @@ void GenerationService::run() {
         command->done.set_exception(std::current_exception());
       }
     }
-    for (auto& job : admitted) {
-      try {
-        if (admit(*job)) running_.push_back(std::move(job));
-      } catch (const ServiceError& e) {
-        finish(*job, "", e);
-      } catch (const std::exception& e) {
-        warn("serve: a request failed while its prompt ran: ", e.what());
-        finish(*job, "", ServiceError(500, "internal_error", e.what()));
-      }
-    }
+    if (!admitted.empty()) admit(std::move(admitted));
     {
       std::lock_guard lock(mutex_);
       stats_.active = int64_t(running_.size());

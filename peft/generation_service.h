@@ -136,8 +136,10 @@ class GenerationService {
   struct Job;
   struct Command;
   void run();
-  /// Prefills a queued job and picks its first token; true when it joins the decode batch.
-  bool admit(Job& job);
+  /// False (and the job finished) when it was cancelled, expired or lost its adapter.
+  bool admissible(Job& job);
+  /// Prefills the jobs together, picks their first tokens and adds them to the decode batch.
+  void admit(std::vector<std::unique_ptr<Job>> jobs);
   void decode_step();
   /// Emits `token` for `job`; returns true when the job is finished.
   bool accept_token(Job& job, int64_t token);

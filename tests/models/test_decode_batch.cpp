@@ -148,6 +148,33 @@ TEST_P(DecodeBatchTest, StaggeredRowsMatchTheirSequenceRunAlone) {
 INSTANTIATE_TEST_SUITE_P(Models, DecodeBatchTest,
                          ::testing::Values("gpt2_tiny_a", "llama_tiny_gqa", "mistral_tiny"));
 
+TEST_P(DecodeBatchTest, RowsPrefilledTogetherEqualEachRowPrefilledAlone) {
+  NoGradGuard no_grad;
+  std::shared_ptr<CausalLM> model = load_causal_lm(kFixtures + "/" + GetParam());
+  const int64_t d = model->info().token_dim;
+  RowKv short_past = extend_row(*model, nullptr, randn({2, d}, 7, 0, 0.0f, 0.5f));
+  RowKv long_past = extend_row(*model, nullptr, randn({6, d}, 8, 0, 0.0f, 0.5f));
+  const std::vector<const RowKv*> pasts = {&long_past, nullptr, &short_past, &long_past};
+  std::vector<Tensor> embeds;
+  for (int64_t length : {3, 9, 1, 5}) embeds.push_back(randn({length, d}, 20 + uint64_t(length)));
+  std::vector<RowKv> together = extend_rows(*model, pasts, embeds);
+  ASSERT_EQ(together.size(), 4u);
+  for (size_t r = 0; r < 4; ++r) {
+    RowKv alone = extend_row(*model, pasts[r], embeds[r]);
+    ASSERT_EQ(together[r].length(), alone.length()) << "row " << r;
+    testing::expect_all_close(alone.last_hidden.to_floats(), together[r].last_hidden.to_floats(),
+                              kTol, "last hidden of row " + std::to_string(r));
+    for (size_t layer = 0; layer < alone.cache.keys.size(); ++layer) {
+      testing::expect_all_close(alone.cache.keys[layer].to_floats(),
+                                together[r].cache.keys[layer].to_floats(), kTol,
+                                "keys of row " + std::to_string(r));
+      testing::expect_all_close(alone.cache.values[layer].to_floats(),
+                                together[r].cache.values[layer].to_floats(), kTol,
+                                "values of row " + std::to_string(r));
+    }
+  }
+}
+
 TEST(DecodeBatch, BuffersGrowOnlyInTheDimensionThatRanOut) {
   std::shared_ptr<CausalLM> model = load_causal_lm(kFixtures + "/gpt2_tiny_a");
   DecodeBatch batch(*model, 16, 128);
