@@ -468,22 +468,32 @@ void GenerationService::admit(std::vector<std::unique_ptr<Job>> jobs) {
     rows.push_back(std::move(row));
   }
   // The rows go through the model together, in groups whose padded size stays within the
-  // context (a GPT-2 limit on the shared positions) and a bounded activation size.
+  // context (a GPT-2 limit on the shared positions) and a bounded activation size. Sorted by
+  // length, so that padding (computed like real positions) stays a small part of each group.
   constexpr int64_t kMaxGroupPositions = 16384;
+  auto new_length = [](const Prefill& row) {
+    return row.embeds.defined() ? row.embeds.size(0) : int64_t(0);
+  };
+  std::stable_sort(rows.begin(), rows.end(), [&](const Prefill& a, const Prefill& b) {
+    return new_length(a) < new_length(b);
+  });
   const int64_t vocab = model_->base_info().vocab_size;
   for (size_t start = 0; start < rows.size();) {
     std::vector<Prefill*> group;
-    int64_t longest_past = 0, longest_new = 0;
+    int64_t longest_past = 0, longest_new = 0, real = 0;
     for (size_t i = start; i < rows.size(); ++i) {
       const int64_t past = rows[i].past ? rows[i].past->length() : 0;
-      const int64_t added = rows[i].embeds.defined() ? rows[i].embeds.size(0) : 0;
+      const int64_t added = new_length(rows[i]);
       const int64_t P = std::max(longest_past, past), T = std::max(longest_new, added);
+      const int64_t padded = int64_t(group.size() + 1) * T;
       if (!group.empty() &&
-          (P + T > context_ || int64_t(group.size() + 1) * (P + T) > kMaxGroupPositions))
+          (P + T > context_ || int64_t(group.size() + 1) * (P + T) > kMaxGroupPositions ||
+           4 * padded > 5 * (real + added)))  // more than 25% padding
         break;
       group.push_back(&rows[i]);
       longest_past = P;
       longest_new = T;
+      real += added;
     }
     start += group.size();
     try {
