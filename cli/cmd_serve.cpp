@@ -403,9 +403,11 @@ CommandRunner add_serve_command(CLI::App& app) {
     }
     widen_listen_backlog(port);
     if (!o->port_file.empty()) write_file_atomically(o->port_file, std::to_string(port) + "\n");
-    note(o->common, "serving " + base_id + " with " + std::to_string(service.adapters().size()) +
-                        " adapters on http://" + o->host + ":" + std::to_string(port) +
-                        " (max batch " + std::to_string(o->service.max_batch) + ", context " +
+    const size_t adapter_count = service.adapters().size();
+    note(o->common, "serving " + base_id + " with " + std::to_string(adapter_count) +
+                        (adapter_count == 1 ? " adapter" : " adapters") + " on http://" + o->host +
+                        ":" + std::to_string(port) + " (max batch " +
+                        std::to_string(o->service.max_batch) + ", context " +
                         std::to_string(service.context_length()) + ")");
 
     std::atomic<bool> listening_done{false};

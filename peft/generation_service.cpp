@@ -590,6 +590,8 @@ void GenerationService::run() {
         queue_.pop_front();
       }
       stats_.queued = int64_t(queue_.size());
+      // Requests being admitted count as active: wait_idle() must not take them for gone.
+      stats_.active = int64_t(running_.size() + admitted.size());
     }
     for (auto& job : expired)
       finish(*job, "",
