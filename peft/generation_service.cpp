@@ -236,8 +236,7 @@ std::unique_ptr<CompletionHandle> GenerationService::submit(CompletionRequest re
 
 void GenerationService::load_adapter(const std::string& name, const std::string& dir,
                                      std::vector<std::string> task_names) {
-  auto command = std::make_shared<Command>();
-  command->action = [this, name, dir, task_names = std::move(task_names)] {
+  run_on_scheduler([this, name, dir, task_names = std::move(task_names)] {
     if (model_->has_adapter(name))
       throw ServiceError(409, "conflict",
                          "adapter '" + name + "' is already loaded; unload it first");
@@ -252,20 +251,11 @@ void GenerationService::load_adapter(const std::string& name, const std::string&
     std::lock_guard lock(mutex_);
     adapters_[name] = {task_names, config.total_virtual_tokens(),
                        config.is_multitask() ? config.num_tasks.value_or(1) : 0};
-  };
-  std::future<void> done = command->done.get_future();
-  {
-    std::lock_guard lock(mutex_);
-    if (stopping_) throw ServiceError(503, "unavailable", "the server is shutting down");
-    commands_.push_back(command);
-  }
-  wake_.notify_one();
-  done.get();
+  });
 }
 
 void GenerationService::unload_adapter(const std::string& name) {
-  auto command = std::make_shared<Command>();
-  command->action = [this, name] {
+  run_on_scheduler([this, name] {
     if (!model_->has_adapter(name))
       throw ServiceError(404, "not_found", "adapter '" + name + "' is not loaded");
     model_->delete_adapter(name);
@@ -273,7 +263,12 @@ void GenerationService::unload_adapter(const std::string& name) {
       it = it->first.rfind(name + '\x1f', 0) == 0 ? prefix_cache_.erase(it) : std::next(it);
     std::lock_guard lock(mutex_);
     adapters_.erase(name);
-  };
+  });
+}
+
+void GenerationService::run_on_scheduler(std::function<void()> action) {
+  auto command = std::make_shared<Command>();
+  command->action = std::move(action);
   std::future<void> done = command->done.get_future();
   {
     std::lock_guard lock(mutex_);

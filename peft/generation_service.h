@@ -136,6 +136,8 @@ class GenerationService {
   struct Job;
   struct Command;
   void run();
+  /// Runs `action` on the scheduler thread between steps; rethrows what it throws.
+  void run_on_scheduler(std::function<void()> action);
   /// False (and the job finished) when it was cancelled, expired or lost its adapter.
   bool admissible(Job& job);
   /// Prefills the jobs together, picks their first tokens and adds them to the decode batch.

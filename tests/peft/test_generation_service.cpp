@@ -160,23 +160,30 @@ struct StepGate {
   }
 };
 
-// Declared after the service: opens the gate before the service's destructor joins its
-// scheduler, which may be waiting in the gate (also when an assertion ends the test early).
-struct OpenOnExit {
-  std::shared_ptr<StepGate> gate;
-  ~OpenOnExit() { gate->release(); }
+// A service over model_with_adapters() whose scheduler stops after each decode step until the
+// test opens the gate (closed at first).
+struct GatedService {
+  std::shared_ptr<StepGate> gate = std::make_shared<StepGate>();
+  std::unique_ptr<GenerationService> service;
+  explicit GatedService(ServiceOptions options) {
+    gate->close();
+    options.after_step = [gate = gate] { gate->pass(); };
+    service = std::make_unique<GenerationService>(model_with_adapters(),
+                                                  load_tokenizer(testing::kTinyA), options);
+  }
+  ~GatedService() {
+    gate->release();  // before the service's destructor joins a scheduler held in the gate
+    service.reset();
+  }
 };
 
 TEST(GenerationService, StreamedPiecesStopBeforeAStopStringAndAddUpToTheWhole) {
   auto reference = model_with_adapters();
   std::shared_ptr<const Tokenizer> tokenizer = load_tokenizer(testing::kTinyA);
   // One decode step at a time, so the test sees each piece as it is handed out.
-  auto gate = std::make_shared<StepGate>();
-  gate->close();
-  ServiceOptions options;
-  options.after_step = [gate] { gate->pass(); };
-  GenerationService service(model_with_adapters(), tokenizer, options);
-  OpenOnExit open_on_exit{gate};
+  GatedService gated({});
+  std::shared_ptr<StepGate>& gate = gated.gate;
+  GenerationService& service = *gated.service;
   CompletionRequest request;
   request.adapter = "trained";
   request.prompt = "the cat sat";
@@ -232,14 +239,12 @@ int status_of(const std::function<void()>& call) {
 }
 
 TEST(GenerationService, OverloadIsRefusedAtOnceAndServedOnceThereIsRoom) {
-  auto gate = std::make_shared<StepGate>();
-  gate->close();
   ServiceOptions options;
   options.max_batch = 1;
   options.max_queue = 1;
-  options.after_step = [gate] { gate->pass(); };
-  GenerationService service(model_with_adapters(), load_tokenizer(testing::kTinyA), options);
-  OpenOnExit open_on_exit{gate};
+  GatedService gated(options);
+  std::shared_ptr<StepGate>& gate = gated.gate;
+  GenerationService& service = *gated.service;
   auto running = service.submit(simple("random"));
   gate->wait_until_held();  // the first request holds the only row
   auto queued = service.submit(simple("trained"));
@@ -252,14 +257,12 @@ TEST(GenerationService, OverloadIsRefusedAtOnceAndServedOnceThereIsRoom) {
 }
 
 TEST(GenerationService, TimeoutsCancellationAndUnloadFailOnlyTheirRequests) {
-  auto gate = std::make_shared<StepGate>();
-  gate->close();
   ServiceOptions options;
   options.max_batch = 2;
   options.request_timeout = 300ms;
-  options.after_step = [gate] { gate->pass(); };
-  GenerationService service(model_with_adapters(), load_tokenizer(testing::kTinyA), options);
-  OpenOnExit open_on_exit{gate};
+  GatedService gated(options);
+  std::shared_ptr<StepGate>& gate = gated.gate;
+  GenerationService& service = *gated.service;
   auto slow = service.submit(simple("random", 60));
   auto dropped = service.submit(simple("trained", 60));
   gate->wait_until_held();
@@ -279,13 +282,11 @@ TEST(GenerationService, TimeoutsCancellationAndUnloadFailOnlyTheirRequests) {
 }
 
 TEST(GenerationService, AdaptersLoadAndUnloadWhileServing) {
-  auto gate = std::make_shared<StepGate>();
-  gate->close();
   ServiceOptions options;
   options.max_batch = 1;
-  options.after_step = [gate] { gate->pass(); };
-  GenerationService service(model_with_adapters(), load_tokenizer(testing::kTinyA), options);
-  OpenOnExit open_on_exit{gate};
+  GatedService gated(options);
+  std::shared_ptr<StepGate>& gate = gated.gate;
+  GenerationService& service = *gated.service;
   auto running = service.submit(simple("random", 20));
   gate->wait_until_held();
   auto queued = service.submit(simple("trained", 20));
@@ -361,13 +362,11 @@ TEST(GenerationService, BadRequestsAreRefusedWithTheFieldNamed) {
 }
 
 TEST(GenerationService, ShutdownRefusesNewRequestsAndFailsWhatIsLeft) {
-  auto gate = std::make_shared<StepGate>();
-  gate->close();
   ServiceOptions options;
   options.max_batch = 1;
-  options.after_step = [gate] { gate->pass(); };
-  GenerationService service(model_with_adapters(), load_tokenizer(testing::kTinyA), options);
-  OpenOnExit open_on_exit{gate};
+  GatedService gated(options);
+  std::shared_ptr<StepGate>& gate = gated.gate;
+  GenerationService& service = *gated.service;
   auto running = service.submit(simple("random", 50));
   gate->wait_until_held();
   auto queued = service.submit(simple("trained"));
