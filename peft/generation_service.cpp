@@ -274,6 +274,7 @@ void GenerationService::run_on_scheduler(std::function<void()> action) {
     std::lock_guard lock(mutex_);
     if (stopping_) throw ServiceError(503, "unavailable", "the server is shutting down");
     commands_.push_back(command);
+    stats_.pending_commands = int64_t(commands_.size());
   }
   wake_.notify_one();
   done.get();
@@ -575,6 +576,7 @@ void GenerationService::run() {
       });
       if (stopping_) return;
       commands.swap(commands_);
+      stats_.pending_commands = 0;
       // Requests still waiting that were cancelled or ran out of time leave the queue now.
       const auto now = Clock::now();
       for (auto& job : queue_)

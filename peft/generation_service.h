@@ -97,6 +97,7 @@ class CompletionHandle {
 struct ServiceStats {
   int64_t queued = 0, active = 0, completed = 0, failed = 0, generated_tokens = 0;
   int64_t prefix_cache_hits = 0, prefix_cache_misses = 0;
+  int64_t pending_commands = 0;  ///< adapter loads/unloads waiting for the scheduler
 };
 
 /// Serves completions for a PeftModel over a causal LM. submit() may be called from any thread;

@@ -259,7 +259,7 @@ TEST(GenerationService, OverloadIsRefusedAtOnceAndServedOnceThereIsRoom) {
 TEST(GenerationService, TimeoutsCancellationAndUnloadFailOnlyTheirRequests) {
   ServiceOptions options;
   options.max_batch = 2;
-  options.request_timeout = 300ms;
+  options.request_timeout = 1s;  // ample for the first step even under sanitizers
   GatedService gated(options);
   std::shared_ptr<StepGate>& gate = gated.gate;
   GenerationService& service = *gated.service;
@@ -268,7 +268,7 @@ TEST(GenerationService, TimeoutsCancellationAndUnloadFailOnlyTheirRequests) {
   gate->wait_until_held();
   auto waiting = service.submit(simple("text_repeat"));  // no free row: waits in the queue
   dropped.reset();                                       // the client goes away
-  std::this_thread::sleep_for(400ms);                    // past the timeout while held
+  std::this_thread::sleep_for(1200ms);                   // past the timeout while held
   gate->release();
   CompletionUpdate slow_result = slow->wait(), waiting_result = waiting->wait();
   ASSERT_TRUE(slow_result.error);
@@ -292,6 +292,7 @@ TEST(GenerationService, AdaptersLoadAndUnloadWhileServing) {
   auto queued = service.submit(simple("trained", 20));
   // The unload runs on the scheduler between steps, before the queued request is admitted.
   auto unloading = std::async(std::launch::async, [&] { service.unload_adapter("trained"); });
+  while (service.stats().pending_commands == 0) std::this_thread::sleep_for(1ms);
   gate->release();
   unloading.get();
   EXPECT_FALSE(running->wait().error);
