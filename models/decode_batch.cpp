@@ -30,6 +30,17 @@ void copy_positions(const KvCache& src, int64_t from, const KvCache& dst, int64_
     }
 }
 
+// A cache of rows x positions filled with zeros: masked positions still enter attention's
+// matmuls, and zeros keep them finite.
+KvCache zeroed_cache(const CausalLM& model, int64_t rows, int64_t positions) {
+  KvCache cache = model.make_cache(rows, positions);
+  for (size_t layer = 0; layer < cache.keys.size(); ++layer) {
+    backend_for(cache.keys[layer].device()).fill(cache.keys[layer], 0.0f);
+    backend_for(cache.values[layer].device()).fill(cache.values[layer], 0.0f);
+  }
+  return cache;
+}
+
 }  // namespace
 
 RowKv extend_row(CausalLM& model, const RowKv* past, const Tensor& embeds) {
@@ -73,11 +84,7 @@ std::vector<RowKv> extend_rows(CausalLM& model, const std::vector<const RowKv*>&
     if (pasts[size_t(r)]) P = std::max(P, pasts[size_t(r)]->length());
     T = std::max(T, e.size(0));
   }
-  KvCache work = model.make_cache(J, P + T);
-  for (size_t layer = 0; layer < work.keys.size(); ++layer) {
-    backend_for(work.keys[layer].device()).fill(work.keys[layer], 0.0f);
-    backend_for(work.values[layer].device()).fill(work.values[layer], 0.0f);
-  }
+  KvCache work = zeroed_cache(model, J, P + T);
   const DType dtype = work.keys.front().dtype();
   const Device device = model.device();
   std::vector<float> mask(size_t(J * (P + T)), 0.0f);
@@ -146,12 +153,7 @@ void DecodeBatch::reserve(int64_t row_count, int64_t positions) {
   };
   const int64_t new_rows = grown_size(row_count, allocated_rows_, 1, max_rows_);
   const int64_t new_positions = grown_size(positions, allocated_positions_, 64, capacity_);
-  KvCache grown = model_.make_cache(new_rows, new_positions);
-  // Masked positions still enter attention's matmuls: zeros keep them finite.
-  for (size_t layer = 0; layer < grown.keys.size(); ++layer) {
-    backend_for(grown.keys[layer].device()).fill(grown.keys[layer], 0.0f);
-    backend_for(grown.values[layer].device()).fill(grown.values[layer], 0.0f);
-  }
+  KvCache grown = zeroed_cache(model_, new_rows, new_positions);
   copy_positions(cache_, 0, grown, 0, rows(), shared_length_);
   cache_ = std::move(grown);
   allocated_rows_ = new_rows;

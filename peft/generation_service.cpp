@@ -117,13 +117,15 @@ GenerationService::GenerationService(std::unique_ptr<PeftModel> model,
   if (limit > 0) context_ = std::min(context_, limit);
   SP_CHECK(context_ >= 2, "max_context must be >= 2, got ", context_);
   batch_ = std::make_unique<DecodeBatch>(model_->causal_base(), options_.max_batch, context_);
-  for (const std::string& name : model_->list_adapters()) {
-    const PromptTuningConfig& config = model_->adapter(name).config();
-    adapters_[name] = {{},
-                       config.total_virtual_tokens(),
-                       config.is_multitask() ? config.num_tasks.value_or(1) : 0};
-  }
+  for (const std::string& name : model_->list_adapters())
+    adapters_[name] = AdapterInfo::of(model_->adapter(name).config(), {});
   thread_ = std::thread([this] { run(); });
+}
+
+GenerationService::AdapterInfo GenerationService::AdapterInfo::of(
+    const PromptTuningConfig& config, std::vector<std::string> task_names) {
+  return {std::move(task_names), config.total_virtual_tokens(),
+          config.is_multitask() ? config.num_tasks.value_or(1) : 0};
 }
 
 GenerationService::~GenerationService() {
@@ -247,10 +249,9 @@ void GenerationService::load_adapter(const std::string& name, const std::string&
     } catch (const std::exception& e) {
       throw ServiceError(400, "invalid_request_error", e.what());
     }
-    const PromptTuningConfig& config = model_->adapter(name).config();
+    AdapterInfo info = AdapterInfo::of(model_->adapter(name).config(), task_names);
     std::lock_guard lock(mutex_);
-    adapters_[name] = {task_names, config.total_virtual_tokens(),
-                       config.is_multitask() ? config.num_tasks.value_or(1) : 0};
+    adapters_[name] = std::move(info);
   });
 }
 
@@ -259,8 +260,7 @@ void GenerationService::unload_adapter(const std::string& name) {
     if (!model_->has_adapter(name))
       throw ServiceError(404, "not_found", "adapter '" + name + "' is not loaded");
     model_->delete_adapter(name);
-    for (auto it = prefix_cache_.begin(); it != prefix_cache_.end();)
-      it = it->first.rfind(name + '\x1f', 0) == 0 ? prefix_cache_.erase(it) : std::next(it);
+    std::erase_if(prefix_cache_, [&](const auto& entry) { return entry.first.first == name; });
     std::lock_guard lock(mutex_);
     adapters_.erase(name);
   });
@@ -326,12 +326,16 @@ void GenerationService::fail_all(const ServiceError& error) {
     stats_.queued = 0;
   }
   for (auto& job : queued) finish(*job, "", error);
-  for (auto& job : running_) finish(*job, "", error);
-  running_.clear();
-  batch_ = std::make_unique<DecodeBatch>(model_->causal_base(), options_.max_batch, context_);
+  fail_running(error);
   std::lock_guard lock(mutex_);
   stats_.active = 0;
   idle_.notify_all();
+}
+
+void GenerationService::fail_running(const ServiceError& error) {
+  for (auto& job : running_) finish(*job, "", error);
+  running_.clear();
+  batch_ = std::make_unique<DecodeBatch>(model_->causal_base(), options_.max_batch, context_);
 }
 
 void GenerationService::finish(Job& job, std::string reason, std::optional<ServiceError> error) {
@@ -356,7 +360,7 @@ Tensor GenerationService::prompt_embeddings(const std::string& adapter, int64_t 
 }
 
 const RowKv& GenerationService::prefix_for(const std::string& adapter, int64_t task) {
-  const std::string key = adapter + '\x1f' + std::to_string(task);
+  const std::pair<std::string, int64_t> key{adapter, task};
   auto it = prefix_cache_.find(key);
   const bool hit = it != prefix_cache_.end();
   {
@@ -413,13 +417,18 @@ bool GenerationService::accept_token(Job& job, int64_t token) {
   return false;
 }
 
+std::optional<ServiceError> GenerationService::abandoned(const Job& job, bool running) const {
+  if (job.state->cancelled) return ServiceError(499, "cancelled", "the client went away");
+  if (Clock::now() > job.deadline)
+    return ServiceError(504, "timeout",
+                        running ? "generation took longer than the timeout"
+                                : "the request waited longer than the timeout");
+  return std::nullopt;
+}
+
 bool GenerationService::admissible(Job& job) {
-  if (job.state->cancelled) {
-    finish(job, "", ServiceError(499, "cancelled", "the client went away"));
-    return false;
-  }
-  if (Clock::now() > job.deadline) {
-    finish(job, "", ServiceError(504, "timeout", "the request waited longer than the timeout"));
+  if (std::optional<ServiceError> error = abandoned(job, false)) {
+    finish(job, "", std::move(error));
     return false;
   }
   const std::string& adapter = job.request.adapter;
@@ -532,14 +541,10 @@ void GenerationService::admit(std::vector<std::unique_ptr<Job>> jobs) {
 
 void GenerationService::decode_step() {
   NoGradGuard no_grad;
-  const auto now = Clock::now();
   for (auto& job : running_) {
-    if (job->state->cancelled)
-      finish(*job, "", ServiceError(499, "cancelled", "the client went away"));
-    else if (now > job->deadline)
-      finish(*job, "", ServiceError(504, "timeout", "generation took longer than the timeout"));
-    else
-      continue;
+    std::optional<ServiceError> error = abandoned(*job, true);
+    if (!error) continue;
+    finish(*job, "", std::move(error));
     batch_->remove(job->row);
     job.reset();
   }
@@ -578,9 +583,8 @@ void GenerationService::run() {
       commands.swap(commands_);
       stats_.pending_commands = 0;
       // Requests still waiting that were cancelled or ran out of time leave the queue now.
-      const auto now = Clock::now();
       for (auto& job : queue_)
-        if (job->state->cancelled || now > job->deadline) expired.push_back(std::move(job));
+        if (abandoned(*job, false)) expired.push_back(std::move(job));
       std::erase(queue_, nullptr);
       while (!queue_.empty() && int64_t(running_.size() + admitted.size()) < options_.max_batch) {
         admitted.push_back(std::move(queue_.front()));
@@ -590,11 +594,7 @@ void GenerationService::run() {
       // Requests being admitted count as active: wait_idle() must not take them for gone.
       stats_.active = int64_t(running_.size() + admitted.size());
     }
-    for (auto& job : expired)
-      finish(*job, "",
-             job->state->cancelled
-                 ? ServiceError(499, "cancelled", "the client went away")
-                 : ServiceError(504, "timeout", "the request waited longer than the timeout"));
+    for (auto& job : expired) finish(*job, "", abandoned(*job, false));
     for (auto& command : commands) {
       try {
         command->action();
@@ -616,9 +616,7 @@ void GenerationService::run() {
     } catch (const std::exception& e) {
       // The batch's state is unknown after a failed step: fail its rows, keep serving.
       warn("serve: a decode step failed; failing its ", running_.size(), " requests: ", e.what());
-      for (auto& job : running_) finish(*job, "", ServiceError(500, "internal_error", e.what()));
-      running_.clear();
-      batch_ = std::make_unique<DecodeBatch>(model_->causal_base(), options_.max_batch, context_);
+      fail_running(ServiceError(500, "internal_error", e.what()));
     }
     std::lock_guard lock(mutex_);
     stats_.active = int64_t(running_.size());

@@ -11,7 +11,6 @@
 #include <memory>
 #include <mutex>
 #include <optional>
-#include <set>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -139,7 +138,9 @@ class GenerationService {
   void run();
   /// Runs `action` on the scheduler thread between steps; rethrows what it throws.
   void run_on_scheduler(std::function<void()> action);
-  /// False (and the job finished) when it was cancelled, expired or lost its adapter.
+  /// The error a job gets when its client went away (499) or its time ran out (504).
+  std::optional<ServiceError> abandoned(const Job& job, bool running) const;
+  /// False (and the job finished) when it was abandoned or lost its adapter.
   bool admissible(Job& job);
   /// Prefills the jobs together, picks their first tokens and adds them to the decode batch.
   void admit(std::vector<std::unique_ptr<Job>> jobs);
@@ -148,6 +149,8 @@ class GenerationService {
   bool accept_token(Job& job, int64_t token);
   void finish(Job& job, std::string reason, std::optional<ServiceError> error = std::nullopt);
   void fail_all(const ServiceError& error);
+  /// Fails the running jobs and starts an empty decode batch.
+  void fail_running(const ServiceError& error);
   const RowKv& prefix_for(const std::string& adapter, int64_t task);
   Tensor prompt_embeddings(const std::string& adapter, int64_t task) const;
   int64_t resolve_task(const std::string& adapter, const std::optional<std::string>& task) const;
@@ -166,6 +169,7 @@ class GenerationService {
     std::vector<std::string> task_names;
     int64_t virtual_tokens = 0;
     int64_t num_tasks = 0;  // 0: not a multitask adapter
+    static AdapterInfo of(const PromptTuningConfig& config, std::vector<std::string> task_names);
   };
   std::map<std::string, AdapterInfo> adapters_;  // a copy submit() may read under the mutex
   bool refusing_ = false, stopping_ = false;
@@ -174,7 +178,7 @@ class GenerationService {
 
   // Scheduler thread only.
   std::vector<std::unique_ptr<Job>> running_;
-  std::map<std::string, RowKv> prefix_cache_;
+  std::map<std::pair<std::string, int64_t>, RowKv> prefix_cache_;  // (adapter, task)
   std::thread thread_;
 };
 
