@@ -302,13 +302,17 @@ bool GenerationService::wait_idle(Clock::time_point until) {
   return idle_.wait_until(lock, until, [&] { return queue_.empty() && stats_.active == 0; });
 }
 
-void GenerationService::stop() {
+void GenerationService::request_stop() {
   {
     std::lock_guard lock(mutex_);
     refusing_ = true;
     stopping_ = true;
   }
   wake_.notify_all();
+}
+
+void GenerationService::stop() {
+  request_stop();
   if (thread_.joinable()) thread_.join();
   fail_all(ServiceError(503, "unavailable", "the server shut down before the request finished"));
 }

@@ -125,7 +125,10 @@ class GenerationService {
   void begin_shutdown();
   /// Waits until no request is queued or running, or `until` passes; true when idle.
   bool wait_idle(std::chrono::steady_clock::time_point until);
-  /// Fails every queued and running request with 503 and stops the scheduler.
+  /// Tells the scheduler to stop after its current step, without waiting for it.
+  void request_stop();
+  /// request_stop(), then waits for the scheduler and fails every queued and running request
+  /// with 503.
   void stop();
 
   ServiceStats stats() const;
