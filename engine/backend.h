@@ -54,6 +54,15 @@ struct AttentionMask {
   int64_t sliding_window = 0;  // > 0: query at position p sees only keys j > p - window (Mistral)
 };
 
+// Dropout on attention probabilities (GPT-2's attn_pdrop), drawn inside the fused kernels: the
+// probability of (b, h, i, j) is kept iff philox::uniform(seed, offset, ((b H + h) Tq + i) Tk + j)
+// >= p, the element the dropout op draws for it in the materialised [B, H, Tq, Tk] path.
+struct AttentionDropout {
+  float p = 0.0f;  // 0: off
+  uint64_t seed = 0;
+  uint64_t offset = 0;
+};
+
 // What the work since reset_stats() cost. Beyond the GEMMs, the counters say what bounds a step on
 // a GPU besides arithmetic: launches, host waits, device allocations (zero on the CPU backend).
 struct BackendStats {
@@ -143,15 +152,17 @@ class Backend {
 
   // ---- attention: q [B, Tq, H, D], k/v [B, Tk, Hkv, D] (any strides, unit stride on D) ----
   // Grouped-query attention when Hkv < H: query head h reads key/value head h / (H / Hkv).
-  // out [B, Tq, H, D] contiguous; lse [B, H, Tq] receives each row's log-sum-exp for backward.
+  // out [B, Tq, H, D] contiguous; lse [B, H, Tq] receives each row's log-sum-exp (of the
+  // probabilities before dropout) for backward.
   virtual void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v,
-                                 const AttentionMask& mask, const Tensor& out,
-                                 const Tensor& lse) = 0;
-  // dq/dk/dv are contiguous in q/k/v's logical shapes; any may be undefined (not needed).
+                                 const AttentionMask& mask, const AttentionDropout& dropout,
+                                 const Tensor& out, const Tensor& lse) = 0;
+  // dq/dk/dv have q/k/v's shapes, unit stride on D (any strides elsewhere: views of one packed
+  // gradient) and are fully written; any may be undefined (not needed).
   virtual void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v,
-                                  const AttentionMask& mask, const Tensor& out, const Tensor& lse,
-                                  const Tensor& d_out, const Tensor& dq, const Tensor& dk,
-                                  const Tensor& dv) = 0;
+                                  const AttentionMask& mask, const AttentionDropout& dropout,
+                                  const Tensor& out, const Tensor& lse, const Tensor& d_out,
+                                  const Tensor& dq, const Tensor& dk, const Tensor& dv) = 0;
 
   // ---- gather / scatter along rows ----
   // out[i, :] = table[ids[i], :] (ids I32 or I64, validated on the host by the op).

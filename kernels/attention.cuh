@@ -4,19 +4,24 @@
 // style) in two deterministic kernels, one per query tile (dQ) and one per key tile (dK, dV).
 // q is a strided [B, Tq, H, D] view and k/v [B, Tk, Hkv, D] views (grouped-query attention when
 // Hkv < H: query head h reads key/value head h / (H / Hkv)), unit stride on D; out/dq/dk/dv are
-// contiguous.
+// contiguous, dq/dk/dv strided like q/k/v. Attention dropout is drawn in the kernels from the
+// Philox stream, element
+// ((b H + h) Tq + i) Tk + j of the probabilities, the dropout op's mask on the materialised path.
 #pragma once
 
 #include "kernels/attention_mask.cuh"
 #include "kernels/kernel_common.cuh"
+#include "kernels/philox.h"
 
 namespace sp::SP_CUDA_NS {
 
 struct AttentionShape {
   int64_t batch = 0, heads = 0, q_len = 0, k_len = 0, head_dim = 0;
   int64_t kv_heads = 0;  // divides heads
-  // Element strides of the batch, time and head axes of q, k and v.
+  // Element strides of the batch, time and head axes of q, k and v, and (backward) of their
+  // gradients, which may be views of one packed buffer.
   int64_t q_stride[3] = {}, k_stride[3] = {}, v_stride[3] = {};
+  int64_t dq_stride[3] = {}, dk_stride[3] = {}, dv_stride[3] = {};
 };
 
 // Rows per query tile and keys per key tile; block_k <= 32 (a key per lane in the softmax step).
@@ -26,6 +31,22 @@ struct AttentionTiles {
 };
 
 constexpr int kAttentionThreads = 128;
+
+// Dropout on the probabilities: kept ones are scaled by keep_scale = 1 / (1 - p); p = 0 is off.
+struct AttentionDropoutArgs {
+  float p = 0.0f, keep_scale = 1.0f;
+  uint64_t seed = 0, offset = 0;
+};
+
+// The factor dropout multiplies probability (b, h, i, j) by: 0 or keep_scale (1 without dropout).
+__device__ __forceinline__ float attention_keep_factor(const AttentionDropoutArgs& dropout,
+                                                       const AttentionShape& shape, int64_t b,
+                                                       int64_t h, int64_t i, int64_t j) {
+  if (dropout.p <= 0.0f) return 1.0f;
+  const uint64_t element = uint64_t(((b * shape.heads + h) * shape.q_len + i) * shape.k_len + j);
+  return philox::uniform(dropout.seed, dropout.offset, element) < dropout.p ? 0.0f
+                                                                            : dropout.keep_scale;
+}
 
 // K and V tiles are stored with rows of d + 1 floats: the score loops read one key row per lane,
 // and an odd row length puts those reads in different shared-memory banks.
@@ -73,7 +94,8 @@ __device__ __forceinline__ int64_t attention_key_end(const AttentionShape& shape
 template <class T>
 __global__ void __launch_bounds__(kAttentionThreads)
     attention_forward_kernel(const T* q, const T* k, const T* v, AttentionShape shape,
-                             AttentionMaskArgs mask, AttentionTiles tiles, T* out, float* lse) {
+                             AttentionMaskArgs mask, AttentionDropoutArgs dropout,
+                             AttentionTiles tiles, T* out, float* lse) {
   SP_DYNAMIC_SHARED(float, smem);
   const int64_t d = shape.head_dim, heads = shape.heads;
   const int bq = tiles.block_q, bk = tiles.block_k;
@@ -119,13 +141,16 @@ __global__ void __launch_bounds__(kAttentionThreads)
     }
     __syncthreads();
     // Online softmax, a warp per row: fold this tile's scores into the running max and sum.
+    // The sum normalises the probabilities before dropout; the output accumulates dropped ones.
     for (int r = warp; r < bq; r += warps) {
       const float s = lane < bk ? s_p[r * bk + lane] : -INFINITY;
       const float old_max = s_max[r];
       const float new_max = fmaxf(old_max, warp_max(s));
       const float p = new_max == -INFINITY ? 0.0f : expf(s - new_max);
       const float tile_sum = warp_sum(p);
-      if (lane < bk) s_p[r * bk + lane] = p;
+      if (lane < bk)
+        s_p[r * bk + lane] =
+            p > 0.0f ? p * attention_keep_factor(dropout, shape, b, h, q0 + r, k0 + lane) : 0.0f;
       // Every lane has read s_max[r] before lane 0 overwrites it. The shuffles above already
       // order that; the hardware's warp model is weaker than the emulator's, so say it.
       __syncwarp();
@@ -159,8 +184,8 @@ __global__ void __launch_bounds__(kAttentionThreads)
 
 // ---- backward ----
 
-// delta[b, h, i] = sum_d dO[b, i, h, d] * O[b, i, h, d] (= rowsum(P * dP)); a warp per row of
-// the contiguous [B, Tq, H, D] out and d_out.
+// delta[b, h, i] = sum_d dO[b, i, h, d] * O[b, i, h, d] (= rowsum(P * M * dP), since O sums the
+// dropped probabilities P * M); a warp per row of the contiguous [B, Tq, H, D] out and d_out.
 template <class T>
 __global__ void attention_backward_delta_kernel(const T* out, const T* d_out, int64_t batch,
                                                 int64_t q_len, int64_t heads, int64_t d,
@@ -178,13 +203,14 @@ __global__ void attention_backward_delta_kernel(const T* out, const T* d_out, in
   }
 }
 
-// P[r][c] recomputed as exp(masked score - lse) and dS = scale * P * (dP - delta) for a tile;
-// entries outside the tile or of fully masked rows are zero.
+// P[r][c] recomputed as exp(masked score - lse), M its dropout factor, dP = dO . V (the gradient
+// of the dropped probabilities), and for a tile: s_p = P * M (what the output summed), s_ds =
+// scale * P * (M * dP - delta). Entries outside the tile or of fully masked rows are zero.
 __device__ __forceinline__ void attention_tile_gradients(
     const float* s_q, const float* s_do, const float* s_k, const float* s_v, const float* s_lse,
-    const float* s_delta, const AttentionShape& shape, const AttentionMaskArgs& mask, int64_t b,
-    int64_t h, int64_t q0, int rows, int64_t k0, int cols, int bk, int bq, float* s_p,
-    float* s_ds) {
+    const float* s_delta, const AttentionShape& shape, const AttentionMaskArgs& mask,
+    const AttentionDropoutArgs& dropout, int64_t b, int64_t h, int64_t q0, int rows, int64_t k0,
+    int cols, int bk, int bq, float* s_p, float* s_ds) {
   const int64_t d = shape.head_dim, ld = attention_kv_ld(d);
   for (int e = thread_index(); e < bq * bk; e += block_threads()) {
     const int r = e / bk, c = e % bk;
@@ -198,7 +224,11 @@ __device__ __forceinline__ void attention_tile_gradients(
       const float s =
           masked_score(qk, mask, b, h, q0 + r, k0 + c, shape.heads, shape.q_len, shape.k_len);
       p = expf(s - s_lse[r]);
-      ds = mask.scale * p * (dp - s_delta[r]);
+      if (p > 0.0f) {
+        const float keep = attention_keep_factor(dropout, shape, b, h, q0 + r, k0 + c);
+        ds = mask.scale * p * (keep * dp - s_delta[r]);
+        p *= keep;
+      }
     }
     if (s_p) s_p[e] = p;
     s_ds[e] = ds;
@@ -210,7 +240,8 @@ template <class T>
 __global__ void __launch_bounds__(kAttentionThreads)
     attention_backward_dq_kernel(const T* q, const T* k, const T* v, const T* d_out,
                                  const float* lse, const float* delta, AttentionShape shape,
-                                 AttentionMaskArgs mask, AttentionTiles tiles, T* dq) {
+                                 AttentionMaskArgs mask, AttentionDropoutArgs dropout,
+                                 AttentionTiles tiles, T* dq) {
   SP_DYNAMIC_SHARED(float, smem);
   const int64_t d = shape.head_dim, heads = shape.heads;
   const int bq = tiles.block_q, bk = tiles.block_k;
@@ -246,8 +277,8 @@ __global__ void __launch_bounds__(kAttentionThreads)
     load_head_tile(k, shape.k_stride, b, hk, k0, cols, bk, d, ld, s_k);
     load_head_tile(v, shape.v_stride, b, hk, k0, cols, bk, d, ld, s_v);
     __syncthreads();
-    attention_tile_gradients(s_q, s_do, s_k, s_v, s_lse, s_delta, shape, mask, b, h, q0, rows, k0,
-                             cols, bk, bq, nullptr, s_ds);
+    attention_tile_gradients(s_q, s_do, s_k, s_v, s_lse, s_delta, shape, mask, dropout, b, h, q0,
+                             rows, k0, cols, bk, bq, nullptr, s_ds);
     __syncthreads();
     for (int64_t e = tid; e < bq * d; e += threads) {
       const int64_t r = e / d, x = e % d;
@@ -258,7 +289,8 @@ __global__ void __launch_bounds__(kAttentionThreads)
   }
   for (int64_t e = tid; e < rows * d; e += threads) {
     const int64_t r = e / d, x = e % d;
-    dq[((b * shape.q_len + q0 + r) * heads + h) * d + x] = from_float<T>(s_dq[e]);
+    dq[b * shape.dq_stride[0] + (q0 + r) * shape.dq_stride[1] + h * shape.dq_stride[2] + x] =
+        from_float<T>(s_dq[e]);
   }
 }
 
@@ -269,7 +301,8 @@ template <class T>
 __global__ void __launch_bounds__(kAttentionThreads)
     attention_backward_dkv_kernel(const T* q, const T* k, const T* v, const T* d_out,
                                   const float* lse, const float* delta, AttentionShape shape,
-                                  AttentionMaskArgs mask, AttentionTiles tiles, T* dk, T* dv) {
+                                  AttentionMaskArgs mask, AttentionDropoutArgs dropout,
+                                  AttentionTiles tiles, T* dk, T* dv) {
   SP_DYNAMIC_SHARED(float, smem);
   const int64_t d = shape.head_dim, heads = shape.heads;
   const int bq = tiles.block_q, bk = tiles.block_k;
@@ -313,8 +346,8 @@ __global__ void __launch_bounds__(kAttentionThreads)
         s_delta[r] = r < rows ? delta[row] : 0.0f;
       }
       __syncthreads();
-      attention_tile_gradients(s_q, s_do, s_k, s_v, s_lse, s_delta, shape, mask, b, h, q0, rows, k0,
-                               cols, bk, bq, s_p, s_ds);
+      attention_tile_gradients(s_q, s_do, s_k, s_v, s_lse, s_delta, shape, mask, dropout, b, h, q0,
+                               rows, k0, cols, bk, bq, s_p, s_ds);
       __syncthreads();
       for (int64_t e = tid; e < bk * d; e += threads) {
         const int64_t c = e / d, x = e % d;
@@ -329,9 +362,12 @@ __global__ void __launch_bounds__(kAttentionThreads)
     }
   for (int64_t e = tid; e < cols * d; e += threads) {
     const int64_t c = e / d, x = e % d;
-    const int64_t index = ((b * shape.k_len + k0 + c) * kv_heads + hk) * d + x;
-    if (dk) dk[index] = from_float<T>(s_dk[e]);
-    if (dv) dv[index] = from_float<T>(s_dv[e]);
+    if (dk)
+      dk[b * shape.dk_stride[0] + (k0 + c) * shape.dk_stride[1] + hk * shape.dk_stride[2] + x] =
+          from_float<T>(s_dk[e]);
+    if (dv)
+      dv[b * shape.dv_stride[0] + (k0 + c) * shape.dv_stride[1] + hk * shape.dv_stride[2] + x] =
+          from_float<T>(s_dv[e]);
   }
 }
 

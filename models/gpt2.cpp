@@ -218,12 +218,17 @@ Tensor Gpt2Model::block_forward(int64_t layer, const Tensor& h, const AttentionM
                                 KvCache* cache, const ForwardOptions& options) const {
   const int64_t B = h.size(0), T = h.size(1), d = config_.n_embd;
   const float attn_p = options.train ? config_.attn_pdrop : 0.0f;
-  Heads heads = split_heads(block_qkv(layer, h), config_.n_head);
-  if (cache) std::tie(heads.k, heads.v) = cache->append(layer, heads.k, heads.v);
+  const Tensor qkv = block_qkv(layer, h);
   const AttentionMask mask = layer_mask(layer, base_mask);
-  Tensor o = attn_p > 0.0f ? attention_materialized(heads.q, heads.k, heads.v, mask, attn_p,
-                                                    options.dropout_seed, dropout_offset(layer, 0))
-                           : attention(heads.q, heads.k, heads.v, mask);
+  const AttentionDropout dropout{attn_p, options.dropout_seed, dropout_offset(layer, 0)};
+  Tensor o;
+  if (cache) {
+    Heads heads = split_heads(qkv, config_.n_head);
+    std::tie(heads.k, heads.v) = cache->append(layer, heads.k, heads.v);
+    o = attention(heads.q, heads.k, heads.v, mask, dropout);
+  } else {
+    o = attention_packed(qkv, config_.n_head, mask, dropout);  // one gradient buffer for q, k, v
+  }
   return block_finish(layer, h, o.view({B, T, d}), options);
 }
 

@@ -333,9 +333,7 @@ Tensor LlamaModel::block_forward(int64_t layer, const Tensor& h, const Tensor& c
   mask.sliding_window = config_.layer_window[size_t(layer)];
   const float attn_p = options.train ? config_.attention_dropout : 0.0f;
   // Dropout sites get disjoint Philox counter ranges: 2^36 per layer.
-  Tensor o = attn_p > 0.0f ? attention_materialized(q, k, v, mask, attn_p, options.dropout_seed,
-                                                    uint64_t(layer + 1) << 36)
-                           : attention(q, k, v, mask);
+  Tensor o = attention(q, k, v, mask, {attn_p, options.dropout_seed, uint64_t(layer + 1) << 36});
   Tensor h1 = add(h, linear(o.view({B, T, -1}), b.o_weight, b.o_bias, WeightLayout::kOutIn));
   Tensor m = rms_norm(h1, b.post_attention_norm, eps);
   Tensor gate = linear(m, b.gate_weight, b.gate_bias, WeightLayout::kOutIn);

@@ -297,12 +297,10 @@ Tensor T5Model::feed_forward(const T5FeedForward& ff, const Tensor& h, uint64_t 
 
 namespace {
 
-// softmax(q k^T + bias, masked) v with T5's unscaled scores; attention-probability dropout needs
-// the materialised probabilities.
+// softmax(q k^T + bias, masked) v with T5's unscaled scores and dropout on the probabilities.
 Tensor t5_attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionMask& mask,
                     float p, uint64_t seed, uint64_t offset) {
-  return p > 0.0f ? attention_materialized(q, k, v, mask, p, seed, offset)
-                  : attention(q, k, v, mask);
+  return attention(q, k, v, mask, {p, seed, offset});
 }
 
 }  // namespace

@@ -8,6 +8,7 @@
 
 #include "engine/cpu/attention_mask.h"
 #include "engine/cpu/cpu_backend.h"
+#include "engine/cpu/dropout_span.h"
 #include "engine/error.h"
 #include "engine/thread_pool.h"
 
@@ -52,6 +53,14 @@ void softmax_rows(Matrix& s, int64_t b, int64_t h, int64_t H, const AttentionMas
   }
 }
 
+// Applies attention dropout in place to the [Tq, Tk] rows of (b, h): the stream element of
+// (b, h, i, j) is ((b H + h) Tq + i) Tk + j, as for the dropout op on materialised probabilities.
+void drop_rows(Matrix& m, int64_t b, int64_t h, int64_t H, const AttentionDropout& dropout) {
+  const int64_t tq = m.rows(), tk = m.cols();
+  const uint64_t first = dropout.offset + uint64_t((b * H + h) * tq * tk);
+  cpu::dropout_span(m.data(), m.data(), tq * tk, dropout.p, dropout.seed, first);
+}
+
 // Query heads per key/value head.
 int64_t check_qkv(const Tensor& q, const Tensor& k, const Tensor& v) {
   SP_ASSERT(q.dim() == 4 && k.dim() == 4 && v.dim() == 4);
@@ -63,8 +72,8 @@ int64_t check_qkv(const Tensor& q, const Tensor& k, const Tensor& v) {
 }  // namespace
 
 void CpuBackend::attention_forward(const Tensor& q, const Tensor& k, const Tensor& v,
-                                   const AttentionMask& mask, const Tensor& out,
-                                   const Tensor& lse) {
+                                   const AttentionMask& mask, const AttentionDropout& dropout,
+                                   const Tensor& out, const Tensor& lse) {
   const int64_t group = check_qkv(q, k, v);
   const int64_t B = q.size(0), Tq = q.size(1), H = q.size(2);
   const int64_t Tk = k.size(1);
@@ -79,23 +88,25 @@ void CpuBackend::attention_forward(const Tensor& q, const Tensor& k, const Tenso
       s.resize(Tq, Tk);
       s.noalias() = Q * K.transpose();
       softmax_rows(s, b, h, H, mask, plse + (b * H + h) * Tq);
+      if (dropout.p > 0.0f) drop_rows(s, b, h, H, dropout);
       head_view_mut(out, b, h).noalias() = s * V;
     }
   });
 }
 
 void CpuBackend::attention_backward(const Tensor& q, const Tensor& k, const Tensor& v,
-                                    const AttentionMask& mask, const Tensor& out, const Tensor& lse,
-                                    const Tensor& d_out, const Tensor& dq, const Tensor& dk,
-                                    const Tensor& dv) {
+                                    const AttentionMask& mask, const AttentionDropout& dropout,
+                                    const Tensor& out, const Tensor& lse, const Tensor& d_out,
+                                    const Tensor& dq, const Tensor& dk, const Tensor& dv) {
   const int64_t group = check_qkv(q, k, v);
+  for (const Tensor* grad : {&dq, &dk, &dv}) SP_ASSERT(!grad->defined() || grad->stride(3) == 1);
   const int64_t B = q.size(0), Tq = q.size(1), H = q.size(2), Hkv = k.size(2);
   const int64_t Tk = k.size(1);
   const float* plse = lse.data<float>();
   // A task per (batch, key/value head): the query heads of its group add into the same dK/dV
   // rows, one after another, so no two threads write them.
   parallel_for(0, B * Hkv, 1, [&](int64_t lo, int64_t hi) {
-    Matrix p, dp;
+    Matrix p, dp, dropped_p;
     for (int64_t bg = lo; bg < hi; ++bg)
       for (int64_t h = (bg % Hkv) * group; h < (bg % Hkv + 1) * group; ++h) {
         const int64_t b = bg / Hkv, hk = bg % Hkv;
@@ -118,14 +129,23 @@ void CpuBackend::attention_backward(const Tensor& q, const Tensor& k, const Tens
             r.setZero();
         }
         if (dv.defined()) {
+          // out = dropout(P) V, so dV = dropout(P)^T dO.
+          const Matrix* kept_p = &p;
+          if (dropout.p > 0.0f) {
+            dropped_p = p;
+            drop_rows(dropped_p, b, h, H, dropout);
+            kept_p = &dropped_p;
+          }
           if (first_in_group)
-            head_view_mut(dv, b, hk).noalias() = p.transpose() * dO;
+            head_view_mut(dv, b, hk).noalias() = kept_p->transpose() * dO;
           else
-            head_view_mut(dv, b, hk).noalias() += p.transpose() * dO;
+            head_view_mut(dv, b, hk).noalias() += kept_p->transpose() * dO;
         }
         if (!dq.defined() && !dk.defined()) continue;
         dp.resize(Tq, Tk);
         dp.noalias() = dO * V.transpose();
+        // The gradient reaching P passes back through the same dropout.
+        if (dropout.p > 0.0f) drop_rows(dp, b, h, H, dropout);
         // dS = P * (dP - rowsum(P * dP)), then the scale of the forward's q.k.
         for (int64_t i = 0; i < Tq; ++i) {
           Eigen::Map<Eigen::ArrayXf> pr(p.data() + i * Tk, Tk), dpr(dp.data() + i * Tk, Tk);

@@ -50,6 +50,17 @@ AttentionTiles choose_tiles(const char* op, int64_t head_dim, size_t max_bytes, 
        " bytes per block); use the materialised attention path");
 }
 
+AttentionDropoutArgs attention_dropout_args(const char* op, const AttentionDropout& dropout) {
+  SP_CHECK(dropout.p >= 0.0f && dropout.p < 1.0f, op,
+           ": dropout probability must be in [0, 1), got ", dropout.p);
+  AttentionDropoutArgs args;
+  args.p = dropout.p;
+  args.keep_scale = 1.0f / (1.0f - dropout.p);
+  args.seed = dropout.seed;
+  args.offset = dropout.offset;
+  return args;
+}
+
 // Kernels needing more than the default 48 KiB of dynamic shared memory must opt in.
 template <class Kernel>
 void allow_shared_memory(const char* op, Kernel* kernel, size_t bytes) {
@@ -61,8 +72,8 @@ void allow_shared_memory(const char* op, Kernel* kernel, size_t bytes) {
 }  // namespace
 
 void CudaBackend::attention_forward(const Tensor& q, const Tensor& k, const Tensor& v,
-                                    const AttentionMask& mask, const Tensor& out,
-                                    const Tensor& lse) {
+                                    const AttentionMask& mask, const AttentionDropout& dropout,
+                                    const Tensor& out, const Tensor& lse) {
   const char* op = "attention_forward";
   const AttentionShape shape = attention_shape(op, q, k, v);
   expect_dtype(op, q.dtype(), {&k, &v, &out});
@@ -71,6 +82,7 @@ void CudaBackend::attention_forward(const Tensor& q, const Tensor& k, const Tens
   if (shape.batch * shape.heads * shape.q_len == 0) return;
   activate(op);
   const AttentionMaskArgs args = attention_mask_args(op, mask);
+  const AttentionDropoutArgs drop = attention_dropout_args(op, dropout);
   const AttentionTiles tiles =
       choose_tiles(op, shape.head_dim, max_shared_memory_, attention_forward_smem_floats);
   const size_t smem = size_t(attention_forward_smem_floats(tiles, shape.head_dim)) * sizeof(float);
@@ -80,25 +92,36 @@ void CudaBackend::attention_forward(const Tensor& q, const Tensor& k, const Tens
     using T = typename decltype(tag)::type;
     allow_shared_memory(op, attention_forward_kernel<T>, smem);
     SP_LAUNCH(grid, kAttentionThreads, smem, stream_, attention_forward_kernel<T>)
-    (const_ptr<T>(q), const_ptr<T>(k), const_ptr<T>(v), shape, args, tiles, mutable_ptr<T>(out),
-     mutable_ptr<float>(lse));
+    (const_ptr<T>(q), const_ptr<T>(k), const_ptr<T>(v), shape, args, drop, tiles,
+     mutable_ptr<T>(out), mutable_ptr<float>(lse));
     SP_CUDA_CHECK_LAUNCH(*this, op, "attention_forward_kernel");
   });
 }
 
 void CudaBackend::attention_backward(const Tensor& q, const Tensor& k, const Tensor& v,
-                                     const AttentionMask& mask, const Tensor& out,
-                                     const Tensor& lse, const Tensor& d_out, const Tensor& dq,
-                                     const Tensor& dk, const Tensor& dv) {
+                                     const AttentionMask& mask, const AttentionDropout& dropout,
+                                     const Tensor& out, const Tensor& lse, const Tensor& d_out,
+                                     const Tensor& dq, const Tensor& dk, const Tensor& dv) {
   const char* op = "attention_backward";
-  const AttentionShape shape = attention_shape(op, q, k, v);
   expect_dtype(op, q.dtype(), {&k, &v, &out, &d_out, &dq, &dk, &dv});
   expect_dtype(op, DType::F32, {&lse});
-  expect_contiguous(op, {&out, &lse, &d_out, &dq, &dk, &dv});
+  expect_contiguous(op, {&out, &lse, &d_out});
+  AttentionShape shape = attention_shape(op, q, k, v);
+  auto take_grad_strides = [&](const Tensor& grad, const Tensor& input, int64_t(&strides)[3]) {
+    if (!grad.defined()) return;
+    SP_CHECK(grad.shape() == input.shape() && grad.stride(3) == 1, op,
+             ": a gradient must have its input's shape and unit stride on D, got ", grad.describe(),
+             " for ", input.describe());
+    for (int a = 0; a < 3; ++a) strides[a] = grad.stride(a);
+  };
+  take_grad_strides(dq, q, shape.dq_stride);
+  take_grad_strides(dk, k, shape.dk_stride);
+  take_grad_strides(dv, v, shape.dv_stride);
   if (shape.batch * shape.heads * shape.q_len == 0 || shape.k_len == 0) return;
   if (!dq.defined() && !dk.defined() && !dv.defined()) return;
   activate(op);
   const AttentionMaskArgs args = attention_mask_args(op, mask);
+  const AttentionDropoutArgs drop = attention_dropout_args(op, dropout);
   const int64_t bh = shape.batch * shape.heads;
   Workspace delta(*this, size_t(bh * shape.q_len) * sizeof(float));
   dispatch_float(op, q, [&](auto tag) {
@@ -118,7 +141,7 @@ void CudaBackend::attention_backward(const Tensor& q, const Tensor& k, const Ten
       const dim3 grid(unsigned((shape.q_len + tiles.block_q - 1) / tiles.block_q), unsigned(bh));
       SP_LAUNCH(grid, kAttentionThreads, smem, stream_, attention_backward_dq_kernel<T>)
       (const_ptr<T>(q), const_ptr<T>(k), const_ptr<T>(v), const_ptr<T>(d_out),
-       const_ptr<float>(lse), delta.as<float>(), shape, args, tiles, mutable_ptr<T>(dq));
+       const_ptr<float>(lse), delta.as<float>(), shape, args, drop, tiles, mutable_ptr<T>(dq));
       SP_CUDA_CHECK_LAUNCH(*this, op, "attention_backward_dq_kernel");
     }
     if (dk.defined() || dv.defined()) {
@@ -131,7 +154,7 @@ void CudaBackend::attention_backward(const Tensor& q, const Tensor& k, const Ten
                       unsigned(shape.batch * shape.kv_heads));
       SP_LAUNCH(grid, kAttentionThreads, smem, stream_, attention_backward_dkv_kernel<T>)
       (const_ptr<T>(q), const_ptr<T>(k), const_ptr<T>(v), const_ptr<T>(d_out),
-       const_ptr<float>(lse), delta.as<float>(), shape, args, tiles, mutable_ptr<T>(dk),
+       const_ptr<float>(lse), delta.as<float>(), shape, args, drop, tiles, mutable_ptr<T>(dk),
        mutable_ptr<T>(dv));
       SP_CUDA_CHECK_LAUNCH(*this, op, "attention_backward_dkv_kernel");
     }

@@ -52,51 +52,110 @@ Tensor masked_softmax(const Tensor& scores_in, const AttentionMask& mask) {
   return probs;
 }
 
-Tensor attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in,
-                 const AttentionMask& mask) {
-  ops_detail::check_defined("attention", {&q_in, &k_in, &v_in});
-  ops_detail::check_float_inputs("attention", {&q_in, &k_in, &v_in});
-  SP_CHECK(q_in.dim() == 4 && k_in.dim() == 4 && v_in.dim() == 4,
-           "attention: q, k, v must be [B, T, H, D], got ", q_in.describe(), ", ", k_in.describe(),
-           ", ", v_in.describe());
+namespace {
+
+struct FusedAttention {
+  Tensor q, k, v;  // the inputs with unit stride on D, detached
+  Tensor out, lse;
+};
+
+// Validates q/k/v, the mask and the dropout, and runs the fused forward (no autograd record).
+FusedAttention fused_attention_forward(const char* op, const Tensor& q_in, const Tensor& k_in,
+                                       const Tensor& v_in, const AttentionMask& mask,
+                                       const AttentionDropout& dropout) {
+  ops_detail::check_defined(op, {&q_in, &k_in, &v_in});
+  ops_detail::check_float_inputs(op, {&q_in, &k_in, &v_in});
+  SP_CHECK(q_in.dim() == 4 && k_in.dim() == 4 && v_in.dim() == 4, op,
+           ": q, k, v must be [B, T, H, D], got ", q_in.describe(), ", ", k_in.describe(), ", ",
+           v_in.describe());
   const int64_t B = q_in.size(0), Tq = q_in.size(1), H = q_in.size(2), D = q_in.size(3);
   const int64_t Tk = k_in.size(1), Hkv = k_in.size(2);
   SP_CHECK(k_in.shape() == Shape({B, Tk, Hkv, D}) && v_in.shape() == k_in.shape() && Hkv > 0 &&
                H % Hkv == 0,
-           "attention: k ", k_in.describe(), " and v ", v_in.describe(), " do not match q ",
+           op, ": k ", k_in.describe(), " and v ", v_in.describe(), " do not match q ",
            q_in.describe(), " (k/v heads must divide the query heads)");
-  check_mask("attention", mask, B, H, Tq, Tk, q_in);
+  check_mask(op, mask, B, H, Tq, Tk, q_in);
+  SP_CHECK(dropout.p >= 0.0f && dropout.p < 1.0f, op,
+           ": dropout probability must be in [0, 1), got ", dropout.p);
   // Unit stride on D is all the kernels need; other axes may be any strided view.
-  auto unit_inner = [](const Tensor& t) { return t.stride(3) == 1 ? t : t.contiguous(); };
-  Tensor q = unit_inner(q_in), k = unit_inner(k_in), v = unit_inner(v_in);
-  Tensor out = Tensor::empty({B, Tq, H, D}, q.dtype(), q.device());
-  Tensor lse = Tensor::empty({B, H, Tq}, DType::F32, q.device());
-  if (out.numel() > 0 && Tk > 0) {
-    backend_for(q.device()).attention_forward(q, k, v, mask, out, lse);
-  } else if (out.numel() > 0) {
-    backend_for(q.device()).fill(out, 0.0f);
+  auto unit_inner = [](const Tensor& t) {
+    return (t.stride(3) == 1 ? t : t.contiguous()).detach();
+  };
+  FusedAttention f{unit_inner(q_in), unit_inner(k_in), unit_inner(v_in), {}, {}};
+  f.out = Tensor::empty({B, Tq, H, D}, f.q.dtype(), f.q.device());
+  f.lse = Tensor::empty({B, H, Tq}, DType::F32, f.q.device());
+  if (f.out.numel() > 0 && Tk > 0) {
+    backend_for(f.q.device()).attention_forward(f.q, f.k, f.v, mask, dropout, f.out, f.lse);
+  } else if (f.out.numel() > 0) {
+    backend_for(f.q.device()).fill(f.out, 0.0f);
   }
+  return f;
+}
+
+// Whether the backward kernels have work; when they do, they write every gradient element.
+bool backward_runs(const FusedAttention& f) {
+  return f.out.numel() > 0 && f.k.size(1) > 0;
+}
+
+}  // namespace
+
+Tensor attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in,
+                 const AttentionMask& mask, const AttentionDropout& dropout) {
+  FusedAttention f = fused_attention_forward("attention", q_in, k_in, v_in, mask, dropout);
+  Tensor out = f.out;
+  f.out = out.detach();  // the node must not own the tensor that owns it
   record(out, "attention", {q_in, k_in, v_in},
-         [q = q.detach(), k = k.detach(), v = v.detach(), mask, o = out.detach(), lse](
-             const Tensor& g, const NeedsGrad& need) {
+         [f = std::move(f), mask, dropout](const Tensor& g, const NeedsGrad& need) {
+           const bool run = backward_runs(f);
            std::vector<Tensor> grads(3);
            for (int i = 0; i < 3; ++i) {
-             const Tensor& like = i == 0 ? q : (i == 1 ? k : v);
+             const Tensor& like = i == 0 ? f.q : (i == 1 ? f.k : f.v);
              if (need[size_t(i)])
-               grads[size_t(i)] = Tensor::zeros(like.shape(), like.dtype(), like.device());
+               grads[size_t(i)] = run ? Tensor::empty(like.shape(), like.dtype(), like.device())
+                                      : Tensor::zeros(like.shape(), like.dtype(), like.device());
            }
-           if (o.numel() > 0 && k.size(1) > 0)
-             backend_for(q.device())
-                 .attention_backward(q, k, v, mask, o, lse, g.contiguous(), grads[0], grads[1],
-                                     grads[2]);
+           if (run)
+             backend_for(f.q.device())
+                 .attention_backward(f.q, f.k, f.v, mask, dropout, f.out, f.lse, g.contiguous(),
+                                     grads[0], grads[1], grads[2]);
            return grads;
          });
   return out;
 }
 
+Tensor attention_packed(const Tensor& qkv, int64_t heads, const AttentionMask& mask,
+                        const AttentionDropout& dropout) {
+  ops_detail::check_defined("attention_packed", {&qkv});
+  SP_CHECK(qkv.dim() == 3 && heads > 0 && qkv.size(2) % (3 * heads) == 0,
+           "attention_packed: qkv must be [B, T, 3 * heads * D] with ", heads, " heads, got ",
+           qkv.describe());
+  const int64_t B = qkv.size(0), T = qkv.size(1), width = qkv.size(2) / 3;
+  const Shape head_shape{B, T, heads, width / heads};
+  // Views of one contiguous buffer: q, k, v and (in the backward) dq, dk, dv have the same strides.
+  auto split = [width, head_shape](const Tensor& packed, int64_t part) {
+    return packed.slice(2, part * width, (part + 1) * width).view(head_shape);
+  };
+  const Tensor packed = qkv.contiguous().detach();
+  FusedAttention f = fused_attention_forward("attention_packed", split(packed, 0), split(packed, 1),
+                                             split(packed, 2), mask, dropout);
+  Tensor out = f.out;
+  f.out = out.detach();  // the node must not own the tensor that owns it
+  record(out, "attention_packed", {qkv},
+         [f = std::move(f), mask, dropout, split, packed_shape = packed.shape()](const Tensor& g,
+                                                                                 const NeedsGrad&) {
+           if (!backward_runs(f))
+             return std::vector<Tensor>{Tensor::zeros(packed_shape, f.q.dtype(), f.q.device())};
+           Tensor d_packed = Tensor::empty(packed_shape, f.q.dtype(), f.q.device());
+           backend_for(f.q.device())
+               .attention_backward(f.q, f.k, f.v, mask, dropout, f.out, f.lse, g.contiguous(),
+                                   split(d_packed, 0), split(d_packed, 1), split(d_packed, 2));
+           return std::vector<Tensor>{d_packed};
+         });
+  return out;
+}
+
 Tensor attention_materialized(const Tensor& q, const Tensor& k, const Tensor& v,
-                              const AttentionMask& mask, float dropout_p, uint64_t dropout_seed,
-                              uint64_t dropout_offset) {
+                              const AttentionMask& mask, const AttentionDropout& dropout) {
   // [B, T, H, D] -> [B, H, T, D] views; matmul copies only if the batch axes need it. Grouped
   // key/value heads are repeated here (this path materialises everything anyway).
   const int64_t H = q.size(2), Hkv = k.size(2);
@@ -111,7 +170,7 @@ Tensor attention_materialized(const Tensor& q, const Tensor& k, const Tensor& v,
   Tensor kh = repeat_heads(k).permute({0, 2, 1, 3});
   Tensor vh = repeat_heads(v).permute({0, 2, 1, 3});
   Tensor scores = matmul(qh, kh.transpose(-1, -2));
-  Tensor probs = dropout(masked_softmax(scores, mask), dropout_p, dropout_seed, dropout_offset);
+  Tensor probs = sp::dropout(masked_softmax(scores, mask), dropout.p, dropout.seed, dropout.offset);
   return matmul(probs, vh).permute({0, 2, 1, 3}).contiguous();
 }
 

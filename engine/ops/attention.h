@@ -11,15 +11,22 @@ namespace sp {
 /// Differentiable in scores.
 Tensor masked_softmax(const Tensor& scores, const AttentionMask& mask);
 
-/// out[b, i, h] = sum_j softmax_j(q_i . k_j * scale + bias, masked) v_j -> [B, Tq, H, D].
+/// out[b, i, h] = sum_j dropout(softmax_j(q_i . k_j * scale + bias, masked)) v_j -> [B, Tq, H, D].
 /// q [B, Tq, H, D], k/v [B, Tk, H, D]; differentiable in q, k and v (bias and mask are constant).
-Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionMask& mask);
+/// Dropout (train mode) is drawn inside the fused kernels, element for element the mask of
+/// attention_materialized with the same seed and offset.
+Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionMask& mask,
+                 const AttentionDropout& dropout = {});
+
+/// attention() over GPT-2's packed projection qkv [B, T, 3 * heads * D] (q, k, v side by side on
+/// the last axis): the backward writes dq, dk and dv straight into one [B, T, 3 * heads * D]
+/// gradient instead of three zero-filled buffers that slices copy and add.
+Tensor attention_packed(const Tensor& qkv, int64_t heads, const AttentionMask& mask,
+                        const AttentionDropout& dropout = {});
 
 /// The same attention composed from matmul, masked_softmax and dropout with the T x T
-/// probabilities materialised: the oracle for the fused kernels, and the train-mode path when
-/// attention dropout (GPT-2's attn_pdrop) is active.
+/// probabilities materialised: the oracle for the fused kernels.
 Tensor attention_materialized(const Tensor& q, const Tensor& k, const Tensor& v,
-                              const AttentionMask& mask, float dropout_p = 0.0f,
-                              uint64_t dropout_seed = 0, uint64_t dropout_offset = 0);
+                              const AttentionMask& mask, const AttentionDropout& dropout = {});
 
 }  // namespace sp

@@ -1,8 +1,8 @@
 // The fused attention kernels on the emulated device against their oracle, the materialised path
 // (GEMM, masked softmax, GEMM) on the same device, and against the CPU backend: every mask kind,
 // KV-cache offsets, cross-attention, strided q/k/v views, grouped-query heads, sliding windows,
-// several query/key tiles, a head dimension that needs the shared-memory opt-in, bf16, and no
-// T x T buffer.
+// several query/key tiles, a head dimension that needs the shared-memory opt-in, bf16, dropout
+// drawn inside the kernels (against the materialised path's dropout op), and no T x T buffer.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -116,7 +116,18 @@ Tensor fused(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionM
   return attention(q, k, v, mask);
 }
 Tensor materialised(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionMask& mask) {
-  return attention_materialized(q, k, v, mask, 0.0f, 0, 0);
+  return attention_materialized(q, k, v, mask);
+}
+
+// GPT-2's attn_pdrop at a large rate (so that many probabilities drop), an offset that starts
+// mid-Philox-block, a seed with both words set.
+const AttentionDropout kDropout{0.3f, 0x1234567887654321ull, 4099};
+Tensor fused_dropout(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionMask& mask) {
+  return attention(q, k, v, mask, kDropout);
+}
+Tensor materialised_dropout(const Tensor& q, const Tensor& k, const Tensor& v,
+                            const AttentionMask& mask) {
+  return attention_materialized(q, k, v, mask, kDropout);
 }
 
 void expect_results_close(const Result& want, const Result& got, float atol, float rtol,
@@ -152,6 +163,38 @@ TEST_P(CudaAttention, FusedMatchesCpu) {
   expect_results_close(cpu_result, got, 2e-5f, 1e-4f, c.name);
 }
 
+// Dropout: the kernels must draw, for every probability, the element the dropout op draws on the
+// materialised [B, H, Tq, Tk] tensor; one differing draw moves an output by a whole p * v / (1 - p)
+// term, far outside the fp32 reordering bound used without dropout.
+TEST_P(CudaAttention, FusedDropoutMatchesMaterialisedDropoutOnTheDevice) {
+  const AttentionCase& c = GetParam();
+  Inputs in = make_inputs(c);
+  Result oracle = run(c, in, emu_device(), DType::F32, materialised_dropout);
+  Result got = run(c, in, emu_device(), DType::F32, fused_dropout);
+  expect_results_close(oracle, got, 2e-5f, 1e-4f, c.name);
+  // And dropout does change the result (a mask that never fires would pass the above).
+  if (c.q_len * c.k_len >= 16) {
+    EXPECT_FALSE(all_close(run(c, in, emu_device(), DType::F32, fused).out, got.out, 1e-3f, 1e-3f))
+        << c.name;
+  }
+}
+
+TEST_P(CudaAttention, FusedDropoutMatchesMaterialisedDropoutOnTheCpu) {
+  const AttentionCase& c = GetParam();
+  Inputs in = make_inputs(c);
+  Result oracle = run(c, in, Device::cpu(), DType::F32, materialised_dropout);
+  Result got = run(c, in, Device::cpu(), DType::F32, fused_dropout);
+  expect_results_close(oracle, got, 2e-5f, 1e-4f, c.name);
+}
+
+TEST_P(CudaAttention, FusedDropoutMatchesCpu) {
+  const AttentionCase& c = GetParam();
+  Inputs in = make_inputs(c);
+  Result cpu_result = run(c, in, Device::cpu(), DType::F32, fused_dropout);
+  Result got = run(c, in, emu_device(), DType::F32, fused_dropout);
+  expect_results_close(cpu_result, got, 2e-5f, 1e-4f, c.name);
+}
+
 // bf16 storage, fp32 math inside the kernel, on bf16-representable data: outputs round once to
 // 8 significant bits (2^-9 relative), so 3e-2 absolute + 3e-2 relative of the fp32 CPU result
 // for O(1) values. The backward also re-reads the rounded output in delta = dO . O, a sum of D
@@ -168,6 +211,38 @@ TEST_P(CudaAttention, Bf16StaysCloseToFp32Cpu) {
   EXPECT_TRUE(all_close(cpu_result.dq, got.dq, grad_tol, 3e-2f)) << c.name << ": dq";
   EXPECT_TRUE(all_close(cpu_result.dk, got.dk, grad_tol, 3e-2f)) << c.name << ": dk";
   EXPECT_TRUE(all_close(cpu_result.dv, got.dv, grad_tol, 3e-2f)) << c.name << ": dv";
+}
+
+// GPT-2's packed projection: attention_packed writes dq, dk and dv into one gradient buffer
+// through strided views; it must equal attention() on the three slices (whose gradients autograd
+// assembles by copies), on both backends.
+TEST(CudaAttentionPacked, MatchesAttentionOnTheSlicesOfQkv) {
+  const int64_t B = 2, T = 21, H = 3, D = 8;
+  const Tensor host = data({B, T, 3 * H * D}, 11);
+  AttentionMask mask;
+  mask.scale = 0.35f;
+  mask.causal = true;
+  for (Device device : {Device::cpu(), emu_device()}) {
+    auto grad_of = [&](bool packed) {
+      Tensor qkv = host.to(device).detach().set_requires_grad(true);
+      Tensor out;
+      if (packed) {
+        out = attention_packed(qkv, H, mask, kDropout);
+      } else {
+        auto part = [&](int64_t i) {
+          return qkv.slice(2, i * H * D, (i + 1) * H * D).view({B, T, H, D});
+        };
+        out = attention(part(0), part(1), part(2), mask, kDropout);
+      }
+      sum_all(mul(out, data(out.shape(), 9).to(device))).backward();
+      return std::make_pair(out.detach(), qkv.grad());
+    };
+    auto [want_out, want_grad] = grad_of(false);
+    auto [got_out, got_grad] = grad_of(true);
+    // The same kernels on the same data: only where dq/dk/dv land differs.
+    EXPECT_TRUE(all_close(want_out, got_out, 0.0f, 0.0f)) << device.str();
+    EXPECT_TRUE(all_close(want_grad, got_grad, 0.0f, 0.0f)) << device.str();
+  }
 }
 
 TEST(CudaAttentionMemory, FusedForwardNeverHoldsTheScoreMatrix) {

@@ -317,6 +317,22 @@ std::vector<OpCase> build_cases() {
               mask.causal = true;
               return attention(q, k, v, mask);
             }});
+  add_case(
+      {"attention_packed/causal_dropout_padding",
+       [](CaseSize s) {
+         int64_t B = perf(s) ? 8 : 2, T = perf(s) ? 148 : 5, H = perf(s) ? 12 : 2,
+                 D = perf(s) ? 64 : 3;
+         return std::vector<Tensor>{random_tensor({B, T, 3 * H * D}, 96), padding_mask(B, T, 1)};
+       },
+       {0},
+       [](const std::vector<Tensor>& in) {
+         const int64_t H = in[0].size(2) >= 3 * 768 ? 12 : 2;
+         AttentionMask mask;  // GPT-2's training attention: packed c_attn output, dropout
+         mask.scale = 1.0f / std::sqrt(float(in[0].size(2) / (3 * H)));
+         mask.causal = true;
+         mask.key_padding = in[1];
+         return attention_packed(in[0], H, mask, {0.2f, 5, 1});
+       }});
   add_case({"attention/padding_mask",
             [](CaseSize) {
               return std::vector<Tensor>{random_tensor({2, 4, 2, 3}, 50),
@@ -360,6 +376,20 @@ std::vector<OpCase> build_cases() {
               return attention(in[0], in[1], in[2], mask);
             }});
 
+  add_case({"attention/dropout_grouped_query_padding",
+            [](CaseSize) {
+              return std::vector<Tensor>{random_tensor({2, 5, 4, 3}, 93),
+                                         random_tensor({2, 5, 2, 3}, 94),
+                                         random_tensor({2, 5, 2, 3}, 95), padding_mask(2, 5, 1)};
+            },
+            {0, 1, 2},
+            [](const std::vector<Tensor>& in) {
+              AttentionMask mask;  // GPT-2-style causal attention with probabilities dropped
+              mask.scale = 0.6f;
+              mask.causal = true;
+              mask.key_padding = in[3];
+              return attention(in[0], in[1], in[2], mask, {0.25f, 77, 3});
+            }});
   add_case({"attention/grouped_query_sliding_window",
             [](CaseSize) {
               return std::vector<Tensor>{random_tensor({2, 6, 4, 3}, 90),
