@@ -188,6 +188,10 @@ class Backend {
   // y = x * keep / (1 - p) with keep drawn from (seed, offset + element index).
   virtual void dropout(const Tensor& x, float p, uint64_t seed, uint64_t offset,
                        const Tensor& y) = 0;
+  // out = residual + dropout(x + bias) in one pass, element i of x drawing as dropout's element i
+  // (all contiguous of one shape; bias [x's last axis] or undefined; p may be 0).
+  virtual void residual_dropout_add(const Tensor& residual, const Tensor& x, const Tensor& bias,
+                                    float p, uint64_t seed, uint64_t offset, const Tensor& out) = 0;
   virtual void normal_fill(const Tensor& dst, float mean, float std, uint64_t seed,
                            uint64_t offset) = 0;
 

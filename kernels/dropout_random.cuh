@@ -1,11 +1,24 @@
-// kernels/dropout_random.cuh: dropout and normal fills from the counter-based Philox stream of
-// kernels/philox.h, element i drawing from (seed, offset + i) exactly as the CPU backend does.
+// kernels/dropout_random.cuh: dropout (alone, or fused with a bias and a residual add) and normal
+// fills from the Philox stream of kernels/philox.h, element i drawing from (seed, offset + i) as
+// the CPU backend does.
 #pragma once
 
 #include "kernels/kernel_common.cuh"
 #include "kernels/philox.h"
 
 namespace sp::SP_CUDA_NS {
+
+// The uniforms of stream elements first .. first + N - 1. A Philox block holds four consecutive
+// counters' words: one block per four elements (two where they straddle a block boundary).
+template <int N>
+__device__ __forceinline__ void pack_uniforms(uint64_t seed, uint64_t first, float (&uniform)[N]) {
+  philox::Block block = philox::generate(first >> 2, seed);
+  for (int e = 0; e < N; ++e) {
+    const uint64_t c = first + uint64_t(e);
+    if (e > 0 && (c & 3) == 0) block = philox::generate(c >> 2, seed);
+    uniform[e] = philox::to_unit_float(block.v[c & 3]);
+  }
+}
 
 // y = x * keep_scale where uniform(seed, offset, i) >= p, else 0 (keep_scale = 1 / (1 - p)).
 template <class T>
@@ -16,21 +29,50 @@ __global__ void dropout_kernel(const T* x, T* y, int64_t n, float p, float keep_
   grid_stride_elements<kPack>(
       n, vectorized,
       [&](int64_t i) {
-        // A Philox block holds four consecutive counters' words: one block per four elements
-        // of the pack (two where the pack straddles a block boundary), not one per element.
         Pack<T> px, py;
         load_pack(px, x + i);
-        const uint64_t first = offset + uint64_t(i);
-        philox::Block block = philox::generate(first >> 2, seed);
-        for (int e = 0; e < kPack; ++e) {
-          const uint64_t c = first + uint64_t(e);
-          if (e > 0 && (c & 3) == 0) block = philox::generate(c >> 2, seed);
-          py.v[e] = from_float<T>(keep(philox::to_unit_float(block.v[c & 3]), to_float(px.v[e])));
-        }
+        float uniform[kPack];
+        pack_uniforms(seed, offset + uint64_t(i), uniform);
+        for (int e = 0; e < kPack; ++e)
+          py.v[e] = from_float<T>(keep(uniform[e], to_float(px.v[e])));
         store_pack(y + i, py);
       },
       [&](int64_t i) {
         y[i] = from_float<T>(keep(philox::uniform(seed, offset, uint64_t(i)), to_float(x[i])));
+      });
+}
+
+// out[i] = residual[i] + dropout(x[i] + bias[i % width]) (no bias: null), the dropout of element
+// i as dropout_kernel draws it; p = 0 draws nothing. One rounding to T, at the end.
+template <class T>
+__global__ void residual_dropout_add_kernel(const T* residual, const T* x, const T* bias,
+                                            int64_t width, T* out, int64_t n, float p,
+                                            float keep_scale, uint64_t seed, uint64_t offset,
+                                            bool vectorized) {
+  constexpr int kPack = Pack<T>::kSize;
+  auto value = [&](int64_t i, float xv, float rv, float uniform) {
+    const float t = bias ? xv + to_float(bias[i % width]) : xv;
+    return rv + (uniform < p ? 0.0f : t * keep_scale);
+  };
+  grid_stride_elements<kPack>(
+      n, vectorized,
+      [&](int64_t i) {
+        Pack<T> px, pr, po;
+        load_pack(px, x + i);
+        load_pack(pr, residual + i);
+        float uniform[kPack];
+        if (p > 0.0f) {
+          pack_uniforms(seed, offset + uint64_t(i), uniform);
+        } else {
+          for (float& u : uniform) u = 1.0f;
+        }
+        for (int e = 0; e < kPack; ++e)
+          po.v[e] = from_float<T>(value(i + e, to_float(px.v[e]), to_float(pr.v[e]), uniform[e]));
+        store_pack(out + i, po);
+      },
+      [&](int64_t i) {
+        const float uniform = p > 0.0f ? philox::uniform(seed, offset, uint64_t(i)) : 1.0f;
+        out[i] = from_float<T>(value(i, to_float(x[i]), to_float(residual[i]), uniform));
       });
 }
 

@@ -184,12 +184,15 @@ Tensor Gpt2Model::block_finish(int64_t layer, const Tensor& h, const Tensor& o,
                                const ForwardOptions& options) const {
   const Gpt2Block& b = blocks_[size_t(layer)];
   const float resid_p = options.train ? config_.resid_pdrop : 0.0f;
-  Tensor projected = linear(o, b.attn_proj_weight, b.attn_proj_bias, WeightLayout::kInOut);
-  Tensor h1 = add(h, dropout(projected, resid_p, options.dropout_seed, dropout_offset(layer, 1)));
+  // Each branch ends in one fused pass: its projection's bias, resid_pdrop and the residual add.
+  Tensor projected = matmul(o, b.attn_proj_weight);  // Conv1D: [in, out]
+  Tensor h1 = residual_dropout_add(h, projected, b.attn_proj_bias, resid_p, options.dropout_seed,
+                                   dropout_offset(layer, 1));
   Tensor m = layernorm(h1, b.ln2_weight, b.ln2_bias, float(config_.layer_norm_epsilon));
   m = activation(linear(m, b.fc_weight, b.fc_bias, WeightLayout::kInOut), config_.activation);
-  m = linear(m, b.mlp_proj_weight, b.mlp_proj_bias, WeightLayout::kInOut);
-  return add(h1, dropout(m, resid_p, options.dropout_seed, dropout_offset(layer, 2)));
+  m = matmul(m, b.mlp_proj_weight);
+  return residual_dropout_add(h1, m, b.mlp_proj_bias, resid_p, options.dropout_seed,
+                              dropout_offset(layer, 2));
 }
 
 namespace {

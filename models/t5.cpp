@@ -292,7 +292,8 @@ Tensor T5Model::feed_forward(const T5FeedForward& ff, const Tensor& h, uint64_t 
   }
   inner = dropout(inner, p, options.dropout_seed, dropout_base + (kFeedForwardInner << 36));
   Tensor out = linear(inner, ff.wo, Tensor(), WeightLayout::kOutIn);
-  return add(h, dropout(out, p, options.dropout_seed, dropout_base + (kFeedForwardResidual << 36)));
+  return residual_dropout_add(h, out, Tensor(), p, options.dropout_seed,
+                              dropout_base + (kFeedForwardResidual << 36));
 }
 
 namespace {
@@ -320,7 +321,8 @@ Tensor T5Model::encoder_block(int64_t layer, const Tensor& h, const AttentionMas
   Tensor v = qkv.slice(2, 2 * inner, 3 * inner).view({B, T, H, D});
   Tensor o = t5_attention(q, k, v, mask, p, options.dropout_seed, base + (kSelfProbs << 36));
   o = linear(o.view({B, T, inner}), b.self_attention.o, Tensor(), WeightLayout::kOutIn);
-  Tensor h1 = add(h, dropout(o, p, options.dropout_seed, base + (kSelfResidual << 36)));
+  Tensor h1 =
+      residual_dropout_add(h, o, Tensor(), p, options.dropout_seed, base + (kSelfResidual << 36));
   return feed_forward(b.feed_forward, h1, base, options);
 }
 
@@ -343,7 +345,8 @@ Tensor T5Model::decoder_block(int64_t layer, const Tensor& h, const AttentionMas
   if (cache) std::tie(k, v) = cache->self_attention.append(layer, k, v);
   Tensor o = t5_attention(q, k, v, self_mask, p, options.dropout_seed, base + (kSelfProbs << 36));
   o = linear(o.view({B, T, inner}), b.self_attention.o, Tensor(), WeightLayout::kOutIn);
-  Tensor h1 = add(h, dropout(o, p, options.dropout_seed, base + (kSelfResidual << 36)));
+  Tensor h1 =
+      residual_dropout_add(h, o, Tensor(), p, options.dropout_seed, base + (kSelfResidual << 36));
 
   // Cross-attention over the encoder output: no position bias, encoder padding masked. Its
   // keys/values depend only on the encoder output, so a cache computes them once.
@@ -363,7 +366,8 @@ Tensor T5Model::decoder_block(int64_t layer, const Tensor& h, const AttentionMas
   }
   o = t5_attention(cq, ck, cv, cross_mask, p, options.dropout_seed, base + (kCrossProbs << 36));
   o = linear(o.view({B, T, inner}), b.cross_attention.o, Tensor(), WeightLayout::kOutIn);
-  Tensor h2 = add(h1, dropout(o, p, options.dropout_seed, base + (kCrossResidual << 36)));
+  Tensor h2 =
+      residual_dropout_add(h1, o, Tensor(), p, options.dropout_seed, base + (kCrossResidual << 36));
 
   return feed_forward(b.feed_forward, h2, base, options);
 }

@@ -1,4 +1,5 @@
-// CPU dropout and normal fills from the counter-based Philox stream (kernels/philox.h).
+// CPU dropout (alone, or fused with a bias and a residual add) and normal fills from the
+// counter-based Philox stream (kernels/philox.h).
 #include <algorithm>
 
 #if defined(__AVX2__)
@@ -57,6 +58,25 @@ void CpuBackend::dropout(const Tensor& x, float p, uint64_t seed, uint64_t offse
   float* out = y.data<float>();
   parallel_for(0, x.numel(), 1 << 14, [&](int64_t lo, int64_t hi) {
     cpu::dropout_span(in + lo, out + lo, hi - lo, p, seed, offset + uint64_t(lo));
+  });
+}
+
+void CpuBackend::residual_dropout_add(const Tensor& residual, const Tensor& x, const Tensor& bias,
+                                      float p, uint64_t seed, uint64_t offset, const Tensor& out) {
+  const float* res = residual.data<float>();
+  const float* in = x.data<float>();
+  const float* b = bias.defined() ? bias.data<float>() : nullptr;
+  float* o = out.data<float>();
+  const int64_t width = x.size(-1);
+  parallel_for(0, x.numel(), 1 << 14, [&](int64_t lo, int64_t hi) {
+    // Row segments, so the bias is a contiguous run; the three steps round as the separate ops do.
+    for (int64_t i = lo; i < hi;) {
+      const int64_t column = i % width, count = std::min(hi - i, width - column);
+      for (int64_t e = 0; e < count; ++e) o[i + e] = b ? in[i + e] + b[column + e] : in[i + e];
+      if (p > 0.0f) cpu::dropout_span(o + i, o + i, count, p, seed, offset + uint64_t(i));
+      for (int64_t e = 0; e < count; ++e) o[i + e] += res[i + e];
+      i += count;
+    }
   });
 }
 

@@ -90,6 +90,8 @@ class CudaBackend final : public Backend {
   void cross_entropy_mean(const Tensor& row_loss, int64_t count, const Tensor& mean) override;
 
   void dropout(const Tensor& x, float p, uint64_t seed, uint64_t offset, const Tensor& y) override;
+  void residual_dropout_add(const Tensor& residual, const Tensor& x, const Tensor& bias, float p,
+                            uint64_t seed, uint64_t offset, const Tensor& out) override;
   void normal_fill(const Tensor& dst, float mean, float std, uint64_t seed,
                    uint64_t offset) override;
 

@@ -1,5 +1,5 @@
-// CudaBackend dropout and normal_fill (kernels/dropout_random.cuh): the same Philox stream as
-// the CPU backend.
+// CudaBackend dropout, residual_dropout_add and normal_fill (kernels/dropout_random.cuh): the same
+// Philox stream as the CPU backend.
 #include "engine/cuda/cuda_backend.h"
 #include "engine/cuda/cuda_check.h"
 #include "engine/cuda/launch.h"
@@ -25,6 +25,27 @@ void CudaBackend::dropout(const Tensor& x, float p, uint64_t seed, uint64_t offs
               stream_, dropout_kernel<T>)
     (const_ptr<T>(x), mutable_ptr<T>(y), n, p, keep_scale, seed, offset, vectorized);
     SP_CUDA_CHECK_LAUNCH(*this, op, "dropout_kernel");
+  });
+}
+
+void CudaBackend::residual_dropout_add(const Tensor& residual, const Tensor& x, const Tensor& bias,
+                                       float p, uint64_t seed, uint64_t offset, const Tensor& out) {
+  const char* op = "residual_dropout_add";
+  expect_dtype(op, x.dtype(), {&residual, &bias, &out});
+  expect_contiguous(op, {&residual, &x, &bias, &out});
+  SP_CHECK(p >= 0.0f && p < 1.0f, op, ": probability must be in [0, 1), got ", p);
+  const int64_t n = x.numel();
+  if (n == 0) return;
+  activate(op);
+  const float keep_scale = 1.0f / (1.0f - p);  // as the CPU computes it
+  dispatch_float(op, x, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    const bool vectorized = aligned16({residual.raw_data(), x.raw_data(), out.raw_data()});
+    SP_LAUNCH(grid_for(n / Pack<T>::kSize + 1, kElementwiseThreads), kElementwiseThreads, 0,
+              stream_, residual_dropout_add_kernel<T>)
+    (const_ptr<T>(residual), const_ptr<T>(x), const_ptr<T>(bias), x.size(-1), mutable_ptr<T>(out),
+     n, p, keep_scale, seed, offset, vectorized);
+    SP_CUDA_CHECK_LAUNCH(*this, op, "residual_dropout_add_kernel");
   });
 }
 

@@ -3,6 +3,8 @@
 
 #include "engine/autograd.h"
 #include "engine/ops/common.h"
+#include "engine/ops/elementwise.h"
+#include "engine/ops/reduce.h"
 
 namespace sp {
 
@@ -21,6 +23,46 @@ Tensor dropout(const Tensor& x_in, float p, uint64_t seed, uint64_t offset) {
     return std::vector<Tensor>{dx};
   });
   return y;
+}
+
+Tensor residual_dropout_add(const Tensor& residual_in, const Tensor& x_in, const Tensor& bias_in,
+                            float p, uint64_t seed, uint64_t offset) {
+  const char* op = "residual_dropout_add";
+  ops_detail::check_defined(op, {&residual_in, &x_in});
+  ops_detail::check_float_inputs(op, {&residual_in, &x_in});
+  SP_CHECK(p >= 0.0f && p < 1.0f, op, ": probability must be in [0, 1), got ", p);
+  SP_CHECK(residual_in.shape() == x_in.shape() && residual_in.dtype() == x_in.dtype() &&
+               residual_in.device() == x_in.device() && x_in.dim() >= 1,
+           op, ": residual ", residual_in.describe(), " and x ", x_in.describe(),
+           " must have one shape, dtype and device");
+  if (bias_in.defined()) {
+    ops_detail::check_float_inputs(op, {&bias_in});
+    SP_CHECK(bias_in.shape() == Shape({x_in.size(-1)}) && bias_in.device() == x_in.device(), op,
+             ": bias must be [", x_in.size(-1), "] on ", x_in.device().str(), ", got ",
+             bias_in.describe());
+    // Mixed precision (an fp32 bias on bf16 activations) keeps the ops' own promotion rules.
+    if (bias_in.dtype() != x_in.dtype())
+      return add(residual_in, dropout(add(x_in, bias_in), p, seed, offset));
+  }
+  Tensor residual = residual_in.contiguous(), x = x_in.contiguous();
+  Tensor bias = bias_in.defined() ? bias_in.contiguous() : Tensor();
+  Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());
+  if (x.numel() > 0)
+    backend_for(x.device()).residual_dropout_add(residual, x, bias, p, seed, offset, out);
+  record(out, op, {residual_in, x_in, bias_in},
+         [p, seed, offset, bias_shape = bias_in.defined() ? bias_in.shape() : Shape()](
+             const Tensor& g, const NeedsGrad& need) {
+           // d residual = g; d x = dropout(g) with the forward's mask; d bias sums d x's rows.
+           Tensor dx = p == 0.0f ? g : Tensor();
+           if (p > 0.0f && (need[1] || need[2])) {
+             Tensor gc = g.contiguous();
+             dx = Tensor::empty(gc.shape(), gc.dtype(), gc.device());
+             if (gc.numel() > 0) backend_for(gc.device()).dropout(gc, p, seed, offset, dx);
+           }
+           return std::vector<Tensor>{need[0] ? g : Tensor(), need[1] ? dx : Tensor(),
+                                      need[2] ? sum_to_shape(dx, bias_shape) : Tensor()};
+         });
+  return out;
 }
 
 }  // namespace sp

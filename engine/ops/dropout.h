@@ -1,5 +1,6 @@
 // dropout with a counter-based mask: element i is dropped when Philox(seed, offset + i) < p, so
-// CPU and CUDA drop the same elements and the backward regenerates the mask instead of storing it.
+// CPU and CUDA drop the same elements and the backward regenerates the mask instead of storing it;
+// and residual_dropout_add, the fused bias + dropout + residual add of a transformer branch.
 #pragma once
 
 #include <cstdint>
@@ -10,5 +11,11 @@ namespace sp {
 
 /// Returns x unchanged when p == 0 (eval mode passes p = 0). Differentiable in x.
 Tensor dropout(const Tensor& x, float p, uint64_t seed, uint64_t offset);
+
+/// residual + dropout(x + bias, p, seed, offset) in one pass: the end of GPT-2's attention and MLP
+/// branches (projection bias, resid_pdrop, residual add) with the same mask as the three ops.
+/// x and residual share a shape; bias is [x's last axis] or undefined. Differentiable in all.
+Tensor residual_dropout_add(const Tensor& residual, const Tensor& x, const Tensor& bias, float p,
+                            uint64_t seed, uint64_t offset);
 
 }  // namespace sp

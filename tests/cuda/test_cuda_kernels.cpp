@@ -534,6 +534,26 @@ TEST_P(CudaKernels, DropoutDrawsTheCpuMask) {
   }
 }
 
+// The fused branch end: the CPU backend (itself the dropout, add and add ops' arithmetic, checked
+// by the op table) is the oracle, at every awkward size, with and without bias and dropout. fp32
+// may differ by a rounding where the device contracts the kept value's scale and the residual add
+// into one fma.
+TEST_P(CudaKernels, ResidualDropoutAddDrawsTheCpuMask) {
+  Tensor residual = in({rows(), cols()}, 1), x = in({rows(), cols()}, 2), bias = in({cols()}, 3);
+  for (bool with_bias : {true, false})
+    for (float p : {0.0f, 0.3f}) {
+      const Tensor b = with_bias ? bias : Tensor();
+      Tensor want = Tensor::empty(x.shape());
+      cpu().residual_dropout_add(residual, x, b, p, 4321, 13, want);
+      Tensor got = dev_empty(x.shape());
+      emu().residual_dropout_add(dev(residual), dev(x), with_bias ? dev(bias) : Tensor(), p, 4321,
+                                 13, got);
+      const bool tight = dtype() == DType::F32;
+      EXPECT_TRUE(all_close(want, got, tight ? 1e-6f : atol(), tight ? 1e-6f : rtol()))
+          << "p " << p << " bias " << with_bias;
+    }
+}
+
 TEST_P(CudaKernels, NormalFillIsBitwiseTheCpuStream) {
   Tensor want = Tensor::empty({rows(), cols()});
   cpu().normal_fill(want, 0.5f, 2.0f, 99, 1000);

@@ -166,7 +166,8 @@ TEST(OpTableCoverage, EveryDifferentiableOpFamilyHasACase) {
                          "attention",
                          "cross_entropy",
                          "linear_cross_entropy",
-                         "dropout"})
+                         "dropout",
+                         "residual_dropout_add"})
     EXPECT_TRUE(families.count(op)) << "no op-table case for " << op;
 }
 

@@ -435,6 +435,26 @@ std::vector<OpCase> build_cases() {
        [](CaseSize s) { return std::vector<Tensor>{random_tensor({perf(s) ? 1 << 22 : 40}, 62)}; },
        {0},
        [](const std::vector<Tensor>& in) { return dropout(in[0], 0.3f, 1234, 77); }});
+  add_case({"residual_dropout_add/bias_odd_width",
+            [](CaseSize s) {
+              const int64_t rows = perf(s) ? 8 * 148 : 7, width = perf(s) ? 768 : 6;
+              return std::vector<Tensor>{random_tensor({rows, width}, 63),
+                                         random_tensor({rows, width}, 64),
+                                         random_tensor({width}, 65)};
+            },
+            {0, 1, 2},
+            [](const std::vector<Tensor>& in) {
+              return residual_dropout_add(in[0], in[1], in[2], 0.3f, 99, 5);
+            }});
+  add_case(
+      {"residual_dropout_add/no_bias_eval_mode",
+       [](CaseSize) {
+         return std::vector<Tensor>{random_tensor({3, 2, 5}, 66), random_tensor({3, 2, 5}, 67)};
+       },
+       {0, 1},
+       [](const std::vector<Tensor>& in) {
+         return residual_dropout_add(in[0], in[1], Tensor(), 0.0f, 0, 0);
+       }});
   return cases;
 }
 
