@@ -569,6 +569,9 @@ TrainResult Trainer::run(bool resume) {
           std::min(micro_batches_per_step_, batches_per_epoch_ - step_first_batch);
       double step_loss = 0.0;
       int64_t step_tokens = 0;
+      // Each micro-batch's loss stays on the device until the step's last backward is queued:
+      // reading it at once would idle a GPU while the host queues that micro-batch's backward.
+      std::vector<Tensor> micro_losses;
       // This rank's micro-batches of the step: global indices rank, rank + ranks, ...
       for (int64_t micro = rank; micro < step_batches; micro += ranks) {
         if (ranks == 1 && stop_requested().load()) {
@@ -591,14 +594,25 @@ TrainResult Trainer::run(bool resume) {
         options.checkpoint_activations = config_.checkpoint_activations;
         PeftBatch pb{batch.input_ids, batch.attention_mask, batch.labels, batch.task_ids, {}};
         PeftOutput out = model_.forward(pb, options);
-        const float loss = out.loss.item();
-        if (!std::isfinite(loss))
+        micro_losses.push_back(out.loss.detach().reshape({1}));
+        scale(out.loss, 1.0f / float(micro_batches_per_step_)).backward();
+        step_tokens += batch.text_tokens;
+      }
+      // One read for all of them. A non-finite loss fails the run before the update, and the
+      // gradients its backward left are cleared, so a model trained again starts clean.
+      // (A data-parallel rank may have had no micro-batch this step.)
+      const std::vector<float> losses = micro_losses.empty() ? std::vector<float>()
+                                        : micro_losses.size() == 1
+                                            ? micro_losses[0].to_floats()
+                                            : concat(micro_losses, 0).to_floats();
+      for (const float loss : losses) {
+        if (!std::isfinite(loss)) {
+          optimizer_->zero_grad();
           fail(ErrorKind::kNumerical, "loss is ", loss, " at step ", step + 1,
                "; training stopped. The last good checkpoint is in ", config_.output_dir, "/",
                kStateDir, " (if one was saved); lower the learning rate or check the data");
-        scale(out.loss, 1.0f / float(micro_batches_per_step_)).backward();
+        }
         step_loss += double(loss) / double(micro_batches_per_step_);
-        step_tokens += batch.text_tokens;
       }
       batch_in_epoch = step_first_batch + step_batches;
       if (ranks > 1) {
@@ -616,10 +630,12 @@ TrainResult Trainer::run(bool resume) {
       optimizer_->set_lr(float(lr));
       const double norm = config_.max_grad_norm > 0 ? clip_grad_norm(params, config_.max_grad_norm)
                                                     : grad_norm(params);
-      if (!std::isfinite(norm))
+      if (!std::isfinite(norm)) {
+        optimizer_->zero_grad();
         fail(ErrorKind::kNumerical, "gradient norm is ", norm, " at step ", step + 1,
              "; training stopped. The last good checkpoint is in ", config_.output_dir, "/",
              kStateDir, " (if one was saved)");
+      }
       optimizer_->step();
       optimizer_->zero_grad();
       ++step;

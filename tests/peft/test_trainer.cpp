@@ -231,6 +231,33 @@ TEST_F(TrainerTest, NanLossStopsAndKeepsTheLastGoodCheckpoint) {
   for (float v : saved->get("prompt_embeddings").to_floats()) ASSERT_TRUE(std::isfinite(v));
 }
 
+// On a GPU the host must not wait for the device inside a step: the micro-batches' losses are read
+// together once the step's last backward is queued, and the gradient norm (for clipping and the
+// log) is the other read, however many micro-batches a step has.
+TEST_F(TrainerTest, AStepWaitsForTheDeviceTwiceWhateverItsMicroBatches) {
+  const Device emu = Device::parse("cuda-emu");
+  if (!backend_available(emu)) GTEST_SKIP() << "no cuda-emu in this build";
+  Dataset data = load_jsonl(task_file());
+  auto examples = tokenize_examples(data, *tokenizer_, nullptr, {});
+  PeftModel model(Gpt2Model::load(kTinyA, emu), load_tokenizer(kTinyA));
+  model.add_adapter("default", prompt_config(), 1);
+  TrainConfig c = config("run");
+  c.batch_size = 2;
+  c.grad_accum = 3;
+  c.max_steps = 3;
+  c.max_grad_norm = 1.0;
+  Backend& backend = backend_for(emu);
+  std::vector<uint64_t> syncs_after_step;
+  Trainer trainer(model, *tokenizer_, c, data, examples);
+  trainer.set_event_callback([&](const TrainEvent& e) {
+    if (e.kind == TrainEvent::Kind::kStep) syncs_after_step.push_back(backend.stats().host_syncs);
+  });
+  trainer.run();
+  ASSERT_EQ(syncs_after_step.size(), 3u);
+  EXPECT_EQ(syncs_after_step[2] - syncs_after_step[1], 2u);
+  EXPECT_EQ(syncs_after_step[1] - syncs_after_step[0], 2u);
+}
+
 TEST_F(TrainerTest, SigintSavesACheckpointAndReturns) {
   Dataset data = load_jsonl(task_file());
   auto examples = tokenize_examples(data, *tokenizer_, nullptr, {});
