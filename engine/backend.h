@@ -180,6 +180,18 @@ class Backend {
   virtual void cross_entropy_backward(const Tensor& logits, const Tensor& targets,
                                       int64_t ignore_index, const Tensor& lse, float grad_scale,
                                       const Tensor& d_logits) = 0;
+  // Both of the above in one pass over each row (a GPU reads a row a second time from its cache,
+  // not from memory): the default runs the two; d_logits may alias logits.
+  virtual void cross_entropy_forward_backward(const Tensor& logits, const Tensor& targets,
+                                              int64_t ignore_index, float grad_scale,
+                                              const Tensor& loss, const Tensor& lse,
+                                              const Tensor& d_logits) {
+    cross_entropy_forward(logits, targets, ignore_index, loss, lse);
+    cross_entropy_backward(logits, targets, ignore_index, lse, grad_scale, d_logits);
+  }
+  // Bytes of logits the chunked LM head (linear_cross_entropy) computes at a time. Every chunk
+  // reads the [V, d] head weight twice, so a device with memory to spare takes bigger chunks.
+  virtual size_t logits_chunk_bytes() const { return size_t(16) << 20; }
   // mean[] (one F32 value) = float(sum of row_loss in double / count), 0 when count is 0. On the
   // device, so that the loss needs no host round trip until someone reads it.
   virtual void cross_entropy_mean(const Tensor& row_loss, int64_t count, const Tensor& mean) = 0;

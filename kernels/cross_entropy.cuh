@@ -100,6 +100,62 @@ __global__ void cross_entropy_backward_kernel(const T* logits, const void* targe
   }
 }
 
+// The forward and the backward above in one kernel: a block reads its row for the (max, sum of
+// exp), then again, while it is still in cache, to write the gradient (in place when d_logits
+// aliases logits: the target's logit is read before any thread writes).
+template <class T>
+__global__ void cross_entropy_forward_backward_kernel(const T* logits, const void* targets,
+                                                      bool targets_are_64bit, int64_t ignore_index,
+                                                      float grad_scale, int64_t rows, int64_t vocab,
+                                                      float* loss, float* lse, T* d_logits,
+                                                      bool vectorized) {
+  __shared__ float scratch_max[32];
+  __shared__ float scratch_sum[32];
+  const int lane = thread_index() % 32, warp = thread_index() / 32;
+  const int warps = block_threads() / 32;
+  for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
+    const int64_t target = load_index(targets, targets_are_64bit, row);
+    T* out = d_logits + row * vocab;
+    if (target == ignore_index) {  // uniform across the block
+      if (thread_index() == 0) loss[row] = lse[row] = 0.0f;
+      for (int64_t j = thread_index(); j < vocab; j += block_threads())
+        out[j] = from_float<T>(0.0f);
+      continue;
+    }
+    const T* in[1] = {logits + row * vocab};
+    MaxSum acc{-INFINITY, 0.0f};
+    for_each_column(vectorized, vocab, in, [&](int64_t, const float(&v)[1]) {
+      if (v[0] > acc.max) {
+        acc.sum = acc.sum * expf(acc.max - v[0]) + 1.0f;
+        acc.max = v[0];
+      } else if (v[0] != -INFINITY) {
+        acc.sum += expf(v[0] - acc.max);
+      }
+    });
+    acc = warp_combine(acc);
+    __syncthreads();  // the previous row's readers of the scratch are done
+    if (lane == 0) {
+      scratch_max[warp] = acc.max;
+      scratch_sum[warp] = acc.sum;
+    }
+    const float target_logit = thread_index() == 0 ? to_float(in[0][target]) : 0.0f;
+    __syncthreads();  // and no thread writes the row before the target's logit is read
+    MaxSum total{-INFINITY, 0.0f};
+    if (lane < warps) total = MaxSum{scratch_max[lane], scratch_sum[lane]};
+    total = warp_combine(total);
+    const float row_lse = total.max + logf(total.sum);
+    if (thread_index() == 0) {
+      lse[row] = row_lse;
+      loss[row] = row_lse - target_logit;
+    }
+    for_each_column(vectorized, vocab, in, [&](int64_t j, const float(&v)[1]) {
+      float d = expf(v[0] - row_lse) * grad_scale;
+      if (j == target) d -= grad_scale;
+      out[j] = from_float<T>(d);
+    });
+  }
+}
+
 // *mean = float(sum of row_loss[0..n) in double / count), 0 when count is 0: the host's formula
 // (engine/cpu/cross_entropy.cpp) in one block, in a fixed order, so the value is deterministic.
 template <class Unused = void>

@@ -1,5 +1,5 @@
-// CudaBackend cross-entropy forward/backward and the mean loss (kernels/cross_entropy.cuh); the
-// backward may write d_logits over the logits.
+// CudaBackend cross-entropy forward, backward, both fused, and the mean loss
+// (kernels/cross_entropy.cuh); the backward may write d_logits over the logits.
 #include "engine/cuda/cuda_backend.h"
 #include "engine/cuda/cuda_check.h"
 #include "engine/cuda/launch.h"
@@ -61,6 +61,32 @@ void CudaBackend::cross_entropy_backward(const Tensor& logits, const Tensor& tar
     (const_ptr<T>(logits), targets.raw_data(), targets.dtype() == DType::I64, ignore_index,
      const_ptr<float>(lse), grad_scale, rows, vocab, mutable_ptr<T>(d_logits), vectorized);
     SP_CUDA_CHECK_LAUNCH(*this, op, "cross_entropy_backward_kernel");
+  });
+}
+
+void CudaBackend::cross_entropy_forward_backward(const Tensor& logits, const Tensor& targets,
+                                                 int64_t ignore_index, float grad_scale,
+                                                 const Tensor& loss, const Tensor& lse,
+                                                 const Tensor& d_logits) {
+  const char* op = "cross_entropy_forward_backward";
+  expect_dtype(op, DType::F32, {&loss, &lse});
+  expect_dtype(op, logits.dtype(), {&d_logits});
+  expect_contiguous(op, {&logits, &loss, &lse, &d_logits});
+  const int64_t vocab = logits.size(-1);
+  const int64_t rows = vocab == 0 ? 0 : logits.numel() / vocab;
+  check_targets(op, targets, rows);
+  if (rows == 0) return;
+  activate(op);
+  dispatch_float(op, logits, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    const bool vectorized =
+        rows_vectorizable(vocab, sizeof(T), {logits.raw_data(), d_logits.raw_data()});
+    const int threads = threads_for_row(vocab, vectorized ? Pack<T>::kSize : 1);
+    SP_LAUNCH(grid_for_rows(rows), threads, 0, stream_, cross_entropy_forward_backward_kernel<T>)
+    (const_ptr<T>(logits), targets.raw_data(), targets.dtype() == DType::I64, ignore_index,
+     grad_scale, rows, vocab, mutable_ptr<float>(loss), mutable_ptr<float>(lse),
+     mutable_ptr<T>(d_logits), vectorized);
+    SP_CUDA_CHECK_LAUNCH(*this, op, "cross_entropy_forward_backward_kernel");
   });
 }
 

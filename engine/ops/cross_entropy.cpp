@@ -90,9 +90,10 @@ CrossEntropyResult cross_entropy(const Tensor& logits_in, const Tensor& targets_
 
 namespace {
 
-// Rows per chunk: keeps a chunk's logits near 16 MiB of floats.
-int64_t chunk_rows(int64_t vocab) {
-  return std::max<int64_t>(16, (int64_t(1) << 22) / std::max<int64_t>(vocab, 1));
+// Rows per chunk: a chunk's logits fill the backend's logits_chunk_bytes (at least 16 rows).
+int64_t chunk_rows(const Backend& backend, int64_t vocab, DType logits_dtype) {
+  const int64_t row_bytes = std::max<int64_t>(vocab, 1) * int64_t(dtype_size(logits_dtype));
+  return std::max<int64_t>(16, int64_t(backend.logits_chunk_bytes()) / row_bytes);
 }
 
 // out[rows, N] (= beta * out +) a[rows, K] @ op(b); b is [N, K] when trans_b, else [K, N].
@@ -141,7 +142,7 @@ CrossEntropyResult linear_cross_entropy(const Tensor& hidden_in, const Tensor& w
   Backend& backend = backend_for(hidden.device());
   const bool grad_hidden = grad_mode_enabled() && hidden_in.requires_grad();
   const float inverse_count = counted == 0 ? 0.0f : 1.0f / float(counted);
-  const int64_t step = chunk_rows(V);
+  const int64_t step = chunk_rows(backend, V, types.result);
   Tensor row_loss = Tensor::empty({n}, DType::F32, hidden.device());
   Tensor lse = Tensor::empty({n}, DType::F32, hidden.device());
   Tensor unit_grad =
@@ -156,12 +157,15 @@ CrossEntropyResult linear_cross_entropy(const Tensor& hidden_in, const Tensor& w
     Tensor chunk_targets = targets.slice(0, r0, r0 + rows);
     chunk_gemm(backend, gemm_hidden.slice(0, r0, r0 + rows), weight, false, true, chunk_logits,
                0.0f);
-    backend.cross_entropy_forward(chunk_logits, chunk_targets, ignore_index,
-                                  row_loss.slice(0, r0, r0 + rows), lse.slice(0, r0, r0 + rows));
-    if (grad_hidden) {
-      // d(mean loss)/d logits for an upstream gradient of 1, in place, then through the head.
-      backend.cross_entropy_backward(chunk_logits, chunk_targets, ignore_index,
-                                     lse.slice(0, r0, r0 + rows), inverse_count, chunk_logits);
+    if (!grad_hidden) {
+      backend.cross_entropy_forward(chunk_logits, chunk_targets, ignore_index,
+                                    row_loss.slice(0, r0, r0 + rows), lse.slice(0, r0, r0 + rows));
+    } else {
+      // The loss and d(mean loss)/d logits for an upstream gradient of 1, in place, then through
+      // the head.
+      backend.cross_entropy_forward_backward(chunk_logits, chunk_targets, ignore_index,
+                                             inverse_count, row_loss.slice(0, r0, r0 + rows),
+                                             lse.slice(0, r0, r0 + rows), chunk_logits);
       chunk_gemm(backend, types.mixed ? chunk_logits.to(DType::BF16) : chunk_logits, weight, false,
                  false, unit_grad.slice(0, r0, r0 + rows), 0.0f);
     }

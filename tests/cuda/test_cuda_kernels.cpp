@@ -515,7 +515,27 @@ TEST_P(CudaKernels, CrossEntropyIgnoredRowsAndInPlaceBackward) {
     Tensor in_place = dev(logits);  // d_logits written over the logits
     emu().cross_entropy_backward(in_place, targets_d, -100, lse_d, 0.5f, in_place);
     EXPECT_TRUE(all_close(d, in_place, atol(), rtol())) << "in place";
+    // Forward and backward in one kernel, into a separate buffer and over the logits (the target's
+    // logit must be read for the loss before the row is overwritten): the CPU's two passes.
+    for (bool over_logits : {false, true}) {
+      Tensor fused_loss = Tensor::empty({r}, DType::F32, emu_device()),
+             fused_lse = Tensor::empty({r}, DType::F32, emu_device());
+      Tensor fused_logits = dev(logits);
+      Tensor fused_d = over_logits ? fused_logits : dev_empty({r, V});
+      emu().cross_entropy_forward_backward(fused_logits, targets_d, -100, 0.5f, fused_loss,
+                                           fused_lse, fused_d);
+      EXPECT_TRUE(all_close(loss, fused_loss, 1e-5f, 1e-5f)) << "fused loss " << over_logits;
+      EXPECT_TRUE(all_close(lse, fused_lse, 1e-5f, 1e-5f)) << "fused lse " << over_logits;
+      EXPECT_TRUE(all_close(d, fused_d, atol(), rtol())) << "fused d_logits " << over_logits;
+    }
   }
+}
+
+// The chunked LM head splits its rows by the backend's logits budget: 16 MiB on the CPU (longer
+// chunks measured no faster there), 256 MiB on CUDA devices, whose every chunk re-reads the head.
+TEST(CudaLogitsChunks, DevicesTakeLargerChunksThanTheCpu) {
+  EXPECT_EQ(cpu().logits_chunk_bytes(), size_t(16) << 20);
+  EXPECT_EQ(emu().logits_chunk_bytes(), size_t(256) << 20);
 }
 
 // ---- randomness ----
