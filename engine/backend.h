@@ -114,10 +114,12 @@ class Backend {
   virtual double sum_squares(const Tensor& x) = 0;
 
   // ---- activations ----
-  virtual void activation_forward(Activation act, const Tensor& x, const Tensor& y) = 0;
-  // dx = dy * act'(x)
-  virtual void activation_backward(Activation act, const Tensor& x, const Tensor& dy,
-                                   const Tensor& dx) = 0;
+  // y = act(x + bias), bias over the last axis (a linear layer's, fused) or undefined.
+  virtual void activation_forward(Activation act, const Tensor& x, const Tensor& bias,
+                                  const Tensor& y) = 0;
+  // dx = dy * act'(x + bias)
+  virtual void activation_backward(Activation act, const Tensor& x, const Tensor& bias,
+                                   const Tensor& dy, const Tensor& dx) = 0;
   // y = act(gate) * up (T5 v1.1 gated-gelu); backward gives d_gate and d_up (either may be
   // undefined when not needed).
   virtual void gated_forward(Activation act, const Tensor& gate, const Tensor& up,

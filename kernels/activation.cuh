@@ -1,5 +1,5 @@
-// kernels/activation.cuh: elementwise activations (gelu_new, exact GELU, ReLU, SiLU) and the gated
-// form act(gate) * up, forward and backward; the formulas are kernels/activation_math.h's.
+// kernels/activation.cuh: elementwise activations (gelu_new, exact GELU, ReLU, SiLU) of x + bias
+// and the gated form act(gate) * up, forward and backward; the formulas are activation_math.h's.
 #pragma once
 
 #include "kernels/activation_math.h"
@@ -37,10 +37,16 @@ __device__ __forceinline__ float activation_derivative(ActivationKind kind, floa
   return 0.0f;
 }
 
-// y = act(x)
+// x[i] + bias[i % width] in fp32 (no bias: null).
 template <class T>
-__global__ void activation_forward_kernel(ActivationKind kind, const T* x, T* y, int64_t n,
-                                          bool vectorized) {
+__device__ __forceinline__ float plus_bias(float x, const T* bias, int64_t width, int64_t i) {
+  return bias ? x + to_float(bias[i % width]) : x;
+}
+
+// y = act(x + bias)
+template <class T>
+__global__ void activation_forward_kernel(ActivationKind kind, const T* x, const T* bias,
+                                          int64_t width, T* y, int64_t n, bool vectorized) {
   constexpr int kPack = Pack<T>::kSize;
   grid_stride_elements<kPack>(
       n, vectorized,
@@ -48,16 +54,20 @@ __global__ void activation_forward_kernel(ActivationKind kind, const T* x, T* y,
         Pack<T> px, py;
         load_pack(px, x + i);
         for (int e = 0; e < kPack; ++e)
-          py.v[e] = from_float<T>(activation_value(kind, to_float(px.v[e])));
+          py.v[e] = from_float<T>(
+              activation_value(kind, plus_bias(to_float(px.v[e]), bias, width, i + e)));
         store_pack(y + i, py);
       },
-      [&](int64_t i) { y[i] = from_float<T>(activation_value(kind, to_float(x[i]))); });
+      [&](int64_t i) {
+        y[i] = from_float<T>(activation_value(kind, plus_bias(to_float(x[i]), bias, width, i)));
+      });
 }
 
-// dx = dy * act'(x)
+// dx = dy * act'(x + bias)
 template <class T>
-__global__ void activation_backward_kernel(ActivationKind kind, const T* x, const T* dy, T* dx,
-                                           int64_t n, bool vectorized) {
+__global__ void activation_backward_kernel(ActivationKind kind, const T* x, const T* bias,
+                                           int64_t width, const T* dy, T* dx, int64_t n,
+                                           bool vectorized) {
   constexpr int kPack = Pack<T>::kSize;
   grid_stride_elements<kPack>(
       n, vectorized,
@@ -66,12 +76,15 @@ __global__ void activation_backward_kernel(ActivationKind kind, const T* x, cons
         load_pack(px, x + i);
         load_pack(pg, dy + i);
         for (int e = 0; e < kPack; ++e)
-          pd.v[e] =
-              from_float<T>(to_float(pg.v[e]) * activation_derivative(kind, to_float(px.v[e])));
+          pd.v[e] = from_float<T>(
+              to_float(pg.v[e]) *
+              activation_derivative(kind, plus_bias(to_float(px.v[e]), bias, width, i + e)));
         store_pack(dx + i, pd);
       },
       [&](int64_t i) {
-        dx[i] = from_float<T>(to_float(dy[i]) * activation_derivative(kind, to_float(x[i])));
+        dx[i] =
+            from_float<T>(to_float(dy[i]) *
+                          activation_derivative(kind, plus_bias(to_float(x[i]), bias, width, i)));
       });
 }
 

@@ -189,7 +189,7 @@ Tensor Gpt2Model::block_finish(int64_t layer, const Tensor& h, const Tensor& o,
   Tensor h1 = residual_dropout_add(h, projected, b.attn_proj_bias, resid_p, options.dropout_seed,
                                    dropout_offset(layer, 1));
   Tensor m = layernorm(h1, b.ln2_weight, b.ln2_bias, float(config_.layer_norm_epsilon));
-  m = activation(linear(m, b.fc_weight, b.fc_bias, WeightLayout::kInOut), config_.activation);
+  m = activation(matmul(m, b.fc_weight), config_.activation, b.fc_bias);  // bias fused
   m = matmul(m, b.mlp_proj_weight);
   return residual_dropout_add(h1, m, b.mlp_proj_bias, resid_p, options.dropout_seed,
                               dropout_offset(layer, 2));

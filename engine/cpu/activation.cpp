@@ -1,6 +1,7 @@
-// CPU activations (gelu_new, exact GELU, ReLU, SiLU) and the gated form act(gate) * up, vectorised
-// with Eigen arrays; the formulas are those of kernels/activation_math.h.
+// CPU activations (gelu_new, exact GELU, ReLU, SiLU) of x + bias and the gated form act(gate) * up,
+// vectorised with Eigen arrays; the formulas are those of kernels/activation_math.h.
 #include <Eigen/Core>
+#include <algorithm>
 #include <unsupported/Eigen/SpecialFunctions>
 
 #include "engine/cpu/cpu_backend.h"
@@ -17,7 +18,8 @@ using ConstMap = Eigen::Map<const Array>;
 using Map = Eigen::Map<Array>;
 constexpr int64_t kGrain = 1 << 14;
 
-Array apply(Activation act, const ConstMap& x) {
+template <class X>
+Array apply(Activation act, const X& x) {
   switch (act) {
     case Activation::kGeluTanh: {
       Array inner = act::kSqrt2OverPi * (x + act::kGeluCubic * x * x * x);
@@ -33,7 +35,8 @@ Array apply(Activation act, const ConstMap& x) {
   return Array();
 }
 
-Array derivative(Activation act, const ConstMap& x) {
+template <class X>
+Array derivative(Activation act, const X& x) {
   switch (act) {
     case Activation::kGeluTanh: {
       Array inner = act::kSqrt2OverPi * (x + act::kGeluCubic * x * x * x);
@@ -45,7 +48,7 @@ Array derivative(Activation act, const ConstMap& x) {
       return 0.5f * (1.0f + (x * act::kInvSqrt2).erf()) +
              x * act::kInvSqrt2Pi * (-0.5f * x * x).exp();
     case Activation::kRelu:
-      return (x > 0.0f).cast<float>();
+      return (x > 0.0f).template cast<float>();
     case Activation::kSilu: {
       Array s = 1.0f / (1.0f + (-x).exp());
       return s * (1.0f + x * (1.0f - s));
@@ -59,26 +62,41 @@ void check_f32_contiguous(std::initializer_list<const Tensor*> tensors) {
     SP_ASSERT(!t->defined() || (t->dtype() == DType::F32 && t->is_contiguous()));
 }
 
-}  // namespace
-
-void CpuBackend::activation_forward(Activation act, const Tensor& x, const Tensor& y) {
-  check_f32_contiguous({&x, &y});
+// f(lo, hi, x) for the elements [lo, hi) of x + bias (bias over the last axis, or none), in row
+// segments so that the bias is a contiguous run.
+template <class F>
+void for_each_biased_segment(const Tensor& x, const Tensor& bias, F&& f) {
   const float* in = x.data<float>();
-  float* out = y.data<float>();
+  const float* b = bias.defined() ? bias.data<float>() : nullptr;
+  const int64_t width = x.size(-1);
   parallel_for(0, x.numel(), kGrain, [&](int64_t lo, int64_t hi) {
-    Map(out + lo, hi - lo) = apply(act, ConstMap(in + lo, hi - lo));
+    if (!b) return f(lo, hi, ConstMap(in + lo, hi - lo));
+    for (int64_t i = lo; i < hi;) {
+      const int64_t column = i % width, count = std::min(hi - i, width - column);
+      f(i, i + count, Array(ConstMap(in + i, count) + ConstMap(b + column, count)));
+      i += count;
+    }
   });
 }
 
-void CpuBackend::activation_backward(Activation act, const Tensor& x, const Tensor& dy,
-                                     const Tensor& dx) {
-  check_f32_contiguous({&x, &dy, &dx});
-  const float* in = x.data<float>();
+}  // namespace
+
+void CpuBackend::activation_forward(Activation act, const Tensor& x, const Tensor& bias,
+                                    const Tensor& y) {
+  check_f32_contiguous({&x, &bias, &y});
+  float* out = y.data<float>();
+  for_each_biased_segment(x, bias, [&](int64_t lo, int64_t hi, const auto& v) {
+    Map(out + lo, hi - lo) = apply(act, v);
+  });
+}
+
+void CpuBackend::activation_backward(Activation act, const Tensor& x, const Tensor& bias,
+                                     const Tensor& dy, const Tensor& dx) {
+  check_f32_contiguous({&x, &bias, &dy, &dx});
   const float* g = dy.data<float>();
   float* out = dx.data<float>();
-  parallel_for(0, x.numel(), kGrain, [&](int64_t lo, int64_t hi) {
-    Map(out + lo, hi - lo) =
-        ConstMap(g + lo, hi - lo) * derivative(act, ConstMap(in + lo, hi - lo));
+  for_each_biased_segment(x, bias, [&](int64_t lo, int64_t hi, const auto& v) {
+    Map(out + lo, hi - lo) = ConstMap(g + lo, hi - lo) * derivative(act, v);
   });
 }
 

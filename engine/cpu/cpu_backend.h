@@ -32,8 +32,9 @@ class CpuBackend final : public Backend {
   void sum_to(const Tensor& x, const Tensor& out) override;
   double sum_squares(const Tensor& x) override;
 
-  void activation_forward(Activation act, const Tensor& x, const Tensor& y) override;
-  void activation_backward(Activation act, const Tensor& x, const Tensor& dy,
+  void activation_forward(Activation act, const Tensor& x, const Tensor& bias,
+                          const Tensor& y) override;
+  void activation_backward(Activation act, const Tensor& x, const Tensor& bias, const Tensor& dy,
                            const Tensor& dx) override;
   void gated_forward(Activation act, const Tensor& gate, const Tensor& up,
                      const Tensor& y) override;

@@ -24,10 +24,11 @@ ActivationKind activation_kind(Activation act) {
 
 }  // namespace
 
-void CudaBackend::activation_forward(Activation act, const Tensor& x, const Tensor& y) {
+void CudaBackend::activation_forward(Activation act, const Tensor& x, const Tensor& bias,
+                                     const Tensor& y) {
   const char* op = "activation_forward";
-  expect_dtype(op, x.dtype(), {&y});
-  expect_contiguous(op, {&x, &y});
+  expect_dtype(op, x.dtype(), {&bias, &y});
+  expect_contiguous(op, {&x, &bias, &y});
   const int64_t n = x.numel();
   if (n == 0) return;
   activate(op);
@@ -36,16 +37,17 @@ void CudaBackend::activation_forward(Activation act, const Tensor& x, const Tens
     const bool vectorized = aligned16({x.raw_data(), y.raw_data()});
     SP_LAUNCH(grid_for(n / Pack<T>::kSize + 1, kElementwiseThreads), kElementwiseThreads, 0,
               stream_, activation_forward_kernel<T>)
-    (activation_kind(act), const_ptr<T>(x), mutable_ptr<T>(y), n, vectorized);
+    (activation_kind(act), const_ptr<T>(x), const_ptr<T>(bias), x.size(-1), mutable_ptr<T>(y), n,
+     vectorized);
     SP_CUDA_CHECK_LAUNCH(*this, op, "activation_forward_kernel");
   });
 }
 
-void CudaBackend::activation_backward(Activation act, const Tensor& x, const Tensor& dy,
-                                      const Tensor& dx) {
+void CudaBackend::activation_backward(Activation act, const Tensor& x, const Tensor& bias,
+                                      const Tensor& dy, const Tensor& dx) {
   const char* op = "activation_backward";
-  expect_dtype(op, x.dtype(), {&dy, &dx});
-  expect_contiguous(op, {&x, &dy, &dx});
+  expect_dtype(op, x.dtype(), {&bias, &dy, &dx});
+  expect_contiguous(op, {&x, &bias, &dy, &dx});
   const int64_t n = x.numel();
   if (n == 0) return;
   activate(op);
@@ -54,7 +56,8 @@ void CudaBackend::activation_backward(Activation act, const Tensor& x, const Ten
     const bool vectorized = aligned16({x.raw_data(), dy.raw_data(), dx.raw_data()});
     SP_LAUNCH(grid_for(n / Pack<T>::kSize + 1, kElementwiseThreads), kElementwiseThreads, 0,
               stream_, activation_backward_kernel<T>)
-    (activation_kind(act), const_ptr<T>(x), const_ptr<T>(dy), mutable_ptr<T>(dx), n, vectorized);
+    (activation_kind(act), const_ptr<T>(x), const_ptr<T>(bias), x.size(-1), const_ptr<T>(dy),
+     mutable_ptr<T>(dx), n, vectorized);
     SP_CUDA_CHECK_LAUNCH(*this, op, "activation_backward_kernel");
   });
 }

@@ -1,22 +1,41 @@
-// Activation ops: saved input, derivative-based backward.
+// Activation ops: saved input (and bias), derivative-based backward.
 #include "engine/ops/activation.h"
 
 #include "engine/autograd.h"
 #include "engine/ops/common.h"
+#include "engine/ops/elementwise.h"
+#include "engine/ops/reduce.h"
 
 namespace sp {
 
 Tensor activation(const Tensor& x_in, Activation act) {
+  return activation(x_in, act, Tensor());
+}
+
+Tensor activation(const Tensor& x_in, Activation act, const Tensor& bias_in) {
   ops_detail::check_defined("activation", {&x_in});
   ops_detail::check_float_inputs("activation", {&x_in});
+  if (bias_in.defined()) {
+    ops_detail::check_float_inputs("activation", {&bias_in});
+    SP_CHECK(x_in.dim() >= 1 && bias_in.shape() == Shape({x_in.size(-1)}) &&
+                 bias_in.device() == x_in.device(),
+             "activation: bias must be [", x_in.dim() >= 1 ? x_in.size(-1) : 0, "] on ",
+             x_in.device().str(), ", got ", bias_in.describe(), " for x ", x_in.describe());
+    // Mixed precision (an fp32 bias on bf16 activations) keeps add's promotion rules.
+    if (bias_in.dtype() != x_in.dtype()) return activation(add(x_in, bias_in), act);
+  }
   Tensor x = x_in.contiguous();
+  Tensor bias = bias_in.defined() ? bias_in.contiguous() : Tensor();
   Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
-  if (x.numel() > 0) backend_for(x.device()).activation_forward(act, x, y);
-  record(y, "activation", {x_in}, [x = x.detach(), act](const Tensor& g, const NeedsGrad&) {
-    Tensor dx = Tensor::empty(x.shape(), x.dtype(), x.device());
-    if (x.numel() > 0) backend_for(x.device()).activation_backward(act, x, g.contiguous(), dx);
-    return std::vector<Tensor>{dx};
-  });
+  if (x.numel() > 0) backend_for(x.device()).activation_forward(act, x, bias, y);
+  record(y, "activation", {x_in, bias_in},
+         [x = x.detach(), bias = bias.defined() ? bias.detach() : Tensor(), act](
+             const Tensor& g, const NeedsGrad& need) {
+           Tensor dx = Tensor::empty(x.shape(), x.dtype(), x.device());
+           if (x.numel() > 0)
+             backend_for(x.device()).activation_backward(act, x, bias, g.contiguous(), dx);
+           return std::vector<Tensor>{dx, need[1] ? sum_to_shape(dx, bias.shape()) : Tensor()};
+         });
   return y;
 }
 

@@ -11,6 +11,9 @@ namespace sp {
 
 /// act(x) elementwise; the named forms below are shorthands.
 Tensor activation(const Tensor& x, Activation act);
+/// act(x + bias), bias over the last axis: a linear layer's bias fused into its activation (one
+/// pass instead of two). Differentiable in x and bias.
+Tensor activation(const Tensor& x, Activation act, const Tensor& bias);
 Tensor gelu_tanh(const Tensor& x);
 Tensor gelu_erf(const Tensor& x);
 Tensor relu(const Tensor& x);

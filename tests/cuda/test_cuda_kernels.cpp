@@ -294,19 +294,23 @@ TEST(CudaKernelsLarge, SumRowsAndNormGradsSplitRowsIntoChunks) {
 
 // ---- activations ----
 
+// Without and with a bias over the last axis (a linear layer's, fused into its activation).
 TEST_P(CudaKernels, ActivationsForwardBackward) {
-  Tensor x = in({rows(), cols()}, 1, 2.0f), dy = in({rows(), cols()}, 2);
-  for (Activation act :
-       {Activation::kGeluTanh, Activation::kGeluErf, Activation::kRelu, Activation::kSilu}) {
-    Tensor y = Tensor::empty(x.shape()), dx = Tensor::empty(x.shape());
-    cpu().activation_forward(act, x, y);
-    cpu().activation_backward(act, x, dy, dx);
-    Tensor y_d = dev_empty(x.shape()), dx_d = dev_empty(x.shape());
-    emu().activation_forward(act, dev(x), y_d);
-    emu().activation_backward(act, dev(x), dev(dy), dx_d);
-    EXPECT_TRUE(all_close(y, y_d, atol(), rtol())) << "forward " << int(act);
-    EXPECT_TRUE(all_close(dx, dx_d, atol(), rtol())) << "backward " << int(act);
-  }
+  Tensor x = in({rows(), cols()}, 1, 2.0f), dy = in({rows(), cols()}, 2), bias = in({cols()}, 3);
+  for (bool with_bias : {false, true})
+    for (Activation act :
+         {Activation::kGeluTanh, Activation::kGeluErf, Activation::kRelu, Activation::kSilu}) {
+      const Tensor b = with_bias ? bias : Tensor(), b_d = with_bias ? dev(bias) : Tensor();
+      Tensor y = Tensor::empty(x.shape()), dx = Tensor::empty(x.shape());
+      cpu().activation_forward(act, x, b, y);
+      cpu().activation_backward(act, x, b, dy, dx);
+      Tensor y_d = dev_empty(x.shape()), dx_d = dev_empty(x.shape());
+      emu().activation_forward(act, dev(x), b_d, y_d);
+      emu().activation_backward(act, dev(x), b_d, dev(dy), dx_d);
+      EXPECT_TRUE(all_close(y, y_d, atol(), rtol())) << "forward " << int(act) << " " << with_bias;
+      EXPECT_TRUE(all_close(dx, dx_d, atol(), rtol()))
+          << "backward " << int(act) << " " << with_bias;
+    }
 }
 
 TEST_P(CudaKernels, GatedActivationForwardBackward) {

@@ -230,6 +230,16 @@ std::vector<OpCase> build_cases() {
             },
             {0},
             [](const std::vector<Tensor>& in) { return gelu_tanh(in[0]); }});
+  add_case({"activation/gelu_tanh_with_bias",
+            [](CaseSize s) {
+              const int64_t cols = perf(s) ? 3072 : 7;
+              return std::vector<Tensor>{random_tensor({perf(s) ? 4096 : 3, cols}, 45, 2.0f),
+                                         random_tensor({cols}, 46)};
+            },
+            {0, 1},
+            [](const std::vector<Tensor>& in) {
+              return activation(in[0], Activation::kGeluTanh, in[1]);
+            }});
   add_case({"activation/gelu_erf",
             [](CaseSize) {
               return std::vector<Tensor>{random_tensor({3, 7}, 43, 2.0f)};
