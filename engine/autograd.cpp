@@ -20,6 +20,13 @@ void accumulate_into(const Tensor& dst, const Tensor& src) {
   backend_for(dst.device()).binary(BinaryOp::kAdd, dst, src, dst);
 }
 
+// Whether only this handle reaches t's memory: no other handle to its TensorImpl (an add hands
+// one tensor to both of its inputs) and no other TensorImpl on its storage (views, detach()).
+// Only such a gradient may be accumulated into in place.
+bool exclusively_held(const Tensor& t) {
+  return t.impl_ptr().use_count() == 1 && t.impl()->storage.use_count() == 1;
+}
+
 Tensor ensure_contiguous_copy(const Tensor& t) {
   // A gradient handed to us may be a view of someone else's buffer; own it before mutating.
   Tensor out = Tensor::empty(t.shape(), t.dtype(), t.device());
@@ -134,15 +141,35 @@ void run_backward(const Tensor& root, const Tensor& seed_in, bool retain_graph) 
     grads.erase(node);
 
     NeedsGrad needs(node->inputs.size());
-    for (size_t i = 0; i < node->inputs.size(); ++i)
-      needs[i] = node->inputs[i].node != nullptr || node->inputs[i].leaf != nullptr;
+    for (size_t i = 0; i < node->inputs.size(); ++i) {
+      const Node::Input& input = node->inputs[i];
+      needs.set_needed(i, input.node != nullptr || input.leaf != nullptr);
+      if (!input.node) continue;
+      // A pending gradient is offered only if nothing else reaches its memory (not this node's
+      // grad_output, not another pending entry), and to one input per producer.
+      auto pending = grads.find(input.node.get());
+      if (pending != grads.end() && pending->second.defined() && pending->second.is_contiguous() &&
+          exclusively_held(pending->second))
+        needs.set_accumulate_target(i, pending->second);
+    }
     std::vector<Tensor> input_grads = node->backward(grad_output, needs);
     SP_ASSERT(input_grads.size() == node->inputs.size());
+    for (size_t i = 0; i < node->inputs.size(); ++i)
+      if (input_grads[i].defined() && needs.accumulate_target(i).defined() &&
+          input_grads[i].impl() == needs.accumulate_target(i).impl())
+        input_grads[i] = Tensor();  // already added into the pending gradient
 
     for (size_t i = 0; i < node->inputs.size(); ++i) {
       if (!needs[i]) continue;
       const Node::Input& input = node->inputs[i];
       Tensor& g = input_grads[i];
+      if (!g.defined() && needs.accumulate_target(i).defined()) {
+        if (--pending_consumers[input.node.get()] == 0) {
+          keep_alive.push_back(input.node);
+          ready.push(input.node.get());
+        }
+        continue;
+      }
       SP_CHECK(g.defined(), "internal error: op '", node->op, "' produced no gradient for input ",
                i);
       SP_CHECK(g.shape() == input.shape, "internal error: op '", node->op,
@@ -155,7 +182,7 @@ void run_backward(const Tensor& root, const Tensor& seed_in, bool retain_graph) 
         } else {
           // Own the buffer: another pending gradient may alias g and later accumulations are
           // in place.
-          bool exclusive = g.is_contiguous() && g.impl()->storage.use_count() == 1;
+          bool exclusive = g.is_contiguous() && exclusively_held(g);
           leaf->grad = (exclusive ? g.detach() : ensure_contiguous_copy(g)).impl_ptr();
         }
         continue;
@@ -166,7 +193,7 @@ void run_backward(const Tensor& root, const Tensor& seed_in, bool retain_graph) 
         grads[producer] = g;
       } else {
         Tensor& existing = it->second;
-        if (!existing.is_contiguous() || existing.impl()->storage.use_count() > 1)
+        if (!existing.is_contiguous() || !exclusively_held(existing))
           existing = ensure_contiguous_copy(existing);
         accumulate_into(existing, g);
       }

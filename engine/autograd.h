@@ -14,7 +14,26 @@
 namespace sp {
 
 /// Which inputs of a node need a gradient; backward functions skip the others (no dW for frozen W).
-using NeedsGrad = std::vector<bool>;
+/// For an input that already has a pending gradient from another consumer (a residual stream
+/// read by a branch and by the skip connection), the engine may also offer that gradient as an
+/// accumulation target: a backward that can add its gradient into it in the same pass (the
+/// layernorm backward) does so and returns the target itself; any other returned tensor is added
+/// by the engine, one more pass over memory.
+class NeedsGrad {
+ public:
+  explicit NeedsGrad(size_t inputs) : needed_(inputs, false), targets_(inputs) {}
+  bool operator[](size_t i) const { return needed_[i]; }
+  size_t size() const { return needed_.size(); }
+  /// A contiguous gradient no one else holds, or undefined.
+  const Tensor& accumulate_target(size_t i) const { return targets_[i]; }
+
+  void set_needed(size_t i, bool needed) { needed_[i] = needed; }
+  void set_accumulate_target(size_t i, Tensor target) { targets_[i] = std::move(target); }
+
+ private:
+  std::vector<bool> needed_;
+  std::vector<Tensor> targets_;
+};
 /// Given the gradient of the node's output, returns one gradient per input (undefined when not
 /// needed). Saved tensors live in the closure and are freed when the graph is released.
 using BackwardFn = std::function<std::vector<Tensor>(const Tensor& grad_output, const NeedsGrad&)>;

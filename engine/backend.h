@@ -131,10 +131,12 @@ class Backend {
   virtual void layernorm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias,
                                  float eps, const Tensor& y, const Tensor& mean,
                                  const Tensor& rstd) = 0;
-  // d_weight and d_bias may be undefined (frozen); when defined they are accumulated into.
+  // d_weight and d_bias may be undefined (frozen); when defined they are accumulated into. dx is
+  // written, or with add_into_dx added to (the residual stream's pending gradient, in one pass).
   virtual void layernorm_backward(const Tensor& x, const Tensor& weight, const Tensor& mean,
                                   const Tensor& rstd, const Tensor& dy, const Tensor& dx,
-                                  const Tensor& d_weight, const Tensor& d_bias) = 0;
+                                  bool add_into_dx, const Tensor& d_weight,
+                                  const Tensor& d_bias) = 0;
   // Rotary position embedding (Llama's rotate_half form) of x [B, T, H, D] with cos/sin
   // [B, T, D/2] F32: out[..i] = x[i] c - x[i + D/2] s, out[..i + D/2] = x[i + D/2] c + x[i] s.
   // inverse negates s: the transpose of the rotation, i.e. the backward.

@@ -38,11 +38,13 @@ __global__ void layernorm_forward_kernel(const T* x, const T* weight, const T* b
   }
 }
 
-// dx = rstd * (g - mean(g) - xhat * mean(g * xhat)) with g = dy * w, xhat = (x - mean) * rstd.
+// dx = rstd * (g - mean(g) - xhat * mean(g * xhat)) with g = dy * w, xhat = (x - mean) * rstd;
+// with add_into_dx, dx += that (the residual stream's pending gradient, in the same pass).
 template <class T>
 __global__ void layernorm_backward_input_kernel(const T* x, const T* weight, const float* mean,
                                                 const float* rstd, const T* dy, int64_t rows,
-                                                int64_t cols, T* dx, bool vectorized) {
+                                                int64_t cols, T* dx, bool add_into_dx,
+                                                bool vectorized) {
   __shared__ float scratch[32];
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
     const float mu = mean[row], r = rstd[row];
@@ -58,7 +60,8 @@ __global__ void layernorm_backward_input_kernel(const T* x, const T* weight, con
     T* out = dx + row * cols;
     for_each_column(vectorized, cols, in, [&](int64_t c, const float(&v)[3]) {
       const float xhat = (v[0] - mu) * r;
-      out[c] = from_float<T>(r * (v[1] * v[2] - mean_g - xhat * mean_gx));
+      const float d = r * (v[1] * v[2] - mean_g - xhat * mean_gx);
+      out[c] = from_float<T>(add_into_dx ? to_float(out[c]) + d : d);
     });
   }
 }

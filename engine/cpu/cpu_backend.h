@@ -44,7 +44,7 @@ class CpuBackend final : public Backend {
   void layernorm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, float eps,
                          const Tensor& y, const Tensor& mean, const Tensor& rstd) override;
   void layernorm_backward(const Tensor& x, const Tensor& weight, const Tensor& mean,
-                          const Tensor& rstd, const Tensor& dy, const Tensor& dx,
+                          const Tensor& rstd, const Tensor& dy, const Tensor& dx, bool add_into_dx,
                           const Tensor& d_weight, const Tensor& d_bias) override;
   void rotary_embedding(const Tensor& x, const Tensor& cos, const Tensor& sin, bool inverse,
                         const Tensor& out) override;

@@ -48,7 +48,8 @@ void CpuBackend::layernorm_forward(const Tensor& x, const Tensor& weight, const 
 
 void CpuBackend::layernorm_backward(const Tensor& x, const Tensor& weight, const Tensor& mean,
                                     const Tensor& rstd, const Tensor& dy, const Tensor& dx,
-                                    const Tensor& d_weight, const Tensor& d_bias) {
+                                    bool add_into_dx, const Tensor& d_weight,
+                                    const Tensor& d_bias) {
   const int64_t cols = x.size(-1);
   const int64_t rows = x.numel() / cols;
   const float* px = x.data<float>();
@@ -71,7 +72,12 @@ void CpuBackend::layernorm_backward(const Tensor& x, const Tensor& weight, const
         Eigen::ArrayXf g = g_out * w;
         float mean_g = g.sum() / float(cols);
         float mean_gx = (g * xhat).sum() / float(cols);
-        Row(dx.data<float>() + r * cols, cols) = pr[r] * (g - mean_g - xhat * mean_gx);
+        // Rounded to float before any add, as a separate accumulation would see it.
+        Eigen::ArrayXf d = pr[r] * (g - mean_g - xhat * mean_gx);
+        if (add_into_dx)
+          Row(dx.data<float>() + r * cols, cols) += d;
+        else
+          Row(dx.data<float>() + r * cols, cols) = d;
       }
       if (d_weight.defined()) dw_acc += g_out * xhat;
       if (d_bias.defined()) db_acc += g_out;

@@ -33,7 +33,8 @@ void CudaBackend::layernorm_forward(const Tensor& x, const Tensor& weight, const
 
 void CudaBackend::layernorm_backward(const Tensor& x, const Tensor& weight, const Tensor& mean,
                                      const Tensor& rstd, const Tensor& dy, const Tensor& dx,
-                                     const Tensor& d_weight, const Tensor& d_bias) {
+                                     bool add_into_dx, const Tensor& d_weight,
+                                     const Tensor& d_bias) {
   const char* op = "layernorm_backward";
   expect_dtype(op, x.dtype(), {&weight, &dy, &dx, &d_weight, &d_bias});
   expect_dtype(op, DType::F32, {&mean, &rstd});
@@ -50,7 +51,7 @@ void CudaBackend::layernorm_backward(const Tensor& x, const Tensor& weight, cons
       const int threads = threads_for_row(cols, vectorized ? Pack<T>::kSize : 1);
       SP_LAUNCH(grid_for_rows(rows), threads, 0, stream_, layernorm_backward_input_kernel<T>)
       (const_ptr<T>(x), const_ptr<T>(weight), const_ptr<float>(mean), const_ptr<float>(rstd),
-       const_ptr<T>(dy), rows, cols, mutable_ptr<T>(dx), vectorized);
+       const_ptr<T>(dy), rows, cols, mutable_ptr<T>(dx), add_into_dx, vectorized);
       SP_CUDA_CHECK_LAUNCH(*this, op, "layernorm_backward_input_kernel");
     }
     if (!d_weight.defined() && !d_bias.defined()) return;

@@ -39,12 +39,17 @@ Tensor layernorm(const Tensor& x_in, const Tensor& weight, const Tensor& bias, f
          [x = x.detach(), w = weight.contiguous().detach(), mean, rstd](const Tensor& g,
                                                                         const NeedsGrad& need) {
            std::vector<Tensor> grads(3);
-           if (need[0]) grads[0] = Tensor::empty(x.shape(), x.dtype(), x.device());
+           // The residual stream's pending gradient, when the engine offers it, takes dx in
+           // place: the accumulation costs no pass of its own.
+           const Tensor& pending = need.accumulate_target(0);
+           const bool add_into = need[0] && pending.defined() && pending.dtype() == x.dtype();
+           if (need[0])
+             grads[0] = add_into ? pending : Tensor::empty(x.shape(), x.dtype(), x.device());
            if (need[1]) grads[1] = Tensor::zeros(w.shape(), w.dtype(), w.device());
            if (need[2]) grads[2] = Tensor::zeros(w.shape(), w.dtype(), w.device());
            if (x.numel() > 0)
              backend_for(x.device())
-                 .layernorm_backward(x, w, mean, rstd, g.contiguous(), grads[0], grads[1],
+                 .layernorm_backward(x, w, mean, rstd, g.contiguous(), grads[0], add_into, grads[1],
                                      grads[2]);
            return grads;
          });

@@ -148,6 +148,11 @@ TEST(CudaStepBudget, TrainStepNeverWaitsForTheDeviceUntilTheLossIsRead) {
   EXPECT_EQ(listed, s.kernel_launches);
   EXPECT_EQ(kernels, emu::exec_stats().launches - launches_before);
   EXPECT_EQ(s.launches_by_kernel.count("layernorm_forward_kernel"), 1u);
+  // Fused away: attention dropout (no materialised softmax), the residual stream's gradient sums
+  // (added inside the layernorm backward) and the q/k/v gradient assembly (written into one
+  // buffer): no standalone softmax or add is left in a step.
+  for (const char* kernel : {"masked_softmax_forward_kernel", "binary_contiguous_kernel"})
+    EXPECT_EQ(s.launches_by_kernel.count(kernel), 0u) << kernel;
   EXPECT_GT(s.gemm_calls, 0u);
   EXPECT_TRUE(std::isfinite(loss.item()));
   EXPECT_EQ(backend.stats().host_syncs, 1u);

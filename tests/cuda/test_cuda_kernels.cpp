@@ -355,9 +355,9 @@ TEST_P(CudaKernels, LayerNormForwardBackwardAccumulatesParamGrads) {
   // Gradients accumulate into existing d_weight / d_bias.
   Tensor dw0 = in({c}, 5), db0 = in({c}, 6);
   Tensor dx = Tensor::empty({r, c}), dw = dw0.clone(), db = db0.clone();
-  cpu().layernorm_backward(x, w, mean, rstd, dy, dx, dw, db);
+  cpu().layernorm_backward(x, w, mean, rstd, dy, dx, false, dw, db);
   Tensor dx_d = dev_empty({r, c}), dw_d = dev(dw0), db_d = dev(db0);
-  emu().layernorm_backward(dev(x), dev(w), mean_d, rstd_d, dev(dy), dx_d, dw_d, db_d);
+  emu().layernorm_backward(dev(x), dev(w), mean_d, rstd_d, dev(dy), dx_d, false, dw_d, db_d);
   // dx of a 1-column row is a difference of equal values: exactly representable zero in fp32,
   // so the tolerance is the usual one; rstd (~316 at one column) scales the absolute error.
   const float grad_atol = atol() * (c == 1 ? 400.0f : 4.0f);
@@ -366,8 +366,18 @@ TEST_P(CudaKernels, LayerNormForwardBackwardAccumulatesParamGrads) {
   EXPECT_TRUE(all_close(db, db_d, atol(), rtol())) << "d_bias";
   // Frozen weights: only dx.
   Tensor dx_only = dev_empty({r, c});
-  emu().layernorm_backward(dev(x), dev(w), mean_d, rstd_d, dev(dy), dx_only, Tensor(), Tensor());
+  emu().layernorm_backward(dev(x), dev(w), mean_d, rstd_d, dev(dy), dx_only, false, Tensor(),
+                           Tensor());
   EXPECT_TRUE(all_close(dx, dx_only, grad_atol, rtol())) << "dx, frozen";
+  // Added into a pending gradient (the residual stream's) instead of written: the CPU's sum.
+  Tensor pending = in({r, c}, 7);
+  Tensor summed = pending.clone();
+  cpu().layernorm_backward(x, w, mean, rstd, dy, summed, true, Tensor(), Tensor());
+  EXPECT_TRUE(all_close(add(pending, dx), summed, 1e-6f, 1e-6f)) << "cpu: pending + dx";
+  Tensor summed_d = dev(pending);
+  emu().layernorm_backward(dev(x), dev(w), mean_d, rstd_d, dev(dy), summed_d, true, Tensor(),
+                           Tensor());
+  EXPECT_TRUE(all_close(summed, summed_d, grad_atol, rtol())) << "dx added into pending";
 }
 
 TEST_P(CudaKernels, RmsNormForwardBackward) {

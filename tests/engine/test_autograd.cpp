@@ -66,6 +66,40 @@ TEST(Autograd, SharedSubexpressionSumsBothPaths) {
   for (size_t i = 0; i < xs.size(); ++i) EXPECT_FLOAT_EQ(gs[i], 2 * xs[i]);
 }
 
+// add() hands one gradient tensor to both of its inputs. When one of them later receives another
+// gradient, the engine must not add it in place into memory the other still holds (it did: x's
+// gradient came out 10, not 2 * 2 + 3 * 1 = 7).
+TEST(Autograd, AGradientSharedByTwoInputsIsNeverAccumulatedInPlace) {
+  const std::vector<float> ones = {1.0f, 1.0f};
+  Tensor x = Tensor::from_floats(ones, {2}).set_requires_grad(true);
+  Tensor a = scale(x, 2.0f), b = scale(x, 3.0f);
+  // mul gives add a fresh contiguous gradient (sum_all alone would hand it a broadcast view).
+  sum_all(mul(add(add(a, b), a), Tensor::from_floats(ones, {2}))).backward();
+  EXPECT_EQ(x.grad().to_floats(), std::vector<float>({7.0f, 7.0f}));
+  // The same with a leaf as one of add's inputs: its stored gradient must not alias the other's.
+  Tensor y = Tensor::from_floats(ones, {2}).set_requires_grad(true);
+  Tensor c = scale(y, 3.0f);
+  sum_all(mul(add(add(y, c), scale(y, 5.0f)), Tensor::from_floats(ones, {2}))).backward();
+  EXPECT_EQ(y.grad().to_floats(), std::vector<float>({9.0f, 9.0f}));
+}
+
+// A layernorm on the residual stream adds its input gradient into the stream's pending gradient
+// in its own pass (no separate add; CudaStepBudget counts the launches); the result is the
+// separate sum's, to the bit on the CPU (the layernorm's dx is rounded before it is added).
+TEST(Autograd, LayernormAddsIntoThePendingResidualGradient) {
+  auto grad = [&](bool fused) {
+    Tensor x = randn_leaf({4, 6}, 1, true);
+    Tensor w = randn({6}, 2), b = randn({6}, 3);
+    Tensor h = scale(x, 1.5f);  // a non-leaf residual stream
+    // Fused: the engine offers h's pending gradient to layernorm. Unfused: layernorm reads a
+    // copy of h, so its gradient reaches h through the copy and the engine's add.
+    Tensor branch = layernorm(fused ? h : scale(h, 1.0f), w, b, 1e-5f);
+    sum_all(mul(add(h, branch), randn({4, 6}, 4))).backward();
+    return x.grad().to_floats();
+  };
+  EXPECT_EQ(grad(true), grad(false));
+}
+
 TEST(Autograd, NoGradGuardStopsRecording) {
   Tensor x = randn_leaf({3}, 9, true);
   Tensor y;
