@@ -31,6 +31,53 @@ __device__ __forceinline__ MaxSum warp_combine(MaxSum v) {
   return v;
 }
 
+// This thread's share of a row's (max, sum of exp), accumulated online in one read.
+template <class T>
+__device__ __forceinline__ MaxSum thread_row_max_sum(bool vectorized, int64_t vocab, const T* row) {
+  const T* in[1] = {row};
+  MaxSum acc{-INFINITY, 0.0f};
+  for_each_column(vectorized, vocab, in, [&](int64_t, const float(&v)[1]) {
+    if (v[0] > acc.max) {
+      acc.sum = acc.sum * expf(acc.max - v[0]) + 1.0f;
+      acc.max = v[0];
+    } else if (v[0] != -INFINITY) {  // a -inf logit adds nothing (and -inf - -inf is NaN)
+      acc.sum += expf(v[0] - acc.max);
+    }
+  });
+  return acc;
+}
+
+// The row's log-sum-exp from every thread's share, through 32-entry shared scratch; every thread
+// gets it. Starts with a barrier, so the scratch may be reused row after row.
+__device__ __forceinline__ float block_row_lse(MaxSum acc, float* scratch_max, float* scratch_sum) {
+  const int lane = thread_index() % 32, warp = thread_index() / 32;
+  acc = warp_combine(acc);
+  __syncthreads();  // the previous row's readers of the scratch are done
+  if (lane == 0) {
+    scratch_max[warp] = acc.max;
+    scratch_sum[warp] = acc.sum;
+  }
+  __syncthreads();
+  MaxSum total{-INFINITY, 0.0f};
+  if (lane < block_threads() / 32) total = MaxSum{scratch_max[lane], scratch_sum[lane]};
+  total = warp_combine(total);
+  return total.max + logf(total.sum);
+}
+
+// out[j] = grad_scale * (exp(row[j] - lse) - [j == target]); each element is read and then
+// written by the same thread, so out may be row.
+template <class T>
+__device__ __forceinline__ void write_row_gradient(bool vectorized, int64_t vocab, const T* row,
+                                                   int64_t target, float row_lse, float grad_scale,
+                                                   T* out) {
+  const T* in[1] = {row};
+  for_each_column(vectorized, vocab, in, [&](int64_t j, const float(&v)[1]) {
+    float d = expf(v[0] - row_lse) * grad_scale;
+    if (j == target) d -= grad_scale;
+    out[j] = from_float<T>(d);
+  });
+}
+
 // loss[r] = lse - logits[r, t] and lse[r] (both 0 for ignored rows).
 template <class T>
 __global__ void cross_entropy_forward_kernel(const T* logits, const void* targets,
@@ -39,38 +86,18 @@ __global__ void cross_entropy_forward_kernel(const T* logits, const void* target
                                              bool vectorized) {
   __shared__ float scratch_max[32];
   __shared__ float scratch_sum[32];
-  const int lane = thread_index() % 32, warp = thread_index() / 32;
-  const int warps = block_threads() / 32;
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
     const int64_t target = load_index(targets, targets_are_64bit, row);
     if (target == ignore_index) {  // uniform across the block
       if (thread_index() == 0) loss[row] = lse[row] = 0.0f;
       continue;
     }
-    const T* in[1] = {logits + row * vocab};
-    MaxSum acc{-INFINITY, 0.0f};
-    for_each_column(vectorized, vocab, in, [&](int64_t, const float(&v)[1]) {
-      if (v[0] > acc.max) {
-        acc.sum = acc.sum * expf(acc.max - v[0]) + 1.0f;
-        acc.max = v[0];
-      } else if (v[0] != -INFINITY) {  // a -inf logit adds nothing (and -inf - -inf is NaN)
-        acc.sum += expf(v[0] - acc.max);
-      }
-    });
-    acc = warp_combine(acc);
-    __syncthreads();  // the previous row's readers of the scratch are done
-    if (lane == 0) {
-      scratch_max[warp] = acc.max;
-      scratch_sum[warp] = acc.sum;
-    }
-    __syncthreads();
-    MaxSum total{-INFINITY, 0.0f};
-    if (lane < warps) total = MaxSum{scratch_max[lane], scratch_sum[lane]};
-    total = warp_combine(total);
+    const T* in = logits + row * vocab;
+    const float row_lse =
+        block_row_lse(thread_row_max_sum(vectorized, vocab, in), scratch_max, scratch_sum);
     if (thread_index() == 0) {
-      const float row_lse = total.max + logf(total.sum);
       lse[row] = row_lse;
-      loss[row] = row_lse - to_float(logits[row * vocab + target]);
+      loss[row] = row_lse - to_float(in[target]);
     }
   }
 }
@@ -90,13 +117,7 @@ __global__ void cross_entropy_backward_kernel(const T* logits, const void* targe
         out[j] = from_float<T>(0.0f);
       continue;
     }
-    const float row_lse = lse[row];
-    const T* in[1] = {logits + row * vocab};
-    for_each_column(vectorized, vocab, in, [&](int64_t j, const float(&v)[1]) {
-      float d = expf(v[0] - row_lse) * grad_scale;
-      if (j == target) d -= grad_scale;
-      out[j] = from_float<T>(d);
-    });
+    write_row_gradient(vectorized, vocab, logits + row * vocab, target, lse[row], grad_scale, out);
   }
 }
 
@@ -111,8 +132,6 @@ __global__ void cross_entropy_forward_backward_kernel(const T* logits, const voi
                                                       bool vectorized) {
   __shared__ float scratch_max[32];
   __shared__ float scratch_sum[32];
-  const int lane = thread_index() % 32, warp = thread_index() / 32;
-  const int warps = block_threads() / 32;
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
     const int64_t target = load_index(targets, targets_are_64bit, row);
     T* out = d_logits + row * vocab;
@@ -122,37 +141,16 @@ __global__ void cross_entropy_forward_backward_kernel(const T* logits, const voi
         out[j] = from_float<T>(0.0f);
       continue;
     }
-    const T* in[1] = {logits + row * vocab};
-    MaxSum acc{-INFINITY, 0.0f};
-    for_each_column(vectorized, vocab, in, [&](int64_t, const float(&v)[1]) {
-      if (v[0] > acc.max) {
-        acc.sum = acc.sum * expf(acc.max - v[0]) + 1.0f;
-        acc.max = v[0];
-      } else if (v[0] != -INFINITY) {
-        acc.sum += expf(v[0] - acc.max);
-      }
-    });
-    acc = warp_combine(acc);
-    __syncthreads();  // the previous row's readers of the scratch are done
-    if (lane == 0) {
-      scratch_max[warp] = acc.max;
-      scratch_sum[warp] = acc.sum;
-    }
-    const float target_logit = thread_index() == 0 ? to_float(in[0][target]) : 0.0f;
-    __syncthreads();  // and no thread writes the row before the target's logit is read
-    MaxSum total{-INFINITY, 0.0f};
-    if (lane < warps) total = MaxSum{scratch_max[lane], scratch_sum[lane]};
-    total = warp_combine(total);
-    const float row_lse = total.max + logf(total.sum);
+    const T* in = logits + row * vocab;
+    const MaxSum share = thread_row_max_sum(vectorized, vocab, in);
+    // Read before block_row_lse's barriers, after which threads overwrite the row.
+    const float target_logit = thread_index() == 0 ? to_float(in[target]) : 0.0f;
+    const float row_lse = block_row_lse(share, scratch_max, scratch_sum);
     if (thread_index() == 0) {
       lse[row] = row_lse;
       loss[row] = row_lse - target_logit;
     }
-    for_each_column(vectorized, vocab, in, [&](int64_t j, const float(&v)[1]) {
-      float d = expf(v[0] - row_lse) * grad_scale;
-      if (j == target) d -= grad_scale;
-      out[j] = from_float<T>(d);
-    });
+    write_row_gradient(vectorized, vocab, in, target, row_lse, grad_scale, out);
   }
 }
 

@@ -16,17 +16,24 @@ void check_targets(const char* op, const Tensor& targets, int64_t rows) {
            targets.describe());
 }
 
+// The rows of logits [..., vocab], after checking the targets and the F32 loss outputs.
+int64_t loss_rows(const char* op, const Tensor& logits, const Tensor& targets, const Tensor& loss,
+                  const Tensor& lse) {
+  expect_dtype(op, DType::F32, {&loss, &lse});
+  expect_contiguous(op, {&logits, &loss, &lse});
+  const int64_t vocab = logits.size(-1);
+  const int64_t rows = vocab == 0 ? 0 : logits.numel() / vocab;
+  check_targets(op, targets, rows);
+  return rows;
+}
+
 }  // namespace
 
 void CudaBackend::cross_entropy_forward(const Tensor& logits, const Tensor& targets,
                                         int64_t ignore_index, const Tensor& loss,
                                         const Tensor& lse) {
   const char* op = "cross_entropy_forward";
-  expect_dtype(op, DType::F32, {&loss, &lse});
-  expect_contiguous(op, {&logits, &loss, &lse});
-  const int64_t vocab = logits.size(-1);
-  const int64_t rows = vocab == 0 ? 0 : logits.numel() / vocab;
-  check_targets(op, targets, rows);
+  const int64_t vocab = logits.size(-1), rows = loss_rows(op, logits, targets, loss, lse);
   if (rows == 0) return;
   activate(op);
   dispatch_float(op, logits, [&](auto tag) {
@@ -69,12 +76,9 @@ void CudaBackend::cross_entropy_forward_backward(const Tensor& logits, const Ten
                                                  const Tensor& loss, const Tensor& lse,
                                                  const Tensor& d_logits) {
   const char* op = "cross_entropy_forward_backward";
-  expect_dtype(op, DType::F32, {&loss, &lse});
   expect_dtype(op, logits.dtype(), {&d_logits});
-  expect_contiguous(op, {&logits, &loss, &lse, &d_logits});
-  const int64_t vocab = logits.size(-1);
-  const int64_t rows = vocab == 0 ? 0 : logits.numel() / vocab;
-  check_targets(op, targets, rows);
+  expect_contiguous(op, {&d_logits});
+  const int64_t vocab = logits.size(-1), rows = loss_rows(op, logits, targets, loss, lse);
   if (rows == 0) return;
   activate(op);
   dispatch_float(op, logits, [&](auto tag) {
