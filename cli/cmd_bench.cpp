@@ -198,6 +198,8 @@ CommandRunner add_bench_command(CLI::App& app) {
     // Per timed step: what a GPU pays besides arithmetic (launches, host waits, allocations).
     uint64_t launches = 0, gemm_calls = 0, host_syncs = 0, device_allocations = 0;
     std::map<std::string, uint64_t, std::less<>> launches_by_kernel;
+    std::map<std::string, KernelTraffic, std::less<>> traffic_by_kernel;
+    double gemm_bytes = 0;
     std::vector<double> allreduce_times, wait_times;
     std::vector<Tensor> params = adapter.parameters();
     for (int64_t s = 0; s < o->warmup + o->steps; ++s) {
@@ -235,6 +237,11 @@ CommandRunner add_bench_command(CLI::App& app) {
         device_allocations += step_stats.device_allocations;
         for (const auto& [kernel, count] : step_stats.launches_by_kernel)
           launches_by_kernel[kernel] += count;
+        for (const auto& [kernel, traffic] : step_stats.traffic_by_kernel) {
+          traffic_by_kernel[kernel].flops += traffic.flops;
+          traffic_by_kernel[kernel].bytes += traffic.bytes;
+        }
+        gemm_bytes += step_stats.gemm_bytes;
       }
     }
     const double steps_timed = double(std::max<size_t>(times.size(), 1));
@@ -248,6 +255,18 @@ CommandRunner add_bench_command(CLI::App& app) {
     nlohmann::json per_kernel = nlohmann::json::object();
     for (const auto& [kernel, count] : launches_by_kernel)
       per_kernel[kernel] = double(count) / steps_timed;
+    // Per kernel family and for the GEMMs: what a roofline estimate for a given GPU needs.
+    nlohmann::json traffic = nlohmann::json::object();
+    double kernel_flops = 0, kernel_bytes = 0;
+    for (const auto& [kernel, t] : traffic_by_kernel) {
+      traffic[kernel] = {{"flops", t.flops / steps_timed}, {"bytes", t.bytes / steps_timed}};
+      kernel_flops += t.flops;
+      kernel_bytes += t.bytes;
+    }
+    per_step["gemm_flops"] = flops / steps_timed;
+    per_step["gemm_bytes"] = gemm_bytes / steps_timed;
+    per_step["kernel_flops"] = kernel_flops / steps_timed;
+    per_step["kernel_bytes"] = kernel_bytes / steps_timed;
     double total = 0;
     for (double t : times) total += t;
     const double mean = times.empty() ? 0 : total / double(times.size());
@@ -281,8 +300,13 @@ CommandRunner add_bench_command(CLI::App& app) {
       g.max_new_tokens = o->gen_tokens;
       t = Clock::now();
       model.generate(prompts, g);
-      const double elapsed = seconds_since(t) - prefill_ms / 1e3;
-      gen_tokens_per_s = elapsed > 0 ? double(o->gen_batch * (o->gen_tokens - 1)) / elapsed : 0;
+      const double total = seconds_since(t), elapsed = total - prefill_ms / 1e3;
+      // Decode time is the call's minus the prefill's, timed apart; where a few tiny decode steps
+      // take less than the noise in that difference, the whole call's rate (prefill included) is
+      // the honest lower bound, rather than 0 or a negative rate.
+      gen_tokens_per_s = elapsed > 0.05 * total
+                             ? double(o->gen_batch * (o->gen_tokens - 1)) / elapsed
+                             : double(o->gen_batch * o->gen_tokens) / total;
     }
     const double rss = peak_rss_mb();
     nlohmann::json result = {{"model", o->model.empty() ? o->config : o->model},
@@ -307,7 +331,8 @@ CommandRunner add_bench_command(CLI::App& app) {
                              {"generation_warmup_ms", generation_warmup_ms},
                              {"peak_rss_mb", rss},
                              {"per_step", per_step},
-                             {"launches_by_kernel", per_kernel}};
+                             {"launches_by_kernel", per_kernel},
+                             {"traffic_by_kernel", traffic}};
     if (!comm.is_root()) return kExitOk;
     if (o->json) {
       std::printf("%s\n", result.dump().c_str());

@@ -63,15 +63,26 @@ struct AttentionDropout {
   uint64_t offset = 0;
 };
 
+// Arithmetic and global-memory traffic of queued work, for a roofline estimate on paper. flops
+// as the kernel's source performs them (an exp, a compare or a Philox round counts one); bytes as
+// it reads and writes global memory, tiles it re-reads included, caches ignored.
+struct KernelTraffic {
+  double flops = 0;
+  double bytes = 0;
+};
+
 // What the work since reset_stats() cost. Beyond the GEMMs, the counters say what bounds a step on
-// a GPU besides arithmetic: launches, host waits, device allocations (zero on the CPU backend).
+// a GPU besides arithmetic: launches, host waits, device allocations (zero on the CPU backend),
+// and each kernel family's traffic (CUDA backends).
 struct BackendStats {
   uint64_t gemm_calls = 0;
   double gemm_flops = 0;
+  double gemm_bytes = 0;            // operands read and results written, once each
   uint64_t kernel_launches = 0;     // kernels, copies and memsets queued; GEMM calls: gemm_calls
   uint64_t host_syncs = 0;          // times the host waited for the device's queue to drain
   uint64_t device_allocations = 0;  // allocations the device's caching allocator did not serve
   std::map<std::string, uint64_t, std::less<>> launches_by_kernel;
+  std::map<std::string, KernelTraffic, std::less<>> traffic_by_kernel;
 };
 
 class Backend {
@@ -225,16 +236,27 @@ class Backend {
 
  protected:
   void count_gemm(const GemmArgs& args) {
+    const double m = double(args.m), n = double(args.n), k = double(args.k);
+    const double batch = double(args.batch);
     stats_.gemm_calls += 1;
-    stats_.gemm_flops +=
-        2.0 * double(args.m) * double(args.n) * double(args.k) * double(args.batch);
+    stats_.gemm_flops += 2.0 * m * n * k * batch;
+    // A shared (stride 0) operand is read once; C is read too when beta accumulates into it.
+    const double ab = double(dtype_size(args.dtype)), c = double(dtype_size(args.c_dtype));
+    stats_.gemm_bytes += ab * (m * k * (args.stride_a == 0 ? 1.0 : batch) +
+                               k * n * (args.stride_b == 0 ? 1.0 : batch)) +
+                         c * m * n * batch * (args.beta != 0.0f ? 2.0 : 1.0);
   }
-  void count_launch(std::string_view kernel) {
+  void count_launch(std::string_view kernel, KernelTraffic traffic = {}) {
     stats_.kernel_launches += 1;
     auto it = stats_.launches_by_kernel.find(kernel);
     if (it == stats_.launches_by_kernel.end())
       it = stats_.launches_by_kernel.emplace(std::string(kernel), 0).first;
     it->second += 1;
+    auto t = stats_.traffic_by_kernel.find(kernel);
+    if (t == stats_.traffic_by_kernel.end())
+      t = stats_.traffic_by_kernel.emplace(std::string(kernel), KernelTraffic{}).first;
+    t->second.flops += traffic.flops;
+    t->second.bytes += traffic.bytes;
   }
   void count_host_sync() { stats_.host_syncs += 1; }
 

@@ -39,7 +39,8 @@ void CudaBackend::activation_forward(Activation act, const Tensor& x, const Tens
               stream_, activation_forward_kernel<T>)
     (activation_kind(act), const_ptr<T>(x), const_ptr<T>(bias), x.size(-1), mutable_ptr<T>(y), n,
      vectorized);
-    SP_CUDA_CHECK_LAUNCH(*this, op, "activation_forward_kernel");
+    SP_CUDA_CHECK_LAUNCH(*this, op, "activation_forward_kernel",
+                         io_traffic(9.0 * double(n), {&x, &bias, &y}));
   });
 }
 
@@ -58,7 +59,8 @@ void CudaBackend::activation_backward(Activation act, const Tensor& x, const Ten
               stream_, activation_backward_kernel<T>)
     (activation_kind(act), const_ptr<T>(x), const_ptr<T>(bias), x.size(-1), const_ptr<T>(dy),
      mutable_ptr<T>(dx), n, vectorized);
-    SP_CUDA_CHECK_LAUNCH(*this, op, "activation_backward_kernel");
+    SP_CUDA_CHECK_LAUNCH(*this, op, "activation_backward_kernel",
+                         io_traffic(14.0 * double(n), {&x, &bias, &dy, &dx}));
   });
 }
 
@@ -76,7 +78,8 @@ void CudaBackend::gated_forward(Activation act, const Tensor& gate, const Tensor
     SP_LAUNCH(grid_for(n / Pack<T>::kSize + 1, kElementwiseThreads), kElementwiseThreads, 0,
               stream_, gated_forward_kernel<T>)
     (activation_kind(act), const_ptr<T>(gate), const_ptr<T>(up), mutable_ptr<T>(y), n, vectorized);
-    SP_CUDA_CHECK_LAUNCH(*this, op, "gated_forward_kernel");
+    SP_CUDA_CHECK_LAUNCH(*this, op, "gated_forward_kernel",
+                         io_traffic(9.0 * double(n), {&gate, &up, &y}));
   });
 }
 
@@ -97,7 +100,8 @@ void CudaBackend::gated_backward(Activation act, const Tensor& gate, const Tenso
               stream_, gated_backward_kernel<T>)
     (activation_kind(act), const_ptr<T>(gate), const_ptr<T>(up), const_ptr<T>(dy), dg, du, n,
      vectorized);
-    SP_CUDA_CHECK_LAUNCH(*this, op, "gated_backward_kernel");
+    SP_CUDA_CHECK_LAUNCH(*this, op, "gated_backward_kernel",
+                         io_traffic(16.0 * double(n), {&gate, &up, &dy, &d_gate, &d_up}));
   });
 }
 

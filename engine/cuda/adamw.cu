@@ -31,7 +31,9 @@ void CudaBackend::adamw_step(const Tensor& param, const Tensor& grad, const Tens
     SP_LAUNCH(grid_for(n / 4 + 1, threads), threads, 0, stream_, adamw_kernel<T>)
     (mutable_ptr<T>(param), const_ptr<T>(grad), mutable_ptr<float>(exp_avg),
      mutable_ptr<float>(exp_avg_sq), n, constants, beta1, beta2, eps, vectorized);
-    SP_CUDA_CHECK_LAUNCH(*this, op, "adamw_kernel");
+    SP_CUDA_CHECK_LAUNCH(*this, op, "adamw_kernel",
+                         io_traffic(16.0 * double(n), {&param, &grad, &exp_avg, &exp_avg_sq, &param,
+                                                       &exp_avg, &exp_avg_sq}));
   });
 }
 

@@ -1,6 +1,8 @@
 // CudaBackend fused attention (kernels/attention.cuh): tile sizes from the head dimension and
 // the device's shared memory, then the forward kernel, or the backward's three kernels (row dots
 // of dO and O, then dQ per query tile and dK/dV per key tile).
+#include <algorithm>
+
 #include "engine/cuda/attention_mask_args.h"
 #include "engine/cuda/cuda_backend.h"
 #include "engine/cuda/cuda_check.h"
@@ -61,6 +63,34 @@ AttentionDropoutArgs attention_dropout_args(const char* op, const AttentionDropo
   return args;
 }
 
+// What the fused kernels do for a launch, for the traffic counters: score entries computed (the
+// causal mask skips tiles past the diagonal; sliding windows are not subtracted), and key rows
+// loaded summed over query tiles (each query tile re-reads its keys' K and V) and query rows
+// loaded summed over key tiles (the dK/dV kernel re-reads Q and dO per key tile).
+struct AttentionWork {
+  double scores = 0, key_rows_per_query_tiles = 0, query_rows_per_key_tiles = 0;
+};
+
+AttentionWork attention_work(const AttentionShape& s, const AttentionMaskArgs& mask,
+                             AttentionTiles tiles) {
+  AttentionWork w;
+  auto visible = [&](int64_t query) {  // keys query i sees, plus one past the last
+    return mask.causal ? std::min<int64_t>(s.k_len, mask.query_offset + query + 1) : s.k_len;
+  };
+  for (int64_t i = 0; i < s.q_len; ++i) w.scores += double(visible(i));
+  for (int64_t q0 = 0; q0 < s.q_len; q0 += tiles.block_q)
+    w.key_rows_per_query_tiles += double(visible(std::min(q0 + tiles.block_q, s.q_len) - 1));
+  for (int64_t k0 = 0; k0 < s.k_len; k0 += tiles.block_k) {
+    const int64_t first = mask.causal ? std::max<int64_t>(0, k0 - mask.query_offset) : 0;
+    w.query_rows_per_key_tiles += double(std::max<int64_t>(0, s.q_len - first));
+  }
+  const double bh = double(s.batch * s.heads);
+  w.scores *= bh;
+  w.key_rows_per_query_tiles *= bh;
+  w.query_rows_per_key_tiles *= bh;
+  return w;
+}
+
 // Kernels needing more than the default 48 KiB of dynamic shared memory must opt in.
 template <class Kernel>
 void allow_shared_memory(const char* op, Kernel* kernel, size_t bytes) {
@@ -94,7 +124,13 @@ void CudaBackend::attention_forward(const Tensor& q, const Tensor& k, const Tens
     SP_LAUNCH(grid, kAttentionThreads, smem, stream_, attention_forward_kernel<T>)
     (const_ptr<T>(q), const_ptr<T>(k), const_ptr<T>(v), shape, args, drop, tiles,
      mutable_ptr<T>(out), mutable_ptr<float>(lse));
-    SP_CUDA_CHECK_LAUNCH(*this, op, "attention_forward_kernel");
+    const AttentionWork w = attention_work(shape, args, tiles);
+    const double row = double(shape.head_dim) * sizeof(T);
+    // Per score: q.k and p.v (2 D each), the online softmax and the dropout draw (~12).
+    SP_CUDA_CHECK_LAUNCH(*this, op, "attention_forward_kernel",
+                         io_traffic(w.scores * (4.0 * double(shape.head_dim) + 12.0), {&out, &lse},
+                                    double(shape.batch * shape.heads * shape.q_len) * row +
+                                        2.0 * w.key_rows_per_query_tiles * row));
   });
 }
 
@@ -131,7 +167,11 @@ void CudaBackend::attention_backward(const Tensor& q, const Tensor& k, const Ten
               attention_backward_delta_kernel<T>)
     (const_ptr<T>(out), const_ptr<T>(d_out), shape.batch, shape.q_len, shape.heads, shape.head_dim,
      delta.as<float>());
-    SP_CUDA_CHECK_LAUNCH(*this, op, "attention_backward_delta_kernel");
+    SP_CUDA_CHECK_LAUNCH(*this, op, "attention_backward_delta_kernel",
+                         io_traffic(2.0 * double(out.numel()), {&out, &d_out},
+                                    double(bh * shape.q_len) * sizeof(float)));
+    const double row = double(shape.head_dim) * sizeof(T);
+    const double query_rows = double(bh * shape.q_len);
     if (dq.defined()) {
       const AttentionTiles tiles =
           choose_tiles(op, shape.head_dim, max_shared_memory_, attention_backward_dq_smem_floats);
@@ -142,7 +182,13 @@ void CudaBackend::attention_backward(const Tensor& q, const Tensor& k, const Ten
       SP_LAUNCH(grid, kAttentionThreads, smem, stream_, attention_backward_dq_kernel<T>)
       (const_ptr<T>(q), const_ptr<T>(k), const_ptr<T>(v), const_ptr<T>(d_out),
        const_ptr<float>(lse), delta.as<float>(), shape, args, drop, tiles, mutable_ptr<T>(dq));
-      SP_CUDA_CHECK_LAUNCH(*this, op, "attention_backward_dq_kernel");
+      // Per score: q.k, dO.v and dS k (2 D each), P, dS and the dropout draw (~14). Reads q, dO,
+      // lse and delta once, K and V per query tile; writes dQ.
+      const AttentionWork w = attention_work(shape, args, tiles);
+      SP_CUDA_CHECK_LAUNCH(*this, op, "attention_backward_dq_kernel",
+                           KernelTraffic{w.scores * (6.0 * double(shape.head_dim) + 14.0),
+                                         3.0 * query_rows * row + 2.0 * query_rows * sizeof(float) +
+                                             2.0 * w.key_rows_per_query_tiles * row});
     }
     if (dk.defined() || dv.defined()) {
       const AttentionTiles tiles =
@@ -156,7 +202,15 @@ void CudaBackend::attention_backward(const Tensor& q, const Tensor& k, const Ten
       (const_ptr<T>(q), const_ptr<T>(k), const_ptr<T>(v), const_ptr<T>(d_out),
        const_ptr<float>(lse), delta.as<float>(), shape, args, drop, tiles, mutable_ptr<T>(dk),
        mutable_ptr<T>(dv));
-      SP_CUDA_CHECK_LAUNCH(*this, op, "attention_backward_dkv_kernel");
+      // Per score: q.k, dO.v, P dO and dS q (2 D each), P, dS and the dropout draw (~14). Reads K
+      // and V once, Q, dO, lse and delta per key tile; writes dK and dV.
+      const AttentionWork w = attention_work(shape, args, tiles);
+      const double key_rows = double(shape.batch * shape.kv_heads * shape.k_len);
+      SP_CUDA_CHECK_LAUNCH(
+          *this, op, "attention_backward_dkv_kernel",
+          KernelTraffic{w.scores * (8.0 * double(shape.head_dim) + 14.0),
+                        4.0 * key_rows * row +
+                            w.query_rows_per_key_tiles * (2.0 * row + 2.0 * sizeof(float))});
     }
   });
 }

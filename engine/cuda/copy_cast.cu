@@ -48,7 +48,7 @@ void CudaBackend::copy(const Tensor& src, const Tensor& dst) {
       make_strided_layout<2>(op, dst.shape(), {dst.strides(), src.strides()});
   const size_t element = dtype_size(src.dtype());
   if (is_dense(layout)) {
-    count_launch("cudaMemcpyAsync (device to device)");
+    count_launch("cudaMemcpyAsync (device to device)", {0.0, 2.0 * double(n) * double(element)});
     SP_CUDA_CHECK(op, cudaMemcpyAsync(dst.raw_data(), src.raw_data(), size_t(n) * element,
                                       cudaMemcpyDeviceToDevice, stream_));
     return;
@@ -58,7 +58,7 @@ void CudaBackend::copy(const Tensor& src, const Tensor& dst) {
     SP_LAUNCH(grid_for(n, kElementwiseThreads), kElementwiseThreads, 0, stream_,
               strided_copy_kernel<Unit>)
     (static_cast<const Unit*>(src.raw_data()), static_cast<Unit*>(dst.raw_data()), layout, n);
-    SP_CUDA_CHECK_LAUNCH(*this, op, "strided_copy_kernel");
+    SP_CUDA_CHECK_LAUNCH(*this, op, "strided_copy_kernel", io_traffic(0.0, {&src, &dst}));
   };
   switch (element) {
     case 2:
@@ -95,7 +95,7 @@ void CudaBackend::cast(const Tensor& src, const Tensor& dst) {
         SP_LAUNCH(grid_for(n, kElementwiseThreads), kElementwiseThreads, 0, stream_,
                   cast_kernel<From, To>)
         (const_ptr<From>(src), mutable_ptr<To>(dst), n);
-        SP_CUDA_CHECK_LAUNCH(*this, op, "cast_kernel");
+        SP_CUDA_CHECK_LAUNCH(*this, op, "cast_kernel", io_traffic(double(n), {&src, &dst}));
       }
     });
   });
@@ -110,7 +110,7 @@ void CudaBackend::fill(const Tensor& dst, float value) {
   uint32_t bits;
   std::memcpy(&bits, &value, sizeof bits);
   if (bits == 0) {  // +0.0 is all-zero bytes in every dtype
-    count_launch("cudaMemsetAsync");
+    count_launch("cudaMemsetAsync", {0.0, double(dst.nbytes())});
     SP_CUDA_CHECK(op, cudaMemsetAsync(dst.raw_data(), 0, dst.nbytes(), stream_));
     return;
   }
@@ -120,7 +120,7 @@ void CudaBackend::fill(const Tensor& dst, float value) {
     const int64_t work = vectorized ? n / int64_t(16 / sizeof(T)) + 1 : n;
     SP_LAUNCH(grid_for(work, kElementwiseThreads), kElementwiseThreads, 0, stream_, fill_kernel<T>)
     (mutable_ptr<T>(dst), value, n, vectorized);
-    SP_CUDA_CHECK_LAUNCH(*this, op, "fill_kernel");
+    SP_CUDA_CHECK_LAUNCH(*this, op, "fill_kernel", io_traffic(0.0, {&dst}));
   });
 }
 

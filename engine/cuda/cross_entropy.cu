@@ -43,7 +43,9 @@ void CudaBackend::cross_entropy_forward(const Tensor& logits, const Tensor& targ
     SP_LAUNCH(grid_for_rows(rows), threads, 0, stream_, cross_entropy_forward_kernel<T>)
     (const_ptr<T>(logits), targets.raw_data(), targets.dtype() == DType::I64, ignore_index, rows,
      vocab, mutable_ptr<float>(loss), mutable_ptr<float>(lse), vectorized);
-    SP_CUDA_CHECK_LAUNCH(*this, op, "cross_entropy_forward_kernel");
+    SP_CUDA_CHECK_LAUNCH(
+        *this, op, "cross_entropy_forward_kernel",
+        io_traffic(4.0 * double(logits.numel()), {&logits, &targets, &loss, &lse}));
   });
 }
 
@@ -67,7 +69,9 @@ void CudaBackend::cross_entropy_backward(const Tensor& logits, const Tensor& tar
     SP_LAUNCH(grid_for_rows(rows), threads, 0, stream_, cross_entropy_backward_kernel<T>)
     (const_ptr<T>(logits), targets.raw_data(), targets.dtype() == DType::I64, ignore_index,
      const_ptr<float>(lse), grad_scale, rows, vocab, mutable_ptr<T>(d_logits), vectorized);
-    SP_CUDA_CHECK_LAUNCH(*this, op, "cross_entropy_backward_kernel");
+    SP_CUDA_CHECK_LAUNCH(
+        *this, op, "cross_entropy_backward_kernel",
+        io_traffic(4.0 * double(logits.numel()), {&logits, &targets, &lse, &d_logits}));
   });
 }
 
@@ -90,7 +94,9 @@ void CudaBackend::cross_entropy_forward_backward(const Tensor& logits, const Ten
     (const_ptr<T>(logits), targets.raw_data(), targets.dtype() == DType::I64, ignore_index,
      grad_scale, rows, vocab, mutable_ptr<float>(loss), mutable_ptr<float>(lse),
      mutable_ptr<T>(d_logits), vectorized);
-    SP_CUDA_CHECK_LAUNCH(*this, op, "cross_entropy_forward_backward_kernel");
+    SP_CUDA_CHECK_LAUNCH(*this, op, "cross_entropy_forward_backward_kernel",
+                         io_traffic(8.0 * double(logits.numel()),
+                                    {&logits, &logits, &targets, &loss, &lse, &d_logits}));
   });
 }
 
@@ -102,7 +108,8 @@ void CudaBackend::cross_entropy_mean(const Tensor& row_loss, int64_t count, cons
   activate(op);
   SP_LAUNCH(1, kElementwiseThreads, 0, stream_, cross_entropy_mean_kernel<>)
   (const_ptr<float>(row_loss), row_loss.numel(), count, mutable_ptr<float>(mean));
-  SP_CUDA_CHECK_LAUNCH(*this, op, "cross_entropy_mean_kernel");
+  SP_CUDA_CHECK_LAUNCH(*this, op, "cross_entropy_mean_kernel",
+                       io_traffic(double(row_loss.numel()), {&row_loss, &mean}));
 }
 
 }  // namespace sp::SP_CUDA_NS

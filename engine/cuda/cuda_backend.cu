@@ -72,7 +72,7 @@ void CudaBackend::copy_from_host(void* dst, const void* src, size_t nbytes) {
   activate("copy_from_host");
   cudaPointerAttributes source{};
   SP_CUDA_CHECK("copy_from_host", cudaPointerGetAttributes(&source, src));
-  count_launch("cudaMemcpyAsync (host to device)");
+  count_launch("cudaMemcpyAsync (host to device)", {0.0, double(nbytes)});
   SP_CUDA_CHECK("copy_from_host",
                 cudaMemcpyAsync(dst, src, nbytes, cudaMemcpyHostToDevice, stream_));
   // The caller may free the host buffer as soon as we return. From pageable memory (every host
@@ -88,7 +88,7 @@ void CudaBackend::copy_from_host(void* dst, const void* src, size_t nbytes) {
 void CudaBackend::copy_to_host(void* dst, const void* src, size_t nbytes) {
   if (nbytes == 0) return;
   activate("copy_to_host");
-  count_launch("cudaMemcpyAsync (device to host)");
+  count_launch("cudaMemcpyAsync (device to host)", {0.0, double(nbytes)});
   SP_CUDA_CHECK("copy_to_host", cudaMemcpyAsync(dst, src, nbytes, cudaMemcpyDeviceToHost, stream_));
   count_host_sync();
   SP_CUDA_CHECK("copy_to_host", cudaStreamSynchronize(stream_));
@@ -97,7 +97,7 @@ void CudaBackend::copy_to_host(void* dst, const void* src, size_t nbytes) {
 void CudaBackend::copy_on_device(void* dst, const void* src, size_t nbytes) {
   if (nbytes == 0) return;
   activate("copy_on_device");
-  count_launch("cudaMemcpyAsync (device to device)");
+  count_launch("cudaMemcpyAsync (device to device)", {0.0, 2.0 * double(nbytes)});
   SP_CUDA_CHECK("copy_on_device",
                 cudaMemcpyAsync(dst, src, nbytes, cudaMemcpyDeviceToDevice, stream_));
 }

@@ -29,7 +29,9 @@ class CudaBackend final : public Backend {
   BackendStats stats() const override;
   void reset_stats() override;
   // Counts a launch of `kernel` (SP_CUDA_CHECK_LAUNCH calls it for every launch).
-  void note_launch(std::string_view kernel) { count_launch(kernel); }
+  void note_launch(std::string_view kernel, KernelTraffic traffic = {}) {
+    count_launch(kernel, traffic);
+  }
 
   void copy_from_host(void* dst, const void* src, size_t nbytes) override;
   void copy_to_host(void* dst, const void* src, size_t nbytes) override;

@@ -49,12 +49,12 @@ inline void check_launch(const char* op, const char* launch, const char* run) {
 #define SP_CUDA_CHECK(op, call) ::sp::SP_CUDA_NS::check_cuda((call), (op), #call)
 // SP_CUBLAS_CHECK(op, call): the same for cuBLAS.
 #define SP_CUBLAS_CHECK(op, call) ::sp::SP_CUDA_NS::check_cublas((call), (op), #call)
-// SP_CUDA_CHECK_LAUNCH(backend, op, kernel): counts the launch that just happened in the
-// backend's stats and checks it (bad configurations surface here; faults inside the kernel at the
-// next synchronising call, or here with SOFTPROMPT_CUDA_SYNC=1).
-#define SP_CUDA_CHECK_LAUNCH(backend, op, kernel)                          \
+// SP_CUDA_CHECK_LAUNCH(backend, op, kernel[, traffic]): counts the launch that just happened, and
+// its KernelTraffic, in the backend's stats and checks it (bad configurations surface here; faults
+// inside the kernel at the next synchronising call, or here with SOFTPROMPT_CUDA_SYNC=1).
+#define SP_CUDA_CHECK_LAUNCH(backend, op, kernel, ...)                     \
   do {                                                                     \
-    (backend).note_launch(kernel);                                         \
+    (backend).note_launch(kernel __VA_OPT__(, ) __VA_ARGS__);              \
     ::sp::SP_CUDA_NS::check_launch((op), "launch of " kernel,              \
                                    kernel " (synchronised after launch)"); \
   } while (0)

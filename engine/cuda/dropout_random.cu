@@ -24,7 +24,7 @@ void CudaBackend::dropout(const Tensor& x, float p, uint64_t seed, uint64_t offs
     SP_LAUNCH(grid_for(n / Pack<T>::kSize + 1, kElementwiseThreads), kElementwiseThreads, 0,
               stream_, dropout_kernel<T>)
     (const_ptr<T>(x), mutable_ptr<T>(y), n, p, keep_scale, seed, offset, vectorized);
-    SP_CUDA_CHECK_LAUNCH(*this, op, "dropout_kernel");
+    SP_CUDA_CHECK_LAUNCH(*this, op, "dropout_kernel", io_traffic(18.0 * double(n), {&x, &y}));
   });
 }
 
@@ -45,7 +45,8 @@ void CudaBackend::residual_dropout_add(const Tensor& residual, const Tensor& x, 
               stream_, residual_dropout_add_kernel<T>)
     (const_ptr<T>(residual), const_ptr<T>(x), const_ptr<T>(bias), x.size(-1), mutable_ptr<T>(out),
      n, p, keep_scale, seed, offset, vectorized);
-    SP_CUDA_CHECK_LAUNCH(*this, op, "residual_dropout_add_kernel");
+    SP_CUDA_CHECK_LAUNCH(*this, op, "residual_dropout_add_kernel",
+                         io_traffic(21.0 * double(n), {&residual, &x, &bias, &out}));
   });
 }
 
@@ -61,7 +62,7 @@ void CudaBackend::normal_fill(const Tensor& dst, float mean, float std, uint64_t
     SP_LAUNCH(grid_for(n, kElementwiseThreads), kElementwiseThreads, 0, stream_,
               normal_fill_kernel<T>)
     (mutable_ptr<T>(dst), n, mean, std, seed, offset);
-    SP_CUDA_CHECK_LAUNCH(*this, op, "normal_fill_kernel");
+    SP_CUDA_CHECK_LAUNCH(*this, op, "normal_fill_kernel", io_traffic(70.0 * double(n), {&dst}));
   });
 }
 

@@ -41,13 +41,15 @@ void CudaBackend::binary(BinaryOp op, const Tensor& a, const Tensor& b, const Te
       SP_LAUNCH(grid_for(work, kElementwiseThreads), kElementwiseThreads, 0, stream_,
                 binary_contiguous_kernel<T>)
       (kind, const_ptr<T>(a), const_ptr<T>(b), mutable_ptr<T>(out), n, vectorized);
-      SP_CUDA_CHECK_LAUNCH(*this, name, "binary_contiguous_kernel");
+      SP_CUDA_CHECK_LAUNCH(*this, name, "binary_contiguous_kernel",
+                           io_traffic(double(n), {&a, &b, &out}));
       return;
     }
     SP_LAUNCH(grid_for(n, kElementwiseThreads), kElementwiseThreads, 0, stream_,
               binary_strided_kernel<T>)
     (kind, const_ptr<T>(a), const_ptr<T>(b), mutable_ptr<T>(out), layout, n);
-    SP_CUDA_CHECK_LAUNCH(*this, name, "binary_strided_kernel");
+    SP_CUDA_CHECK_LAUNCH(*this, name, "binary_strided_kernel",
+                         io_traffic(double(n), {&a, &b, &out}));
   });
 }
 
@@ -65,7 +67,7 @@ void CudaBackend::affine(const Tensor& x, float scale, float shift, const Tensor
     SP_LAUNCH(grid_for(work, kElementwiseThreads), kElementwiseThreads, 0, stream_,
               affine_kernel<T>)
     (const_ptr<T>(x), scale, shift, mutable_ptr<T>(out), n, vectorized);
-    SP_CUDA_CHECK_LAUNCH(*this, op, "affine_kernel");
+    SP_CUDA_CHECK_LAUNCH(*this, op, "affine_kernel", io_traffic(2.0 * double(n), {&x, &out}));
   });
 }
 

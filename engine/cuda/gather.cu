@@ -33,7 +33,7 @@ void CudaBackend::gather_rows(const Tensor& table, const Tensor& ids, const Tens
               gather_rows_kernel<Unit>)
     (static_cast<const Unit*>(table.raw_data()), ids.raw_data(), ids.dtype() == DType::I64, count,
      units, static_cast<Unit*>(out.raw_data()));
-    SP_CUDA_CHECK_LAUNCH(*this, op, "gather_rows_kernel");
+    SP_CUDA_CHECK_LAUNCH(*this, op, "gather_rows_kernel", io_traffic(0.0, {&ids, &out, &out}));
   };
   const uintptr_t alignment = reinterpret_cast<uintptr_t>(table.raw_data()) |
                               reinterpret_cast<uintptr_t>(out.raw_data()) | row_bytes;
@@ -60,7 +60,8 @@ void CudaBackend::scatter_add_rows(const Tensor& d_out, const Tensor& ids, const
               scatter_add_rows_kernel<T>)
     (const_ptr<T>(d_out), ids.raw_data(), ids.dtype() == DType::I64, count, cols,
      mutable_ptr<T>(d_table));
-    SP_CUDA_CHECK_LAUNCH(*this, op, "scatter_add_rows_kernel");
+    SP_CUDA_CHECK_LAUNCH(*this, op, "scatter_add_rows_kernel",
+                         io_traffic(double(count * cols), {&ids, &d_out, &d_out, &d_out}));
   });
 }
 

@@ -39,7 +39,9 @@ void CudaBackend::gemm(const GemmArgs& g) {
       SP_LAUNCH(grid_for(g.batch * g.m * g.n, threads), threads, 0, stream_,
                 scale_matrices_kernel<T>)
       (static_cast<T*>(g.c), g.batch, g.m, g.n, g.ldc, g.stride_c, g.beta);
-      SP_CUDA_CHECK_LAUNCH(*this, op, "scale_matrices_kernel");
+      SP_CUDA_CHECK_LAUNCH(*this, op, "scale_matrices_kernel",
+                           KernelTraffic{double(g.batch * g.m * g.n),
+                                         2.0 * double(g.batch * g.m * g.n * int64_t(sizeof(T)))});
     };
     if (bf16_result)
       launch(TypeTag<__nv_bfloat16>{});

@@ -8,6 +8,7 @@
 #include <initializer_list>
 #include <vector>
 
+#include "engine/backend.h"
 #include "engine/error.h"
 #include "engine/tensor.h"
 #include "kernels/kernel_common.cuh"
@@ -39,6 +40,16 @@ void dispatch_float(const char* op, const Tensor& t, F&& f) {
 }
 
 // Every defined tensor has `like`'s dtype (ops guarantee it; a mismatch is a caller bug).
+// The traffic of a kernel that reads its inputs and writes its outputs once each: `flops` and the
+// bytes of the given tensors (undefined ones skipped) plus `extra_bytes`.
+inline KernelTraffic io_traffic(double flops, std::initializer_list<const Tensor*> tensors,
+                                double extra_bytes = 0.0) {
+  KernelTraffic t{flops, extra_bytes};
+  for (const Tensor* tensor : tensors)
+    if (tensor->defined()) t.bytes += double(tensor->nbytes());
+  return t;
+}
+
 inline void expect_dtype(const char* op, DType dtype,
                          std::initializer_list<const Tensor*> tensors) {
   for (const Tensor* t : tensors)

@@ -27,7 +27,9 @@ void CudaBackend::layernorm_forward(const Tensor& x, const Tensor& weight, const
     SP_LAUNCH(grid_for_rows(rows), threads, 0, stream_, layernorm_forward_kernel<T>)
     (const_ptr<T>(x), const_ptr<T>(weight), const_ptr<T>(bias), eps, rows, cols, mutable_ptr<T>(y),
      mutable_ptr<float>(mean), mutable_ptr<float>(rstd), vectorized);
-    SP_CUDA_CHECK_LAUNCH(*this, op, "layernorm_forward_kernel");
+    SP_CUDA_CHECK_LAUNCH(
+        *this, op, "layernorm_forward_kernel",
+        io_traffic(8.0 * double(x.numel()), {&x, &weight, &bias, &y, &mean, &rstd}));
   });
 }
 
@@ -52,7 +54,10 @@ void CudaBackend::layernorm_backward(const Tensor& x, const Tensor& weight, cons
       SP_LAUNCH(grid_for_rows(rows), threads, 0, stream_, layernorm_backward_input_kernel<T>)
       (const_ptr<T>(x), const_ptr<T>(weight), const_ptr<float>(mean), const_ptr<float>(rstd),
        const_ptr<T>(dy), rows, cols, mutable_ptr<T>(dx), add_into_dx, vectorized);
-      SP_CUDA_CHECK_LAUNCH(*this, op, "layernorm_backward_input_kernel");
+      SP_CUDA_CHECK_LAUNCH(
+          *this, op, "layernorm_backward_input_kernel",
+          io_traffic(12.0 * double(x.numel()), {&x, &weight, &mean, &rstd, &dy, &dx},
+                     add_into_dx ? double(dx.nbytes()) : 0.0));
     }
     if (!d_weight.defined() && !d_bias.defined()) return;
     const int threads = kColumnSumThreads;
@@ -66,12 +71,15 @@ void CudaBackend::layernorm_backward(const Tensor& x, const Tensor& weight, cons
     SP_LAUNCH(grid, threads, 0, stream_, layernorm_param_grad_partials_kernel<T>)
     (const_ptr<T>(x), const_ptr<float>(mean), const_ptr<float>(rstd), const_ptr<T>(dy), rows, cols,
      c.rows_per_chunk, dw, db);
-    SP_CUDA_CHECK_LAUNCH(*this, op, "layernorm_param_grad_partials_kernel");
+    SP_CUDA_CHECK_LAUNCH(*this, op, "layernorm_param_grad_partials_kernel",
+                         io_traffic(4.0 * double(x.numel()), {&x, &dy, &mean, &rstd},
+                                    double(partial_bytes) * ((dw ? 1 : 0) + (db ? 1 : 0))));
     for (auto [partials, target] : {std::pair{dw, &d_weight}, std::pair{db, &d_bias}}) {
       if (!partials) continue;
       SP_LAUNCH(grid_for(cols, threads), threads, 0, stream_, finalize_column_sums_kernel<T>)
       (partials, c.chunks, cols, mutable_ptr<T>(*target), true);
-      SP_CUDA_CHECK_LAUNCH(*this, op, "finalize_column_sums_kernel");
+      SP_CUDA_CHECK_LAUNCH(*this, op, "finalize_column_sums_kernel",
+                           io_traffic(double(c.chunks * cols), {target}, double(partial_bytes)));
     }
   });
 }

@@ -23,7 +23,7 @@ void CudaBackend::sum_last(const Tensor& x, const Tensor& out) {
     const int64_t blocks = (rows + kSumLastWarpsPerBlock - 1) / kSumLastWarpsPerBlock;
     SP_LAUNCH(grid_for_rows(blocks), 32 * kSumLastWarpsPerBlock, 0, stream_, sum_last_kernel<T>)
     (const_ptr<T>(x), rows, cols, mutable_ptr<T>(out), vectorized);
-    SP_CUDA_CHECK_LAUNCH(*this, op, "sum_last_kernel");
+    SP_CUDA_CHECK_LAUNCH(*this, op, "sum_last_kernel", io_traffic(double(x.numel()), {&x, &out}));
   });
 }
 
@@ -68,7 +68,7 @@ void CudaBackend::sum_to(const Tensor& x, const Tensor& out) {
     SP_LAUNCH(grid_for(count, kElementwiseThreads), kElementwiseThreads, 0, stream_,
               sum_to_kernel<T>)
     (const_ptr<T>(x), layout, mutable_ptr<T>(out), count);
-    SP_CUDA_CHECK_LAUNCH(*this, op, "sum_to_kernel");
+    SP_CUDA_CHECK_LAUNCH(*this, op, "sum_to_kernel", io_traffic(double(x.numel()), {&x, &out}));
   });
 }
 
@@ -86,11 +86,13 @@ double CudaBackend::sum_squares(const Tensor& x) {
     using T = typename decltype(tag)::type;
     SP_LAUNCH(blocks, kElementwiseThreads, 0, stream_, sum_squares_partial_kernel<T>)
     (const_ptr<T>(x), n, block_sums);
-    SP_CUDA_CHECK_LAUNCH(*this, op, "sum_squares_partial_kernel");
+    SP_CUDA_CHECK_LAUNCH(*this, op, "sum_squares_partial_kernel",
+                         io_traffic(2.0 * double(n), {&x}, double(blocks) * sizeof(double)));
   });
   SP_LAUNCH(1, kElementwiseThreads, 0, stream_, sum_doubles_kernel<>)
   (block_sums, int64_t(blocks), total);
-  SP_CUDA_CHECK_LAUNCH(*this, op, "sum_doubles_kernel");
+  SP_CUDA_CHECK_LAUNCH(*this, op, "sum_doubles_kernel",
+                       KernelTraffic{double(blocks), double(blocks + 1) * sizeof(double)});
   double result = 0.0;
   copy_to_host(&result, total, sizeof result);
   return result;

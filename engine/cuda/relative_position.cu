@@ -23,7 +23,8 @@ void CudaBackend::relative_position_bias(const Tensor& table, int64_t query_offs
     SP_LAUNCH(grid_for(tq * tk, threads), threads, 0, stream_, relative_position_bias_kernel<T>)
     (const_ptr<T>(table), heads, tq, tk, query_offset, bidirectional, num_buckets, max_distance,
      mutable_ptr<T>(out));
-    SP_CUDA_CHECK_LAUNCH(*this, op, "relative_position_bias_kernel");
+    SP_CUDA_CHECK_LAUNCH(*this, op, "relative_position_bias_kernel",
+                         io_traffic(20.0 * double(out.numel()), {&table, &out}));
   });
 }
 

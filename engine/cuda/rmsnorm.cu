@@ -26,7 +26,8 @@ void CudaBackend::rmsnorm_forward(const Tensor& x, const Tensor& weight, float e
     SP_LAUNCH(grid_for_rows(rows), threads, 0, stream_, rmsnorm_forward_kernel<T>)
     (const_ptr<T>(x), const_ptr<T>(weight), eps, rows, cols, mutable_ptr<T>(y),
      mutable_ptr<float>(rstd), vectorized);
-    SP_CUDA_CHECK_LAUNCH(*this, op, "rmsnorm_forward_kernel");
+    SP_CUDA_CHECK_LAUNCH(*this, op, "rmsnorm_forward_kernel",
+                         io_traffic(5.0 * double(x.numel()), {&x, &weight, &y, &rstd}));
   });
 }
 
@@ -49,7 +50,8 @@ void CudaBackend::rmsnorm_backward(const Tensor& x, const Tensor& weight, const 
       SP_LAUNCH(grid_for_rows(rows), threads, 0, stream_, rmsnorm_backward_input_kernel<T>)
       (const_ptr<T>(x), const_ptr<T>(weight), const_ptr<float>(rstd), const_ptr<T>(dy), rows, cols,
        mutable_ptr<T>(dx), vectorized);
-      SP_CUDA_CHECK_LAUNCH(*this, op, "rmsnorm_backward_input_kernel");
+      SP_CUDA_CHECK_LAUNCH(*this, op, "rmsnorm_backward_input_kernel",
+                           io_traffic(9.0 * double(x.numel()), {&x, &weight, &rstd, &dy, &dx}));
     }
     if (!d_weight.defined()) return;
     const int threads = kColumnSumThreads;
@@ -59,10 +61,14 @@ void CudaBackend::rmsnorm_backward(const Tensor& x, const Tensor& weight, const 
     SP_LAUNCH(grid, threads, 0, stream_, rmsnorm_weight_grad_partials_kernel<T>)
     (const_ptr<T>(x), const_ptr<float>(rstd), const_ptr<T>(dy), rows, cols, c.rows_per_chunk,
      partials.as<float>());
-    SP_CUDA_CHECK_LAUNCH(*this, op, "rmsnorm_weight_grad_partials_kernel");
+    SP_CUDA_CHECK_LAUNCH(*this, op, "rmsnorm_weight_grad_partials_kernel",
+                         io_traffic(3.0 * double(x.numel()), {&x, &rstd, &dy},
+                                    double(c.chunks * cols) * sizeof(float)));
     SP_LAUNCH(grid_for(cols, threads), threads, 0, stream_, finalize_column_sums_kernel<T>)
     (partials.as<float>(), c.chunks, cols, mutable_ptr<T>(d_weight), true);
-    SP_CUDA_CHECK_LAUNCH(*this, op, "finalize_column_sums_kernel");
+    SP_CUDA_CHECK_LAUNCH(
+        *this, op, "finalize_column_sums_kernel",
+        io_traffic(double(c.chunks * cols), {&d_weight}, double(c.chunks * cols) * sizeof(float)));
   });
 }
 

@@ -22,7 +22,8 @@ void CudaBackend::rotary_embedding(const Tensor& x, const Tensor& cos, const Ten
               rotary_embedding_kernel<T>)
     (const_ptr<T>(x), const_ptr<float>(cos), const_ptr<float>(sin), inverse ? -1.0f : 1.0f, rows,
      heads, half, mutable_ptr<T>(out));
-    SP_CUDA_CHECK_LAUNCH(*this, op, "rotary_embedding_kernel");
+    SP_CUDA_CHECK_LAUNCH(*this, op, "rotary_embedding_kernel",
+                         io_traffic(6.0 * double(x.numel()), {&x, &cos, &sin, &out}));
   });
 }
 

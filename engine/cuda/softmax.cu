@@ -25,7 +25,8 @@ void CudaBackend::masked_softmax_forward(const Tensor& scores, const AttentionMa
     const int threads = threads_for_row(tk, vectorized ? Pack<T>::kSize : 1);
     SP_LAUNCH(grid_for_rows(rows), threads, 0, stream_, masked_softmax_forward_kernel<T>)
     (const_ptr<T>(scores), args, heads, tq, tk, rows, mutable_ptr<T>(probs), vectorized);
-    SP_CUDA_CHECK_LAUNCH(*this, op, "masked_softmax_forward_kernel");
+    SP_CUDA_CHECK_LAUNCH(*this, op, "masked_softmax_forward_kernel",
+                         io_traffic(6.0 * double(scores.numel()), {&scores, &probs}));
   });
 }
 
@@ -46,7 +47,8 @@ void CudaBackend::masked_softmax_backward(const Tensor& probs, const Tensor& d_p
     SP_LAUNCH(grid_for_rows(rows), threads, 0, stream_, masked_softmax_backward_kernel<T>)
     (const_ptr<T>(probs), const_ptr<T>(d_probs), scale, rows, tk, mutable_ptr<T>(d_scores),
      vectorized);
-    SP_CUDA_CHECK_LAUNCH(*this, op, "masked_softmax_backward_kernel");
+    SP_CUDA_CHECK_LAUNCH(*this, op, "masked_softmax_backward_kernel",
+                         io_traffic(4.0 * double(probs.numel()), {&probs, &d_probs, &d_scores}));
   });
 }
 

@@ -67,11 +67,17 @@ void launch_column_sums(CudaBackend& backend, const char* op, const T* x, int64_
   const dim3 grid(backend.grid_for(cols, threads), unsigned(c.chunks));
   SP_LAUNCH(grid, threads, 0, backend.stream(), column_partial_sums_kernel<T>)
   (x, rows, cols, c.rows_per_chunk, partials.as<float>());
-  SP_CUDA_CHECK_LAUNCH(backend, op, "column_partial_sums_kernel");
+  SP_CUDA_CHECK_LAUNCH(
+      backend, op, "column_partial_sums_kernel",
+      KernelTraffic{double(rows * cols),
+                    double(rows * cols) * sizeof(T) + double(c.chunks * cols) * sizeof(float)});
   SP_LAUNCH(backend.grid_for(cols, threads), threads, 0, backend.stream(),
             finalize_column_sums_kernel<T>)
   (partials.as<float>(), c.chunks, cols, out, accumulate);
-  SP_CUDA_CHECK_LAUNCH(backend, op, "finalize_column_sums_kernel");
+  SP_CUDA_CHECK_LAUNCH(backend, op, "finalize_column_sums_kernel",
+                       KernelTraffic{double(c.chunks * cols),
+                                     double(c.chunks * cols) * sizeof(float) +
+                                         double(cols) * sizeof(T) * (accumulate ? 2.0 : 1.0)});
 }
 
 }  // namespace sp::SP_CUDA_NS

@@ -485,6 +485,14 @@ TEST_F(Cli, BenchOnCudaEmuReportsLaunchesSyncsAndAllocationsPerStep) {
   for (const auto& [kernel, count] : j["launches_by_kernel"].items()) listed += count.get<double>();
   EXPECT_EQ(listed, step["kernel_launches"].get<double>()) << r.output;
   EXPECT_TRUE(j["launches_by_kernel"].contains("layernorm_forward_kernel")) << r.output;
+  // Every kernel family launched says what it moved, and the GEMMs what they computed and moved:
+  // the inputs of a roofline estimate.
+  for (const auto& [kernel, count] : j["launches_by_kernel"].items())
+    EXPECT_GT(j["traffic_by_kernel"][kernel]["bytes"].get<double>(), 0) << kernel;
+  EXPECT_GT(j["traffic_by_kernel"]["attention_forward_kernel"]["flops"].get<double>(), 0);
+  EXPECT_GT(step["gemm_flops"].get<double>(), 0) << r.output;
+  EXPECT_GT(step["gemm_bytes"].get<double>(), 0) << r.output;
+  EXPECT_GT(step["kernel_bytes"].get<double>(), 0) << r.output;
   // gpt2-tiny has 2 layers: launches per layer are the step's launches and GEMMs over them.
   EXPECT_DOUBLE_EQ(step["launches_per_layer"].get<double>(),
                    (step["kernel_launches"].get<double>() + step["gemm_calls"].get<double>()) / 2);

@@ -159,6 +159,38 @@ TEST(CudaStepBudget, TrainStepNeverWaitsForTheDeviceUntilTheLossIsRead) {
   EXPECT_EQ(emu::runtime_stats().sync_calls, 1u);
 }
 
+// The traffic counters behind bench's roofline figures: an elementwise kernel moves its input and
+// output once; a GEMM its operands and result; causal attention computes exactly the visible
+// (query, key) scores, counted here by brute force.
+TEST(CudaStepBudget, TrafficCountersSayWhatKernelsMoveAndCompute) {
+  Backend& backend = emu_backend();
+  Tensor x = randn({1000}, 1).to(emu_device()), y = Tensor::empty({1000}, DType::F32, emu_device());
+  backend.reset_stats();
+  backend.dropout(x, 0.1f, 1, 0, y);
+  EXPECT_EQ(backend.stats().traffic_by_kernel.at("dropout_kernel").bytes, 8000.0);
+
+  Tensor a = randn({5, 7}, 2).to(emu_device()), b = randn({7, 3}, 3).to(emu_device());
+  backend.reset_stats();
+  Tensor c = matmul(a, b);
+  EXPECT_EQ(backend.stats().gemm_flops, 2.0 * 5 * 7 * 3);
+  EXPECT_EQ(backend.stats().gemm_bytes, 4.0 * (5 * 7 + 7 * 3 + 5 * 3));
+
+  const int64_t B = 2, T = 37, H = 3, D = 8;
+  Tensor q = randn({B, T, H, D}, 4).to(emu_device()), k = randn({B, T, H, D}, 5).to(emu_device());
+  AttentionMask mask;
+  mask.causal = true;
+  mask.query_offset = 0;
+  NoGradGuard no_grad;
+  backend.reset_stats();
+  attention(q, k, k, mask);
+  double visible = 0;
+  for (int64_t i = 0; i < T; ++i)
+    for (int64_t j = 0; j < T; ++j) visible += j <= i ? 1.0 : 0.0;
+  // 4 D flops (q.k and p.v) and 12 more (softmax, dropout) per score.
+  EXPECT_EQ(backend.stats().traffic_by_kernel.at("attention_forward_kernel").flops,
+            double(B * H) * visible * (4.0 * D + 12.0));
+}
+
 // An upload from pageable memory (every host tensor softprompt makes) does not wait: the driver
 // has staged the bytes when cudaMemcpyAsync returns. From page-locked memory it waits, since the
 // DMA reads the buffer later and the caller may free it as soon as the copy returns.
