@@ -5,8 +5,8 @@
 // q is a strided [B, Tq, H, D] view and k/v [B, Tk, Hkv, D] views (grouped-query attention when
 // Hkv < H: query head h reads key/value head h / (H / Hkv)), unit stride on D; out/dq/dk/dv are
 // contiguous, dq/dk/dv strided like q/k/v. Attention dropout is drawn in the kernels from the
-// Philox stream, element
-// ((b H + h) Tq + i) Tk + j of the probabilities, the dropout op's mask on the materialised path.
+// Philox stream, element ((b H + h) Tq + i) Tk + j of the probabilities: the dropout op's mask on
+// the materialised path.
 #pragma once
 
 #include "kernels/attention_mask.cuh"

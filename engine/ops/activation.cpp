@@ -15,15 +15,8 @@ Tensor activation(const Tensor& x_in, Activation act) {
 Tensor activation(const Tensor& x_in, Activation act, const Tensor& bias_in) {
   ops_detail::check_defined("activation", {&x_in});
   ops_detail::check_float_inputs("activation", {&x_in});
-  if (bias_in.defined()) {
-    ops_detail::check_float_inputs("activation", {&bias_in});
-    SP_CHECK(x_in.dim() >= 1 && bias_in.shape() == Shape({x_in.size(-1)}) &&
-                 bias_in.device() == x_in.device(),
-             "activation: bias must be [", x_in.dim() >= 1 ? x_in.size(-1) : 0, "] on ",
-             x_in.device().str(), ", got ", bias_in.describe(), " for x ", x_in.describe());
-    // Mixed precision (an fp32 bias on bf16 activations) keeps add's promotion rules.
-    if (bias_in.dtype() != x_in.dtype()) return activation(add(x_in, bias_in), act);
-  }
+  if (bias_in.defined() && !ops_detail::check_last_axis_bias("activation", x_in, bias_in))
+    return activation(add(x_in, bias_in), act);
   Tensor x = x_in.contiguous();
   Tensor bias = bias_in.defined() ? bias_in.contiguous() : Tensor();
   Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());

@@ -44,6 +44,17 @@ inline void check_float_inputs(const char* op, std::initializer_list<const Tenso
   }
 }
 
+// A bias over x's last axis (fused into an elementwise op): a float [x.size(-1)] tensor on x's
+// device. Returns whether it can be fused as is; false when its dtype differs from x's (mixed
+// precision), where the caller composes the unfused ops to keep add's promotion rules.
+inline bool check_last_axis_bias(const char* op, const Tensor& x, const Tensor& bias) {
+  check_float_inputs(op, {&bias});
+  SP_CHECK(x.dim() >= 1 && bias.shape() == Shape({x.size(-1)}) && bias.device() == x.device(), op,
+           ": bias must be [", x.dim() >= 1 ? x.size(-1) : 0, "] on ", x.device().str(), ", got ",
+           bias.describe(), " for x ", x.describe());
+  return bias.dtype() == x.dtype();
+}
+
 // The dtypes of a GEMM over a and b. Equal float dtypes multiply as they are (the CPU in F32
 // only). An F32 activation with a BF16 weight, in either order, is the CPU's bf16 model: the F32
 // operand is rounded to bf16 for the GEMM, which accumulates in fp32 and returns F32 (what

@@ -35,15 +35,8 @@ Tensor residual_dropout_add(const Tensor& residual_in, const Tensor& x_in, const
                residual_in.device() == x_in.device() && x_in.dim() >= 1,
            op, ": residual ", residual_in.describe(), " and x ", x_in.describe(),
            " must have one shape, dtype and device");
-  if (bias_in.defined()) {
-    ops_detail::check_float_inputs(op, {&bias_in});
-    SP_CHECK(bias_in.shape() == Shape({x_in.size(-1)}) && bias_in.device() == x_in.device(), op,
-             ": bias must be [", x_in.size(-1), "] on ", x_in.device().str(), ", got ",
-             bias_in.describe());
-    // Mixed precision (an fp32 bias on bf16 activations) keeps the ops' own promotion rules.
-    if (bias_in.dtype() != x_in.dtype())
-      return add(residual_in, dropout(add(x_in, bias_in), p, seed, offset));
-  }
+  if (bias_in.defined() && !ops_detail::check_last_axis_bias(op, x_in, bias_in))
+    return add(residual_in, dropout(add(x_in, bias_in), p, seed, offset));
   Tensor residual = residual_in.contiguous(), x = x_in.contiguous();
   Tensor bias = bias_in.defined() ? bias_in.contiguous() : Tensor();
   Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());
@@ -53,12 +46,7 @@ Tensor residual_dropout_add(const Tensor& residual_in, const Tensor& x_in, const
          [p, seed, offset, bias_shape = bias_in.defined() ? bias_in.shape() : Shape()](
              const Tensor& g, const NeedsGrad& need) {
            // d residual = g; d x = dropout(g) with the forward's mask; d bias sums d x's rows.
-           Tensor dx = p == 0.0f ? g : Tensor();
-           if (p > 0.0f && (need[1] || need[2])) {
-             Tensor gc = g.contiguous();
-             dx = Tensor::empty(gc.shape(), gc.dtype(), gc.device());
-             if (gc.numel() > 0) backend_for(gc.device()).dropout(gc, p, seed, offset, dx);
-           }
+           const Tensor dx = need[1] || need[2] ? dropout(g, p, seed, offset) : Tensor();
            return std::vector<Tensor>{need[0] ? g : Tensor(), need[1] ? dx : Tensor(),
                                       need[2] ? sum_to_shape(dx, bias_shape) : Tensor()};
          });
