@@ -70,6 +70,7 @@ void sgemm_one_thread(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t 
   }
   if (g_library.load() == CpuBackend::GemmLibrary::kOneDnn) {
     cpu_detail::keep_onednn_on_this_thread();
+    const cpu_detail::AsyncSignalsHeldBack signals_wait_for_the_kernel;
     const dnnl_status_t status = dnnl_sgemm(trans_a ? 'T' : 'N', trans_b ? 'T' : 'N', m, n, k,
                                             alpha, a, lda, b, ldb, beta, c, ldc);
     SP_CHECK(status == dnnl_success, "gemm: oneDNN's sgemm failed with status ", int(status),

@@ -3,10 +3,12 @@
 #include <cblas.h>
 #include <gtest/gtest.h>
 
+#include <cstdlib>
 #include <vector>
 
 #include "engine/cpu/cpu_backend.h"
 #include "tests/engine/gemm_reference.h"
+#include "tests/engine/gemm_signals.h"
 #include "tests/test_util.h"
 
 namespace sp {
@@ -15,6 +17,7 @@ namespace {
 using testing::expect_all_close;
 using testing::for_each_gemm_case;
 using testing::GemmCase;
+using testing::products_survive_a_stream_of_signals;
 
 class CpuGemm : public ::testing::TestWithParam<CpuBackend::GemmLibrary> {
  protected:
@@ -39,6 +42,27 @@ TEST_P(CpuGemm, MatchesDoubleReferenceForEveryLayout) {
                        // off by O(1).
                        expect_all_close(c.reference(), got, 1e-5f * float(c.k), c.label);
                      });
+}
+
+// A handled signal must not touch a GEMM's memory (the oneDNN sgemm bug gemm_signals.h
+// describes). GPT-2-sized panels, the shapes that crashed training, on the calling thread, which
+// is the one receiving the signals.
+TEST_P(CpuGemm, SignalsHandledDuringAGemmLeaveItsResultAndTheHeapIntact) {
+  const int64_t m = 64, n = 768, k = 768;
+  std::vector<float> a(size_t(m * k)), b(size_t(k * n));
+  for (size_t i = 0; i < a.size(); ++i) a[i] = float(int(i % 13) - 6) / 8.0f;
+  for (size_t i = 0; i < b.size(); ++i) b[i] = float(int(i % 7) - 3) / 4.0f;
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_EXIT(std::exit(products_survive_a_stream_of_signals(size_t(m * n),
+                                                             [&](std::vector<float>& c) {
+                                                               cpu_sgemm(false, false, m, n, k,
+                                                                         1.0f, a.data(), k,
+                                                                         b.data(), n, 0.0f,
+                                                                         c.data(), n, true);
+                                                             })
+                            ? 0
+                            : 1),
+              ::testing::ExitedWithCode(0), "");
 }
 
 INSTANTIATE_TEST_SUITE_P(Libraries, CpuGemm,

@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <random>
 #include <vector>
 
@@ -12,6 +13,7 @@
 #include "engine/error.h"
 #include "engine/ops/ops.h"
 #include "tests/engine/gemm_reference.h"
+#include "tests/engine/gemm_signals.h"
 #include "tests/test_util.h"
 
 namespace sp {
@@ -20,6 +22,7 @@ namespace {
 using testing::expect_all_close;
 using testing::for_each_gemm_case;
 using testing::GemmCase;
+using testing::products_survive_a_stream_of_signals;
 using testing::reference_gemm;
 
 // Values on the bf16 grid, so that widening is exact and both GEMM paths see the same numbers.
@@ -93,6 +96,28 @@ TEST_P(Bf16Gemm, StridedBatchAndEmptyInnerDimension) {
   g.c = c.data();
   cpu.gemm(g);
   for (float v : c) ASSERT_EQ(v, 2.0f);
+}
+
+// A handled signal must not touch a bf16 GEMM's memory either (gemm_signals.h says why):
+// GPT-2-sized panels through the backend, whose calling thread receives the signals.
+TEST_P(Bf16Gemm, SignalsHandledDuringAGemmLeaveItsResultAndTheHeapIntact) {
+  const int64_t m = 64, n = 768, k = 768;
+  const std::vector<uint16_t> a = to_bf16(bf16_values(size_t(m * k), 1)),
+                              b = to_bf16(bf16_values(size_t(k * n), 2));
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_EXIT(std::exit(products_survive_a_stream_of_signals(size_t(m * n),
+                                                             [&](std::vector<float>& c) {
+                                                               GemmArgs g;
+                                                               g.dtype = DType::BF16;
+                                                               g.m = m, g.n = n, g.k = k;
+                                                               g.lda = k, g.ldb = n, g.ldc = n;
+                                                               g.a = a.data(), g.b = b.data();
+                                                               g.c = c.data();
+                                                               backend_for(Device::cpu()).gemm(g);
+                                                             })
+                            ? 0
+                            : 1),
+              ::testing::ExitedWithCode(0), "");
 }
 
 INSTANTIATE_TEST_SUITE_P(Paths, Bf16Gemm,
