@@ -3,6 +3,7 @@
 // partition does not depend on timing.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <stdexcept>
