@@ -47,22 +47,25 @@ class ThreadPool {
     }
     wake_.notify_all();
     run_chunks(task, chunks, 0);
-    spin_briefly([this] { return remaining_.load() == 0 && active_workers_.load() == 0; });
-    std::unique_lock<std::mutex> lock(mutex_);
     // Also wait for workers still inside the loop, so none can touch this job after we return.
-    done_.wait(lock, [this] { return remaining_.load() == 0 && active_workers_.load() == 0; });
+    std::unique_lock<std::mutex> lock = poll_then_wait(
+        done_, [this] { return remaining_.load() == 0 && active_workers_.load() == 0; });
     task_ = nullptr;
     if (error_) std::rethrow_exception(error_);
   }
 
  private:
-  // Sleeping on a condition variable and being woken costs tens of microseconds, as much as a
-  // whole decode-step GEMV: a thread expecting the next job or its partners' chunks polls for a
-  // while (~50 us) before it sleeps. The caller still decides under the mutex.
+  // Returns holding mutex_ once ready() holds. Sleeping on a condition variable and being woken
+  // costs tens of microseconds, as much as a whole decode-step GEMV, so a thread expecting the
+  // next job or its partners' chunks first polls for a while (~50 us) without the lock; ready()
+  // is checked again under it, where the decision is made.
   template <typename Ready>
-  static void spin_briefly(Ready&& ready) {
+  std::unique_lock<std::mutex> poll_then_wait(std::condition_variable& cv, Ready ready) {
     constexpr int kPolls = 4096;
     for (int poll = 0; poll < kPolls && !ready(); ++poll) pause();
+    std::unique_lock<std::mutex> lock(mutex_);
+    cv.wait(lock, ready);
+    return lock;
   }
   static void pause() {
 #if defined(__x86_64__) || defined(__i386__)
@@ -90,10 +93,9 @@ class ThreadPool {
     while (true) {
       const std::function<void(int64_t)>* task = nullptr;
       int64_t chunks = 0;
-      spin_briefly([&] { return stopping_.load() || generation_.load() != seen; });
       {
-        std::unique_lock<std::mutex> lock(mutex_);
-        wake_.wait(lock, [&] { return stopping_.load() || generation_.load() != seen; });
+        std::unique_lock<std::mutex> lock =
+            poll_then_wait(wake_, [&] { return stopping_.load() || generation_.load() != seen; });
         if (stopping_.load()) return;
         seen = generation_.load();
         if (task_ == nullptr) continue;  // woke after that job finished
