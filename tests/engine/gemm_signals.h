@@ -1,7 +1,8 @@
-// tests/engine/gemm_signals.h: runs a GEMM over and over while another thread sends the
-// multiplying thread signals, for tests that a handled signal never touches a GEMM's memory.
+// tests/engine/gemm_signals.h: expects a GEMM run over and over, while another thread sends the
+// multiplying thread signals, to give the same product every time and leave the heap intact.
 #pragma once
 
+#include <gtest/gtest.h>
 #include <pthread.h>
 
 #include <atomic>
@@ -19,8 +20,7 @@ namespace sp::testing {
 // frame over the heap, and a Ctrl-C during `softprompt train` aborted with "corrupted size vs.
 // prev_size" (oneDNN issue 4845, fixed upstream in 3.11.1; Debian 12 ships 2.6.3). Installs a
 // no-op SIGUSR1 handler, multiplies for up to half a second while a second thread signals this
-// one every ~20 us, and returns whether every product equalled the first. Run it in a child
-// process (EXPECT_EXIT): a corrupted heap aborts, which must fail one test, not the suite.
+// one every ~20 us, and returns whether every product equalled the first.
 inline bool products_survive_a_stream_of_signals(
     size_t result_size, const std::function<void(std::vector<float>& result)>& multiply) {
   struct sigaction action {};
@@ -49,6 +49,15 @@ inline bool products_survive_a_stream_of_signals(
   done.store(true);
   sender.join();
   return same;
+}
+
+// The same in a child process, so that a corrupted heap, which aborts, fails the calling test and
+// not the whole suite.
+inline void expect_products_survive_a_stream_of_signals(
+    size_t result_size, const std::function<void(std::vector<float>& result)>& multiply) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_EXIT(std::exit(products_survive_a_stream_of_signals(result_size, multiply) ? 0 : 1),
+              ::testing::ExitedWithCode(0), "");
 }
 
 }  // namespace sp::testing
