@@ -142,6 +142,8 @@ __global__ void __launch_bounds__(kAttentionThreads)
     __syncthreads();
     // Online softmax, a warp per row: fold this tile's scores into the running max and sum.
     // The sum normalises the probabilities before dropout; the output accumulates dropped ones.
+    // Tests are "!= 0", never "> 0": a NaN score (a NaN in q or k) makes the row NaN, as in
+    // torch, instead of vanishing from it.
     for (int r = warp; r < bq; r += warps) {
       const float s = lane < bk ? s_p[r * bk + lane] : -INFINITY;
       const float old_max = s_max[r];
@@ -150,7 +152,7 @@ __global__ void __launch_bounds__(kAttentionThreads)
       const float tile_sum = warp_sum(p);
       if (lane < bk)
         s_p[r * bk + lane] =
-            p > 0.0f ? p * attention_keep_factor(dropout, shape, b, h, q0 + r, k0 + lane) : 0.0f;
+            p != 0.0f ? p * attention_keep_factor(dropout, shape, b, h, q0 + r, k0 + lane) : 0.0f;
       // Every lane has read s_max[r] before lane 0 overwrites it. The shuffles above already
       // order that; the hardware's warp model is weaker than the emulator's, so say it.
       __syncwarp();
@@ -174,11 +176,11 @@ __global__ void __launch_bounds__(kAttentionThreads)
     const int64_t r = e / d, x = e % d;
     const float sum = s_sum[r];
     out[((b * shape.q_len + q0 + r) * heads + h) * d + x] =
-        from_float<T>(sum > 0.0f ? s_o[e] / sum : 0.0f);
+        from_float<T>(sum != 0.0f ? s_o[e] / sum : 0.0f);
   }
   for (int r = tid; r < rows; r += threads) {
     const float sum = s_sum[r];
-    lse[(b * heads + h) * shape.q_len + q0 + r] = sum > 0.0f ? s_max[r] + logf(sum) : -INFINITY;
+    lse[(b * heads + h) * shape.q_len + q0 + r] = sum != 0.0f ? s_max[r] + logf(sum) : -INFINITY;
   }
 }
 
@@ -224,7 +226,7 @@ __device__ __forceinline__ void attention_tile_gradients(
       const float s =
           masked_score(qk, mask, b, h, q0 + r, k0 + c, shape.heads, shape.q_len, shape.k_len);
       p = expf(s - s_lse[r]);
-      if (p > 0.0f) {
+      if (p != 0.0f) {
         const float keep = attention_keep_factor(dropout, shape, b, h, q0 + r, k0 + c);
         ds = mask.scale * p * (keep * dp - s_delta[r]);
         p *= keep;

@@ -40,7 +40,7 @@ void softmax_rows(Matrix& s, int64_t b, int64_t h, int64_t H, const AttentionMas
     cpu::mask_scores_row(row, b, h, i, H, tq, tk, mask);
     Eigen::Map<Eigen::ArrayXf> r(row, tk);
     float max = r.maxCoeff();
-    if (!std::isfinite(max)) {
+    if (max == -std::numeric_limits<float>::infinity()) {  // no visible key: an all-zero row
       r.setZero();
       lse[i] = -std::numeric_limits<float>::infinity();
       continue;
@@ -123,7 +123,7 @@ void CpuBackend::attention_backward(const Tensor& q, const Tensor& k, const Tens
           float* row = p.data() + i * Tk;
           cpu::mask_scores_row(row, b, h, i, H, Tq, Tk, mask);
           Eigen::Map<Eigen::ArrayXf> r(row, Tk);
-          if (std::isfinite(row_lse[i]))
+          if (row_lse[i] != -std::numeric_limits<float>::infinity())
             r = (r == -std::numeric_limits<float>::infinity()).select(0.0f, (r - row_lse[i]).exp());
           else
             r.setZero();

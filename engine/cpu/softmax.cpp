@@ -33,7 +33,7 @@ void CpuBackend::masked_softmax_forward(const Tensor& scores, const AttentionMas
                    cpu::mask_scores_row(p, b, h, i, H, Tq, Tk, mask);
                    Row r(p, Tk);
                    float max = r.maxCoeff();
-                   if (!std::isfinite(max)) {  // no visible key: an all-zero row
+                   if (max == -std::numeric_limits<float>::infinity()) {  // no visible key
                      r.setZero();
                      continue;
                    }

@@ -245,6 +245,38 @@ TEST(CudaAttentionPacked, MatchesAttentionOnTheSlicesOfQkv) {
   }
 }
 
+// A NaN key makes every output row (and query gradient) that sees it NaN, as torch's softmax does,
+// on every path: fused and materialised, CPU and device, with and without dropout. (The fused
+// kernel used to test probabilities with "> 0", which dropped a NaN score from its row, so a
+// diverged prompt gave a finite loss on the GPU and a NaN one on the CPU.)
+TEST(CudaAttentionNaN, ANaNKeyPoisonsExactlyTheRowsThatSeeIt) {
+  const int64_t T = 40, H = 2, D = 8, poisoned_key = 5;  // 40: two key tiles
+  Inputs in = make_inputs({"nan", 1, T, T, H, D, true});
+  std::vector<float> k = in.k.to_floats();
+  k[size_t((poisoned_key * H + 0) * D)] = NAN;  // head 0 only
+  in.k = Tensor::from_floats(k, in.k.shape());
+  const AttentionCase c{"nan", 1, T, T, H, D, true};
+  for (Device device : {Device::cpu(), emu_device()})
+    for (auto fn : {fused, materialised, fused_dropout, materialised_dropout}) {
+      Result r = run(c, in, device, DType::F32, fn);
+      const std::vector<float> out = r.out.to_floats(), dq = r.dq.to_floats();
+      for (int64_t i = 0; i < T; ++i)
+        for (int64_t h = 0; h < H; ++h) {
+          // Causal: query i sees keys 0..i.
+          const bool sees_nan = h == 0 && i >= poisoned_key;
+          for (int64_t x = 0; x < D; ++x) {
+            const size_t e = size_t((i * H + h) * D + x);
+            ASSERT_EQ(std::isnan(out[e]), sees_nan) << device.str() << " out " << i << " " << h;
+            // Rows that do not see the key may be NaN too: dQ = dS K multiplies the NaN key by
+            // their zero (masked) dS entries wherever a path does not skip masked tiles.
+            if (sees_nan) {
+              ASSERT_TRUE(std::isnan(dq[e])) << device.str() << " dq " << i;
+            }
+          }
+        }
+    }
+}
+
 TEST(CudaAttentionMemory, FusedForwardNeverHoldsTheScoreMatrix) {
   const int64_t T = 256, D = 4;
   Tensor q = data({1, T, 1, D}, 1).to(emu_device());
