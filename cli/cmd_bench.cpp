@@ -22,6 +22,7 @@
 #include "models/gpt2.h"
 #include "models/llama.h"
 #include "peft/peft_model.h"
+#include "peft/trainer.h"
 
 namespace sp::cli {
 
@@ -223,8 +224,12 @@ CommandRunner add_bench_command(CLI::App& app) {
           wait_times.push_back(waited);
         }
       }
-      optimizer.step();
+      // The trainer's step: clipping and the non-finite skip decided on the device, then its one
+      // host read, the loss with the gradient norm.
+      const Tensor loss = out.loss.detach().reshape({1}).to(DType::F32);
+      const Tensor norm = optimizer.step_if_finite(loss, TrainConfig{}.max_grad_norm);
       optimizer.zero_grad();
+      (void)concat({loss, norm}, 0).to_floats();
       const BackendStats step_stats = backend.stats();  // before the timing sync, not counting it
       backend.synchronize();
       double elapsed = seconds_since(t);

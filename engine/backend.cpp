@@ -55,4 +55,42 @@ std::vector<Device> available_devices() {
   return devices;
 }
 
+void check_adamw_step_args(const AdamWGroup& group, const Tensor& guard, const Tensor& grad_norm) {
+  const size_t n = group.params.size();
+  SP_CHECK(group.grads.size() == n && group.exp_avg.size() == n && group.exp_avg_sq.size() == n,
+           "adamw_step: ", n, " parameters but ", group.grads.size(), " gradients and ",
+           group.exp_avg.size(), " / ", group.exp_avg_sq.size(), " moments");
+  const Device device = n > 0                 ? group.params[0].device()
+                        : guard.defined()     ? guard.device()
+                        : grad_norm.defined() ? grad_norm.device()
+                                              : Device::cpu();
+  auto check = [&](const Tensor& t, const char* role, DType dtype) {
+    SP_CHECK(t.defined() && t.device() == device && t.is_contiguous() && t.dtype() == dtype,
+             "adamw_step: ", role, " must be a contiguous ", dtype_name(dtype), " tensor on ",
+             device.str(), ", got ", t.defined() ? t.describe() : std::string("none"));
+  };
+  for (size_t i = 0; i < n; ++i) {
+    const Tensor& p = group.params[i];
+    SP_CHECK(p.defined() && dtype_is_float(p.dtype()),
+             "adamw_step: parameters must be float tensors, got ",
+             p.defined() ? p.describe() : std::string("none"));
+    check(p, "a parameter", p.dtype());
+    check(group.grads[i], "a gradient", p.dtype());
+    check(group.exp_avg[i], "a first moment", DType::F32);
+    check(group.exp_avg_sq[i], "a second moment", DType::F32);
+    SP_CHECK(group.grads[i].numel() == p.numel() && group.exp_avg[i].numel() == p.numel() &&
+                 group.exp_avg_sq[i].numel() == p.numel(),
+             "adamw_step: parameter ", p.describe(), ", gradient ", group.grads[i].describe(),
+             " and moments ", group.exp_avg[i].describe(), ", ", group.exp_avg_sq[i].describe(),
+             " differ in size");
+  }
+  if (guard.defined()) check(guard, "the guard", DType::F32);
+  if (grad_norm.defined()) {
+    check(grad_norm, "the gradient norm output", DType::F32);
+    SP_CHECK(grad_norm.numel() == 1,
+             "adamw_step: the gradient norm output must hold one value, got ",
+             grad_norm.describe());
+  }
+}
+
 }  // namespace sp

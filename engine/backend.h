@@ -17,6 +17,22 @@ namespace sp {
 
 class Allocator;
 
+// A parameter group for Backend::adamw_step: contiguous tensors on one device, index-aligned;
+// parameters and gradients share a float dtype, the moments are F32.
+struct AdamWGroup {
+  std::vector<Tensor> params, grads, exp_avg, exp_avg_sq;
+};
+
+// One AdamW update's hyperparameters; `step` counts from 1 (bias correction).
+struct AdamWUpdate {
+  float lr = 1e-3f, beta1 = 0.9f, beta2 = 0.999f, eps = 1e-8f, weight_decay = 0.01f;
+  int64_t step = 1;
+  double max_grad_norm = 0.0;  // > 0: clip the global gradient norm to it
+};
+
+// Checks a group and the optional guard / norm tensors for adamw_step (every backend's rules).
+void check_adamw_step_args(const AdamWGroup& group, const Tensor& guard, const Tensor& grad_norm);
+
 // Row-major strided-batched GEMM: C[i] = alpha * op(A[i]) op(B[i]) + beta * C[i], i < batch.
 // op(A) is m x k, op(B) is k x n; lda/ldb/ldc are row strides of the stored matrices.
 // A and B share `dtype`; C has `c_dtype`, which is either `dtype` or F32 (bf16 operands with an
@@ -229,10 +245,15 @@ class Backend {
                                       const Tensor& out) = 0;
 
   // ---- optimiser ----
-  // One AdamW step on contiguous F32 tensors, PyTorch semantics; `step` counts from 1.
-  virtual void adamw_step(const Tensor& param, const Tensor& grad, const Tensor& exp_avg,
-                          const Tensor& exp_avg_sq, float lr, float beta1, float beta2, float eps,
-                          float weight_decay, int64_t step) = 0;
+  // One AdamW step of a parameter group (PyTorch semantics), with nothing read back to the host:
+  // - `grad_norm`, when defined (F32 [1]), receives the gradients' global 2-norm before clipping,
+  //   accumulated in double;
+  // - with update.max_grad_norm > 0 the gradients are scaled by min(1, max / (norm + 1e-6)) as
+  //   they are read (torch's clip_grad_norm_; the stored gradients do not change);
+  // - when `guard` is defined (F32) and any element of it, or the norm, is not finite, no
+  //   parameter or moment changes.
+  virtual void adamw_step(const AdamWGroup& group, const AdamWUpdate& update, const Tensor& guard,
+                          const Tensor& grad_norm) = 0;
 
  protected:
   void count_gemm(const GemmArgs& args) {

@@ -598,25 +598,38 @@ TrainResult Trainer::run(bool resume) {
         scale(out.loss, 1.0f / float(micro_batches_per_step_)).backward();
         step_tokens += batch.text_tokens;
       }
-      // One read for all of them. A non-finite loss fails the run before the update, and the
-      // gradients its backward left are cleared, so a model trained again starts clean.
-      // (A data-parallel rank may have had no micro-batch this step.)
-      const std::vector<float> losses = micro_losses.empty() ? std::vector<float>()
-                                        : micro_losses.size() == 1
-                                            ? micro_losses[0].to_floats()
-                                            : concat(micro_losses, 0).to_floats();
-      for (const float loss : losses) {
-        if (!std::isfinite(loss)) {
-          optimizer_->zero_grad();
-          fail(ErrorKind::kNumerical, "loss is ", loss, " at step ", step + 1,
-               "; training stopped. The last good checkpoint is in ", config_.output_dir, "/",
-               kStateDir, " (if one was saved); lower the learning rate or check the data");
-        }
-        step_loss += double(loss) / double(micro_batches_per_step_);
-      }
       batch_in_epoch = step_first_batch + step_batches;
+      if (ranks > 1) all_reduce_gradients(params);
+      const double lr =
+          base_lr * schedule_factor(config_.schedule, step, config_.warmup_steps, total_steps_);
+      optimizer_->set_lr(float(lr));
+      // The update is queued before anything is read: the device clips, and skips the update
+      // when a loss or the gradient norm is not finite, so the step's one host read (the losses
+      // and the norm together) comes after it. (A data-parallel rank may have had no
+      // micro-batch this step.)
+      Tensor losses;
+      if (!micro_losses.empty())
+        losses =
+            (micro_losses.size() == 1 ? micro_losses[0] : concat(micro_losses, 0)).to(DType::F32);
+      const Tensor norm_on_device = optimizer_->step_if_finite(losses, config_.max_grad_norm);
+      optimizer_->zero_grad();
+      const std::vector<float> read =
+          (losses.defined() ? concat({losses, norm_on_device}, 0) : norm_on_device).to_floats();
+      // A non-finite loss or norm fails the run. The device skipped the update, leaving the
+      // adapter and the optimiser as they were, and the gradients are cleared, so a model trained
+      // again starts clean. Data-parallel ranks agree through the summed loss: every rank fails.
+      const double norm = read.back();
+      bool losses_finite = true;
+      float bad_loss = 0.0f;
+      for (size_t i = 0; i + 1 < read.size(); ++i) {
+        if (!std::isfinite(read[i]) && losses_finite) {
+          losses_finite = false;
+          bad_loss = read[i];
+        }
+        step_loss += double(read[i]) / double(micro_batches_per_step_);
+      }
+      if (!losses_finite || !std::isfinite(norm)) optimizer_->discard_skipped_step();
       if (ranks > 1) {
-        all_reduce_gradients(params);
         std::vector<double> sums = {step_loss, double(step_tokens),
                                     stop_requested().load() ? 1.0 : 0.0};
         comm_->all_reduce_sum(std::span<double>(sums));
@@ -624,20 +637,16 @@ TrainResult Trainer::run(bool resume) {
         step_tokens = int64_t(sums[1]);
         stop_agreed = sums[2] > 0;
       }
-      tokens_since_log += step_tokens;
-      const double lr =
-          base_lr * schedule_factor(config_.schedule, step, config_.warmup_steps, total_steps_);
-      optimizer_->set_lr(float(lr));
-      const double norm = config_.max_grad_norm > 0 ? clip_grad_norm(params, config_.max_grad_norm)
-                                                    : grad_norm(params);
-      if (!std::isfinite(norm)) {
-        optimizer_->zero_grad();
+      if (!std::isfinite(step_loss))
+        fail(ErrorKind::kNumerical, "loss is ", losses_finite ? step_loss : double(bad_loss),
+             " at step ", step + 1, losses_finite ? " (on another rank)" : "",
+             "; training stopped. The last good checkpoint is in ", config_.output_dir, "/",
+             kStateDir, " (if one was saved); lower the learning rate or check the data");
+      if (!std::isfinite(norm))
         fail(ErrorKind::kNumerical, "gradient norm is ", norm, " at step ", step + 1,
              "; training stopped. The last good checkpoint is in ", config_.output_dir, "/",
              kStateDir, " (if one was saved)");
-      }
-      optimizer_->step();
-      optimizer_->zero_grad();
+      tokens_since_log += step_tokens;
       ++step;
       result.steps = step;
       result.final_loss = step_loss;

@@ -85,9 +85,8 @@ class CpuBackend final : public Backend {
                               int64_t num_buckets, int64_t max_distance,
                               const Tensor& out) override;
 
-  void adamw_step(const Tensor& param, const Tensor& grad, const Tensor& exp_avg,
-                  const Tensor& exp_avg_sq, float lr, float beta1, float beta2, float eps,
-                  float weight_decay, int64_t step) override;
+  void adamw_step(const AdamWGroup& group, const AdamWUpdate& update, const Tensor& guard,
+                  const Tensor& grad_norm) override;
 
   // Which library runs fp32 GEMMs (one-row products always go to Eigen's GEMV); benchmarks
   // compare them. Default: OpenBLAS, unless OpenBLAS runs its generic pre-AVX2 kernels on a CPU

@@ -108,9 +108,8 @@ class CudaBackend final : public Backend {
                               int64_t num_buckets, int64_t max_distance,
                               const Tensor& out) override;
 
-  void adamw_step(const Tensor& param, const Tensor& grad, const Tensor& exp_avg,
-                  const Tensor& exp_avg_sq, float lr, float beta1, float beta2, float eps,
-                  float weight_decay, int64_t step) override;
+  void adamw_step(const AdamWGroup& group, const AdamWUpdate& update, const Tensor& guard,
+                  const Tensor& grad_norm) override;
 
   // TF32 tensor cores for fp32 GEMMs (10-bit mantissa inputs, fp32 accumulation): on by default
   // on sm_80+ GPUs, off under the emulator so fp32 results match the CPU reference

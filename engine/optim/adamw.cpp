@@ -27,15 +27,51 @@ AdamW::AdamW(std::vector<Tensor> params, AdamWOptions options)
   }
 }
 
-void AdamW::step() {
-  ++step_;
+AdamWGroup AdamW::group_with_gradients() const {
+  AdamWGroup group;
   for (size_t i = 0; i < params_.size(); ++i) {
     Tensor grad = params_[i].grad();
     if (!grad.defined()) continue;
-    backend_for(params_[i].device())
-        .adamw_step(params_[i], grad.contiguous(), exp_avg_[i], exp_avg_sq_[i], options_.lr,
-                    options_.beta1, options_.beta2, options_.eps, options_.weight_decay, step_);
+    group.params.push_back(params_[i]);
+    group.grads.push_back(grad.contiguous());
+    group.exp_avg.push_back(exp_avg_[i]);
+    group.exp_avg_sq.push_back(exp_avg_sq_[i]);
   }
+  return group;
+}
+
+AdamWUpdate AdamW::next_update(double max_grad_norm) {
+  AdamWUpdate update;
+  update.lr = options_.lr;
+  update.beta1 = options_.beta1;
+  update.beta2 = options_.beta2;
+  update.eps = options_.eps;
+  update.weight_decay = options_.weight_decay;
+  update.step = ++step_;
+  update.max_grad_norm = max_grad_norm;
+  return update;
+}
+
+void AdamW::step() {
+  const AdamWUpdate update = next_update(0.0);
+  const AdamWGroup group = group_with_gradients();
+  if (group.params.empty()) return;
+  backend_for(group.params[0].device()).adamw_step(group, update, Tensor(), Tensor());
+}
+
+Tensor AdamW::step_if_finite(const Tensor& guard, double max_grad_norm) {
+  SP_CHECK(std::isfinite(max_grad_norm) && max_grad_norm >= 0.0,
+           "AdamW: max_grad_norm must be a finite number >= 0, got ", max_grad_norm);
+  const Device device = params_.empty() ? Device::cpu() : params_[0].device();
+  Tensor norm = Tensor::empty({1}, DType::F32, device);  // always written by adamw_step
+  const AdamWUpdate update = next_update(max_grad_norm);
+  backend_for(device).adamw_step(group_with_gradients(), update, guard, norm);
+  return norm;
+}
+
+void AdamW::discard_skipped_step() {
+  SP_CHECK(step_ > 0, "AdamW: no step to discard");
+  --step_;
 }
 
 void AdamW::zero_grad() {

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "engine/backend.h"
 #include "engine/tensor.h"
 
 namespace sp {
@@ -26,6 +27,15 @@ class AdamW {
 
   /// Applies one update to every parameter that has a gradient (torch skips grad=None too).
   void step();
+  /// The trainer's step, decided on the device so a GPU step needs no host read: the gradients
+  /// are clipped to max_grad_norm (0: not clipped) as torch's clip_grad_norm_ would, and the
+  /// update is applied only when their global norm and every element of `guard` (F32 on the
+  /// parameters' device, e.g. the step's losses; may be undefined) are finite. Returns the norm
+  /// before clipping (F32 [1], on the parameters' device). A caller that reads a non-finite norm
+  /// or guard value calls discard_skipped_step(), since the step count cannot know.
+  Tensor step_if_finite(const Tensor& guard, double max_grad_norm);
+  /// Takes back the step count of a step_if_finite whose update the device skipped.
+  void discard_skipped_step();
   /// Drops the gradients of every parameter (the next backward starts from zero).
   void zero_grad();
   void set_lr(float lr) { options_.lr = lr; }
@@ -45,6 +55,10 @@ class AdamW {
   int64_t step_ = 0;
   std::vector<Tensor> exp_avg_;
   std::vector<Tensor> exp_avg_sq_;
+
+  // The parameters that have a gradient, with their moments; the update's hyperparameters.
+  AdamWGroup group_with_gradients() const;
+  AdamWUpdate next_update(double max_grad_norm);
 };
 
 /// Global 2-norm of all gradients; when above max_norm, scales every gradient by

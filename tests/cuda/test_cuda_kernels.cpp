@@ -622,8 +622,9 @@ TEST_P(CudaKernels, AdamWSteps) {
          v_d = Tensor::zeros({n}, DType::F32, emu_device());
   for (int64_t step = 1; step <= 3; ++step) {
     Tensor grad = in({n}, 10 + uint64_t(step));
-    cpu().adamw_step(param, grad, m, v, 1e-2f, 0.9f, 0.999f, 1e-8f, 0.01f, step);
-    emu().adamw_step(param_d, dev(grad), m_d, v_d, 1e-2f, 0.9f, 0.999f, 1e-8f, 0.01f, step);
+    AdamWUpdate update{1e-2f, 0.9f, 0.999f, 1e-8f, 0.01f, step};
+    cpu().adamw_step({{param}, {grad}, {m}, {v}}, update, Tensor(), Tensor());
+    emu().adamw_step({{param_d}, {dev(grad)}, {m_d}, {v_d}}, update, Tensor(), Tensor());
   }
   // fp32: the same scalar update on the same inputs (kernels/adamw_math.h). bf16 parameters
   // round after each step: three roundings of O(1) values.
@@ -632,6 +633,70 @@ TEST_P(CudaKernels, AdamWSteps) {
     EXPECT_TRUE(all_close(m, m_d, 1e-7f, 1e-6f));
     EXPECT_TRUE(all_close(v, v_d, 1e-7f, 1e-6f));
   }
+}
+
+// The trainer's step: the gradient norm, the clipping factor and the decision to skip a
+// non-finite step are made on the device (gradient_scale_kernel), against the CPU backend.
+TEST_P(CudaKernels, AdamWClipsAndSkipsNonFiniteStepsOnTheDevice) {
+  const int64_t n = rows() * cols();
+  // Two parameters of different sizes, so the norm sums over both; gradients of std 10 put the
+  // norm far above 1, so clipping to 1 changes the update.
+  const std::vector<Shape> shapes = {{n}, {5}};
+  AdamWGroup host, device;
+  for (size_t i = 0; i < shapes.size(); ++i) {
+    Tensor p = in(shapes[i], 1 + i), g = in(shapes[i], 3 + i, 10.0f);
+    host.params.push_back(p.clone());
+    host.grads.push_back(g);
+    device.params.push_back(dev(p));
+    device.grads.push_back(dev(g));
+    for (auto* moments : {&host.exp_avg, &host.exp_avg_sq})
+      moments->push_back(Tensor::zeros(shapes[i]));
+    for (auto* moments : {&device.exp_avg, &device.exp_avg_sq})
+      moments->push_back(Tensor::zeros(shapes[i], DType::F32, emu_device()));
+  }
+  const Tensor guard = Tensor::from_floats(std::vector<float>{0.5f, 2.0f}, {2});
+  const Tensor guard_d = guard.to(emu_device());
+  Tensor norm = Tensor::empty({1}), norm_d = Tensor::empty({1}, DType::F32, emu_device());
+  int64_t step = 0;
+  for (double max_grad_norm : {1.0, 0.0, 1e6}) {
+    ++step;
+    const AdamWUpdate update{1e-2f, 0.9f, 0.999f, 1e-8f, 0.01f, step, max_grad_norm};
+    cpu().adamw_step(host, update, guard, norm);
+    emu().adamw_step(device, update, guard_d, norm_d);
+    // Both accumulate the squares in double, in different orders: the float norms agree to an
+    // ulp.
+    EXPECT_NEAR(norm_d.item(), norm.item(), 1e-6f * norm.item()) << max_grad_norm;
+    for (size_t i = 0; i < shapes.size(); ++i) {
+      // As AdamWSteps: the same scalar update; bf16 parameters round after each step.
+      EXPECT_TRUE(
+          all_close(host.params[i], device.params[i], dtype() == DType::F32 ? 1e-6f : 3e-2f, 1e-5f))
+          << max_grad_norm << " " << i;
+      EXPECT_TRUE(all_close(host.exp_avg[i], device.exp_avg[i], 1e-6f, 1e-5f));
+    }
+  }
+
+  // A non-finite guard value, or a non-finite gradient, leaves every parameter and moment as it
+  // was, bit for bit; the norm is still written.
+  auto snapshot = [&] {
+    std::vector<std::vector<float>> values;
+    for (const auto* list : {&device.params, &device.exp_avg, &device.exp_avg_sq})
+      for (const Tensor& t : *list) values.push_back(t.to_floats());
+    return values;
+  };
+  const auto before = snapshot();
+  const AdamWUpdate update{1e-2f, 0.9f, 0.999f, 1e-8f, 0.01f, ++step, 1.0};
+  for (float bad : {NAN, INFINITY}) {
+    const Tensor bad_guard = Tensor::from_floats(std::vector<float>{1.0f, bad}, {2});
+    emu().adamw_step(device, update, bad_guard.to(emu_device()), norm_d);
+    EXPECT_TRUE(std::isfinite(norm_d.item()));
+    EXPECT_EQ(snapshot(), before) << "guard " << bad;
+  }
+  std::vector<float> poisoned = device.grads[1].to_floats();
+  poisoned[2] = INFINITY;
+  device.grads[1] = on_emu(Tensor::from_floats(poisoned, {5}), dtype());
+  emu().adamw_step(device, update, Tensor(), norm_d);
+  EXPECT_EQ(norm_d.item(), INFINITY);
+  EXPECT_EQ(snapshot(), before) << "infinite gradient";
 }
 
 }  // namespace

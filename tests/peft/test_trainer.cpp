@@ -231,10 +231,10 @@ TEST_F(TrainerTest, NanLossStopsAndKeepsTheLastGoodCheckpoint) {
   for (float v : saved->get("prompt_embeddings").to_floats()) ASSERT_TRUE(std::isfinite(v));
 }
 
-// On a GPU the host must not wait for the device inside a step: the micro-batches' losses are read
-// together once the step's last backward is queued, and the gradient norm (for clipping and the
-// log) is the other read, however many micro-batches a step has.
-TEST_F(TrainerTest, AStepWaitsForTheDeviceTwiceWhateverItsMicroBatches) {
+// On a GPU the host must not wait for the device inside a step: the update, its clipping and its
+// skip on a non-finite loss or norm are queued first, and the micro-batches' losses and the
+// gradient norm are then read together, once a step, however many micro-batches it has.
+TEST_F(TrainerTest, AStepWaitsForTheDeviceOnceWhateverItsMicroBatches) {
   const Device emu = Device::parse("cuda-emu");
   if (!backend_available(emu)) GTEST_SKIP() << "no cuda-emu in this build";
   Dataset data = load_jsonl(task_file());
@@ -254,8 +254,44 @@ TEST_F(TrainerTest, AStepWaitsForTheDeviceTwiceWhateverItsMicroBatches) {
   });
   trainer.run();
   ASSERT_EQ(syncs_after_step.size(), 3u);
-  EXPECT_EQ(syncs_after_step[2] - syncs_after_step[1], 2u);
-  EXPECT_EQ(syncs_after_step[1] - syncs_after_step[0], 2u);
+  EXPECT_EQ(syncs_after_step[2] - syncs_after_step[1], 1u);
+  EXPECT_EQ(syncs_after_step[1] - syncs_after_step[0], 1u);
+}
+
+// The step that finds a non-finite loss has already been queued: the device skips its update, so
+// the adapter the run leaves in memory is the last good one (with the poisoned value), not one
+// every element of which a NaN gradient turned into NaN.
+TEST_F(TrainerTest, ANonFiniteStepLeavesTheAdapterAsItWas) {
+  for (const char* name : {"cpu", "cuda-emu"}) {
+    const Device device = Device::parse(name);
+    if (!backend_available(device)) continue;
+    Dataset data = load_jsonl(task_file());
+    auto examples = tokenize_examples(data, *tokenizer_, nullptr, {});
+    PeftModel model(Gpt2Model::load(kTinyA, device), load_tokenizer(kTinyA));
+    PromptAdapter& adapter = model.add_adapter("default", prompt_config(), 1);
+    TrainConfig c = config(std::string("run_") + name);
+    c.max_steps = 4;
+    std::vector<float> poisoned;
+    Trainer trainer(model, *tokenizer_, c, data, examples);
+    trainer.set_event_callback([&](const TrainEvent& e) {
+      if (e.kind != TrainEvent::Kind::kStep || e.step != 2) return;
+      Tensor p = adapter.parameters()[0];
+      poisoned = p.to_floats();
+      poisoned[0] = std::nanf("");  // simulate a diverged update
+      backend_for(device).copy(Tensor::from_floats(poisoned, p.shape()).to(device), p);
+    });
+    try {
+      trainer.run();
+      ADD_FAILURE() << name << ": expected a numerical error";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.kind(), ErrorKind::kNumerical) << name;
+      EXPECT_NE(std::string(e.what()).find("loss is nan at step 3"), std::string::npos) << e.what();
+    }
+    const std::vector<float> after = adapter.parameters()[0].to_floats();
+    ASSERT_EQ(after.size(), poisoned.size());
+    EXPECT_TRUE(std::isnan(after[0])) << name;
+    for (size_t i = 1; i < after.size(); ++i) ASSERT_EQ(after[i], poisoned[i]) << name << " " << i;
+  }
 }
 
 TEST_F(TrainerTest, SigintSavesACheckpointAndReturns) {
