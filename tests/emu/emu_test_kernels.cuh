@@ -387,4 +387,45 @@ __global__ void bf16_axpy(const Bf16* x, Bf16* y, float a, int n) {
   if (i < n) y[i] = __float2bfloat16(a * __bfloat162float(x[i]) + __bfloat162float(y[i]));
 }
 
+// ---- warp matrix products (wmma) ----
+
+using WmmaA = wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major>;
+using WmmaBt = wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major>;
+using WmmaAcc = wmma::fragment<wmma::accumulator, 16, 16, 16, float>;
+
+// d = a b + 2 c for one 16x16x16 tile: a row-major, b given as the rows of b^T (col-major),
+// c scaled by a uniform element-wise loop over the fragment.
+template <class Unused = void>
+__global__ void wmma_tile_product(const __nv_bfloat16* a, const __nv_bfloat16* b_t, const float* c,
+                                  float* d) {
+  WmmaA fa;
+  WmmaBt fb;
+  WmmaAcc fc;
+  wmma::load_matrix_sync(fa, a, 16);
+  wmma::load_matrix_sync(fb, b_t, 16);
+  wmma::load_matrix_sync(fc, c, 16, wmma::mem_row_major);
+  for (int i = 0; i < fc.num_elements; ++i) fc.x[i] *= 2.0f;
+  wmma::mma_sync(fc, fa, fb, fc);
+  wmma::store_matrix_sync(d, fc, 16, wmma::mem_row_major);
+}
+
+// Broken: the upper half of the warp skips the load and meets the others in the store.
+template <class Unused = void>
+__global__ void wmma_half_warp_load_broken(const __nv_bfloat16* a, float* d) {
+  WmmaA fa;
+  WmmaBt fb;
+  WmmaAcc fc;
+  wmma::fill_fragment(fc, 0.0f);
+  if (threadIdx.x < 16) wmma::load_matrix_sync(fa, a, 16);
+  wmma::store_matrix_sync(d, fc, 16, wmma::mem_row_major);
+  (void)fb;
+}
+
+// Broken: a tile pointer that is not 32-byte aligned.
+template <class Unused = void>
+__global__ void wmma_misaligned_broken(const __nv_bfloat16* a) {
+  WmmaA fa;
+  wmma::load_matrix_sync(fa, a + 1, 16);
+}
+
 }  // namespace sp::SP_CUDA_NS::emu_test

@@ -481,6 +481,52 @@ void expect_emulator_still_works() {
   EXPECT_EQ(out[0], 256.0f);
 }
 
+// ---- warp matrix products ---------------------------------------------------------------------
+
+// One tile product against the same sums written out on the host: bf16 products are exact in
+// fp32 and the emulator adds them in k order after c, so the results are equal.
+TEST(EmuWmma, TileProductMatchesTheHostSum) {
+  std::mt19937 rng(5);
+  std::normal_distribution<float> normal;
+  std::vector<__nv_bfloat16> a(256), b_t(256);
+  // wmma tiles must be 32-byte aligned (the emulator checks, as the hardware requires).
+  alignas(32) static float c[256], d[256];
+  for (auto& x : a) x = __float2bfloat16(normal(rng));
+  for (auto& x : b_t) x = __float2bfloat16(normal(rng));
+  for (auto& x : c) x = normal(rng);
+  alignas(32) static __nv_bfloat16 a_aligned[256], b_aligned[256];
+  std::copy(a.begin(), a.end(), a_aligned);
+  std::copy(b_t.begin(), b_t.end(), b_aligned);
+  SP_LAUNCH(1, 32, 0, 0, wmma_tile_product<>)(a_aligned, b_aligned, c, d);
+  for (int i = 0; i < 16; ++i)
+    for (int j = 0; j < 16; ++j) {
+      float want = 2.0f * c[i * 16 + j];
+      for (int k = 0; k < 16; ++k) want += float(a[i * 16 + k]) * float(b_t[j * 16 + k]);
+      ASSERT_EQ(d[i * 16 + j], want) << i << "," << j;
+    }
+}
+
+TEST(EmuWmma, LanesInDifferentCallsAreDiagnosed) {
+  alignas(32) static __nv_bfloat16 a[256];
+  std::vector<float> d(256);
+  const std::string msg =
+      launch_error([&] { SP_LAUNCH(1, 32, 0, 0, wmma_half_warp_load_broken<>)
+                         (a, d.data()); });
+  expect_contains(msg, "wmma::store_matrix_sync");
+  expect_contains(msg, "every lane must make the same wmma calls");
+  expect_emulator_still_works();
+}
+
+TEST(EmuWmma, MisalignedTilesAreDiagnosed) {
+  alignas(32) static __nv_bfloat16 a[272];
+  const std::string msg =
+      launch_error([&] { SP_LAUNCH(1, 32, 0, 0, wmma_misaligned_broken<>)
+                         (a); });
+  expect_contains(msg, "wmma::load_matrix_sync");
+  expect_contains(msg, "32-byte aligned");
+  expect_emulator_still_works();
+}
+
 TEST(EmuDiagnosis, SyncthreadsInDivergentCodeIsADeadlock) {
   std::vector<float> out(64);
   const std::string msg = launch_error([&] {
