@@ -9,6 +9,7 @@
 #include "engine/cuda/launch.h"
 #include "engine/cuda/workspace.h"
 #include "kernels/attention.cuh"
+#include "kernels/attention_wmma.cuh"
 
 namespace sp::SP_CUDA_NS {
 
@@ -113,6 +114,23 @@ void CudaBackend::attention_forward(const Tensor& q, const Tensor& k, const Tens
   activate(op);
   const AttentionMaskArgs args = attention_mask_args(op, mask);
   const AttentionDropoutArgs drop = attention_dropout_args(op, dropout);
+  const size_t wmma_smem = size_t(attention_wmma_forward_smem_bytes(shape.head_dim));
+  if (q.dtype() == DType::BF16 && tensor_core_attention() &&
+      attention_wmma_supports(shape.head_dim) && wmma_smem <= max_shared_memory_) {
+    const dim3 grid(unsigned((shape.q_len + kWmmaQueries - 1) / kWmmaQueries),
+                    unsigned(shape.batch * shape.heads));
+    allow_shared_memory(op, attention_forward_wmma_kernel<>, wmma_smem);
+    SP_LAUNCH(grid, kWmmaThreads, wmma_smem, stream_, attention_forward_wmma_kernel<>)
+    (const_ptr<__nv_bfloat16>(q), const_ptr<__nv_bfloat16>(k), const_ptr<__nv_bfloat16>(v), shape,
+     args, drop, mutable_ptr<__nv_bfloat16>(out), mutable_ptr<float>(lse));
+    const AttentionWork w = attention_work(shape, args, {kWmmaQueries, kWmmaKeys});
+    const double row = double(shape.head_dim) * 2.0;
+    SP_CUDA_CHECK_LAUNCH(*this, op, "attention_forward_wmma_kernel",
+                         io_traffic(w.scores * (4.0 * double(shape.head_dim) + 12.0), {&out, &lse},
+                                    double(shape.batch * shape.heads * shape.q_len) * row +
+                                        2.0 * w.key_rows_per_query_tiles * row));
+    return;
+  }
   const AttentionTiles tiles =
       choose_tiles(op, shape.head_dim, max_shared_memory_, attention_forward_smem_floats);
   const size_t smem = size_t(attention_forward_smem_floats(tiles, shape.head_dim)) * sizeof(float);

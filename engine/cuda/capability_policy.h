@@ -1,5 +1,5 @@
-// What a GPU's compute capability decides: whether fp32 GEMMs start on TF32 tensor cores, and
-// whether it has native bf16 GEMMs (what --dtype auto picks bf16 for). Both need sm_80+.
+// What a GPU's compute capability decides: TF32 for fp32 GEMMs, native bf16 GEMMs (what --dtype
+// auto picks bf16 for) and tensor-core bf16 attention. All need sm_80+.
 #pragma once
 
 #include "engine/env_switch.h"
@@ -17,6 +17,15 @@ inline bool tf32_by_default(int compute_major, bool emulated, const char* env_va
 // bf16 GEMMs far slower than fp32, and the emulator has no bf16 hardware to gain from.
 inline bool native_bf16_gemm_for(int compute_major, bool emulated) {
   return !emulated && compute_major >= 8;
+}
+
+// The bf16 tensor-core attention forward (wmma bf16) needs sm_80. The emulator runs it too, so
+// that the kernel a GPU would run is the one the tests check. SOFTPROMPT_CUDA_TENSOR_CORE_ATTENTION
+// = 1/true or 0/false overrides the default (1 is ignored below sm_80).
+inline bool tensor_core_attention_by_default(int compute_major, bool emulated,
+                                             const char* env_value) {
+  const bool capable = emulated || compute_major >= 8;
+  return capable && env_switch(env_value).value_or(true);
 }
 
 }  // namespace sp

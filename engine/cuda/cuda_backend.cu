@@ -29,6 +29,8 @@ CudaBackend::CudaBackend(int device_index) : device_index_(device_index) {
   SP_CUBLAS_CHECK(op, cublasSetStream(cublas_, stream_));
   allow_tf32_.store(tf32_by_default(props.major, SP_CUDA_EMU, std::getenv("SOFTPROMPT_CUDA_TF32")));
   native_bf16_gemm_ = native_bf16_gemm_for(props.major, SP_CUDA_EMU);
+  tensor_core_attention_.store(tensor_core_attention_by_default(
+      props.major, SP_CUDA_EMU, std::getenv("SOFTPROMPT_CUDA_TENSOR_CORE_ATTENTION")));
   // Deliberately leaked: Storage objects keep a pointer to their allocator and may be destroyed
   // after this backend during static destruction.
   allocator_ = new CachingAllocator(device_index_);

@@ -116,6 +116,11 @@ class CudaBackend final : public Backend {
   // (engine/cuda/capability_policy.h); SOFTPROMPT_CUDA_TF32=0/1 decides at start.
   void set_allow_tf32(bool allow) { allow_tf32_.store(allow); }
   bool allow_tf32() const { return allow_tf32_.load(); }
+  // bf16 attention forward on tensor cores (kernels/attention_wmma.cuh) where the head dimension
+  // allows: on by default on sm_80+ GPUs and under the emulator (which runs the same kernel);
+  // SOFTPROMPT_CUDA_TENSOR_CORE_ATTENTION=0/1 decides at start, tests compare both kernels.
+  void set_tensor_core_attention(bool on) { tensor_core_attention_.store(on); }
+  bool tensor_core_attention() const { return tensor_core_attention_.load(); }
 
   CachingAllocator& caching_allocator() { return *allocator_; }
   cudaStream_t stream() const { return stream_; }
@@ -140,6 +145,7 @@ class CudaBackend final : public Backend {
   int multiprocessors_ = 1;
   size_t max_shared_memory_ = 48 * 1024;
   std::atomic<bool> allow_tf32_{false};
+  std::atomic<bool> tensor_core_attention_{false};
   bool native_bf16_gemm_ = false;
   uint64_t device_mallocs_at_reset_ = 0;
 };

@@ -50,6 +50,8 @@ std::vector<AttentionCase> attention_cases() {
        7},
       {"grouped_query_sliding_window_kv_cache", 2, 4, 45, 4, 8, true, 41, true, 0, false, false,
        0.5f, 2, 16},
+      // Three 64-query tiles of the tensor-core kernel, each over several 64-key steps.
+      {"causal_padding_150_queries", 2, 150, 150, 2, 16, true, 0, true, 0, false, false, 0.25f},
   };
 }
 
@@ -211,6 +213,40 @@ TEST_P(CudaAttention, Bf16StaysCloseToFp32Cpu) {
   EXPECT_TRUE(all_close(cpu_result.dq, got.dq, grad_tol, 3e-2f)) << c.name << ": dq";
   EXPECT_TRUE(all_close(cpu_result.dk, got.dk, grad_tol, 3e-2f)) << c.name << ": dk";
   EXPECT_TRUE(all_close(cpu_result.dv, got.dv, grad_tol, 3e-2f)) << c.name << ": dv";
+}
+
+// The tensor-core forward (kernels/attention_wmma.cuh) takes bf16 with head dimensions that are
+// whole 16-wide tiles: every case again with its head dimension widened to 16, 64 or 128, with
+// and without dropout, against the fp32 CPU and against the scalar bf16 kernel. The wmma kernel
+// rounds probabilities to bf16 before P V (as FlashAttention-2 does), another 2^-9 relative
+// rounding of O(1) terms, inside the bf16 allowance of Bf16StaysCloseToFp32Cpu (which the
+// gradients, computed by the shared backward from the wmma forward's lse, keep as well).
+TEST_P(CudaAttention, TensorCoreForwardStaysCloseToFp32CpuAndTheScalarKernel) {
+  AttentionCase c = GetParam();
+  c.head_dim = c.head_dim <= 16 ? 16 : c.head_dim <= 64 ? 64 : 128;
+  Inputs in = make_inputs(c, DType::BF16);
+  cuda_emu::CudaBackend& backend = emu_backend();
+  ASSERT_TRUE(backend.tensor_core_attention()) << "on by default under the emulator";
+  for (auto fn : {fused, fused_dropout}) {
+    // Dropout scales the kept probabilities, hence O and the rounding error of the bf16 O that
+    // the backward's delta = dO . O reads, by 1 / (1 - p).
+    const float grad_tol = 3e-2f * std::sqrt(std::max(1.0f, float(c.head_dim) / 16.0f)) /
+                           (fn == fused ? 1.0f : 1.0f - kDropout.p);
+    Result cpu_result = run(c, in, Device::cpu(), DType::F32, fn);
+    backend.reset_stats();
+    Result tensor_core = run(c, in, emu_device(), DType::BF16, fn);
+    EXPECT_EQ(backend.stats().launches_by_kernel.count("attention_forward_wmma_kernel"), 1u);
+    backend.set_tensor_core_attention(false);
+    Result scalar = run(c, in, emu_device(), DType::BF16, fn);
+    backend.set_tensor_core_attention(true);
+    for (const Result* got : {&tensor_core, &scalar}) {
+      const char* which = got == &tensor_core ? "tensor cores" : "scalar";
+      EXPECT_TRUE(all_close(cpu_result.out, got->out, 3e-2f, 3e-2f)) << c.name << " " << which;
+      EXPECT_TRUE(all_close(cpu_result.dq, got->dq, grad_tol, 3e-2f)) << c.name << " " << which;
+      EXPECT_TRUE(all_close(cpu_result.dk, got->dk, grad_tol, 3e-2f)) << c.name << " " << which;
+      EXPECT_TRUE(all_close(cpu_result.dv, got->dv, grad_tol, 3e-2f)) << c.name << " " << which;
+    }
+  }
 }
 
 // GPT-2's packed projection: attention_packed writes dq, dk and dv into one gradient buffer
