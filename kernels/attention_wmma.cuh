@@ -1,7 +1,5 @@
-// kernels/attention_wmma.cuh: the bf16 fused attention forward on tensor cores (wmma 16x16x16,
-// fp32 accumulation): S = Q K^T and O += P V as warp matrix products, the online softmax,
-// masks and in-kernel dropout exactly as attention_forward_kernel (kernels/attention.cuh), whose
-// outputs (out, lse) it produces, so its backward kernels serve both.
+// kernels/attention_wmma.cuh: the bf16 fused attention forward and backward on tensor cores (wmma
+// 16x16x16, fp32 accumulation), with the masks, bias and Philox dropout of kernels/attention.cuh.
 #pragma once
 
 #include "kernels/attention.cuh"
@@ -168,6 +166,254 @@ __global__ void __launch_bounds__(kWmmaThreads)
   for (int r = tid; r < rows; r += block_threads()) {
     const float sum = s_sum[r];
     lse[(b * heads + h) * shape.q_len + q0 + r] = sum != 0.0f ? s_max[r] + logf(sum) : -INFINITY;
+  }
+#endif
+}
+
+// ---- backward: dQ per query tile, dK/dV per key tile, as the scalar kernels but every product
+// (S = Q K^T, dP = dO V^T, dQ += dS K, dV += P^T dO, dK += dS^T Q) a wmma product. dS and the
+// dropped P are rounded to bf16 for the products, as FlashAttention-2 does; delta comes from
+// attention_backward_delta_kernel.
+
+// dQ kernel: bf16 Q, dO, K, V tiles [64][d]; per warp fp32 scores and dP [2][16][64], bf16 dS
+// [16][64]; fp32 dQ accumulator [64][d]; fp32 lse and delta [64].
+__host__ __device__ inline int64_t attention_wmma_backward_dq_smem_bytes(int64_t d) {
+  return 4 * kWmmaQueries * d * 2 + 2 * kWmmaQueries * kWmmaKeys * 4 +
+         kWmmaQueries * kWmmaKeys * 2 + kWmmaQueries * d * 4 + 2 * kWmmaQueries * 4;
+}
+
+// dK/dV kernel: bf16 K, V, Q, dO tiles [64][d]; per warp fp32 S^T and dP^T [2][16][64], bf16 P^T
+// and dS^T [2][16][64]; fp32 dK and dV accumulators [64][d]; fp32 lse and delta [64].
+__host__ __device__ inline int64_t attention_wmma_backward_dkv_smem_bytes(int64_t d) {
+  return 4 * kWmmaKeys * d * 2 + 2 * kWmmaKeys * kWmmaQueries * 4 +
+         2 * kWmmaKeys * kWmmaQueries * 2 + 2 * kWmmaKeys * d * 4 + 2 * kWmmaQueries * 4;
+}
+
+// Loads lse and delta of query rows [q0, q0 + rows) of (b, h); rows past the end see no key.
+__device__ __forceinline__ void load_row_statistics(const float* lse, const float* delta,
+                                                    const AttentionShape& shape, int64_t b,
+                                                    int64_t h, int64_t q0, int rows, float* s_lse,
+                                                    float* s_delta) {
+  for (int r = thread_index(); r < kWmmaQueries; r += block_threads()) {
+    const int64_t row = (b * shape.heads + h) * shape.q_len + q0 + r;
+    s_lse[r] = r < rows ? lse[row] : -INFINITY;
+    s_delta[r] = r < rows ? delta[row] : 0.0f;
+  }
+}
+
+// out[16][64] (fp32, ld 64) = A B^T for a warp: A is 16 rows of a [.][d] bf16 tile, B the 64
+// rows of another, both row-major with leading dimension d (B^T is then column-major).
+__device__ __forceinline__ void wmma_rows_times_rows_transposed(const __nv_bfloat16* a,
+                                                                const __nv_bfloat16* b, int64_t d,
+                                                                float* out) {
+  using FragA = wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major>;
+  using FragBt = wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major>;
+  using FragAcc = wmma::fragment<wmma::accumulator, 16, 16, 16, float>;
+  for (int n = 0; n < 64 / 16; ++n) {
+    FragAcc acc;
+    wmma::fill_fragment(acc, 0.0f);
+    for (int64_t x = 0; x < d; x += 16) {
+      FragA fa;
+      FragBt fb;
+      wmma::load_matrix_sync(fa, a + x, unsigned(d));
+      wmma::load_matrix_sync(fb, b + n * 16 * d + x, unsigned(d));
+      wmma::mma_sync(acc, fa, fb, acc);
+    }
+    wmma::store_matrix_sync(out + n * 16, acc, 64, wmma::mem_row_major);
+  }
+}
+
+// acc[16][d] (fp32 in shared memory, ld d) += A B for a warp: A [16][64] bf16 row-major (ld 64),
+// B [64][d] bf16 row-major (ld d).
+__device__ __forceinline__ void wmma_accumulate_product(const __nv_bfloat16* a,
+                                                        const __nv_bfloat16* b, int64_t d,
+                                                        float* acc_rows) {
+  using FragA = wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major>;
+  using FragB = wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::row_major>;
+  using FragAcc = wmma::fragment<wmma::accumulator, 16, 16, 16, float>;
+  for (int64_t x = 0; x < d; x += 16) {
+    FragAcc acc;
+    wmma::load_matrix_sync(acc, acc_rows + x, unsigned(d), wmma::mem_row_major);
+    for (int c = 0; c < 64; c += 16) {
+      FragA fa;
+      FragB fb;
+      wmma::load_matrix_sync(fa, a + c, 64);
+      wmma::load_matrix_sync(fb, b + c * d + x, unsigned(d));
+      wmma::mma_sync(acc, fa, fb, acc);
+    }
+    wmma::store_matrix_sync(acc_rows + x, acc, unsigned(d), wmma::mem_row_major);
+  }
+}
+
+// The gradient of one score from its raw q.k and dP: dS = scale P (M dP - delta), and the dropped
+// probability P M; both 0 outside the tile, for masked keys and for rows that see no key.
+struct ScoreGradient {
+  float dropped_p, ds;
+};
+__device__ __forceinline__ ScoreGradient attention_score_gradient(
+    float raw, float dp, bool inside, float row_lse, float row_delta, const AttentionShape& shape,
+    const AttentionMaskArgs& mask, const AttentionDropoutArgs& dropout, int64_t b, int64_t h,
+    int64_t i, int64_t j) {
+  ScoreGradient g{0.0f, 0.0f};
+  if (!inside || row_lse == -INFINITY) return g;
+  const float s = masked_score(raw, mask, b, h, i, j, shape.heads, shape.q_len, shape.k_len);
+  const float p = expf(s - row_lse);
+  if (p != 0.0f) {
+    const float keep = attention_keep_factor(dropout, shape, b, h, i, j);
+    g.ds = mask.scale * p * (keep * dp - row_delta);
+    g.dropped_p = p * keep;
+  }
+  return g;
+}
+
+template <class Unused = void>
+__global__ void __launch_bounds__(kWmmaThreads)
+    attention_backward_dq_wmma_kernel(const __nv_bfloat16* q, const __nv_bfloat16* k,
+                                      const __nv_bfloat16* v, const __nv_bfloat16* d_out,
+                                      const float* lse, const float* delta, AttentionShape shape,
+                                      AttentionMaskArgs mask, AttentionDropoutArgs dropout,
+                                      __nv_bfloat16* dq) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+  __trap();
+#else
+  SP_DYNAMIC_SHARED(unsigned char, smem);
+  const int64_t d = shape.head_dim, heads = shape.heads;
+  constexpr int bq = kWmmaQueries, bk = kWmmaKeys, wr = kWmmaWarpRows;
+  __nv_bfloat16* s_q = reinterpret_cast<__nv_bfloat16*>(smem);      // [bq][d]
+  __nv_bfloat16* s_do = s_q + bq * d;                               // [bq][d]
+  __nv_bfloat16* s_k = s_do + bq * d;                               // [bk][d]
+  __nv_bfloat16* s_v = s_k + bk * d;                                // [bk][d]
+  __nv_bfloat16* s_ds_all = s_v + bk * d;                           // [warps][wr][bk]
+  float* s_scratch = reinterpret_cast<float*>(s_ds_all + bq * bk);  // [warps][2][wr][bk]
+  float* s_dq = s_scratch + 2 * bq * bk;                            // [bq][d]
+  float* s_lse = s_dq + bq * d;                                     // [bq]
+  float* s_delta = s_lse + bq;                                      // [bq]
+
+  const int tid = thread_index(), lane = tid % 32, warp = tid / 32;
+  const int64_t b = blockIdx.y / heads, h = blockIdx.y % heads;
+  const int64_t hk = h / (heads / shape.kv_heads);
+  const int64_t q0 = int64_t(blockIdx.x) * bq;
+  const int rows = int(shape.q_len - q0 < bq ? shape.q_len - q0 : bq);
+  const int64_t contiguous_stride[3] = {shape.q_len * heads * d, heads * d, d};
+  const int r0 = warp * wr;
+  float* s_s = s_scratch + r0 * 2 * bk;  // [wr][bk] raw scores
+  float* s_dp = s_s + wr * bk;           // [wr][bk] dP
+  __nv_bfloat16* s_ds = s_ds_all + r0 * bk;
+
+  load_head_tile_bf16(q, shape.q_stride, b, h, q0, rows, bq, d, s_q);
+  load_head_tile_bf16(d_out, contiguous_stride, b, h, q0, rows, bq, d, s_do);
+  load_row_statistics(lse, delta, shape, b, h, q0, rows, s_lse, s_delta);
+  for (int64_t e = tid; e < bq * d; e += block_threads()) s_dq[e] = 0.0f;
+  const int64_t key_end = attention_key_end(shape, mask, q0, rows);
+  for (int64_t k0 = 0; k0 < key_end; k0 += bk) {
+    const int cols = int(key_end - k0 < bk ? key_end - k0 : bk);
+    __syncthreads();
+    load_head_tile_bf16(k, shape.k_stride, b, hk, k0, cols, bk, d, s_k);
+    load_head_tile_bf16(v, shape.v_stride, b, hk, k0, cols, bk, d, s_v);
+    __syncthreads();
+    if (r0 >= rows) continue;  // warp-uniform
+    wmma_rows_times_rows_transposed(s_q + r0 * d, s_k, d, s_s);
+    wmma_rows_times_rows_transposed(s_do + r0 * d, s_v, d, s_dp);
+    __syncwarp();
+    for (int e = lane; e < wr * bk; e += 32) {
+      const int r = e / bk, c = e % bk;
+      const ScoreGradient g = attention_score_gradient(s_s[e], s_dp[e], r0 + r < rows && c < cols,
+                                                       s_lse[r0 + r], s_delta[r0 + r], shape, mask,
+                                                       dropout, b, h, q0 + r0 + r, k0 + c);
+      s_ds[e] = __float2bfloat16(g.ds);
+    }
+    __syncwarp();
+    wmma_accumulate_product(s_ds, s_k, d, s_dq + r0 * d);
+  }
+  __syncthreads();
+  for (int64_t e = tid; e < rows * d; e += block_threads()) {
+    const int64_t r = e / d, x = e % d;
+    dq[b * shape.dq_stride[0] + (q0 + r) * shape.dq_stride[1] + h * shape.dq_stride[2] + x] =
+        __float2bfloat16(s_dq[e]);
+  }
+#endif
+}
+
+// A block per (64-key tile, batch * key/value head); the query heads of a group are summed in
+// head order (deterministic). Either output may be null.
+template <class Unused = void>
+__global__ void __launch_bounds__(kWmmaThreads)
+    attention_backward_dkv_wmma_kernel(const __nv_bfloat16* q, const __nv_bfloat16* k,
+                                       const __nv_bfloat16* v, const __nv_bfloat16* d_out,
+                                       const float* lse, const float* delta, AttentionShape shape,
+                                       AttentionMaskArgs mask, AttentionDropoutArgs dropout,
+                                       __nv_bfloat16* dk, __nv_bfloat16* dv) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+  __trap();
+#else
+  SP_DYNAMIC_SHARED(unsigned char, smem);
+  const int64_t d = shape.head_dim, heads = shape.heads;
+  constexpr int bq = kWmmaQueries, bk = kWmmaKeys, wr = kWmmaWarpRows;
+  __nv_bfloat16* s_k = reinterpret_cast<__nv_bfloat16*>(smem);  // [bk][d]
+  __nv_bfloat16* s_v = s_k + bk * d;                            // [bk][d]
+  __nv_bfloat16* s_q = s_v + bk * d;                            // [bq][d]
+  __nv_bfloat16* s_do = s_q + bq * d;                           // [bq][d]
+  __nv_bfloat16* s_half_all = s_do + bq * d;  // [warps][2][wr][bq]: dropped P^T, dS^T
+  float* s_scratch = reinterpret_cast<float*>(s_half_all + 2 * bk * bq);  // [warps][2][wr][bq]
+  float* s_dk = s_scratch + 2 * bk * bq;                                  // [bk][d]
+  float* s_dv = s_dk + bk * d;                                            // [bk][d]
+  float* s_lse = s_dv + bk * d;                                           // [bq]
+  float* s_delta = s_lse + bq;                                            // [bq]
+
+  const int tid = thread_index(), lane = tid % 32, warp = tid / 32;
+  const int64_t kv_heads = shape.kv_heads, group = heads / kv_heads;
+  const int64_t b = blockIdx.y / kv_heads, hk = blockIdx.y % kv_heads;
+  const int64_t k0 = int64_t(blockIdx.x) * bk;
+  const int cols = int(shape.k_len - k0 < bk ? shape.k_len - k0 : bk);
+  const int64_t contiguous_stride[3] = {shape.q_len * heads * d, heads * d, d};
+  const int c0 = warp * wr;               // this warp's first key in the tile
+  float* s_st = s_scratch + c0 * 2 * bq;  // [wr][bq] raw scores, transposed
+  float* s_dpt = s_st + wr * bq;          // [wr][bq] dP^T
+  __nv_bfloat16* s_pt = s_half_all + c0 * 2 * bq;
+  __nv_bfloat16* s_dst = s_pt + wr * bq;
+
+  load_head_tile_bf16(k, shape.k_stride, b, hk, k0, cols, bk, d, s_k);
+  load_head_tile_bf16(v, shape.v_stride, b, hk, k0, cols, bk, d, s_v);
+  for (int64_t e = tid; e < bk * d; e += block_threads()) {
+    s_dk[e] = 0.0f;
+    s_dv[e] = 0.0f;
+  }
+  // Causal: query i sees key j iff j <= query_offset + i, so earlier queries never see this tile.
+  int64_t first_query = 0;
+  if (mask.causal && k0 - mask.query_offset > 0) first_query = k0 - mask.query_offset;
+  for (int64_t h = hk * group; h < (hk + 1) * group; ++h)
+    for (int64_t q0 = first_query; q0 < shape.q_len; q0 += bq) {
+      const int rows = int(shape.q_len - q0 < bq ? shape.q_len - q0 : bq);
+      __syncthreads();
+      load_head_tile_bf16(q, shape.q_stride, b, h, q0, rows, bq, d, s_q);
+      load_head_tile_bf16(d_out, contiguous_stride, b, h, q0, rows, bq, d, s_do);
+      load_row_statistics(lse, delta, shape, b, h, q0, rows, s_lse, s_delta);
+      __syncthreads();
+      if (c0 >= cols) continue;  // warp-uniform: this warp's keys are past the end
+      wmma_rows_times_rows_transposed(s_k + c0 * d, s_q, d, s_st);
+      wmma_rows_times_rows_transposed(s_v + c0 * d, s_do, d, s_dpt);
+      __syncwarp();
+      for (int e = lane; e < wr * bq; e += 32) {
+        const int c = e / bq, r = e % bq;
+        const ScoreGradient g =
+            attention_score_gradient(s_st[e], s_dpt[e], c0 + c < cols && r < rows, s_lse[r],
+                                     s_delta[r], shape, mask, dropout, b, h, q0 + r, k0 + c0 + c);
+        s_pt[e] = __float2bfloat16(g.dropped_p);
+        s_dst[e] = __float2bfloat16(g.ds);
+      }
+      __syncwarp();
+      wmma_accumulate_product(s_pt, s_do, d, s_dv + c0 * d);
+      wmma_accumulate_product(s_dst, s_q, d, s_dk + c0 * d);
+    }
+  __syncthreads();
+  for (int64_t e = tid; e < cols * d; e += block_threads()) {
+    const int64_t c = e / d, x = e % d;
+    if (dk)
+      dk[b * shape.dk_stride[0] + (k0 + c) * shape.dk_stride[1] + hk * shape.dk_stride[2] + x] =
+          __float2bfloat16(s_dk[e]);
+    if (dv)
+      dv[b * shape.dv_stride[0] + (k0 + c) * shape.dv_stride[1] + hk * shape.dv_stride[2] + x] =
+          __float2bfloat16(s_dv[e]);
   }
 #endif
 }

@@ -2,6 +2,7 @@
 // the device's shared memory, then the forward kernel, or the backward's three kernels (row dots
 // of dO and O, then dQ per query tile and dK/dV per key tile).
 #include <algorithm>
+#include <type_traits>
 
 #include "engine/cuda/attention_mask_args.h"
 #include "engine/cuda/cuda_backend.h"
@@ -190,7 +191,23 @@ void CudaBackend::attention_backward(const Tensor& q, const Tensor& k, const Ten
                                     double(bh * shape.q_len) * sizeof(float)));
     const double row = double(shape.head_dim) * sizeof(T);
     const double query_rows = double(bh * shape.q_len);
-    if (dq.defined()) {
+    const bool tensor_cores = std::is_same_v<T, __nv_bfloat16> && tensor_core_attention() &&
+                              attention_wmma_supports(shape.head_dim);
+    const size_t dq_wmma_smem = size_t(attention_wmma_backward_dq_smem_bytes(shape.head_dim));
+    const size_t dkv_wmma_smem = size_t(attention_wmma_backward_dkv_smem_bytes(shape.head_dim));
+    if (dq.defined() && tensor_cores && dq_wmma_smem <= max_shared_memory_) {
+      allow_shared_memory(op, attention_backward_dq_wmma_kernel<>, dq_wmma_smem);
+      const dim3 grid(unsigned((shape.q_len + kWmmaQueries - 1) / kWmmaQueries), unsigned(bh));
+      SP_LAUNCH(grid, kWmmaThreads, dq_wmma_smem, stream_, attention_backward_dq_wmma_kernel<>)
+      (const_ptr<__nv_bfloat16>(q), const_ptr<__nv_bfloat16>(k), const_ptr<__nv_bfloat16>(v),
+       const_ptr<__nv_bfloat16>(d_out), const_ptr<float>(lse), delta.as<float>(), shape, args, drop,
+       mutable_ptr<__nv_bfloat16>(dq));
+      const AttentionWork w = attention_work(shape, args, {kWmmaQueries, kWmmaKeys});
+      SP_CUDA_CHECK_LAUNCH(*this, op, "attention_backward_dq_wmma_kernel",
+                           KernelTraffic{w.scores * (6.0 * double(shape.head_dim) + 14.0),
+                                         3.0 * query_rows * row + 2.0 * query_rows * sizeof(float) +
+                                             2.0 * w.key_rows_per_query_tiles * row});
+    } else if (dq.defined()) {
       const AttentionTiles tiles =
           choose_tiles(op, shape.head_dim, max_shared_memory_, attention_backward_dq_smem_floats);
       const size_t smem =
@@ -208,7 +225,22 @@ void CudaBackend::attention_backward(const Tensor& q, const Tensor& k, const Ten
                                          3.0 * query_rows * row + 2.0 * query_rows * sizeof(float) +
                                              2.0 * w.key_rows_per_query_tiles * row});
     }
-    if (dk.defined() || dv.defined()) {
+    if ((dk.defined() || dv.defined()) && tensor_cores && dkv_wmma_smem <= max_shared_memory_) {
+      allow_shared_memory(op, attention_backward_dkv_wmma_kernel<>, dkv_wmma_smem);
+      const dim3 grid(unsigned((shape.k_len + kWmmaKeys - 1) / kWmmaKeys),
+                      unsigned(shape.batch * shape.kv_heads));
+      SP_LAUNCH(grid, kWmmaThreads, dkv_wmma_smem, stream_, attention_backward_dkv_wmma_kernel<>)
+      (const_ptr<__nv_bfloat16>(q), const_ptr<__nv_bfloat16>(k), const_ptr<__nv_bfloat16>(v),
+       const_ptr<__nv_bfloat16>(d_out), const_ptr<float>(lse), delta.as<float>(), shape, args, drop,
+       mutable_ptr<__nv_bfloat16>(dk), mutable_ptr<__nv_bfloat16>(dv));
+      const AttentionWork w = attention_work(shape, args, {kWmmaQueries, kWmmaKeys});
+      const double key_rows = double(shape.batch * shape.kv_heads * shape.k_len);
+      SP_CUDA_CHECK_LAUNCH(
+          *this, op, "attention_backward_dkv_wmma_kernel",
+          KernelTraffic{w.scores * (8.0 * double(shape.head_dim) + 14.0),
+                        4.0 * key_rows * row +
+                            w.query_rows_per_key_tiles * (2.0 * row + 2.0 * sizeof(float))});
+    } else if (dk.defined() || dv.defined()) {
       const AttentionTiles tiles =
           choose_tiles(op, shape.head_dim, max_shared_memory_, attention_backward_dkv_smem_floats);
       const size_t smem =

@@ -215,13 +215,13 @@ TEST_P(CudaAttention, Bf16StaysCloseToFp32Cpu) {
   EXPECT_TRUE(all_close(cpu_result.dv, got.dv, grad_tol, 3e-2f)) << c.name << ": dv";
 }
 
-// The tensor-core forward (kernels/attention_wmma.cuh) takes bf16 with head dimensions that are
+// The tensor-core kernels (kernels/attention_wmma.cuh) take bf16 with head dimensions that are
 // whole 16-wide tiles: every case again with its head dimension widened to 16, 64 or 128, with
-// and without dropout, against the fp32 CPU and against the scalar bf16 kernel. The wmma kernel
-// rounds probabilities to bf16 before P V (as FlashAttention-2 does), another 2^-9 relative
-// rounding of O(1) terms, inside the bf16 allowance of Bf16StaysCloseToFp32Cpu (which the
-// gradients, computed by the shared backward from the wmma forward's lse, keep as well).
-TEST_P(CudaAttention, TensorCoreForwardStaysCloseToFp32CpuAndTheScalarKernel) {
+// and without dropout, forward and backward, against the fp32 CPU and against the scalar bf16
+// kernels. The wmma kernels round P (and, backward, dS) to bf16 before their products, as
+// FlashAttention-2 does: another 2^-9 relative rounding of each term, inside the bf16 allowance
+// of Bf16StaysCloseToFp32Cpu.
+TEST_P(CudaAttention, TensorCoreKernelsStayCloseToFp32CpuAndTheScalarKernels) {
   AttentionCase c = GetParam();
   c.head_dim = c.head_dim <= 16 ? 16 : c.head_dim <= 64 ? 64 : 128;
   Inputs in = make_inputs(c, DType::BF16);
@@ -235,7 +235,9 @@ TEST_P(CudaAttention, TensorCoreForwardStaysCloseToFp32CpuAndTheScalarKernel) {
     Result cpu_result = run(c, in, Device::cpu(), DType::F32, fn);
     backend.reset_stats();
     Result tensor_core = run(c, in, emu_device(), DType::BF16, fn);
-    EXPECT_EQ(backend.stats().launches_by_kernel.count("attention_forward_wmma_kernel"), 1u);
+    for (const char* kernel : {"attention_forward_wmma_kernel", "attention_backward_dq_wmma_kernel",
+                               "attention_backward_dkv_wmma_kernel"})
+      EXPECT_EQ(backend.stats().launches_by_kernel.count(kernel), 1u) << kernel;
     backend.set_tensor_core_attention(false);
     Result scalar = run(c, in, emu_device(), DType::BF16, fn);
     backend.set_tensor_core_attention(true);
