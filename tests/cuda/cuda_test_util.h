@@ -1,10 +1,12 @@
-// tests/cuda/cuda_test_util.h: helpers of the CUDA backend tests: the cpu and cuda-emu backends,
-// deterministic data, moving tensors between them, and element-wise comparisons.
+// tests/cuda/cuda_test_util.h: helpers of the CUDA backend tests: the cpu, cuda-emu and kernel
+// test backends, deterministic data, moving tensors between them, and element-wise comparisons.
 #pragma once
 
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -40,6 +42,32 @@ inline cuda_emu::CudaBackend& emu_backend() {
   return dynamic_cast<cuda_emu::CudaBackend&>(emu());
 }
 
+// The device the kernel suites (CudaKernels, CudaAttention, CudaLargeShapes) run on: cuda-emu,
+// or the one SOFTPROMPT_CUDA_TEST_DEVICE names (scripts/gpu_check.sh sets cuda:0), so the same
+// comparisons with the CPU run on a real GPU. An unavailable device is an error, not a skip.
+inline Device kernel_device() {
+  static const Device device = [] {
+    const char* name = std::getenv("SOFTPROMPT_CUDA_TEST_DEVICE");
+    const Device d = name != nullptr && *name != '\0' ? Device::parse(name) : Device::cuda_emu();
+    if (!backend_available(d)) {
+      std::fprintf(stderr, "SOFTPROMPT_CUDA_TEST_DEVICE=%s: that device is not available\n", name);
+      std::abort();
+    }
+    return d;
+  }();
+  return device;
+}
+inline Backend& kernel_backend() {
+  return backend_for(kernel_device());
+}
+inline bool kernel_device_is_emulated() {
+  return kernel_device() == Device::cuda_emu();
+}
+// Large shapes on a real GPU, small ones under the emulator (whose fibers run ~10^4 blocks/s).
+inline int64_t on_gpu_or_emu(int64_t gpu, int64_t emu) {
+  return kernel_device_is_emulated() ? emu : gpu;
+}
+
 // N(0, std) data, rounded to bf16 when the test runs in bf16 (so the CPU reference sees exactly
 // the values the device computes on and only the kernels' own rounding differs).
 inline Tensor data(const Shape& shape, uint64_t seed, DType dtype = DType::F32, float std = 1.0f) {
@@ -50,6 +78,12 @@ inline Tensor data(const Shape& shape, uint64_t seed, DType dtype = DType::F32, 
 // A host F32 tensor on the emulated device in `dtype`.
 inline Tensor on_emu(const Tensor& host, DType dtype = DType::F32) {
   Tensor t = host.to(emu_device());
+  return t.dtype() == dtype ? t : t.to(dtype);
+}
+
+// A host F32 tensor on the kernel test device in `dtype`.
+inline Tensor on_kernel_device(const Tensor& host, DType dtype = DType::F32) {
+  Tensor t = host.to(kernel_device());
   return t.dtype() == dtype ? t : t.to(dtype);
 }
 

@@ -152,8 +152,8 @@ INSTANTIATE_TEST_SUITE_P(Cases, CudaAttention, ::testing::ValuesIn(attention_cas
 TEST_P(CudaAttention, FusedMatchesMaterialisedOnTheDevice) {
   const AttentionCase& c = GetParam();
   Inputs in = make_inputs(c);
-  Result oracle = run(c, in, emu_device(), DType::F32, materialised);
-  Result got = run(c, in, emu_device(), DType::F32, fused);
+  Result oracle = run(c, in, kernel_device(), DType::F32, materialised);
+  Result got = run(c, in, kernel_device(), DType::F32, fused);
   expect_results_close(oracle, got, 2e-5f, 1e-4f, c.name);
 }
 
@@ -161,7 +161,7 @@ TEST_P(CudaAttention, FusedMatchesCpu) {
   const AttentionCase& c = GetParam();
   Inputs in = make_inputs(c);
   Result cpu_result = run(c, in, Device::cpu(), DType::F32, fused);
-  Result got = run(c, in, emu_device(), DType::F32, fused);
+  Result got = run(c, in, kernel_device(), DType::F32, fused);
   expect_results_close(cpu_result, got, 2e-5f, 1e-4f, c.name);
 }
 
@@ -171,12 +171,13 @@ TEST_P(CudaAttention, FusedMatchesCpu) {
 TEST_P(CudaAttention, FusedDropoutMatchesMaterialisedDropoutOnTheDevice) {
   const AttentionCase& c = GetParam();
   Inputs in = make_inputs(c);
-  Result oracle = run(c, in, emu_device(), DType::F32, materialised_dropout);
-  Result got = run(c, in, emu_device(), DType::F32, fused_dropout);
+  Result oracle = run(c, in, kernel_device(), DType::F32, materialised_dropout);
+  Result got = run(c, in, kernel_device(), DType::F32, fused_dropout);
   expect_results_close(oracle, got, 2e-5f, 1e-4f, c.name);
   // And dropout does change the result (a mask that never fires would pass the above).
   if (c.q_len * c.k_len >= 16) {
-    EXPECT_FALSE(all_close(run(c, in, emu_device(), DType::F32, fused).out, got.out, 1e-3f, 1e-3f))
+    EXPECT_FALSE(
+        all_close(run(c, in, kernel_device(), DType::F32, fused).out, got.out, 1e-3f, 1e-3f))
         << c.name;
   }
 }
@@ -193,7 +194,7 @@ TEST_P(CudaAttention, FusedDropoutMatchesCpu) {
   const AttentionCase& c = GetParam();
   Inputs in = make_inputs(c);
   Result cpu_result = run(c, in, Device::cpu(), DType::F32, fused_dropout);
-  Result got = run(c, in, emu_device(), DType::F32, fused_dropout);
+  Result got = run(c, in, kernel_device(), DType::F32, fused_dropout);
   expect_results_close(cpu_result, got, 2e-5f, 1e-4f, c.name);
 }
 
@@ -207,7 +208,7 @@ TEST_P(CudaAttention, Bf16StaysCloseToFp32Cpu) {
   const AttentionCase& c = GetParam();
   Inputs in = make_inputs(c, DType::BF16);
   Result cpu_result = run(c, in, Device::cpu(), DType::F32, fused);
-  Result got = run(c, in, emu_device(), DType::BF16, fused);
+  Result got = run(c, in, kernel_device(), DType::BF16, fused);
   EXPECT_TRUE(all_close(cpu_result.out, got.out, 3e-2f, 3e-2f)) << c.name << ": out";
   const float grad_tol = 3e-2f * std::sqrt(std::max(1.0f, float(c.head_dim) / 16.0f));
   EXPECT_TRUE(all_close(cpu_result.dq, got.dq, grad_tol, 3e-2f)) << c.name << ": dq";
@@ -225,8 +226,9 @@ TEST_P(CudaAttention, TensorCoreKernelsStayCloseToFp32CpuAndTheScalarKernels) {
   AttentionCase c = GetParam();
   c.head_dim = c.head_dim <= 16 ? 16 : c.head_dim <= 64 ? 64 : 128;
   Inputs in = make_inputs(c, DType::BF16);
-  cuda_emu::CudaBackend& backend = emu_backend();
-  ASSERT_TRUE(backend.tensor_core_attention()) << "on by default under the emulator";
+  Backend& backend = kernel_backend();
+  // The switch to the scalar kernels is the emulated backend's (a GPU compares with the CPU).
+  cuda_emu::CudaBackend* emulated = kernel_device_is_emulated() ? &emu_backend() : nullptr;
   for (auto fn : {fused, fused_dropout}) {
     // Dropout scales the kept probabilities, hence O and the rounding error of the bf16 O that
     // the backward's delta = dO . O reads, by 1 / (1 - p).
@@ -234,19 +236,21 @@ TEST_P(CudaAttention, TensorCoreKernelsStayCloseToFp32CpuAndTheScalarKernels) {
                            (fn == fused ? 1.0f : 1.0f - kDropout.p);
     Result cpu_result = run(c, in, Device::cpu(), DType::F32, fn);
     backend.reset_stats();
-    Result tensor_core = run(c, in, emu_device(), DType::BF16, fn);
+    std::vector<std::pair<const char*, Result>> results;
+    results.emplace_back("tensor cores", run(c, in, kernel_device(), DType::BF16, fn));
     for (const char* kernel : {"attention_forward_wmma_kernel", "attention_backward_dq_wmma_kernel",
                                "attention_backward_dkv_wmma_kernel"})
       EXPECT_EQ(backend.stats().launches_by_kernel.count(kernel), 1u) << kernel;
-    backend.set_tensor_core_attention(false);
-    Result scalar = run(c, in, emu_device(), DType::BF16, fn);
-    backend.set_tensor_core_attention(true);
-    for (const Result* got : {&tensor_core, &scalar}) {
-      const char* which = got == &tensor_core ? "tensor cores" : "scalar";
-      EXPECT_TRUE(all_close(cpu_result.out, got->out, 3e-2f, 3e-2f)) << c.name << " " << which;
-      EXPECT_TRUE(all_close(cpu_result.dq, got->dq, grad_tol, 3e-2f)) << c.name << " " << which;
-      EXPECT_TRUE(all_close(cpu_result.dk, got->dk, grad_tol, 3e-2f)) << c.name << " " << which;
-      EXPECT_TRUE(all_close(cpu_result.dv, got->dv, grad_tol, 3e-2f)) << c.name << " " << which;
+    if (emulated != nullptr) {
+      emulated->set_tensor_core_attention(false);
+      results.emplace_back("scalar", run(c, in, kernel_device(), DType::BF16, fn));
+      emulated->set_tensor_core_attention(true);
+    }
+    for (const auto& [which, got] : results) {
+      EXPECT_TRUE(all_close(cpu_result.out, got.out, 3e-2f, 3e-2f)) << c.name << " " << which;
+      EXPECT_TRUE(all_close(cpu_result.dq, got.dq, grad_tol, 3e-2f)) << c.name << " " << which;
+      EXPECT_TRUE(all_close(cpu_result.dk, got.dk, grad_tol, 3e-2f)) << c.name << " " << which;
+      EXPECT_TRUE(all_close(cpu_result.dv, got.dv, grad_tol, 3e-2f)) << c.name << " " << which;
     }
   }
 }
@@ -260,7 +264,7 @@ TEST(CudaAttentionPacked, MatchesAttentionOnTheSlicesOfQkv) {
   AttentionMask mask;
   mask.scale = 0.35f;
   mask.causal = true;
-  for (Device device : {Device::cpu(), emu_device()}) {
+  for (Device device : {Device::cpu(), kernel_device()}) {
     auto grad_of = [&](bool packed) {
       Tensor qkv = host.to(device).detach().set_requires_grad(true);
       Tensor out;
@@ -294,7 +298,7 @@ TEST(CudaAttentionNaN, ANaNKeyPoisonsExactlyTheRowsThatSeeIt) {
   k[size_t((poisoned_key * H + 0) * D)] = NAN;  // head 0 only
   in.k = Tensor::from_floats(k, in.k.shape());
   const AttentionCase c{"nan", 1, T, T, H, D, true};
-  for (Device device : {Device::cpu(), emu_device()})
+  for (Device device : {Device::cpu(), kernel_device()})
     for (auto fn : {fused, materialised, fused_dropout, materialised_dropout}) {
       Result r = run(c, in, device, DType::F32, fn);
       const std::vector<float> out = r.out.to_floats(), dq = r.dq.to_floats();
@@ -317,13 +321,13 @@ TEST(CudaAttentionNaN, ANaNKeyPoisonsExactlyTheRowsThatSeeIt) {
 
 TEST(CudaAttentionMemory, FusedForwardNeverHoldsTheScoreMatrix) {
   const int64_t T = 256, D = 4;
-  Tensor q = data({1, T, 1, D}, 1).to(emu_device());
-  Tensor k = data({1, T, 1, D}, 2).to(emu_device());
-  Tensor v = data({1, T, 1, D}, 3).to(emu_device());
+  Tensor q = data({1, T, 1, D}, 1).to(kernel_device());
+  Tensor k = data({1, T, 1, D}, 2).to(kernel_device());
+  Tensor v = data({1, T, 1, D}, 3).to(kernel_device());
   AttentionMask mask;
   mask.causal = true;
   NoGradGuard no_grad;
-  Allocator& allocator = emu().allocator();
+  Allocator& allocator = kernel_backend().allocator();
   const size_t before = allocator.stats().bytes_in_use;
   allocator.reset_peak();
   Tensor out = attention(q, k, v, mask);

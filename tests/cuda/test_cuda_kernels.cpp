@@ -38,8 +38,10 @@ class CudaKernels : public ::testing::TestWithParam<Size> {
   DType dtype() const { return GetParam().dtype; }
   float atol() const { return atol_for(dtype()); }
   float rtol() const { return rtol_for(dtype()); }
-  Tensor dev(const Tensor& host) const { return on_emu(host, dtype()); }
-  Tensor dev_empty(const Shape& shape) const { return Tensor::empty(shape, dtype(), emu_device()); }
+  Tensor dev(const Tensor& host) const { return on_kernel_device(host, dtype()); }
+  Tensor dev_empty(const Shape& shape) const {
+    return Tensor::empty(shape, dtype(), kernel_device());
+  }
   Tensor in(const Shape& shape, uint64_t seed, float std = 1.0f) const {
     return data(shape, seed, dtype(), std);
   }
@@ -52,23 +54,23 @@ INSTANTIATE_TEST_SUITE_P(Sweep, CudaKernels, ::testing::ValuesIn(sweep()), size_
 TEST_P(CudaKernels, CopyStridedBroadcastAndWindowed) {
   for (DType dt : {dtype(), DType::I32, DType::I64}) {
     Tensor base = data({cols(), rows()}, 1).to(dt);
-    Tensor base_dev = base.to(emu_device());
+    Tensor base_dev = base.to(kernel_device());
     // Transposed source.
     Tensor want = Tensor::empty({rows(), cols()}, dt),
-           got = Tensor::empty({rows(), cols()}, dt, emu_device());
+           got = Tensor::empty({rows(), cols()}, dt, kernel_device());
     cpu().copy(base.transpose(0, 1), want);
-    emu().copy(base_dev.transpose(0, 1), got);
+    kernel_backend().copy(base_dev.transpose(0, 1), got);
     EXPECT_TRUE(bitwise_equal(want, got)) << "transpose " << dtype_name(dt);
     // Broadcast row (zero stride) into a window of a wider destination (offset, row stride).
-    Tensor row = data({1, cols()}, 2).to(dt), row_dev = row.to(emu_device());
+    Tensor row = data({1, cols()}, 2).to(dt), row_dev = row.to(kernel_device());
     Tensor wide = Tensor::zeros({rows(), cols() + 3}, dt),
-           wide_dev = Tensor::zeros({rows(), cols() + 3}, dt, emu_device());
+           wide_dev = Tensor::zeros({rows(), cols() + 3}, dt, kernel_device());
     cpu().copy(row.expand({rows(), cols()}), wide.slice(1, 2, 2 + cols()));
-    emu().copy(row_dev.expand({rows(), cols()}), wide_dev.slice(1, 2, 2 + cols()));
+    kernel_backend().copy(row_dev.expand({rows(), cols()}), wide_dev.slice(1, 2, 2 + cols()));
     EXPECT_TRUE(bitwise_equal(wide, wide_dev)) << "broadcast window " << dtype_name(dt);
     // Dense.
-    Tensor dense = Tensor::empty({cols(), rows()}, dt, emu_device());
-    emu().copy(base_dev, dense);
+    Tensor dense = Tensor::empty({cols(), rows()}, dt, kernel_device());
+    kernel_backend().copy(base_dev, dense);
     EXPECT_TRUE(bitwise_equal(base, dense)) << "dense " << dtype_name(dt);
   }
 }
@@ -81,13 +83,13 @@ void check_casts(int64_t rows, int64_t cols) {
   const DType all[] = {DType::F32, DType::BF16, DType::F16, DType::I32, DType::I64};
   for (DType from : all) {
     Tensor src = from == DType::F32 ? f32 : f32.to(from);
-    Tensor src_dev = src.to(emu_device());
+    Tensor src_dev = src.to(kernel_device());
     for (DType to : all) {
       if (to == from) continue;
       Tensor want = Tensor::empty(src.shape(), to),
-             got = Tensor::empty(src.shape(), to, emu_device());
+             got = Tensor::empty(src.shape(), to, kernel_device());
       cpu().cast(src, want);
-      emu().cast(src_dev, got);
+      kernel_backend().cast(src_dev, got);
       EXPECT_TRUE(bitwise_equal(want, got))
           << dtype_name(from) << " -> " << dtype_name(to) << " at " << rows << "x" << cols;
     }
@@ -106,14 +108,14 @@ TEST_P(CudaKernels, FillEveryDtype) {
   for (DType dt : {dtype(), DType::F16, DType::I32, DType::I64}) {
     for (float value : {0.0f, 1.5f, -2.25f}) {
       Tensor want = Tensor::empty({rows(), cols()}, dt);
-      Tensor got =
-          Tensor::empty({rows() * cols() + 1}, dt, emu_device()).slice(0, 1, 1 + rows() * cols());
+      Tensor got = Tensor::empty({rows() * cols() + 1}, dt, kernel_device())
+                       .slice(0, 1, 1 + rows() * cols());
       cpu().fill(want, value);
-      emu().fill(got, value);  // an unaligned destination: scalar stores only
+      kernel_backend().fill(got, value);  // an unaligned destination: scalar stores only
       EXPECT_TRUE(bitwise_equal(want.view({rows() * cols()}), got))
           << dtype_name(dt) << " " << value;
-      Tensor aligned = Tensor::empty({rows(), cols()}, dt, emu_device());
-      emu().fill(aligned, value);
+      Tensor aligned = Tensor::empty({rows(), cols()}, dt, kernel_device());
+      kernel_backend().fill(aligned, value);
       EXPECT_TRUE(bitwise_equal(want, aligned)) << dtype_name(dt) << " " << value;
     }
   }
@@ -141,7 +143,7 @@ TEST_P(CudaKernels, BinaryBroadcastsAndAliases) {
       Tensor want = Tensor::empty({r, c});
       cpu().binary(op, a, v.b, want);
       Tensor got = dev_empty({r, c});
-      emu().binary(op, dev(a), v.b_dev, got);
+      kernel_backend().binary(op, dev(a), v.b_dev, got);
       EXPECT_TRUE(all_close(want, got, atol(), rtol())) << v.name << " op " << int(op);
     }
   }
@@ -150,7 +152,7 @@ TEST_P(CudaKernels, BinaryBroadcastsAndAliases) {
   Tensor window = buffer.slice(0, 1, 1 + r * c);
   Tensor want = Tensor::empty({r * c});
   cpu().binary(BinaryOp::kAdd, window.to(Device::cpu()).to(DType::F32), same.view({r * c}), want);
-  emu().binary(BinaryOp::kAdd, window, dev(same).view({r * c}), window);
+  kernel_backend().binary(BinaryOp::kAdd, window, dev(same).view({r * c}), window);
   EXPECT_TRUE(all_close(want, window, atol(), rtol())) << "in place, unaligned";
 }
 
@@ -159,14 +161,14 @@ TEST_P(CudaKernels, AffineInPlaceAndUnaligned) {
   Tensor want = Tensor::empty({rows(), cols()});
   cpu().affine(x, -1.5f, 0.25f, want);
   Tensor xd = dev(x);
-  emu().affine(xd, -1.5f, 0.25f, xd);
+  kernel_backend().affine(xd, -1.5f, 0.25f, xd);
   EXPECT_TRUE(all_close(want, xd, atol(), rtol()));
   Tensor buffer = dev(in({rows() * cols() + 1}, 2));
   Tensor window = buffer.slice(0, 1, 1 + rows() * cols());
   Tensor want2 = Tensor::empty({rows() * cols()});
   cpu().affine(window.to(Device::cpu()).to(DType::F32), 3.0f, -1.0f, want2);
   Tensor out = dev_empty({rows() * cols()});
-  emu().affine(window, 3.0f, -1.0f, out);
+  kernel_backend().affine(window, 3.0f, -1.0f, out);
   EXPECT_TRUE(all_close(want2, out, atol(), rtol()));
 }
 
@@ -192,7 +194,7 @@ TEST_P(CudaKernels, GemmEveryTransposeBatchedAndPadded) {
         Tensor ad = dev(a), bd = dev(b), got = dev(c);
         g.dtype = g.c_dtype = dtype();
         g.a = ad.raw_data(), g.b = bd.raw_data(), g.c = got.raw_data();
-        emu().gemm(g);
+        kernel_backend().gemm(g);
         // fp32 through the emulated cuBLAS is the CPU's OpenBLAS: agreement to rounding. bf16
         // rounds the output once; sums of k products of O(1) values need an absolute allowance.
         const float tol = dtype() == DType::F32 ? 1e-4f : 2e-2f * std::sqrt(float(k));
@@ -209,10 +211,10 @@ TEST(CudaKernelsGemm, EmptyInnerDimensionScalesC) {
     for (DType dtype : {DType::F32, DType::BF16}) {
       Tensor c = data({2, 3, 5}, 1, dtype);
       // The CPU reference computes in F32 (it writes no bf16 GEMM results).
-      Tensor want = c.to(DType::F32).clone(), got = on_emu(c, dtype);
+      Tensor want = c.to(DType::F32).clone(), got = on_kernel_device(c, dtype);
       float nan = std::nanf("");
       if (beta == 0.0f) {
-        emu().fill(got, nan);
+        kernel_backend().fill(got, nan);
         cpu().fill(want, nan);
       }
       GemmArgs g;
@@ -222,7 +224,7 @@ TEST(CudaKernelsGemm, EmptyInnerDimensionScalesC) {
       g.a = g.b = &unused;
       cpu().gemm(g);
       g.dtype = g.c_dtype = dtype, g.c = got.raw_data();
-      emu().gemm(g);
+      kernel_backend().gemm(g);
       EXPECT_TRUE(all_close(want, got, 0.0f, 0.0f)) << "beta " << beta << " " << dtype_name(dtype);
     }
   }
@@ -238,8 +240,8 @@ TEST(CudaKernelsGemm, Bf16OperandsWithAnF32Result) {
   Tensor w_t = data({n, k}, 23, DType::BF16).to(DType::BF16);  // [out, in], used transposed
   for (bool transposed : {false, true}) {
     Tensor want = matmul(x, transposed ? w_t.transpose(0, 1) : w);
-    Tensor got = matmul(x.to(emu_device()),
-                        transposed ? w_t.to(emu_device()).transpose(0, 1) : w.to(emu_device()));
+    Tensor got = matmul(x.to(kernel_device()), transposed ? w_t.to(kernel_device()).transpose(0, 1)
+                                                          : w.to(kernel_device()));
     ASSERT_EQ(got.dtype(), DType::F32);
     EXPECT_TRUE(all_close(want, got, 1e-5f * float(k), 1e-5f)) << "transposed " << transposed;
   }
@@ -252,43 +254,44 @@ TEST_P(CudaKernels, SumLastRowsToAndSquares) {
   Tensor x = in({r, c}, 1);
   Tensor want = Tensor::empty({r, 1}), got = dev_empty({r, 1});
   cpu().sum_last(x, want);
-  emu().sum_last(dev(x), got);
+  kernel_backend().sum_last(dev(x), got);
   const float sum_atol = atol() * std::sqrt(float(c));
   EXPECT_TRUE(all_close(want, got, sum_atol, rtol())) << "sum_last";
   Tensor want_cols = Tensor::empty({1, c}), got_cols = dev_empty({1, c});
   cpu().sum_rows(x, want_cols);
-  emu().sum_rows(dev(x), got_cols);
+  kernel_backend().sum_rows(dev(x), got_cols);
   EXPECT_TRUE(all_close(want_cols, got_cols, atol(), rtol())) << "sum_rows";
   // A reduction neither leading nor trailing: [2, r, c] -> [1, r, 1] and [2, 1, c].
   Tensor x3 = in({2, r, c}, 2);
   for (Shape target : {Shape{1, r, 1}, Shape{2, 1, c}, Shape{1, 1, 1}}) {
     Tensor w = Tensor::empty(target), g = dev_empty(target);
     cpu().sum_to(x3, w);
-    emu().sum_to(dev(x3), g);
+    kernel_backend().sum_to(dev(x3), g);
     EXPECT_TRUE(all_close(w, g, sum_atol, rtol())) << "sum_to " << shape_str(target);
   }
   const double want_sq = cpu().sum_squares(x);
-  const double got_sq = emu().sum_squares(dev(x));
+  const double got_sq = kernel_backend().sum_squares(dev(x));
   EXPECT_NEAR(got_sq, want_sq, 1e-6 * want_sq + 1e-9);
 }
 
 TEST(CudaKernelsLarge, SumRowsAndNormGradsSplitRowsIntoChunks) {
   // 200 rows make several row chunks (64 rows each) in the two-pass column sums.
   Tensor x = data({200, 33}, 1);
-  Tensor want = Tensor::empty({33}), got = Tensor::empty({33}, DType::F32, emu_device());
+  Tensor want = Tensor::empty({33}), got = Tensor::empty({33}, DType::F32, kernel_device());
   cpu().sum_rows(x, want);
-  emu().sum_rows(on_emu(x), got);
+  kernel_backend().sum_rows(on_kernel_device(x), got);
   EXPECT_TRUE(all_close(want, got, 1e-4f, 1e-4f));
   Tensor w = data({33}, 2), dy = data({200, 33}, 3);
   Tensor y = Tensor::empty({200, 33}), rstd = Tensor::empty({200});
   cpu().rmsnorm_forward(x, w, 1e-6f, y, rstd);
   Tensor dw = Tensor::zeros({33}), dx = Tensor::empty({200, 33});
   cpu().rmsnorm_backward(x, w, rstd, dy, dx, dw);
-  Tensor rstd_d = Tensor::empty({200}, DType::F32, emu_device());
-  Tensor y_d = Tensor::empty({200, 33}, DType::F32, emu_device());
-  emu().rmsnorm_forward(on_emu(x), on_emu(w), 1e-6f, y_d, rstd_d);
-  Tensor dw_d = Tensor::zeros({33}, DType::F32, emu_device());
-  emu().rmsnorm_backward(on_emu(x), on_emu(w), rstd_d, on_emu(dy), Tensor(), dw_d);
+  Tensor rstd_d = Tensor::empty({200}, DType::F32, kernel_device());
+  Tensor y_d = Tensor::empty({200, 33}, DType::F32, kernel_device());
+  kernel_backend().rmsnorm_forward(on_kernel_device(x), on_kernel_device(w), 1e-6f, y_d, rstd_d);
+  Tensor dw_d = Tensor::zeros({33}, DType::F32, kernel_device());
+  kernel_backend().rmsnorm_backward(on_kernel_device(x), on_kernel_device(w), rstd_d,
+                                    on_kernel_device(dy), Tensor(), dw_d);
   EXPECT_TRUE(all_close(dw, dw_d, 1e-4f, 1e-4f));
 }
 
@@ -305,8 +308,8 @@ TEST_P(CudaKernels, ActivationsForwardBackward) {
       cpu().activation_forward(act, x, b, y);
       cpu().activation_backward(act, x, b, dy, dx);
       Tensor y_d = dev_empty(x.shape()), dx_d = dev_empty(x.shape());
-      emu().activation_forward(act, dev(x), b_d, y_d);
-      emu().activation_backward(act, dev(x), b_d, dev(dy), dx_d);
+      kernel_backend().activation_forward(act, dev(x), b_d, y_d);
+      kernel_backend().activation_backward(act, dev(x), b_d, dev(dy), dx_d);
       EXPECT_TRUE(all_close(y, y_d, atol(), rtol())) << "forward " << int(act) << " " << with_bias;
       EXPECT_TRUE(all_close(dx, dx_d, atol(), rtol()))
           << "backward " << int(act) << " " << with_bias;
@@ -322,12 +325,12 @@ TEST_P(CudaKernels, GatedActivationForwardBackward) {
     cpu().gated_forward(act, gate, up, y);
     cpu().gated_backward(act, gate, up, dy, dg, du);
     Tensor y_d = dev_empty(gate.shape());
-    emu().gated_forward(act, dev(gate), dev(up), y_d);
+    kernel_backend().gated_forward(act, dev(gate), dev(up), y_d);
     EXPECT_TRUE(all_close(y, y_d, atol(), rtol()));
     for (int which = 0; which < 3; ++which) {  // both, gate only, up only
       Tensor dg_d = which != 2 ? dev_empty(gate.shape()) : Tensor();
       Tensor du_d = which != 1 ? dev_empty(gate.shape()) : Tensor();
-      emu().gated_backward(act, dev(gate), dev(up), dev(dy), dg_d, du_d);
+      kernel_backend().gated_backward(act, dev(gate), dev(up), dev(dy), dg_d, du_d);
       if (dg_d.defined()) {
         EXPECT_TRUE(all_close(dg, dg_d, atol(), rtol())) << "d_gate " << which;
       }
@@ -346,9 +349,9 @@ TEST_P(CudaKernels, LayerNormForwardBackwardAccumulatesParamGrads) {
   Tensor y = Tensor::empty({r, c}), mean = Tensor::empty({r}), rstd = Tensor::empty({r});
   cpu().layernorm_forward(x, w, b, 1e-5f, y, mean, rstd);
   Tensor y_d = dev_empty({r, c});
-  Tensor mean_d = Tensor::empty({r}, DType::F32, emu_device()),
-         rstd_d = Tensor::empty({r}, DType::F32, emu_device());
-  emu().layernorm_forward(dev(x), dev(w), dev(b), 1e-5f, y_d, mean_d, rstd_d);
+  Tensor mean_d = Tensor::empty({r}, DType::F32, kernel_device()),
+         rstd_d = Tensor::empty({r}, DType::F32, kernel_device());
+  kernel_backend().layernorm_forward(dev(x), dev(w), dev(b), 1e-5f, y_d, mean_d, rstd_d);
   EXPECT_TRUE(all_close(y, y_d, atol(), rtol())) << "y";
   EXPECT_TRUE(all_close(mean, mean_d, 1e-5f, 1e-5f)) << "mean";
   EXPECT_TRUE(all_close(rstd, rstd_d, 1e-5f, 1e-4f)) << "rstd";
@@ -357,7 +360,8 @@ TEST_P(CudaKernels, LayerNormForwardBackwardAccumulatesParamGrads) {
   Tensor dx = Tensor::empty({r, c}), dw = dw0.clone(), db = db0.clone();
   cpu().layernorm_backward(x, w, mean, rstd, dy, dx, false, dw, db);
   Tensor dx_d = dev_empty({r, c}), dw_d = dev(dw0), db_d = dev(db0);
-  emu().layernorm_backward(dev(x), dev(w), mean_d, rstd_d, dev(dy), dx_d, false, dw_d, db_d);
+  kernel_backend().layernorm_backward(dev(x), dev(w), mean_d, rstd_d, dev(dy), dx_d, false, dw_d,
+                                      db_d);
   // dx of a 1-column row is a difference of equal values: exactly representable zero in fp32,
   // so the tolerance is the usual one; rstd (~316 at one column) scales the absolute error.
   const float grad_atol = atol() * (c == 1 ? 400.0f : 4.0f);
@@ -366,8 +370,8 @@ TEST_P(CudaKernels, LayerNormForwardBackwardAccumulatesParamGrads) {
   EXPECT_TRUE(all_close(db, db_d, atol(), rtol())) << "d_bias";
   // Frozen weights: only dx.
   Tensor dx_only = dev_empty({r, c});
-  emu().layernorm_backward(dev(x), dev(w), mean_d, rstd_d, dev(dy), dx_only, false, Tensor(),
-                           Tensor());
+  kernel_backend().layernorm_backward(dev(x), dev(w), mean_d, rstd_d, dev(dy), dx_only, false,
+                                      Tensor(), Tensor());
   EXPECT_TRUE(all_close(dx, dx_only, grad_atol, rtol())) << "dx, frozen";
   // Added into a pending gradient (the residual stream's) instead of written: the CPU's sum.
   Tensor pending = in({r, c}, 7);
@@ -375,8 +379,8 @@ TEST_P(CudaKernels, LayerNormForwardBackwardAccumulatesParamGrads) {
   cpu().layernorm_backward(x, w, mean, rstd, dy, summed, true, Tensor(), Tensor());
   EXPECT_TRUE(all_close(add(pending, dx), summed, 1e-6f, 1e-6f)) << "cpu: pending + dx";
   Tensor summed_d = dev(pending);
-  emu().layernorm_backward(dev(x), dev(w), mean_d, rstd_d, dev(dy), summed_d, true, Tensor(),
-                           Tensor());
+  kernel_backend().layernorm_backward(dev(x), dev(w), mean_d, rstd_d, dev(dy), summed_d, true,
+                                      Tensor(), Tensor());
   EXPECT_TRUE(all_close(summed, summed_d, grad_atol, rtol())) << "dx added into pending";
 }
 
@@ -385,15 +389,15 @@ TEST_P(CudaKernels, RmsNormForwardBackward) {
   Tensor x = in({r, c}, 1, 2.0f), w = in({c}, 2), dy = in({r, c}, 3);
   Tensor y = Tensor::empty({r, c}), rstd = Tensor::empty({r});
   cpu().rmsnorm_forward(x, w, 1e-6f, y, rstd);
-  Tensor y_d = dev_empty({r, c}), rstd_d = Tensor::empty({r}, DType::F32, emu_device());
-  emu().rmsnorm_forward(dev(x), dev(w), 1e-6f, y_d, rstd_d);
+  Tensor y_d = dev_empty({r, c}), rstd_d = Tensor::empty({r}, DType::F32, kernel_device());
+  kernel_backend().rmsnorm_forward(dev(x), dev(w), 1e-6f, y_d, rstd_d);
   EXPECT_TRUE(all_close(y, y_d, atol(), rtol()));
   EXPECT_TRUE(all_close(rstd, rstd_d, 1e-5f, 1e-4f));
   Tensor dw0 = in({c}, 4);
   Tensor dx = Tensor::empty({r, c}), dw = dw0.clone();
   cpu().rmsnorm_backward(x, w, rstd, dy, dx, dw);
   Tensor dx_d = dev_empty({r, c}), dw_d = dev(dw0);
-  emu().rmsnorm_backward(dev(x), dev(w), rstd_d, dev(dy), dx_d, dw_d);
+  kernel_backend().rmsnorm_backward(dev(x), dev(w), rstd_d, dev(dy), dx_d, dw_d);
   const float grad_atol = atol() * 4.0f;
   EXPECT_TRUE(all_close(dx, dx_d, grad_atol, rtol())) << "dx";
   EXPECT_TRUE(all_close(dw, dw_d, grad_atol, rtol())) << "d_weight";
@@ -410,14 +414,14 @@ TEST_P(CudaKernels, RotaryEmbeddingForwardAndInverse) {
   std::vector<float> c(angle.size()), s(angle.size());
   for (size_t i = 0; i < angle.size(); ++i) c[i] = std::cos(angle[i]), s[i] = std::sin(angle[i]);
   Tensor cos = Tensor::from_floats(c, {B, T, half}), sin = Tensor::from_floats(s, {B, T, half});
-  Tensor cos_d = cos.to(emu_device()), sin_d = sin.to(emu_device());
+  Tensor cos_d = cos.to(kernel_device()), sin_d = sin.to(kernel_device());
   Tensor y = Tensor::empty(x.shape()), y_d = dev_empty(x.shape());
   cpu().rotary_embedding(x, cos, sin, false, y);
-  emu().rotary_embedding(dev(x), cos_d, sin_d, false, y_d);
+  kernel_backend().rotary_embedding(dev(x), cos_d, sin_d, false, y_d);
   EXPECT_TRUE(all_close(y, y_d, atol(), rtol())) << "forward";
   Tensor back = Tensor::empty(x.shape()), back_d = dev_empty(x.shape());
   cpu().rotary_embedding(y, cos, sin, true, back);
-  emu().rotary_embedding(y_d, cos_d, sin_d, true, back_d);
+  kernel_backend().rotary_embedding(y_d, cos_d, sin_d, true, back_d);
   EXPECT_TRUE(all_close(back, back_d, atol() * 2, rtol())) << "inverse";
   EXPECT_TRUE(all_close(x, back, 1e-5f, 1e-5f)) << "the inverse undoes the rotation";
 }
@@ -446,17 +450,17 @@ TEST_P(CudaKernels, MaskedSoftmaxEveryMaskKind) {
       mask.key_padding = Tensor::from_floats(all_masked, {B, Tk});
     }
     mask_d = mask;
-    if (mask.bias.defined()) mask_d.bias = on_emu(mask.bias);
-    if (mask.key_padding.defined()) mask_d.key_padding = on_emu(mask.key_padding);
+    if (mask.bias.defined()) mask_d.bias = on_kernel_device(mask.bias);
+    if (mask.key_padding.defined()) mask_d.key_padding = on_kernel_device(mask.key_padding);
     Tensor probs = Tensor::empty(scores.shape());
     cpu().masked_softmax_forward(scores, mask, probs);
     Tensor probs_d = dev_empty(scores.shape());
-    emu().masked_softmax_forward(dev(scores), mask_d, probs_d);
+    kernel_backend().masked_softmax_forward(dev(scores), mask_d, probs_d);
     EXPECT_TRUE(all_close(probs, probs_d, atol(), rtol())) << "variant " << variant;
     Tensor ds = Tensor::empty(scores.shape()), ds_d = dev_empty(scores.shape());
     Tensor probs_in = dtype() == DType::F32 ? probs : probs.to(DType::BF16).to(DType::F32);
     cpu().masked_softmax_backward(probs_in, d_probs, mask.scale, ds);
-    emu().masked_softmax_backward(dev(probs_in), dev(d_probs), mask.scale, ds_d);
+    kernel_backend().masked_softmax_backward(dev(probs_in), dev(d_probs), mask.scale, ds_d);
     EXPECT_TRUE(all_close(ds, ds_d, atol(), rtol())) << "backward variant " << variant;
   }
 }
@@ -471,9 +475,10 @@ TEST_P(CudaKernels, GatherRowsEveryWidthAndAlignment) {
       Tensor table = data({V + 1, c}, 1).to(dt);
       // Row 1 onwards: the base is aligned only when a row is a multiple of 16 bytes.
       Tensor window = table.slice(0, 1, V + 1);
-      Tensor want = Tensor::empty({5, c}, dt), got = Tensor::empty({5, c}, dt, emu_device());
+      Tensor want = Tensor::empty({5, c}, dt), got = Tensor::empty({5, c}, dt, kernel_device());
       cpu().gather_rows(window, ids, want);
-      emu().gather_rows(table.to(emu_device()).slice(0, 1, V + 1), ids.to(emu_device()), got);
+      kernel_backend().gather_rows(table.to(kernel_device()).slice(0, 1, V + 1),
+                                   ids.to(kernel_device()), got);
       EXPECT_TRUE(bitwise_equal(want, got)) << dtype_name(dt) << " ids " << dtype_name(ids_dtype);
     }
   }
@@ -487,7 +492,7 @@ TEST_P(CudaKernels, ScatterAddRowsRepeatedIds) {
     Tensor want = table0.clone();
     cpu().scatter_add_rows(d_out, ids, want);
     Tensor got = dev(table0);
-    emu().scatter_add_rows(dev(d_out), ids.to(emu_device()), got);
+    kernel_backend().scatter_add_rows(dev(d_out), ids.to(kernel_device()), got);
     // bf16 rounds after each of the three additions into row 2.
     EXPECT_TRUE(all_close(want, got, atol() * 3, rtol() * 3)) << dtype_name(ids_dtype);
   }
@@ -502,20 +507,21 @@ TEST_P(CudaKernels, CrossEntropyIgnoredRowsAndInPlaceBackward) {
   for (int64_t i = 0; i < r; ++i) t[size_t(i)] = (i * 7 + 3) % V;
   t[size_t(r - 1)] = -100;
   for (DType targets_dtype : {DType::I64, DType::I32}) {
-    Tensor targets = Tensor::from_ints(t, {r}, targets_dtype), targets_d = targets.to(emu_device());
+    Tensor targets = Tensor::from_ints(t, {r}, targets_dtype),
+           targets_d = targets.to(kernel_device());
     Tensor loss = Tensor::empty({r}), lse = Tensor::empty({r});
     cpu().cross_entropy_forward(logits, targets, -100, loss, lse);
-    Tensor loss_d = Tensor::empty({r}, DType::F32, emu_device()),
-           lse_d = Tensor::empty({r}, DType::F32, emu_device());
-    emu().cross_entropy_forward(dev(logits), targets_d, -100, loss_d, lse_d);
+    Tensor loss_d = Tensor::empty({r}, DType::F32, kernel_device()),
+           lse_d = Tensor::empty({r}, DType::F32, kernel_device());
+    kernel_backend().cross_entropy_forward(dev(logits), targets_d, -100, loss_d, lse_d);
     EXPECT_TRUE(all_close(loss, loss_d, 1e-5f, 1e-5f)) << "loss";
     EXPECT_TRUE(all_close(lse, lse_d, 1e-5f, 1e-5f)) << "lse";
     // The mean over the counted rows, reduced on the device: both sum the same floats in double
     // (in another order), so the float results agree to rounding; no rows counted gives 0.
     for (int64_t count : {r - 1, int64_t(0)}) {
-      Tensor mean = Tensor::empty({}), mean_d = Tensor::empty({}, DType::F32, emu_device());
+      Tensor mean = Tensor::empty({}), mean_d = Tensor::empty({}, DType::F32, kernel_device());
       cpu().cross_entropy_mean(loss, count, mean);
-      emu().cross_entropy_mean(loss.to(emu_device()), count, mean_d);
+      kernel_backend().cross_entropy_mean(loss.to(kernel_device()), count, mean_d);
       EXPECT_FLOAT_EQ(mean.item(), mean_d.item()) << "mean over " << count;
       if (count == 0) {
         EXPECT_EQ(mean_d.item(), 0.0f);
@@ -524,20 +530,20 @@ TEST_P(CudaKernels, CrossEntropyIgnoredRowsAndInPlaceBackward) {
     Tensor d = Tensor::empty({r, V});
     cpu().cross_entropy_backward(logits, targets, -100, lse, 0.5f, d);
     Tensor d_d = dev_empty({r, V});
-    emu().cross_entropy_backward(dev(logits), targets_d, -100, lse_d, 0.5f, d_d);
+    kernel_backend().cross_entropy_backward(dev(logits), targets_d, -100, lse_d, 0.5f, d_d);
     EXPECT_TRUE(all_close(d, d_d, atol(), rtol())) << "d_logits";
     Tensor in_place = dev(logits);  // d_logits written over the logits
-    emu().cross_entropy_backward(in_place, targets_d, -100, lse_d, 0.5f, in_place);
+    kernel_backend().cross_entropy_backward(in_place, targets_d, -100, lse_d, 0.5f, in_place);
     EXPECT_TRUE(all_close(d, in_place, atol(), rtol())) << "in place";
     // Forward and backward in one kernel, into a separate buffer and over the logits (the target's
     // logit must be read for the loss before the row is overwritten): the CPU's two passes.
     for (bool over_logits : {false, true}) {
-      Tensor fused_loss = Tensor::empty({r}, DType::F32, emu_device()),
-             fused_lse = Tensor::empty({r}, DType::F32, emu_device());
+      Tensor fused_loss = Tensor::empty({r}, DType::F32, kernel_device()),
+             fused_lse = Tensor::empty({r}, DType::F32, kernel_device());
       Tensor fused_logits = dev(logits);
       Tensor fused_d = over_logits ? fused_logits : dev_empty({r, V});
-      emu().cross_entropy_forward_backward(fused_logits, targets_d, -100, 0.5f, fused_loss,
-                                           fused_lse, fused_d);
+      kernel_backend().cross_entropy_forward_backward(fused_logits, targets_d, -100, 0.5f,
+                                                      fused_loss, fused_lse, fused_d);
       EXPECT_TRUE(all_close(loss, fused_loss, 1e-5f, 1e-5f)) << "fused loss " << over_logits;
       EXPECT_TRUE(all_close(lse, fused_lse, 1e-5f, 1e-5f)) << "fused lse " << over_logits;
       EXPECT_TRUE(all_close(d, fused_d, atol(), rtol())) << "fused d_logits " << over_logits;
@@ -549,7 +555,7 @@ TEST_P(CudaKernels, CrossEntropyIgnoredRowsAndInPlaceBackward) {
 // chunks measured no faster there), 256 MiB on CUDA devices, whose every chunk re-reads the head.
 TEST(CudaLogitsChunks, DevicesTakeLargerChunksThanTheCpu) {
   EXPECT_EQ(cpu().logits_chunk_bytes(), size_t(16) << 20);
-  EXPECT_EQ(emu().logits_chunk_bytes(), size_t(256) << 20);
+  EXPECT_EQ(kernel_backend().logits_chunk_bytes(), size_t(256) << 20);
 }
 
 // ---- randomness ----
@@ -560,7 +566,7 @@ TEST_P(CudaKernels, DropoutDrawsTheCpuMask) {
     Tensor want = Tensor::empty(x.shape());
     cpu().dropout(x, p, 1234, 77, want);
     Tensor got = dev_empty(x.shape());
-    emu().dropout(dev(x), p, 1234, 77, got);
+    kernel_backend().dropout(dev(x), p, 1234, 77, got);
     if (dtype() == DType::F32)
       EXPECT_TRUE(bitwise_equal(want, got)) << p;
     else
@@ -580,8 +586,8 @@ TEST_P(CudaKernels, ResidualDropoutAddDrawsTheCpuMask) {
       Tensor want = Tensor::empty(x.shape());
       cpu().residual_dropout_add(residual, x, b, p, 4321, 13, want);
       Tensor got = dev_empty(x.shape());
-      emu().residual_dropout_add(dev(residual), dev(x), with_bias ? dev(bias) : Tensor(), p, 4321,
-                                 13, got);
+      kernel_backend().residual_dropout_add(dev(residual), dev(x), with_bias ? dev(bias) : Tensor(),
+                                            p, 4321, 13, got);
       const bool tight = dtype() == DType::F32;
       EXPECT_TRUE(all_close(want, got, tight ? 1e-6f : atol(), tight ? 1e-6f : rtol()))
           << "p " << p << " bias " << with_bias;
@@ -592,7 +598,7 @@ TEST_P(CudaKernels, NormalFillIsBitwiseTheCpuStream) {
   Tensor want = Tensor::empty({rows(), cols()});
   cpu().normal_fill(want, 0.5f, 2.0f, 99, 1000);
   Tensor got = dev_empty({rows(), cols()});
-  emu().normal_fill(got, 0.5f, 2.0f, 99, 1000);
+  kernel_backend().normal_fill(got, 0.5f, 2.0f, 99, 1000);
   // Under the emulator the kernel runs the same libm as the CPU: identical bits (a GPU's logf /
   // cosf may differ in the last place).
   EXPECT_TRUE(bitwise_equal(dtype() == DType::F32 ? want : want.to(DType::BF16), got));
@@ -607,7 +613,7 @@ TEST_P(CudaKernels, RelativePositionBias) {
     for (int64_t offset : {0, 5}) {
       Tensor want = Tensor::empty({H, rows(), cols()}), got = dev_empty({H, rows(), cols()});
       cpu().relative_position_bias(table, offset, bidirectional, buckets, 128, want);
-      emu().relative_position_bias(dev(table), offset, bidirectional, buckets, 128, got);
+      kernel_backend().relative_position_bias(dev(table), offset, bidirectional, buckets, 128, got);
       EXPECT_TRUE(all_close(want, got, 0.0f, 0.0f)) << bidirectional << " " << offset;
     }
   }
@@ -618,13 +624,13 @@ TEST_P(CudaKernels, RelativePositionBias) {
 TEST_P(CudaKernels, AdamWSteps) {
   const int64_t n = rows() * cols();
   Tensor param = in({n}, 1), m = Tensor::zeros({n}), v = Tensor::zeros({n});
-  Tensor param_d = dev(param), m_d = Tensor::zeros({n}, DType::F32, emu_device()),
-         v_d = Tensor::zeros({n}, DType::F32, emu_device());
+  Tensor param_d = dev(param), m_d = Tensor::zeros({n}, DType::F32, kernel_device()),
+         v_d = Tensor::zeros({n}, DType::F32, kernel_device());
   for (int64_t step = 1; step <= 3; ++step) {
     Tensor grad = in({n}, 10 + uint64_t(step));
     AdamWUpdate update{1e-2f, 0.9f, 0.999f, 1e-8f, 0.01f, step};
     cpu().adamw_step({{param}, {grad}, {m}, {v}}, update, Tensor(), Tensor());
-    emu().adamw_step({{param_d}, {dev(grad)}, {m_d}, {v_d}}, update, Tensor(), Tensor());
+    kernel_backend().adamw_step({{param_d}, {dev(grad)}, {m_d}, {v_d}}, update, Tensor(), Tensor());
   }
   // fp32: the same scalar update on the same inputs (kernels/adamw_math.h). bf16 parameters
   // round after each step: three roundings of O(1) values.
@@ -652,17 +658,17 @@ TEST_P(CudaKernels, AdamWClipsAndSkipsNonFiniteStepsOnTheDevice) {
     for (auto* moments : {&host.exp_avg, &host.exp_avg_sq})
       moments->push_back(Tensor::zeros(shapes[i]));
     for (auto* moments : {&device.exp_avg, &device.exp_avg_sq})
-      moments->push_back(Tensor::zeros(shapes[i], DType::F32, emu_device()));
+      moments->push_back(Tensor::zeros(shapes[i], DType::F32, kernel_device()));
   }
   const Tensor guard = Tensor::from_floats(std::vector<float>{0.5f, 2.0f}, {2});
-  const Tensor guard_d = guard.to(emu_device());
-  Tensor norm = Tensor::empty({1}), norm_d = Tensor::empty({1}, DType::F32, emu_device());
+  const Tensor guard_d = guard.to(kernel_device());
+  Tensor norm = Tensor::empty({1}), norm_d = Tensor::empty({1}, DType::F32, kernel_device());
   int64_t step = 0;
   for (double max_grad_norm : {1.0, 0.0, 1e6}) {
     ++step;
     const AdamWUpdate update{1e-2f, 0.9f, 0.999f, 1e-8f, 0.01f, step, max_grad_norm};
     cpu().adamw_step(host, update, guard, norm);
-    emu().adamw_step(device, update, guard_d, norm_d);
+    kernel_backend().adamw_step(device, update, guard_d, norm_d);
     // Both accumulate the squares in double, in different orders: the float norms agree to an
     // ulp.
     EXPECT_NEAR(norm_d.item(), norm.item(), 1e-6f * norm.item()) << max_grad_norm;
@@ -687,14 +693,14 @@ TEST_P(CudaKernels, AdamWClipsAndSkipsNonFiniteStepsOnTheDevice) {
   const AdamWUpdate update{1e-2f, 0.9f, 0.999f, 1e-8f, 0.01f, ++step, 1.0};
   for (float bad : {NAN, INFINITY}) {
     const Tensor bad_guard = Tensor::from_floats(std::vector<float>{1.0f, bad}, {2});
-    emu().adamw_step(device, update, bad_guard.to(emu_device()), norm_d);
+    kernel_backend().adamw_step(device, update, bad_guard.to(kernel_device()), norm_d);
     EXPECT_TRUE(std::isfinite(norm_d.item()));
     EXPECT_EQ(snapshot(), before) << "guard " << bad;
   }
   std::vector<float> poisoned = device.grads[1].to_floats();
   poisoned[2] = INFINITY;
-  device.grads[1] = on_emu(Tensor::from_floats(poisoned, {5}), dtype());
-  emu().adamw_step(device, update, Tensor(), norm_d);
+  device.grads[1] = on_kernel_device(Tensor::from_floats(poisoned, {5}), dtype());
+  kernel_backend().adamw_step(device, update, Tensor(), norm_d);
   EXPECT_EQ(norm_d.item(), INFINITY);
   EXPECT_EQ(snapshot(), before) << "infinite gradient";
 }
