@@ -49,8 +49,10 @@ inline Device kernel_device() {
   static const Device device = [] {
     const char* name = std::getenv("SOFTPROMPT_CUDA_TEST_DEVICE");
     const Device d = name != nullptr && *name != '\0' ? Device::parse(name) : Device::cuda_emu();
-    if (!backend_available(d)) {
-      std::fprintf(stderr, "SOFTPROMPT_CUDA_TEST_DEVICE=%s: that device is not available\n", name);
+    if (d.is_cpu() || !backend_available(d)) {
+      std::fprintf(stderr,
+                   "SOFTPROMPT_CUDA_TEST_DEVICE=%s: expected an available cuda:N or cuda-emu\n",
+                   name);
       std::abort();
     }
     return d;
