@@ -90,6 +90,13 @@ __device__ __forceinline__ int64_t attention_key_end(const AttentionShape& shape
   return visible < shape.k_len ? visible : shape.k_len;
 }
 
+// The first query that can see key k0 (causal: query i sees key j iff j <= query_offset + i, so
+// earlier queries never see a key tile starting at k0).
+__device__ __forceinline__ int64_t attention_first_query(const AttentionMaskArgs& mask,
+                                                         int64_t k0) {
+  return mask.causal && k0 - mask.query_offset > 0 ? k0 - mask.query_offset : 0;
+}
+
 // ---- forward: a block per (query tile, batch * head) ----
 template <class T>
 __global__ void __launch_bounds__(kAttentionThreads)
@@ -333,9 +340,7 @@ __global__ void __launch_bounds__(kAttentionThreads)
     s_dk[e] = 0.0f;
     s_dv[e] = 0.0f;
   }
-  // Causal: query i sees key j iff j <= query_offset + i, so earlier queries never see this tile.
-  int64_t first_query = 0;
-  if (mask.causal && k0 - mask.query_offset > 0) first_query = k0 - mask.query_offset;
+  const int64_t first_query = attention_first_query(mask, k0);
   for (int64_t h = hk * group; h < (hk + 1) * group; ++h)
     for (int64_t q0 = first_query; q0 < shape.q_len; q0 += bq) {
       const int rows = int(shape.q_len - q0 < bq ? shape.q_len - q0 : bq);

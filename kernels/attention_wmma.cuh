@@ -378,9 +378,7 @@ __global__ void __launch_bounds__(kWmmaThreads)
     s_dk[e] = 0.0f;
     s_dv[e] = 0.0f;
   }
-  // Causal: query i sees key j iff j <= query_offset + i, so earlier queries never see this tile.
-  int64_t first_query = 0;
-  if (mask.causal && k0 - mask.query_offset > 0) first_query = k0 - mask.query_offset;
+  const int64_t first_query = attention_first_query(mask, k0);
   for (int64_t h = hk * group; h < (hk + 1) * group; ++h)
     for (int64_t q0 = first_query; q0 < shape.q_len; q0 += bq) {
       const int rows = int(shape.q_len - q0 < bq ? shape.q_len - q0 : bq);
