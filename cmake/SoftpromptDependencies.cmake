@@ -17,9 +17,17 @@ if(NOT dnnl_FOUND)
   message(FATAL_ERROR "oneDNN not found: run scripts/bootstrap.sh (Debian package libdnnl-dev)")
 endif()
 # Data-parallel training: launch and CPU collectives (Debian's MPICH; Open MPI works too).
-find_package(MPI COMPONENTS CXX QUIET)
-if(NOT MPI_CXX_FOUND)
-  message(FATAL_ERROR "MPI not found: run scripts/bootstrap.sh (Debian packages mpich libmpich-dev)")
+# SOFTPROMPT_MPI=OFF builds single-process softprompt on a machine without MPI (a GPU machine
+# that scripts/gpu_check.sh builds on): running it under mpirun is then a clear error.
+option(SOFTPROMPT_MPI "Data-parallel training over MPI" ON)
+set(SOFTPROMPT_HAVE_MPI OFF)
+if(SOFTPROMPT_MPI)
+  find_package(MPI COMPONENTS CXX QUIET)
+  if(NOT MPI_CXX_FOUND)
+    message(FATAL_ERROR "MPI not found: run scripts/bootstrap.sh (Debian packages mpich libmpich-dev), "
+                        "or configure with -DSOFTPROMPT_MPI=OFF for a single-process build")
+  endif()
+  set(SOFTPROMPT_HAVE_MPI ON)
 endif()
 find_package(CLI11 CONFIG QUIET)
 if(NOT CLI11_FOUND AND NOT EXISTS /usr/include/CLI/CLI.hpp)

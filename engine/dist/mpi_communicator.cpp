@@ -38,14 +38,6 @@ int checked_count(size_t n, const char* what) {
 
 }  // namespace
 
-bool MpiCommunicator::launched_by_mpi() {
-  // MPICH's Hydra and Slurm's PMI set PMI_RANK; Open MPI sets OMPI_COMM_WORLD_RANK; PMIx
-  // launchers set PMIX_RANK.
-  for (const char* name : {"PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK"})
-    if (std::getenv(name) != nullptr) return true;
-  return false;
-}
-
 MpiCommunicator::MpiCommunicator(double timeout_seconds) : timeout_seconds_(timeout_seconds) {
   int initialized = 0;
   MPI_Initialized(&initialized);

@@ -35,6 +35,10 @@ size_t count(const std::string& text, const std::string& part) {
 
 class CliDataParallel : public TempDirTest {
  protected:
+  void SetUp() override {
+    TempDirTest::SetUp();
+    if (kMpiexec.empty()) GTEST_SKIP() << "built without MPI (-DSOFTPROMPT_MPI=OFF)";
+  }
   std::string data_file() {
     std::string text;
     for (const char* w : {"hot", "up", "big", "day", "open", "left", "fast", "old", "wet"})
@@ -110,7 +114,8 @@ TEST_F(CliDataParallel, AKilledRankEndsTheJobWithinSeconds) {
 TEST_F(CliDataParallel, OnlyTrainRunsOnSeveralRanks) {
   CommandResult r = shell(mpirun(2, "inspect " + kFixtures + "/gpt2_tiny_a"));
   EXPECT_EQ(r.code, 2) << r.output;
-  EXPECT_NE(r.output.find("only 'softprompt train' and 'softprompt bench' run on several ranks"), std::string::npos)
+  EXPECT_NE(r.output.find("only 'softprompt train' and 'softprompt bench' run on several ranks"),
+            std::string::npos)
       << r.output;
 }
 
