@@ -26,12 +26,28 @@ __host__ __device__ inline int64_t attention_wmma_forward_smem_bytes(int64_t d) 
 }
 
 // Rows [first, first + count) of one head of a [B, T, H, D] bf16 view into tile[tile_rows][d];
-// rows past `count` become zeros.
+// rows past `count` become zeros. 16-byte loads (8 elements) where the head's rows are 16-byte
+// aligned, as in every contiguous or packed-qkv layout; element loads otherwise.
 __device__ __forceinline__ void load_head_tile_bf16(const __nv_bfloat16* base,
                                                     const int64_t (&stride)[3], int64_t b,
                                                     int64_t h, int64_t first, int count,
                                                     int tile_rows, int64_t d, __nv_bfloat16* tile) {
   const __nv_bfloat16* head = base + b * stride[0] + h * stride[2];
+  constexpr int kPack = 8;
+  if (reinterpret_cast<uintptr_t>(head) % 16 == 0 && stride[1] % kPack == 0 && d % kPack == 0) {
+    const int64_t packs_per_row = d / kPack;
+    for (int64_t e = thread_index(); e < tile_rows * packs_per_row; e += block_threads()) {
+      const int64_t r = e / packs_per_row, c = (e % packs_per_row) * kPack;
+      Pack<__nv_bfloat16, kPack> pack;
+      if (r < count) {
+        load_pack(pack, head + (first + r) * stride[1] + c);
+      } else {
+        for (int i = 0; i < kPack; ++i) pack.v[i] = __float2bfloat16(0.0f);
+      }
+      store_pack(tile + r * d + c, pack);
+    }
+    return;
+  }
   for (int64_t e = thread_index(); e < tile_rows * d; e += block_threads()) {
     const int64_t r = e / d, c = e % d;
     tile[e] = r < count ? head[(first + r) * stride[1] + c] : __float2bfloat16(0.0f);

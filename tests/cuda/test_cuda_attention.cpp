@@ -27,8 +27,9 @@ struct AttentionCase {
   bool strided = false;      // q/k/v as permuted views (non-contiguous, unit stride on D)
   bool blind_batch = false;  // batch 0 sees no key at all (rows of zeros, lse -inf)
   float scale = 0.5f;
-  int64_t kv_heads = 0;        // 0: as many as query heads; fewer: grouped-query attention
-  int64_t sliding_window = 0;  // Mistral's window (0: none)
+  int64_t kv_heads = 0;         // 0: as many as query heads; fewer: grouped-query attention
+  int64_t sliding_window = 0;   // Mistral's window (0: none)
+  bool odd_row_stride = false;  // q/k/v rows H * D + 1 elements apart (no aligned vector loads)
 };
 
 std::vector<AttentionCase> attention_cases() {
@@ -52,6 +53,7 @@ std::vector<AttentionCase> attention_cases() {
        0.5f, 2, 16},
       // Three 64-query tiles of the tensor-core kernel, each over several 64-key steps.
       {"causal_padding_150_queries", 2, 150, 150, 2, 16, true, 0, true, 0, false, false, 0.25f},
+      {"odd_row_stride_causal", 2, 20, 20, 2, 8, true, 0, false, 0, false, false, 0.5f, 0, 0, true},
   };
 }
 
@@ -92,18 +94,26 @@ struct Result {
 
 // Moves a [B, T, H, D] host tensor to `device` in `dtype`, as a permuted view of [B, H, T, D]
 // storage when strided (so only D has unit stride).
-Tensor place(const Tensor& host, Device device, DType dtype, bool strided) {
+Tensor place(const Tensor& host, Device device, DType dtype, bool strided, bool odd_row_stride) {
   Tensor t = host.to(device);
   if (t.dtype() != dtype) t = t.to(dtype);
+  if (odd_row_stride) {
+    // Rows of H * D + 1 elements, starting one element in: no row is 16-byte aligned.
+    const int64_t B = t.size(0), T = t.size(1), H = t.size(2), D = t.size(3);
+    Tensor rows = Tensor::zeros({B, T, H * D + 1}, dtype, device);
+    Tensor view = rows.slice(2, 1, H * D + 1).view({B, T, H, D});
+    backend_for(device).copy(t, view);
+    return view.detach();
+  }
   if (!strided) return t.detach();
   return t.permute({0, 2, 1, 3}).contiguous().permute({0, 2, 1, 3}).detach();
 }
 
 template <class AttentionFn>
 Result run(const AttentionCase& c, const Inputs& in, Device device, DType dtype, AttentionFn fn) {
-  Tensor q = place(in.q, device, dtype, c.strided).set_requires_grad(true);
-  Tensor k = place(in.k, device, dtype, c.strided).set_requires_grad(true);
-  Tensor v = place(in.v, device, dtype, c.strided).set_requires_grad(true);
+  Tensor q = place(in.q, device, dtype, c.strided, c.odd_row_stride).set_requires_grad(true);
+  Tensor k = place(in.k, device, dtype, c.strided, c.odd_row_stride).set_requires_grad(true);
+  Tensor v = place(in.v, device, dtype, c.strided, c.odd_row_stride).set_requires_grad(true);
   AttentionMask mask = in.mask;
   if (mask.key_padding.defined()) mask.key_padding = mask.key_padding.to(device);
   if (mask.bias.defined()) mask.bias = mask.bias.to(device);
