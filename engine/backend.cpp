@@ -55,6 +55,23 @@ std::vector<Device> available_devices() {
   return devices;
 }
 
+int64_t logits_row_stride(const char* op, const Tensor& logits, const Tensor& d_logits) {
+  const int64_t V = logits.dim() > 0 ? logits.size(-1) : 0;
+  auto row_stride = [&](const Tensor& t, const char* name) {
+    if (t.is_contiguous()) return V;
+    SP_CHECK(t.dim() == 2 && t.stride(1) == 1 && t.stride(0) >= V, op, ": ", name,
+             " must be contiguous or [rows, V] with unit column stride, got ", t.describe(),
+             " with strides ", shape_str(t.strides()));
+    return t.stride(0);
+  };
+  const int64_t ld = row_stride(logits, "logits");
+  if (d_logits.defined())
+    SP_CHECK(d_logits.shape() == logits.shape() && row_stride(d_logits, "d_logits") == ld, op,
+             ": d_logits ", d_logits.describe(), " must have the logits' shape and row stride ",
+             ld);
+  return ld;
+}
+
 void check_adamw_step_args(const AdamWGroup& group, const Tensor& guard, const Tensor& grad_norm) {
   const size_t n = group.params.size();
   SP_CHECK(group.grads.size() == n && group.exp_avg.size() == n && group.exp_avg_sq.size() == n,

@@ -30,6 +30,10 @@ struct AdamWUpdate {
   double max_grad_norm = 0.0;  // > 0: clip the global gradient norm to it
 };
 
+// Elements between rows of cross-entropy logits (see Backend's loss section); when `d_logits` is
+// defined it must have the logits' shape and row stride.
+int64_t logits_row_stride(const char* op, const Tensor& logits, const Tensor& d_logits);
+
 // Checks a group and the optional guard / norm tensors for adamw_step (every backend's rules).
 void check_adamw_step_args(const AdamWGroup& group, const Tensor& guard, const Tensor& grad_norm);
 
@@ -202,6 +206,8 @@ class Backend {
   virtual void scatter_add_rows(const Tensor& d_out, const Tensor& ids, const Tensor& d_table) = 0;
 
   // ---- loss ----
+  // logits (and d_logits) are contiguous [..., V], or [rows, V] with unit column stride and any
+  // row stride (logits_row_stride): the LM head pads its rows for aligned GEMMs and loads.
   // Per row: loss[r] = lse(logits[r]) - logits[r, target[r]], 0 for ignored rows; lse saved.
   virtual void cross_entropy_forward(const Tensor& logits, const Tensor& targets,
                                      int64_t ignore_index, const Tensor& loss,

@@ -1,4 +1,5 @@
-// kernels/cross_entropy.cuh: cross-entropy fused with log-softmax, a block per row. The forward
+// kernels/cross_entropy.cuh: cross-entropy fused with log-softmax, a block per row (rows `ld`
+// elements apart: the LM head pads them so that every row starts 16-byte aligned). The forward
 // keeps an online (max, sum of exp) per thread so logits are read once; the backward writes
 // grad_scale * (softmax - onehot) in place (d_logits may alias logits) from the saved
 // log-sum-exp, never materialising probabilities. Rows whose target is ignore_index give zeros.
@@ -82,8 +83,8 @@ __device__ __forceinline__ void write_row_gradient(bool vectorized, int64_t voca
 template <class T>
 __global__ void cross_entropy_forward_kernel(const T* logits, const void* targets,
                                              bool targets_are_64bit, int64_t ignore_index,
-                                             int64_t rows, int64_t vocab, float* loss, float* lse,
-                                             bool vectorized) {
+                                             int64_t rows, int64_t vocab, int64_t ld, float* loss,
+                                             float* lse, bool vectorized) {
   __shared__ float scratch_max[32];
   __shared__ float scratch_sum[32];
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
@@ -92,7 +93,7 @@ __global__ void cross_entropy_forward_kernel(const T* logits, const void* target
       if (thread_index() == 0) loss[row] = lse[row] = 0.0f;
       continue;
     }
-    const T* in = logits + row * vocab;
+    const T* in = logits + row * ld;
     const float row_lse =
         block_row_lse(thread_row_max_sum(vectorized, vocab, in), scratch_max, scratch_sum);
     if (thread_index() == 0) {
@@ -108,16 +109,17 @@ template <class T>
 __global__ void cross_entropy_backward_kernel(const T* logits, const void* targets,
                                               bool targets_are_64bit, int64_t ignore_index,
                                               const float* lse, float grad_scale, int64_t rows,
-                                              int64_t vocab, T* d_logits, bool vectorized) {
+                                              int64_t vocab, int64_t ld, T* d_logits,
+                                              bool vectorized) {
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
     const int64_t target = load_index(targets, targets_are_64bit, row);
-    T* out = d_logits + row * vocab;
+    T* out = d_logits + row * ld;
     if (target == ignore_index) {
       for (int64_t j = thread_index(); j < vocab; j += block_threads())
         out[j] = from_float<T>(0.0f);
       continue;
     }
-    write_row_gradient(vectorized, vocab, logits + row * vocab, target, lse[row], grad_scale, out);
+    write_row_gradient(vectorized, vocab, logits + row * ld, target, lse[row], grad_scale, out);
   }
 }
 
@@ -128,20 +130,20 @@ template <class T>
 __global__ void cross_entropy_forward_backward_kernel(const T* logits, const void* targets,
                                                       bool targets_are_64bit, int64_t ignore_index,
                                                       float grad_scale, int64_t rows, int64_t vocab,
-                                                      float* loss, float* lse, T* d_logits,
-                                                      bool vectorized) {
+                                                      int64_t ld, float* loss, float* lse,
+                                                      T* d_logits, bool vectorized) {
   __shared__ float scratch_max[32];
   __shared__ float scratch_sum[32];
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
     const int64_t target = load_index(targets, targets_are_64bit, row);
-    T* out = d_logits + row * vocab;
+    T* out = d_logits + row * ld;
     if (target == ignore_index) {  // uniform across the block
       if (thread_index() == 0) loss[row] = lse[row] = 0.0f;
       for (int64_t j = thread_index(); j < vocab; j += block_threads())
         out[j] = from_float<T>(0.0f);
       continue;
     }
-    const T* in = logits + row * vocab;
+    const T* in = logits + row * ld;
     const MaxSum share = thread_row_max_sum(vectorized, vocab, in);
     // Read before block_row_lse's barriers, after which threads overwrite the row.
     const float target_logit = thread_index() == 0 ? to_float(in[target]) : 0.0f;

@@ -115,7 +115,7 @@ __device__ __forceinline__ void grid_stride_elements(int64_t n, bool vectorized,
 
 // Calls f(index, values) for every column of a row, where values[a] is column `index` of
 // rows[a] converted to fp32, distributed over the block's threads. With `vectorized` (every row
-// 16-byte aligned and cols a multiple of the pack) each thread loads whole packs.
+// 16-byte aligned) each thread loads whole packs, and the last cols % pack columns one by one.
 template <class T, int N, class F>
 __device__ __forceinline__ void for_each_column(bool vectorized, int64_t cols,
                                                 const T* const (&rows)[N], F&& f) {
@@ -131,9 +131,9 @@ __device__ __forceinline__ void for_each_column(bool vectorized, int64_t cols,
         f(p * kPack + e, values);
       }
     }
-    return;
   }
-  for (int64_t i = tid; i < cols; i += threads) {
+  for (int64_t i = (vectorized ? cols / Pack<T>::kSize * Pack<T>::kSize : 0) + tid; i < cols;
+       i += threads) {
     float values[N];
     for (int a = 0; a < N; ++a) values[a] = to_float(rows[a][i]);
     f(i, values);

@@ -1,5 +1,5 @@
-// CPU cross-entropy fused with log-softmax, ignore_index rows skipped; the backward writes
-// softmax - onehot straight into d_logits (which may alias the logits); the mean loss.
+// CPU cross-entropy fused with log-softmax over rows that may be padded, ignore_index rows
+// skipped; the backward writes softmax - onehot into d_logits (may alias logits); the mean loss.
 #include <Eigen/Core>
 #include <cmath>
 
@@ -23,7 +23,7 @@ int64_t target_at(const Tensor& targets, int64_t r) {
 void CpuBackend::cross_entropy_forward(const Tensor& logits, const Tensor& targets,
                                        int64_t ignore_index, const Tensor& loss,
                                        const Tensor& lse) {
-  const int64_t V = logits.size(-1);
+  const int64_t V = logits.size(-1), ld = logits_row_stride("cross_entropy_forward", logits, {});
   const int64_t rows = logits.numel() / V;
   const float* pl = logits.data<float>();
   float* ploss = loss.data<float>();
@@ -36,7 +36,7 @@ void CpuBackend::cross_entropy_forward(const Tensor& logits, const Tensor& targe
         plse[r] = 0.0f;
         continue;
       }
-      ConstRow row(pl + r * V, V);
+      ConstRow row(pl + r * ld, V);
       float max = row.maxCoeff();
       float lse_r = max + std::log((row - max).exp().sum());
       plse[r] = lse_r;
@@ -49,6 +49,7 @@ void CpuBackend::cross_entropy_backward(const Tensor& logits, const Tensor& targ
                                         int64_t ignore_index, const Tensor& lse, float grad_scale,
                                         const Tensor& d_logits) {
   const int64_t V = logits.size(-1);
+  const int64_t ld = logits_row_stride("cross_entropy_backward", logits, d_logits);
   const int64_t rows = logits.numel() / V;
   const float* pl = logits.data<float>();
   const float* plse = lse.data<float>();
@@ -56,12 +57,12 @@ void CpuBackend::cross_entropy_backward(const Tensor& logits, const Tensor& targ
   parallel_for(0, rows, 1, [&](int64_t lo, int64_t hi) {
     for (int64_t r = lo; r < hi; ++r) {
       const int64_t t = target_at(targets, r);
-      Row d(pd + r * V, V);
+      Row d(pd + r * ld, V);
       if (t == ignore_index) {
         d.setZero();
         continue;
       }
-      d = (ConstRow(pl + r * V, V) - plse[r]).exp() * grad_scale;
+      d = (ConstRow(pl + r * ld, V) - plse[r]).exp() * grad_scale;
       d[t] -= grad_scale;
     }
   });

@@ -20,11 +20,17 @@ void check_targets(const char* op, const Tensor& targets, int64_t rows) {
 int64_t loss_rows(const char* op, const Tensor& logits, const Tensor& targets, const Tensor& loss,
                   const Tensor& lse) {
   expect_dtype(op, DType::F32, {&loss, &lse});
-  expect_contiguous(op, {&logits, &loss, &lse});
+  expect_contiguous(op, {&loss, &lse});
   const int64_t vocab = logits.size(-1);
   const int64_t rows = vocab == 0 ? 0 : logits.numel() / vocab;
   check_targets(op, targets, rows);
   return rows;
+}
+
+// Whole-pack loads when every row (ld elements apart) starts 16-byte aligned; a row's last
+// vocab % pack logits are then read one by one.
+bool rows_aligned(int64_t ld, size_t element_size, std::initializer_list<const void*> bases) {
+  return ld % int64_t(16 / element_size) == 0 && aligned16(bases);
 }
 
 }  // namespace
@@ -34,15 +40,16 @@ void CudaBackend::cross_entropy_forward(const Tensor& logits, const Tensor& targ
                                         const Tensor& lse) {
   const char* op = "cross_entropy_forward";
   const int64_t vocab = logits.size(-1), rows = loss_rows(op, logits, targets, loss, lse);
+  const int64_t ld = logits_row_stride(op, logits, Tensor());
   if (rows == 0) return;
   activate(op);
   dispatch_float(op, logits, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    const bool vectorized = rows_vectorizable(vocab, sizeof(T), {logits.raw_data()});
+    const bool vectorized = rows_aligned(ld, sizeof(T), {logits.raw_data()});
     const int threads = threads_for_row(vocab, vectorized ? Pack<T>::kSize : 1);
     SP_LAUNCH(grid_for_rows(rows), threads, 0, stream_, cross_entropy_forward_kernel<T>)
     (const_ptr<T>(logits), targets.raw_data(), targets.dtype() == DType::I64, ignore_index, rows,
-     vocab, mutable_ptr<float>(loss), mutable_ptr<float>(lse), vectorized);
+     vocab, ld, mutable_ptr<float>(loss), mutable_ptr<float>(lse), vectorized);
     SP_CUDA_CHECK_LAUNCH(
         *this, op, "cross_entropy_forward_kernel",
         io_traffic(4.0 * double(logits.numel()), {&logits, &targets, &loss, &lse}));
@@ -55,20 +62,19 @@ void CudaBackend::cross_entropy_backward(const Tensor& logits, const Tensor& tar
   const char* op = "cross_entropy_backward";
   expect_dtype(op, logits.dtype(), {&d_logits});
   expect_dtype(op, DType::F32, {&lse});
-  expect_contiguous(op, {&logits, &lse, &d_logits});
-  const int64_t vocab = logits.size(-1);
+  expect_contiguous(op, {&lse});
+  const int64_t vocab = logits.size(-1), ld = logits_row_stride(op, logits, d_logits);
   const int64_t rows = vocab == 0 ? 0 : logits.numel() / vocab;
   check_targets(op, targets, rows);
   if (rows == 0) return;
   activate(op);
   dispatch_float(op, logits, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    const bool vectorized =
-        rows_vectorizable(vocab, sizeof(T), {logits.raw_data(), d_logits.raw_data()});
+    const bool vectorized = rows_aligned(ld, sizeof(T), {logits.raw_data(), d_logits.raw_data()});
     const int threads = threads_for_row(vocab, vectorized ? Pack<T>::kSize : 1);
     SP_LAUNCH(grid_for_rows(rows), threads, 0, stream_, cross_entropy_backward_kernel<T>)
     (const_ptr<T>(logits), targets.raw_data(), targets.dtype() == DType::I64, ignore_index,
-     const_ptr<float>(lse), grad_scale, rows, vocab, mutable_ptr<T>(d_logits), vectorized);
+     const_ptr<float>(lse), grad_scale, rows, vocab, ld, mutable_ptr<T>(d_logits), vectorized);
     SP_CUDA_CHECK_LAUNCH(
         *this, op, "cross_entropy_backward_kernel",
         io_traffic(4.0 * double(logits.numel()), {&logits, &targets, &lse, &d_logits}));
@@ -81,18 +87,17 @@ void CudaBackend::cross_entropy_forward_backward(const Tensor& logits, const Ten
                                                  const Tensor& d_logits) {
   const char* op = "cross_entropy_forward_backward";
   expect_dtype(op, logits.dtype(), {&d_logits});
-  expect_contiguous(op, {&d_logits});
   const int64_t vocab = logits.size(-1), rows = loss_rows(op, logits, targets, loss, lse);
+  const int64_t ld = logits_row_stride(op, logits, d_logits);
   if (rows == 0) return;
   activate(op);
   dispatch_float(op, logits, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    const bool vectorized =
-        rows_vectorizable(vocab, sizeof(T), {logits.raw_data(), d_logits.raw_data()});
+    const bool vectorized = rows_aligned(ld, sizeof(T), {logits.raw_data(), d_logits.raw_data()});
     const int threads = threads_for_row(vocab, vectorized ? Pack<T>::kSize : 1);
     SP_LAUNCH(grid_for_rows(rows), threads, 0, stream_, cross_entropy_forward_backward_kernel<T>)
     (const_ptr<T>(logits), targets.raw_data(), targets.dtype() == DType::I64, ignore_index,
-     grad_scale, rows, vocab, mutable_ptr<float>(loss), mutable_ptr<float>(lse),
+     grad_scale, rows, vocab, ld, mutable_ptr<float>(loss), mutable_ptr<float>(lse),
      mutable_ptr<T>(d_logits), vectorized);
     SP_CUDA_CHECK_LAUNCH(*this, op, "cross_entropy_forward_backward_kernel",
                          io_traffic(8.0 * double(logits.numel()),

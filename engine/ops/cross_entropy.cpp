@@ -90,6 +90,13 @@ CrossEntropyResult cross_entropy(const Tensor& logits_in, const Tensor& targets_
 
 namespace {
 
+// Logits rows are padded to a multiple of 64 elements, so that every row starts 16-byte aligned
+// (and 128-byte aligned in bf16): the head's GEMMs write, and the loss kernels read, whole
+// vectors. GPT-2's 50257 becomes 50304, as in llm.c.
+int64_t padded_row(int64_t vocab) {
+  return (vocab + 63) / 64 * 64;
+}
+
 // Rows per chunk: a chunk's logits fill the backend's logits_chunk_bytes (at least 16 rows).
 int64_t chunk_rows(const Backend& backend, int64_t vocab, DType logits_dtype) {
   const int64_t row_bytes = std::max<int64_t>(vocab, 1) * int64_t(dtype_size(logits_dtype));
@@ -97,7 +104,7 @@ int64_t chunk_rows(const Backend& backend, int64_t vocab, DType logits_dtype) {
 }
 
 // out[rows, N] (= beta * out +) a[rows, K] @ op(b); b is [N, K] when trans_b, else [K, N].
-// a and b share a dtype; out has it or is F32.
+// a and b share a dtype; out has it or is F32. Each may have padded rows (unit column stride).
 void chunk_gemm(Backend& backend, const Tensor& a, const Tensor& b, bool trans_a, bool trans_b,
                 const Tensor& out, float beta) {
   GemmArgs g;
@@ -111,9 +118,9 @@ void chunk_gemm(Backend& backend, const Tensor& a, const Tensor& b, bool trans_a
   g.m = out.size(0);
   g.n = out.size(1);
   g.k = trans_a ? a.size(0) : a.size(1);
-  g.lda = a.size(1);
-  g.ldb = b.size(1);
-  g.ldc = out.size(1);
+  g.lda = a.stride(0);
+  g.ldb = b.stride(0);
+  g.ldc = out.stride(0);
   g.beta = beta;
   g.b_storage = ops_detail::immutable_storage(b);
   backend.gemm(g);
@@ -142,18 +149,19 @@ CrossEntropyResult linear_cross_entropy(const Tensor& hidden_in, const Tensor& w
   Backend& backend = backend_for(hidden.device());
   const bool grad_hidden = grad_mode_enabled() && hidden_in.requires_grad();
   const float inverse_count = counted == 0 ? 0.0f : 1.0f / float(counted);
-  const int64_t step = chunk_rows(backend, V, types.result);
+  const int64_t padded_vocab = padded_row(V);
+  const int64_t step = chunk_rows(backend, padded_vocab, types.result);
   Tensor row_loss = Tensor::empty({n}, DType::F32, hidden.device());
   Tensor lse = Tensor::empty({n}, DType::F32, hidden.device());
   Tensor unit_grad =
       grad_hidden ? Tensor::empty({n, d}, hidden.dtype(), hidden.device()) : Tensor();
-  Tensor logits =
-      Tensor::empty({std::min(step, std::max<int64_t>(n, 1)), V}, types.result, hidden.device());
+  Tensor logits = Tensor::empty({std::min(step, std::max<int64_t>(n, 1)), padded_vocab},
+                                types.result, hidden.device());
   // Mixed precision: the head multiplies bf16 copies of the hidden states and logit gradients.
   const Tensor gemm_hidden = types.mixed ? hidden.detach().to(DType::BF16) : hidden;
   for (int64_t r0 = 0; r0 < n; r0 += step) {
     const int64_t rows = std::min(step, n - r0);
-    Tensor chunk_logits = logits.slice(0, 0, rows);
+    Tensor chunk_logits = logits.slice(0, 0, rows).slice(1, 0, V);
     Tensor chunk_targets = targets.slice(0, r0, r0 + rows);
     chunk_gemm(backend, gemm_hidden.slice(0, r0, r0 + rows), weight, false, true, chunk_logits,
                0.0f);

@@ -3,6 +3,7 @@
 // 8 and 768 (whole 16-byte packs), a single row and three rows, in fp32 and bf16.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -547,6 +548,48 @@ TEST_P(CudaKernels, CrossEntropyIgnoredRowsAndInPlaceBackward) {
       EXPECT_TRUE(all_close(loss, fused_loss, 1e-5f, 1e-5f)) << "fused loss " << over_logits;
       EXPECT_TRUE(all_close(lse, fused_lse, 1e-5f, 1e-5f)) << "fused lse " << over_logits;
       EXPECT_TRUE(all_close(d, fused_d, atol(), rtol())) << "fused d_logits " << over_logits;
+    }
+  }
+}
+
+// The LM head's logits rows are padded (linear_cross_entropy): the loss kernels read rows `ld`
+// elements apart, whole packs where every row starts aligned (ld a multiple of the pack) and the
+// last vocab % pack logits one by one, element by element otherwise (ld = V + 3). Both backends
+// on padded rows give what the CPU gives on contiguous ones; the padding is never written.
+TEST_P(CudaKernels, CrossEntropyOverPaddedRows) {
+  const int64_t r = rows() + 1, V = cols();
+  Tensor logits = in({r, V}, 2, 2.0f);
+  std::vector<int64_t> t(static_cast<size_t>(r));
+  for (int64_t i = 0; i < r; ++i) t[size_t(i)] = (i * 5 + 1) % V;
+  t[0] = -100;
+  const Tensor targets = Tensor::from_ints(t, {r});
+  Tensor loss = Tensor::empty({r}), lse = Tensor::empty({r}), d = Tensor::empty({r, V});
+  cpu().cross_entropy_forward(logits, targets, -100, loss, lse);
+  cpu().cross_entropy_backward(logits, targets, -100, lse, 0.25f, d);
+  for (int64_t ld : {(V + 63) / 64 * 64, V + 3}) {
+    for (Device device : {Device::cpu(), kernel_device()}) {
+      const DType dtype = device.is_cpu() ? DType::F32 : this->dtype();
+      // On the CPU, where a row starts decides which logits Eigen's vectorised exp takes and
+      // which its scalar tail does: an ulp apart (1e-6 relative).
+      const float atol = device.is_cpu() ? 0.0f : this->atol(),
+                  rtol = device.is_cpu() ? 1e-6f : this->rtol();
+      Backend& backend = backend_for(device);
+      // Padding filled with a sentinel (2^100, exact in bf16) that any read would turn into an
+      // inf or NaN loss.
+      const float sentinel = std::ldexp(1.0f, 100);
+      Tensor padded = Tensor::full({r, ld}, sentinel, dtype, device);
+      Tensor rows_view = padded.slice(1, 0, V);
+      backend.copy(logits.to(device).to(dtype), rows_view);
+      Tensor loss_d = Tensor::empty({r}, DType::F32, device),
+             lse_d = Tensor::empty({r}, DType::F32, device);
+      backend.cross_entropy_forward_backward(rows_view, targets.to(device), -100, 0.25f, loss_d,
+                                             lse_d, rows_view);
+      const std::string what = device.str() + " ld " + std::to_string(ld);
+      EXPECT_TRUE(all_close(loss, loss_d, 1e-5f, 1e-5f)) << what;
+      EXPECT_TRUE(all_close(lse, lse_d, 1e-5f, 1e-5f)) << what;
+      EXPECT_TRUE(all_close(d, rows_view, atol, rtol)) << what;
+      const std::vector<float> pad = padded.slice(1, V, ld).to_floats();
+      EXPECT_EQ(std::count(pad.begin(), pad.end(), sentinel), std::ptrdiff_t(pad.size())) << what;
     }
   }
 }
