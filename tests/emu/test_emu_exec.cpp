@@ -509,9 +509,10 @@ TEST(EmuWmma, TileProductMatchesTheHostSum) {
 TEST(EmuWmma, LanesInDifferentCallsAreDiagnosed) {
   alignas(32) static __nv_bfloat16 a[256];
   std::vector<float> d(256);
-  const std::string msg =
-      launch_error([&] { SP_LAUNCH(1, 32, 0, 0, wmma_half_warp_load_broken<>)
-                         (a, d.data()); });
+  const std::string msg = launch_error([&] {
+    SP_LAUNCH(1, 32, 0, 0, wmma_half_warp_load_broken<>)
+    (a, d.data());
+  });
   expect_contains(msg, "wmma::store_matrix_sync");
   expect_contains(msg, "every lane must make the same wmma calls");
   expect_emulator_still_works();
@@ -519,9 +520,10 @@ TEST(EmuWmma, LanesInDifferentCallsAreDiagnosed) {
 
 TEST(EmuWmma, MisalignedTilesAreDiagnosed) {
   alignas(32) static __nv_bfloat16 a[272];
-  const std::string msg =
-      launch_error([&] { SP_LAUNCH(1, 32, 0, 0, wmma_misaligned_broken<>)
-                         (a); });
+  const std::string msg = launch_error([&] {
+    SP_LAUNCH(1, 32, 0, 0, wmma_misaligned_broken<>)
+    (a);
+  });
   expect_contains(msg, "wmma::load_matrix_sync");
   expect_contains(msg, "32-byte aligned");
   expect_emulator_still_works();
