@@ -4,8 +4,10 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <thread>
 
 #include "engine/backend.h"
@@ -94,7 +96,10 @@ class DataParallel : public ::testing::Test {
     TrainResult result;
     std::vector<float> prompt;
   };
-  Run train(const TrainConfig& c, bool resume = false, int64_t stop_at = -1, int stop_rank = -1) {
+  // `on_step` (optional) sees every step event with the model, on every rank.
+  using StepHook = std::function<void(const TrainEvent&, PeftModel&)>;
+  Run train(const TrainConfig& c, bool resume = false, int64_t stop_at = -1, int stop_rank = -1,
+            const StepHook& on_step = {}) {
     Dataset data = task_data();
     auto examples = tokenize_examples(data, *tokenizer_, nullptr, {});
     auto model = std::make_unique<PeftModel>(Gpt2Model::load((dir_ / "model").string()),
@@ -108,6 +113,7 @@ class DataParallel : public ::testing::Test {
       const int rank = c.communicator ? c.communicator->rank() : 0;
       if (e.kind == TrainEvent::Kind::kStep && e.step == stop_at && rank == stop_rank)
         Trainer::stop_requested().store(true);
+      if (on_step && e.kind == TrainEvent::Kind::kStep) on_step(e, *model);
     });
     Run run;
     run.result = trainer.run(resume);
@@ -205,6 +211,31 @@ TEST_F(DataParallel, TwoRanksTrainLikeOneProcessWithTheSameGlobalBatch) {
     EXPECT_EQ(a->get("prompt_embeddings").to_floats(), b->get("prompt_embeddings").to_floats())
         << file;
   }
+}
+
+// A loss that turns non-finite on one rank stops every rank after that step with a numerical
+// error, within seconds: the ranks agree through the summed loss instead of the failing rank
+// leaving the others waiting in a collective until its timeout.
+TEST_F(DataParallel, ANonFiniteLossOnOneRankStopsEveryRank) {
+  const auto started = std::chrono::steady_clock::now();
+  try {
+    train(config("nan", &comm(), 1), false, -1, -1, [&](const TrainEvent& e, PeftModel& model) {
+      if (e.step != 2 || comm().rank() != 1) return;
+      Tensor p = model.adapter().named_parameters()[0].second;
+      p.data<float>()[0] = std::nanf("");  // this rank's prompt diverges
+    });
+    ADD_FAILURE() << "rank " << comm().rank() << " finished training";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kNumerical) << e.what();
+    // Step 3 is the epoch's fifth and last batch, which rank 0 alone takes: rank 1's first loss
+    // after the poisoning is at step 4, and both ranks name it.
+    EXPECT_NE(std::string(e.what()).find("loss is nan at step 4"), std::string::npos) << e.what();
+    if (comm().rank() == 0) {
+      EXPECT_NE(std::string(e.what()).find("(on another rank)"), std::string::npos) << e.what();
+    }
+  }
+  EXPECT_LT(std::chrono::steady_clock::now() - started, std::chrono::seconds(60));
+  comm().barrier();
 }
 
 // A stop request on rank 1 alone stops both ranks after the same step; the 2-rank checkpoint
