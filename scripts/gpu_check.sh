@@ -56,7 +56,13 @@ cmake_args=(-DSOFTPROMPT_CUDA=ON -DCMAKE_BUILD_TYPE=Release -DSOFTPROMPT_BUILD_B
 if [ -n "$deps" ]; then
   root=/tmp/softprompt-deps
   rm -rf "$root" && mkdir -p "$root"
-  for deb in "$deps"/*.deb; do dpkg-deb -x "$deb" "$root"; done
+  for deb in "$deps"/*.deb; do
+    if command -v dpkg-deb >/dev/null; then
+      dpkg-deb -x "$deb" "$root"
+    else  # a .deb is an ar archive holding data.tar.xz (Debian 12's compression)
+      ar p "$deb" data.tar.xz | tar -xJ -C "$root"
+    fi
+  done
   lib=$root/usr/lib/x86_64-linux-gnu
   # pkg-config files name /usr; point them at the unpacked tree.
   find "$root" -name '*.pc' -exec sed -i -E "s#(=[[:space:]]*)/usr#\1$root/usr#g" {} +
