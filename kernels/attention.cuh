@@ -48,6 +48,22 @@ __device__ __forceinline__ float attention_keep_factor(const AttentionDropoutArg
                                                                             : dropout.keep_scale;
 }
 
+// The factors of probabilities (b, h, i, j0 .. j0 + 3), four consecutive elements of the stream:
+// one or two Philox blocks instead of four (keys past k_len get factors too; callers ignore them).
+__device__ __forceinline__ void attention_keep_factors4(const AttentionDropoutArgs& dropout,
+                                                        const AttentionShape& shape, int64_t b,
+                                                        int64_t h, int64_t i, int64_t j0,
+                                                        float (&keep)[4]) {
+  if (dropout.p <= 0.0f) {
+    for (float& k : keep) k = 1.0f;
+    return;
+  }
+  const uint64_t element = uint64_t(((b * shape.heads + h) * shape.q_len + i) * shape.k_len + j0);
+  float uniform[4];
+  philox::uniforms(dropout.seed, dropout.offset + element, uniform);
+  for (int t = 0; t < 4; ++t) keep[t] = uniform[t] < dropout.p ? 0.0f : dropout.keep_scale;
+}
+
 // K and V tiles are stored with rows of d + 1 floats: the score loops read one key row per lane,
 // and an odd row length puts those reads in different shared-memory banks.
 __host__ __device__ inline int64_t attention_kv_ld(int64_t d) {
@@ -212,35 +228,54 @@ __global__ void attention_backward_delta_kernel(const T* out, const T* d_out, in
   }
 }
 
-// P[r][c] recomputed as exp(masked score - lse), M its dropout factor, dP = dO . V (the gradient
-// of the dropped probabilities), and for a tile: s_p = P * M (what the output summed), s_ds =
-// scale * P * (M * dP - delta). Entries outside the tile or of fully masked rows are zero.
+// The gradient of one score from its raw q.k, dP and dropout factor M: dS = scale P (M dP - delta)
+// and the dropped probability P M; both 0 outside the tile, for masked keys and for rows that see
+// no key ("!= 0" lets a NaN probability through).
+struct ScoreGradient {
+  float dropped_p, ds;
+};
+__device__ __forceinline__ ScoreGradient
+attention_score_gradient(float raw, float dp, bool inside, float row_lse, float row_delta,
+                         float keep, const AttentionShape& shape, const AttentionMaskArgs& mask,
+                         int64_t b, int64_t h, int64_t i, int64_t j) {
+  ScoreGradient g{0.0f, 0.0f};
+  if (!inside || row_lse == -INFINITY) return g;
+  const float s = masked_score(raw, mask, b, h, i, j, shape.heads, shape.q_len, shape.k_len);
+  const float p = expf(s - row_lse);
+  if (p != 0.0f) {
+    g.ds = mask.scale * p * (keep * dp - row_delta);
+    g.dropped_p = p * keep;
+  }
+  return g;
+}
+
+// For a tile: s_p = P * M (what the output summed) and s_ds = dS, from P recomputed as
+// exp(masked score - lse) and dP = dO . V. A thread takes four consecutive keys of one query
+// (block_k is a multiple of 4), whose dropout factors come from one or two Philox blocks.
 __device__ __forceinline__ void attention_tile_gradients(
     const float* s_q, const float* s_do, const float* s_k, const float* s_v, const float* s_lse,
     const float* s_delta, const AttentionShape& shape, const AttentionMaskArgs& mask,
     const AttentionDropoutArgs& dropout, int64_t b, int64_t h, int64_t q0, int rows, int64_t k0,
     int cols, int bk, int bq, float* s_p, float* s_ds) {
   const int64_t d = shape.head_dim, ld = attention_kv_ld(d);
-  for (int e = thread_index(); e < bq * bk; e += block_threads()) {
-    const int r = e / bk, c = e % bk;
-    float p = 0.0f, ds = 0.0f;
-    if (r < rows && c < cols && s_lse[r] != -INFINITY) {
+  for (int e0 = thread_index() * 4; e0 < bq * bk; e0 += block_threads() * 4) {
+    const int r = e0 / bk, c0 = e0 % bk;
+    float keep[4];
+    attention_keep_factors4(dropout, shape, b, h, q0 + r, k0 + c0, keep);
+    for (int t = 0; t < 4; ++t) {
+      const int c = c0 + t;
       float qk = 0.0f, dp = 0.0f;
-      for (int64_t x = 0; x < d; ++x) {
-        qk += s_q[r * d + x] * s_k[c * ld + x];
-        dp += s_do[r * d + x] * s_v[c * ld + x];
-      }
-      const float s =
-          masked_score(qk, mask, b, h, q0 + r, k0 + c, shape.heads, shape.q_len, shape.k_len);
-      p = expf(s - s_lse[r]);
-      if (p != 0.0f) {
-        const float keep = attention_keep_factor(dropout, shape, b, h, q0 + r, k0 + c);
-        ds = mask.scale * p * (keep * dp - s_delta[r]);
-        p *= keep;
-      }
+      if (r < rows && c < cols)
+        for (int64_t x = 0; x < d; ++x) {
+          qk += s_q[r * d + x] * s_k[c * ld + x];
+          dp += s_do[r * d + x] * s_v[c * ld + x];
+        }
+      const ScoreGradient g =
+          attention_score_gradient(qk, dp, r < rows && c < cols, s_lse[r], s_delta[r], keep[t],
+                                   shape, mask, b, h, q0 + r, k0 + c);
+      if (s_p) s_p[e0 + t] = g.dropped_p;
+      s_ds[e0 + t] = g.ds;
     }
-    if (s_p) s_p[e] = p;
-    s_ds[e] = ds;
   }
 }
 

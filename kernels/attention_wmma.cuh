@@ -54,6 +54,17 @@ __device__ __forceinline__ void load_head_tile_bf16(const __nv_bfloat16* base,
   }
 }
 
+// Max and sum over the 16 lanes of each half of a warp (the butterfly stays inside a half).
+__device__ __forceinline__ float half_warp_max(float v) {
+  for (int offset = 8; offset > 0; offset >>= 1)
+    v = fmaxf(v, __shfl_xor_sync(kFullWarp, v, offset));
+  return v;
+}
+__device__ __forceinline__ float half_warp_sum(float v) {
+  for (int offset = 8; offset > 0; offset >>= 1) v += __shfl_xor_sync(kFullWarp, v, offset);
+  return v;
+}
+
 // A block per (64-query tile, batch * head), 128 threads.
 template <class Unused = void>
 __global__ void __launch_bounds__(kWmmaThreads)
@@ -122,31 +133,29 @@ __global__ void __launch_bounds__(kWmmaThreads)
     }
     __syncwarp();
 
-    // Online softmax, a row at a time, two keys per lane: as attention_forward_kernel (the sum
+    // Online softmax, two rows at a time (a half-warp each), four consecutive keys per lane so that
+    // one or two Philox blocks give their dropout factors: as attention_forward_kernel (the sum
     // normalises undropped probabilities; "!= 0" lets a NaN score poison its row).
-    for (int r = 0; r < wr; ++r) {
+    const int half = lane / 16, c0 = (lane % 16) * 4;
+    for (int r = half; r < wr; r += 2) {
       const int64_t i = q0 + r0 + r;
-      float s[2], p[2];
-      for (int half = 0; half < 2; ++half) {
-        const int c = lane + 32 * half;
-        s[half] = r0 + r < rows && c < cols ? masked_score(s_s[r * bk + c], mask, b, h, i, k0 + c,
-                                                           heads, shape.q_len, shape.k_len)
-                                            : -INFINITY;
+      float s[4], p[4], keep[4];
+      for (int t = 0; t < 4; ++t) {
+        const int c = c0 + t;
+        s[t] = r0 + r < rows && c < cols ? masked_score(s_s[r * bk + c], mask, b, h, i, k0 + c,
+                                                        heads, shape.q_len, shape.k_len)
+                                         : -INFINITY;
       }
       const float old_max = s_max[r0 + r];
-      const float new_max = fmaxf(old_max, warp_max(fmaxf(s[0], s[1])));
-      for (int half = 0; half < 2; ++half)
-        p[half] = new_max == -INFINITY ? 0.0f : expf(s[half] - new_max);
-      const float tile_sum = warp_sum(p[0] + p[1]);
-      for (int half = 0; half < 2; ++half) {
-        const int c = lane + 32 * half;
-        const float kept = p[half] != 0.0f
-                               ? p[half] * attention_keep_factor(dropout, shape, b, h, i, k0 + c)
-                               : 0.0f;
-        s_p[r * bk + c] = __float2bfloat16(kept);
-      }
-      __syncwarp();  // every lane has read s_max[r0 + r] before lane 0 overwrites it
-      if (lane == 0) {
+      const float new_max =
+          fmaxf(old_max, half_warp_max(fmaxf(fmaxf(s[0], s[1]), fmaxf(s[2], s[3]))));
+      for (int t = 0; t < 4; ++t) p[t] = new_max == -INFINITY ? 0.0f : expf(s[t] - new_max);
+      const float tile_sum = half_warp_sum((p[0] + p[1]) + (p[2] + p[3]));
+      attention_keep_factors4(dropout, shape, b, h, i, k0 + c0, keep);
+      for (int t = 0; t < 4; ++t)
+        s_p[r * bk + c0 + t] = __float2bfloat16(p[t] != 0.0f ? p[t] * keep[t] : 0.0f);
+      __syncwarp();  // every lane has read s_max[r0 + r] before its row's first lane overwrites it
+      if (lane % 16 == 0) {
         const float rescale = new_max == -INFINITY ? 1.0f : expf(old_max - new_max);
         s_rescale[r0 + r] = rescale;
         s_sum[r0 + r] = s_sum[r0 + r] * rescale + tile_sum;
@@ -261,27 +270,6 @@ __device__ __forceinline__ void wmma_accumulate_product(const __nv_bfloat16* a,
   }
 }
 
-// The gradient of one score from its raw q.k and dP: dS = scale P (M dP - delta), and the dropped
-// probability P M; both 0 outside the tile, for masked keys and for rows that see no key.
-struct ScoreGradient {
-  float dropped_p, ds;
-};
-__device__ __forceinline__ ScoreGradient attention_score_gradient(
-    float raw, float dp, bool inside, float row_lse, float row_delta, const AttentionShape& shape,
-    const AttentionMaskArgs& mask, const AttentionDropoutArgs& dropout, int64_t b, int64_t h,
-    int64_t i, int64_t j) {
-  ScoreGradient g{0.0f, 0.0f};
-  if (!inside || row_lse == -INFINITY) return g;
-  const float s = masked_score(raw, mask, b, h, i, j, shape.heads, shape.q_len, shape.k_len);
-  const float p = expf(s - row_lse);
-  if (p != 0.0f) {
-    const float keep = attention_keep_factor(dropout, shape, b, h, i, j);
-    g.ds = mask.scale * p * (keep * dp - row_delta);
-    g.dropped_p = p * keep;
-  }
-  return g;
-}
-
 template <class Unused = void>
 __global__ void __launch_bounds__(kWmmaThreads)
     attention_backward_dq_wmma_kernel(const __nv_bfloat16* q, const __nv_bfloat16* k,
@@ -331,12 +319,17 @@ __global__ void __launch_bounds__(kWmmaThreads)
     wmma_rows_times_rows_transposed(s_q + r0 * d, s_k, d, s_s);
     wmma_rows_times_rows_transposed(s_do + r0 * d, s_v, d, s_dp);
     __syncwarp();
-    for (int e = lane; e < wr * bk; e += 32) {
+    // Four consecutive keys of one query per lane: one or two Philox blocks for their dropout.
+    for (int e = lane * 4; e < wr * bk; e += 32 * 4) {
       const int r = e / bk, c = e % bk;
-      const ScoreGradient g = attention_score_gradient(s_s[e], s_dp[e], r0 + r < rows && c < cols,
-                                                       s_lse[r0 + r], s_delta[r0 + r], shape, mask,
-                                                       dropout, b, h, q0 + r0 + r, k0 + c);
-      s_ds[e] = __float2bfloat16(g.ds);
+      float keep[4];
+      attention_keep_factors4(dropout, shape, b, h, q0 + r0 + r, k0 + c, keep);
+      for (int t = 0; t < 4; ++t) {
+        const ScoreGradient g = attention_score_gradient(
+            s_s[e + t], s_dp[e + t], r0 + r < rows && c + t < cols, s_lse[r0 + r], s_delta[r0 + r],
+            keep[t], shape, mask, b, h, q0 + r0 + r, k0 + c + t);
+        s_ds[e + t] = __float2bfloat16(g.ds);
+      }
     }
     __syncwarp();
     wmma_accumulate_product(s_ds, s_k, d, s_dq + r0 * d);
@@ -407,13 +400,20 @@ __global__ void __launch_bounds__(kWmmaThreads)
       wmma_rows_times_rows_transposed(s_k + c0 * d, s_q, d, s_st);
       wmma_rows_times_rows_transposed(s_v + c0 * d, s_do, d, s_dpt);
       __syncwarp();
-      for (int e = lane; e < wr * bq; e += 32) {
-        const int c = e / bq, r = e % bq;
-        const ScoreGradient g =
-            attention_score_gradient(s_st[e], s_dpt[e], c0 + c < cols && r < rows, s_lse[r],
-                                     s_delta[r], shape, mask, dropout, b, h, q0 + r, k0 + c0 + c);
-        s_pt[e] = __float2bfloat16(g.dropped_p);
-        s_dst[e] = __float2bfloat16(g.ds);
+      // Four consecutive keys of one query per lane (entries bq apart in the transposed tiles):
+      // one or two Philox blocks for their dropout.
+      for (int g4 = lane; g4 < (wr / 4) * bq; g4 += 32) {
+        const int c = (g4 / bq) * 4, r = g4 % bq;
+        float keep[4];
+        attention_keep_factors4(dropout, shape, b, h, q0 + r, k0 + c0 + c, keep);
+        for (int t = 0; t < 4; ++t) {
+          const int e = (c + t) * bq + r;
+          const ScoreGradient g = attention_score_gradient(
+              s_st[e], s_dpt[e], c0 + c + t < cols && r < rows, s_lse[r], s_delta[r], keep[t],
+              shape, mask, b, h, q0 + r, k0 + c0 + c + t);
+          s_pt[e] = __float2bfloat16(g.dropped_p);
+          s_dst[e] = __float2bfloat16(g.ds);
+        }
       }
       __syncwarp();
       wmma_accumulate_product(s_pt, s_do, d, s_dv + c0 * d);

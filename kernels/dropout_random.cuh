@@ -8,18 +8,6 @@
 
 namespace sp::SP_CUDA_NS {
 
-// The uniforms of stream elements first .. first + N - 1. A Philox block holds four consecutive
-// counters' words: one block per four elements (two where they straddle a block boundary).
-template <int N>
-__device__ __forceinline__ void pack_uniforms(uint64_t seed, uint64_t first, float (&uniform)[N]) {
-  philox::Block block = philox::generate(first >> 2, seed);
-  for (int e = 0; e < N; ++e) {
-    const uint64_t c = first + uint64_t(e);
-    if (e > 0 && (c & 3) == 0) block = philox::generate(c >> 2, seed);
-    uniform[e] = philox::to_unit_float(block.v[c & 3]);
-  }
-}
-
 // y = x * keep_scale where uniform(seed, offset, i) >= p, else 0 (keep_scale = 1 / (1 - p)).
 template <class T>
 __global__ void dropout_kernel(const T* x, T* y, int64_t n, float p, float keep_scale,
@@ -32,7 +20,7 @@ __global__ void dropout_kernel(const T* x, T* y, int64_t n, float p, float keep_
         Pack<T> px, py;
         load_pack(px, x + i);
         float uniform[kPack];
-        pack_uniforms(seed, offset + uint64_t(i), uniform);
+        philox::uniforms(seed, offset + uint64_t(i), uniform);
         for (int e = 0; e < kPack; ++e)
           py.v[e] = from_float<T>(keep(uniform[e], to_float(px.v[e])));
         store_pack(y + i, py);
@@ -62,7 +50,7 @@ __global__ void residual_dropout_add_kernel(const T* residual, const T* x, const
         load_pack(pr, residual + i);
         float uniform[kPack];
         if (p > 0.0f) {
-          pack_uniforms(seed, offset + uint64_t(i), uniform);
+          philox::uniforms(seed, offset + uint64_t(i), uniform);
         } else {
           for (float& u : uniform) u = 1.0f;
         }

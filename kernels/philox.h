@@ -117,6 +117,19 @@ SP_HOST_DEVICE inline float uniform(uint64_t seed, uint64_t offset, uint64_t ind
   return to_unit_float(generate(c >> 2, seed).v[c & 3]);
 }
 
+// The uniforms of stream elements first .. first + N - 1 (counters, offset included): a block
+// holds four consecutive counters' words, so one block serves four elements (two blocks where
+// they straddle a block boundary), where uniform() computes a block per element.
+template <int N>
+SP_HOST_DEVICE inline void uniforms(uint64_t seed, uint64_t first, float (&out)[N]) {
+  Block block = generate(first >> 2, seed);
+  for (int e = 0; e < N; ++e) {
+    const uint64_t c = first + uint64_t(e);
+    if (e > 0 && (c & 3) == 0) block = generate(c >> 2, seed);
+    out[e] = to_unit_float(block.v[c & 3]);
+  }
+}
+
 // Standard normal for element `index` (Box-Muller on two words of one Philox block).
 SP_HOST_DEVICE inline float normal(uint64_t seed, uint64_t offset, uint64_t index) {
   Block block = generate(offset + index, seed);
