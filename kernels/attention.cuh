@@ -38,14 +38,15 @@ struct AttentionDropoutArgs {
   uint64_t seed = 0, offset = 0;
 };
 
-// The factor dropout multiplies probability (b, h, i, j) by: 0 or keep_scale (1 without dropout).
-__device__ __forceinline__ float attention_keep_factor(const AttentionDropoutArgs& dropout,
-                                                       const AttentionShape& shape, int64_t b,
-                                                       int64_t h, int64_t i, int64_t j) {
-  if (dropout.p <= 0.0f) return 1.0f;
-  const uint64_t element = uint64_t(((b * shape.heads + h) * shape.q_len + i) * shape.k_len + j);
-  return philox::uniform(dropout.seed, dropout.offset, element) < dropout.p ? 0.0f
-                                                                            : dropout.keep_scale;
+// Max and sum over aligned groups of `width` lanes (a power of two <= 32) of a whole warp.
+__device__ __forceinline__ float lane_group_max(float v, int width) {
+  for (int offset = width / 2; offset > 0; offset >>= 1)
+    v = fmaxf(v, __shfl_xor_sync(kFullWarp, v, offset));
+  return v;
+}
+__device__ __forceinline__ float lane_group_sum(float v, int width) {
+  for (int offset = width / 2; offset > 0; offset >>= 1) v += __shfl_xor_sync(kFullWarp, v, offset);
+  return v;
 }
 
 // The factors of probabilities (b, h, i, j0 .. j0 + 3), four consecutive elements of the stream:
@@ -163,23 +164,30 @@ __global__ void __launch_bounds__(kAttentionThreads)
       s_p[e] = s;
     }
     __syncthreads();
-    // Online softmax, a warp per row: fold this tile's scores into the running max and sum.
-    // The sum normalises the probabilities before dropout; the output accumulates dropped ones.
-    // Tests are "!= 0", never "> 0": a NaN score (a NaN in q or k) makes the row NaN, as in
-    // torch, instead of vanishing from it.
-    for (int r = warp; r < bq; r += warps) {
-      const float s = lane < bk ? s_p[r * bk + lane] : -INFINITY;
-      const float old_max = s_max[r];
-      const float new_max = fmaxf(old_max, warp_max(s));
-      const float p = new_max == -INFINITY ? 0.0f : expf(s - new_max);
-      const float tile_sum = warp_sum(p);
-      if (lane < bk)
-        s_p[r * bk + lane] =
-            p != 0.0f ? p * attention_keep_factor(dropout, shape, b, h, q0 + r, k0 + lane) : 0.0f;
-      // Every lane has read s_max[r] before lane 0 overwrites it. The shuffles above already
-      // order that; the hardware's warp model is weaker than the emulator's, so say it.
+    // Online softmax: fold this tile's scores into the running max and sum. A row per bk / 4
+    // lanes, four consecutive keys per lane, so that one or two Philox blocks give their dropout
+    // factors. The sum normalises the probabilities before dropout; the output accumulates
+    // dropped ones. Tests are "!= 0", never "> 0": a NaN score (a NaN in q or k) makes the row
+    // NaN, as in torch, instead of vanishing from it.
+    const int row_lanes = bk / 4, rows_per_pass = 32 / row_lanes;
+    const int c0 = (lane % row_lanes) * 4;
+    for (int first = warp * rows_per_pass; first < bq; first += warps * rows_per_pass) {
+      const int r = first + lane / row_lanes;
+      const bool in_tile = r < bq;  // lanes past the tile's rows still join the shuffles
+      float s[4], p[4], keep[4];
+      for (int t = 0; t < 4; ++t) s[t] = in_tile ? s_p[r * bk + c0 + t] : -INFINITY;
+      const float old_max = in_tile ? s_max[r] : -INFINITY;
+      const float new_max =
+          fmaxf(old_max, lane_group_max(fmaxf(fmaxf(s[0], s[1]), fmaxf(s[2], s[3])), row_lanes));
+      for (int t = 0; t < 4; ++t) p[t] = new_max == -INFINITY ? 0.0f : expf(s[t] - new_max);
+      const float tile_sum = lane_group_sum((p[0] + p[1]) + (p[2] + p[3]), row_lanes);
+      attention_keep_factors4(dropout, shape, b, h, q0 + r, k0 + c0, keep);
+      if (in_tile)
+        for (int t = 0; t < 4; ++t) s_p[r * bk + c0 + t] = p[t] != 0.0f ? p[t] * keep[t] : 0.0f;
+      // Every lane has read s_max[r] before its row's first lane overwrites it. The shuffles
+      // above already order that; the hardware's warp model is weaker than the emulator's.
       __syncwarp();
-      if (lane == 0) {
+      if (in_tile && lane % row_lanes == 0) {
         const float rescale = new_max == -INFINITY ? 1.0f : expf(old_max - new_max);
         s_rescale[r] = rescale;
         s_sum[r] = s_sum[r] * rescale + tile_sum;

@@ -54,17 +54,6 @@ __device__ __forceinline__ void load_head_tile_bf16(const __nv_bfloat16* base,
   }
 }
 
-// Max and sum over the 16 lanes of each half of a warp (the butterfly stays inside a half).
-__device__ __forceinline__ float half_warp_max(float v) {
-  for (int offset = 8; offset > 0; offset >>= 1)
-    v = fmaxf(v, __shfl_xor_sync(kFullWarp, v, offset));
-  return v;
-}
-__device__ __forceinline__ float half_warp_sum(float v) {
-  for (int offset = 8; offset > 0; offset >>= 1) v += __shfl_xor_sync(kFullWarp, v, offset);
-  return v;
-}
-
 // A block per (64-query tile, batch * head), 128 threads.
 template <class Unused = void>
 __global__ void __launch_bounds__(kWmmaThreads)
@@ -148,9 +137,9 @@ __global__ void __launch_bounds__(kWmmaThreads)
       }
       const float old_max = s_max[r0 + r];
       const float new_max =
-          fmaxf(old_max, half_warp_max(fmaxf(fmaxf(s[0], s[1]), fmaxf(s[2], s[3]))));
+          fmaxf(old_max, lane_group_max(fmaxf(fmaxf(s[0], s[1]), fmaxf(s[2], s[3])), 16));
       for (int t = 0; t < 4; ++t) p[t] = new_max == -INFINITY ? 0.0f : expf(s[t] - new_max);
-      const float tile_sum = half_warp_sum((p[0] + p[1]) + (p[2] + p[3]));
+      const float tile_sum = lane_group_sum((p[0] + p[1]) + (p[2] + p[3]), 16);
       attention_keep_factors4(dropout, shape, b, h, i, k0 + c0, keep);
       for (int t = 0; t < 4; ++t)
         s_p[r * bk + c0 + t] = __float2bfloat16(p[t] != 0.0f ? p[t] * keep[t] : 0.0f);
