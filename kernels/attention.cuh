@@ -98,6 +98,53 @@ __device__ __forceinline__ void load_head_tile(const T* base, const int64_t (&st
   }
 }
 
+// Stores tile[count][d] (fp32) as rows [first, first + count) of one head of a [B, T, H, D] view
+// strided as `stride` (load_head_tile's inverse): the gradients dQ, dK and dV.
+template <class T>
+__device__ __forceinline__ void store_head_tile(const float* tile, int count, int64_t d,
+                                                const int64_t (&stride)[3], int64_t b, int64_t h,
+                                                int64_t first, T* base) {
+  T* head = base + b * stride[0] + h * stride[2];
+  for (int64_t e = thread_index(); e < count * d; e += block_threads()) {
+    const int64_t r = e / d, c = e % d;
+    head[(first + r) * stride[1] + c] = from_float<T>(tile[e]);
+  }
+}
+
+// Loads lse and delta of query rows [q0, q0 + rows) of (b, h) into tile_rows entries; rows past
+// the end see no key (lse -inf).
+__device__ __forceinline__ void load_row_statistics(const float* lse, const float* delta,
+                                                    const AttentionShape& shape, int64_t b,
+                                                    int64_t h, int64_t q0, int rows, int tile_rows,
+                                                    float* s_lse, float* s_delta) {
+  for (int r = thread_index(); r < tile_rows; r += block_threads()) {
+    const int64_t row = (b * shape.heads + h) * shape.q_len + q0 + r;
+    s_lse[r] = r < rows ? lse[row] : -INFINITY;
+    s_delta[r] = r < rows ? delta[row] : 0.0f;
+  }
+}
+
+// The forward's results for query rows [q0, q0 + rows) of (b, h) from its accumulators: out =
+// O / sum and lse = max + log(sum), or 0 and -inf for rows that see no key (sum 0; a NaN sum
+// stays NaN).
+template <class T>
+__device__ __forceinline__ void store_attention_rows(const float* s_o, const float* s_max,
+                                                     const float* s_sum, int rows,
+                                                     const AttentionShape& shape, int64_t b,
+                                                     int64_t h, int64_t q0, T* out, float* lse) {
+  const int64_t d = shape.head_dim, heads = shape.heads;
+  for (int64_t e = thread_index(); e < rows * d; e += block_threads()) {
+    const int64_t r = e / d, x = e % d;
+    const float sum = s_sum[r];
+    out[((b * shape.q_len + q0 + r) * heads + h) * d + x] =
+        from_float<T>(sum != 0.0f ? s_o[e] / sum : 0.0f);
+  }
+  for (int r = thread_index(); r < rows; r += block_threads()) {
+    const float sum = s_sum[r];
+    lse[(b * heads + h) * shape.q_len + q0 + r] = sum != 0.0f ? s_max[r] + logf(sum) : -INFINITY;
+  }
+}
+
 // The last key a tile of queries [q0, q0 + rows) can see, plus one (causal masks the rest).
 __device__ __forceinline__ int64_t attention_key_end(const AttentionShape& shape,
                                                      const AttentionMaskArgs& mask, int64_t q0,
@@ -203,16 +250,7 @@ __global__ void __launch_bounds__(kAttentionThreads)
     }
   }
   __syncthreads();
-  for (int64_t e = tid; e < rows * d; e += threads) {
-    const int64_t r = e / d, x = e % d;
-    const float sum = s_sum[r];
-    out[((b * shape.q_len + q0 + r) * heads + h) * d + x] =
-        from_float<T>(sum != 0.0f ? s_o[e] / sum : 0.0f);
-  }
-  for (int r = tid; r < rows; r += threads) {
-    const float sum = s_sum[r];
-    lse[(b * heads + h) * shape.q_len + q0 + r] = sum != 0.0f ? s_max[r] + logf(sum) : -INFINITY;
-  }
+  store_attention_rows(s_o, s_max, s_sum, rows, shape, b, h, q0, out, lse);
 }
 
 // ---- backward ----
@@ -317,11 +355,7 @@ __global__ void __launch_bounds__(kAttentionThreads)
   load_head_tile(q, shape.q_stride, b, h, q0, rows, bq, d, d, s_q);
   load_head_tile(d_out, contiguous_stride, b, h, q0, rows, bq, d, d, s_do);
   for (int64_t e = tid; e < bq * d; e += threads) s_dq[e] = 0.0f;
-  for (int r = tid; r < bq; r += threads) {
-    const int64_t row = (b * heads + h) * shape.q_len + q0 + r;
-    s_lse[r] = r < rows ? lse[row] : -INFINITY;
-    s_delta[r] = r < rows ? delta[row] : 0.0f;
-  }
+  load_row_statistics(lse, delta, shape, b, h, q0, rows, bq, s_lse, s_delta);
   const int64_t key_end = attention_key_end(shape, mask, q0, rows);
   for (int64_t k0 = 0; k0 < key_end; k0 += bk) {
     const int cols = int(key_end - k0 < bk ? key_end - k0 : bk);
@@ -339,11 +373,7 @@ __global__ void __launch_bounds__(kAttentionThreads)
       s_dq[e] = acc;
     }
   }
-  for (int64_t e = tid; e < rows * d; e += threads) {
-    const int64_t r = e / d, x = e % d;
-    dq[b * shape.dq_stride[0] + (q0 + r) * shape.dq_stride[1] + h * shape.dq_stride[2] + x] =
-        from_float<T>(s_dq[e]);
-  }
+  store_head_tile(s_dq, rows, d, shape.dq_stride, b, h, q0, dq);
 }
 
 // dK and dV for a block per (key tile, batch * key/value head): dV = sum P^T dO, dK = sum dS^T Q
@@ -390,11 +420,7 @@ __global__ void __launch_bounds__(kAttentionThreads)
       __syncthreads();
       load_head_tile(q, shape.q_stride, b, h, q0, rows, bq, d, d, s_q);
       load_head_tile(d_out, contiguous_stride, b, h, q0, rows, bq, d, d, s_do);
-      for (int r = tid; r < bq; r += threads) {
-        const int64_t row = (b * heads + h) * shape.q_len + q0 + r;
-        s_lse[r] = r < rows ? lse[row] : -INFINITY;
-        s_delta[r] = r < rows ? delta[row] : 0.0f;
-      }
+      load_row_statistics(lse, delta, shape, b, h, q0, rows, bq, s_lse, s_delta);
       __syncthreads();
       attention_tile_gradients(s_q, s_do, s_k, s_v, s_lse, s_delta, shape, mask, dropout, b, h, q0,
                                rows, k0, cols, bk, bq, s_p, s_ds);
@@ -410,15 +436,8 @@ __global__ void __launch_bounds__(kAttentionThreads)
         s_dk[e] = acc_k;
       }
     }
-  for (int64_t e = tid; e < cols * d; e += threads) {
-    const int64_t c = e / d, x = e % d;
-    if (dk)
-      dk[b * shape.dk_stride[0] + (k0 + c) * shape.dk_stride[1] + hk * shape.dk_stride[2] + x] =
-          from_float<T>(s_dk[e]);
-    if (dv)
-      dv[b * shape.dv_stride[0] + (k0 + c) * shape.dv_stride[1] + hk * shape.dv_stride[2] + x] =
-          from_float<T>(s_dv[e]);
-  }
+  if (dk) store_head_tile(s_dk, cols, d, shape.dk_stride, b, hk, k0, dk);
+  if (dv) store_head_tile(s_dv, cols, d, shape.dv_stride, b, hk, k0, dv);
 }
 
 }  // namespace sp::SP_CUDA_NS

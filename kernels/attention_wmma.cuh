@@ -54,167 +54,6 @@ __device__ __forceinline__ void load_head_tile_bf16(const __nv_bfloat16* base,
   }
 }
 
-// A block per (64-query tile, batch * head), 128 threads.
-template <class Unused = void>
-__global__ void __launch_bounds__(kWmmaThreads)
-    attention_forward_wmma_kernel(const __nv_bfloat16* q, const __nv_bfloat16* k,
-                                  const __nv_bfloat16* v, AttentionShape shape,
-                                  AttentionMaskArgs mask, AttentionDropoutArgs dropout,
-                                  __nv_bfloat16* out, float* lse) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
-  __trap();  // bf16 wmma needs sm_80; the host never launches this kernel below it
-#else
-  using FragA = wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major>;
-  using FragKt = wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major>;
-  using FragV = wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::row_major>;
-  using FragAcc = wmma::fragment<wmma::accumulator, 16, 16, 16, float>;
-  SP_DYNAMIC_SHARED(unsigned char, smem);
-  const int64_t d = shape.head_dim, heads = shape.heads;
-  constexpr int bq = kWmmaQueries, bk = kWmmaKeys, wr = kWmmaWarpRows;
-  __nv_bfloat16* s_q = reinterpret_cast<__nv_bfloat16*>(smem);   // [bq][d]
-  __nv_bfloat16* s_k = s_q + bq * d;                             // [bk][d]
-  __nv_bfloat16* s_v = s_k + bk * d;                             // [bk][d]
-  __nv_bfloat16* s_p_all = s_v + bk * d;                         // [warps][wr][bk]
-  float* s_s_all = reinterpret_cast<float*>(s_p_all + bq * bk);  // [warps][wr][bk]
-  float* s_o_all = s_s_all + bq * bk;                            // [warps][wr][d] = [bq][d]
-  float* s_max = s_o_all + bq * d;                               // [bq]
-  float* s_sum = s_max + bq;                                     // [bq]
-  float* s_rescale = s_sum + bq;                                 // [bq]
-
-  const int tid = thread_index(), lane = tid % 32, warp = tid / 32;
-  const int64_t b = blockIdx.y / heads, h = blockIdx.y % heads;
-  const int64_t hk = h / (heads / shape.kv_heads);
-  const int64_t q0 = int64_t(blockIdx.x) * bq;
-  const int rows = int(shape.q_len - q0 < bq ? shape.q_len - q0 : bq);
-  const int r0 = warp * wr;  // this warp's first row in the tile
-  __nv_bfloat16* s_p = s_p_all + r0 * bk;
-  float* s_s = s_s_all + r0 * bk;
-  float* s_o = s_o_all + r0 * d;
-
-  load_head_tile_bf16(q, shape.q_stride, b, h, q0, rows, bq, d, s_q);
-  for (int64_t e = tid; e < bq * d; e += block_threads()) s_o_all[e] = 0.0f;
-  for (int r = tid; r < bq; r += block_threads()) {
-    s_max[r] = -INFINITY;
-    s_sum[r] = 0.0f;
-  }
-  const int64_t key_end = attention_key_end(shape, mask, q0, rows);
-  for (int64_t k0 = 0; k0 < key_end; k0 += bk) {
-    const int cols = int(key_end - k0 < bk ? key_end - k0 : bk);
-    __syncthreads();  // the previous step's readers of s_k and s_v are done
-    load_head_tile_bf16(k, shape.k_stride, b, hk, k0, cols, bk, d, s_k);
-    load_head_tile_bf16(v, shape.v_stride, b, hk, k0, cols, bk, d, s_v);
-    __syncthreads();
-    if (r0 >= rows) continue;  // warp-uniform: this warp's queries are past the end
-
-    // S = Q K^T for the warp's 16 queries and the step's 64 keys; K stored [key][d] is K^T in
-    // column-major order.
-    for (int n = 0; n < bk / 16; ++n) {
-      FragAcc acc;
-      wmma::fill_fragment(acc, 0.0f);
-      for (int64_t x = 0; x < d; x += 16) {
-        FragA a;
-        FragKt kt;
-        wmma::load_matrix_sync(a, s_q + r0 * d + x, unsigned(d));
-        wmma::load_matrix_sync(kt, s_k + n * 16 * d + x, unsigned(d));
-        wmma::mma_sync(acc, a, kt, acc);
-      }
-      wmma::store_matrix_sync(s_s + n * 16, acc, bk, wmma::mem_row_major);
-    }
-    __syncwarp();
-
-    // Online softmax, two rows at a time (a half-warp each), four consecutive keys per lane so that
-    // one or two Philox blocks give their dropout factors: as attention_forward_kernel (the sum
-    // normalises undropped probabilities; "!= 0" lets a NaN score poison its row).
-    const int half = lane / 16, c0 = (lane % 16) * 4;
-    for (int r = half; r < wr; r += 2) {
-      const int64_t i = q0 + r0 + r;
-      float s[4], p[4], keep[4];
-      for (int t = 0; t < 4; ++t) {
-        const int c = c0 + t;
-        s[t] = r0 + r < rows && c < cols ? masked_score(s_s[r * bk + c], mask, b, h, i, k0 + c,
-                                                        heads, shape.q_len, shape.k_len)
-                                         : -INFINITY;
-      }
-      const float old_max = s_max[r0 + r];
-      const float new_max =
-          fmaxf(old_max, lane_group_max(fmaxf(fmaxf(s[0], s[1]), fmaxf(s[2], s[3])), 16));
-      for (int t = 0; t < 4; ++t) p[t] = new_max == -INFINITY ? 0.0f : expf(s[t] - new_max);
-      const float tile_sum = lane_group_sum((p[0] + p[1]) + (p[2] + p[3]), 16);
-      attention_keep_factors4(dropout, shape, b, h, i, k0 + c0, keep);
-      for (int t = 0; t < 4; ++t)
-        s_p[r * bk + c0 + t] = __float2bfloat16(p[t] != 0.0f ? p[t] * keep[t] : 0.0f);
-      __syncwarp();  // every lane has read s_max[r0 + r] before its row's first lane overwrites it
-      if (lane % 16 == 0) {
-        const float rescale = new_max == -INFINITY ? 1.0f : expf(old_max - new_max);
-        s_rescale[r0 + r] = rescale;
-        s_sum[r0 + r] = s_sum[r0 + r] * rescale + tile_sum;
-        s_max[r0 + r] = new_max;
-      }
-    }
-    __syncwarp();
-
-    // O = O * rescale + P V: the accumulator lives in shared memory, since rescaling rows of a
-    // fragment would need its (unspecified) element-to-row mapping.
-    for (int64_t e = lane; e < wr * d; e += 32) s_o[e] *= s_rescale[r0 + e / d];
-    __syncwarp();
-    for (int64_t x = 0; x < d; x += 16) {
-      FragAcc acc;
-      wmma::load_matrix_sync(acc, s_o + x, unsigned(d), wmma::mem_row_major);
-      for (int c = 0; c < bk; c += 16) {
-        FragA pa;
-        FragV vb;
-        wmma::load_matrix_sync(pa, s_p + c, unsigned(bk));
-        wmma::load_matrix_sync(vb, s_v + c * d + x, unsigned(d));
-        wmma::mma_sync(acc, pa, vb, acc);
-      }
-      wmma::store_matrix_sync(s_o + x, acc, unsigned(d), wmma::mem_row_major);
-    }
-  }
-  __syncthreads();
-  for (int64_t e = tid; e < rows * d; e += block_threads()) {
-    const int64_t r = e / d, x = e % d;
-    const float sum = s_sum[r];
-    out[((b * shape.q_len + q0 + r) * heads + h) * d + x] =
-        __float2bfloat16(sum != 0.0f ? s_o_all[e] / sum : 0.0f);
-  }
-  for (int r = tid; r < rows; r += block_threads()) {
-    const float sum = s_sum[r];
-    lse[(b * heads + h) * shape.q_len + q0 + r] = sum != 0.0f ? s_max[r] + logf(sum) : -INFINITY;
-  }
-#endif
-}
-
-// ---- backward: dQ per query tile, dK/dV per key tile, as the scalar kernels but every product
-// (S = Q K^T, dP = dO V^T, dQ += dS K, dV += P^T dO, dK += dS^T Q) a wmma product. dS and the
-// dropped P are rounded to bf16 for the products, as FlashAttention-2 does; delta comes from
-// attention_backward_delta_kernel.
-
-// dQ kernel: bf16 Q, dO, K, V tiles [64][d]; per warp fp32 scores and dP [2][16][64], bf16 dS
-// [16][64]; fp32 dQ accumulator [64][d]; fp32 lse and delta [64].
-__host__ __device__ inline int64_t attention_wmma_backward_dq_smem_bytes(int64_t d) {
-  return 4 * kWmmaQueries * d * 2 + 2 * kWmmaQueries * kWmmaKeys * 4 +
-         kWmmaQueries * kWmmaKeys * 2 + kWmmaQueries * d * 4 + 2 * kWmmaQueries * 4;
-}
-
-// dK/dV kernel: bf16 K, V, Q, dO tiles [64][d]; per warp fp32 S^T and dP^T [2][16][64], bf16 P^T
-// and dS^T [2][16][64]; fp32 dK and dV accumulators [64][d]; fp32 lse and delta [64].
-__host__ __device__ inline int64_t attention_wmma_backward_dkv_smem_bytes(int64_t d) {
-  return 4 * kWmmaKeys * d * 2 + 2 * kWmmaKeys * kWmmaQueries * 4 +
-         2 * kWmmaKeys * kWmmaQueries * 2 + 2 * kWmmaKeys * d * 4 + 2 * kWmmaQueries * 4;
-}
-
-// Loads lse and delta of query rows [q0, q0 + rows) of (b, h); rows past the end see no key.
-__device__ __forceinline__ void load_row_statistics(const float* lse, const float* delta,
-                                                    const AttentionShape& shape, int64_t b,
-                                                    int64_t h, int64_t q0, int rows, float* s_lse,
-                                                    float* s_delta) {
-  for (int r = thread_index(); r < kWmmaQueries; r += block_threads()) {
-    const int64_t row = (b * shape.heads + h) * shape.q_len + q0 + r;
-    s_lse[r] = r < rows ? lse[row] : -INFINITY;
-    s_delta[r] = r < rows ? delta[row] : 0.0f;
-  }
-}
-
 // out[16][64] (fp32, ld 64) = A B^T for a warp: A is 16 rows of a [.][d] bf16 tile, B the 64
 // rows of another, both row-major with leading dimension d (B^T is then column-major).
 __device__ __forceinline__ void wmma_rows_times_rows_transposed(const __nv_bfloat16* a,
@@ -259,6 +98,119 @@ __device__ __forceinline__ void wmma_accumulate_product(const __nv_bfloat16* a,
   }
 }
 
+// A block per (64-query tile, batch * head), 128 threads.
+template <class Unused = void>
+__global__ void __launch_bounds__(kWmmaThreads)
+    attention_forward_wmma_kernel(const __nv_bfloat16* q, const __nv_bfloat16* k,
+                                  const __nv_bfloat16* v, AttentionShape shape,
+                                  AttentionMaskArgs mask, AttentionDropoutArgs dropout,
+                                  __nv_bfloat16* out, float* lse) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+  __trap();  // bf16 wmma needs sm_80; the host never launches this kernel below it
+#else
+  SP_DYNAMIC_SHARED(unsigned char, smem);
+  const int64_t d = shape.head_dim, heads = shape.heads;
+  constexpr int bq = kWmmaQueries, bk = kWmmaKeys, wr = kWmmaWarpRows;
+  __nv_bfloat16* s_q = reinterpret_cast<__nv_bfloat16*>(smem);   // [bq][d]
+  __nv_bfloat16* s_k = s_q + bq * d;                             // [bk][d]
+  __nv_bfloat16* s_v = s_k + bk * d;                             // [bk][d]
+  __nv_bfloat16* s_p_all = s_v + bk * d;                         // [warps][wr][bk]
+  float* s_s_all = reinterpret_cast<float*>(s_p_all + bq * bk);  // [warps][wr][bk]
+  float* s_o_all = s_s_all + bq * bk;                            // [warps][wr][d] = [bq][d]
+  float* s_max = s_o_all + bq * d;                               // [bq]
+  float* s_sum = s_max + bq;                                     // [bq]
+  float* s_rescale = s_sum + bq;                                 // [bq]
+
+  const int tid = thread_index(), lane = tid % 32, warp = tid / 32;
+  const int64_t b = blockIdx.y / heads, h = blockIdx.y % heads;
+  const int64_t hk = h / (heads / shape.kv_heads);
+  const int64_t q0 = int64_t(blockIdx.x) * bq;
+  const int rows = int(shape.q_len - q0 < bq ? shape.q_len - q0 : bq);
+  const int r0 = warp * wr;  // this warp's first row in the tile
+  __nv_bfloat16* s_p = s_p_all + r0 * bk;
+  float* s_s = s_s_all + r0 * bk;
+  float* s_o = s_o_all + r0 * d;
+
+  load_head_tile_bf16(q, shape.q_stride, b, h, q0, rows, bq, d, s_q);
+  for (int64_t e = tid; e < bq * d; e += block_threads()) s_o_all[e] = 0.0f;
+  for (int r = tid; r < bq; r += block_threads()) {
+    s_max[r] = -INFINITY;
+    s_sum[r] = 0.0f;
+  }
+  const int64_t key_end = attention_key_end(shape, mask, q0, rows);
+  for (int64_t k0 = 0; k0 < key_end; k0 += bk) {
+    const int cols = int(key_end - k0 < bk ? key_end - k0 : bk);
+    __syncthreads();  // the previous step's readers of s_k and s_v are done
+    load_head_tile_bf16(k, shape.k_stride, b, hk, k0, cols, bk, d, s_k);
+    load_head_tile_bf16(v, shape.v_stride, b, hk, k0, cols, bk, d, s_v);
+    __syncthreads();
+    if (r0 >= rows) continue;  // warp-uniform: this warp's queries are past the end
+
+    // S = Q K^T for the warp's 16 queries and the step's 64 keys.
+    wmma_rows_times_rows_transposed(s_q + r0 * d, s_k, d, s_s);
+    __syncwarp();
+
+    // Online softmax, two rows at a time (a half-warp each), four consecutive keys per lane so that
+    // one or two Philox blocks give their dropout factors: as attention_forward_kernel (the sum
+    // normalises undropped probabilities; "!= 0" lets a NaN score poison its row).
+    const int half = lane / 16, c0 = (lane % 16) * 4;
+    for (int r = half; r < wr; r += 2) {
+      const int64_t i = q0 + r0 + r;
+      float s[4], p[4], keep[4];
+      for (int t = 0; t < 4; ++t) {
+        const int c = c0 + t;
+        s[t] = r0 + r < rows && c < cols ? masked_score(s_s[r * bk + c], mask, b, h, i, k0 + c,
+                                                        heads, shape.q_len, shape.k_len)
+                                         : -INFINITY;
+      }
+      const float old_max = s_max[r0 + r];
+      const float new_max =
+          fmaxf(old_max, lane_group_max(fmaxf(fmaxf(s[0], s[1]), fmaxf(s[2], s[3])), 16));
+      for (int t = 0; t < 4; ++t) p[t] = new_max == -INFINITY ? 0.0f : expf(s[t] - new_max);
+      const float tile_sum = lane_group_sum((p[0] + p[1]) + (p[2] + p[3]), 16);
+      attention_keep_factors4(dropout, shape, b, h, i, k0 + c0, keep);
+      for (int t = 0; t < 4; ++t)
+        s_p[r * bk + c0 + t] = __float2bfloat16(p[t] != 0.0f ? p[t] * keep[t] : 0.0f);
+      __syncwarp();  // every lane has read s_max[r0 + r] before its row's first lane overwrites it
+      if (lane % 16 == 0) {
+        const float rescale = new_max == -INFINITY ? 1.0f : expf(old_max - new_max);
+        s_rescale[r0 + r] = rescale;
+        s_sum[r0 + r] = s_sum[r0 + r] * rescale + tile_sum;
+        s_max[r0 + r] = new_max;
+      }
+    }
+    __syncwarp();
+
+    // O = O * rescale + P V: the accumulator lives in shared memory, since rescaling rows of a
+    // fragment would need its (unspecified) element-to-row mapping.
+    for (int64_t e = lane; e < wr * d; e += 32) s_o[e] *= s_rescale[r0 + e / d];
+    __syncwarp();
+    wmma_accumulate_product(s_p, s_v, d, s_o);
+  }
+  __syncthreads();
+  store_attention_rows(s_o_all, s_max, s_sum, rows, shape, b, h, q0, out, lse);
+#endif
+}
+
+// ---- backward: dQ per query tile, dK/dV per key tile, as the scalar kernels but every product
+// (S = Q K^T, dP = dO V^T, dQ += dS K, dV += P^T dO, dK += dS^T Q) a wmma product. dS and the
+// dropped P are rounded to bf16 for the products, as FlashAttention-2 does; delta comes from
+// attention_backward_delta_kernel.
+
+// dQ kernel: bf16 Q, dO, K, V tiles [64][d]; per warp fp32 scores and dP [2][16][64], bf16 dS
+// [16][64]; fp32 dQ accumulator [64][d]; fp32 lse and delta [64].
+__host__ __device__ inline int64_t attention_wmma_backward_dq_smem_bytes(int64_t d) {
+  return 4 * kWmmaQueries * d * 2 + 2 * kWmmaQueries * kWmmaKeys * 4 +
+         kWmmaQueries * kWmmaKeys * 2 + kWmmaQueries * d * 4 + 2 * kWmmaQueries * 4;
+}
+
+// dK/dV kernel: bf16 K, V, Q, dO tiles [64][d]; per warp fp32 S^T and dP^T [2][16][64], bf16 P^T
+// and dS^T [2][16][64]; fp32 dK and dV accumulators [64][d]; fp32 lse and delta [64].
+__host__ __device__ inline int64_t attention_wmma_backward_dkv_smem_bytes(int64_t d) {
+  return 4 * kWmmaKeys * d * 2 + 2 * kWmmaKeys * kWmmaQueries * 4 +
+         2 * kWmmaKeys * kWmmaQueries * 2 + 2 * kWmmaKeys * d * 4 + 2 * kWmmaQueries * 4;
+}
+
 template <class Unused = void>
 __global__ void __launch_bounds__(kWmmaThreads)
     attention_backward_dq_wmma_kernel(const __nv_bfloat16* q, const __nv_bfloat16* k,
@@ -295,7 +247,7 @@ __global__ void __launch_bounds__(kWmmaThreads)
 
   load_head_tile_bf16(q, shape.q_stride, b, h, q0, rows, bq, d, s_q);
   load_head_tile_bf16(d_out, contiguous_stride, b, h, q0, rows, bq, d, s_do);
-  load_row_statistics(lse, delta, shape, b, h, q0, rows, s_lse, s_delta);
+  load_row_statistics(lse, delta, shape, b, h, q0, rows, bq, s_lse, s_delta);
   for (int64_t e = tid; e < bq * d; e += block_threads()) s_dq[e] = 0.0f;
   const int64_t key_end = attention_key_end(shape, mask, q0, rows);
   for (int64_t k0 = 0; k0 < key_end; k0 += bk) {
@@ -324,11 +276,7 @@ __global__ void __launch_bounds__(kWmmaThreads)
     wmma_accumulate_product(s_ds, s_k, d, s_dq + r0 * d);
   }
   __syncthreads();
-  for (int64_t e = tid; e < rows * d; e += block_threads()) {
-    const int64_t r = e / d, x = e % d;
-    dq[b * shape.dq_stride[0] + (q0 + r) * shape.dq_stride[1] + h * shape.dq_stride[2] + x] =
-        __float2bfloat16(s_dq[e]);
-  }
+  store_head_tile(s_dq, rows, d, shape.dq_stride, b, h, q0, dq);
 #endif
 }
 
@@ -383,7 +331,7 @@ __global__ void __launch_bounds__(kWmmaThreads)
       __syncthreads();
       load_head_tile_bf16(q, shape.q_stride, b, h, q0, rows, bq, d, s_q);
       load_head_tile_bf16(d_out, contiguous_stride, b, h, q0, rows, bq, d, s_do);
-      load_row_statistics(lse, delta, shape, b, h, q0, rows, s_lse, s_delta);
+      load_row_statistics(lse, delta, shape, b, h, q0, rows, bq, s_lse, s_delta);
       __syncthreads();
       if (c0 >= cols) continue;  // warp-uniform: this warp's keys are past the end
       wmma_rows_times_rows_transposed(s_k + c0 * d, s_q, d, s_st);
@@ -409,15 +357,8 @@ __global__ void __launch_bounds__(kWmmaThreads)
       wmma_accumulate_product(s_dst, s_q, d, s_dk + c0 * d);
     }
   __syncthreads();
-  for (int64_t e = tid; e < cols * d; e += block_threads()) {
-    const int64_t c = e / d, x = e % d;
-    if (dk)
-      dk[b * shape.dk_stride[0] + (k0 + c) * shape.dk_stride[1] + hk * shape.dk_stride[2] + x] =
-          __float2bfloat16(s_dk[e]);
-    if (dv)
-      dv[b * shape.dv_stride[0] + (k0 + c) * shape.dv_stride[1] + hk * shape.dv_stride[2] + x] =
-          __float2bfloat16(s_dv[e]);
-  }
+  if (dk) store_head_tile(s_dk, cols, d, shape.dk_stride, b, hk, k0, dk);
+  if (dv) store_head_tile(s_dv, cols, d, shape.dv_stride, b, hk, k0, dv);
 #endif
 }
 
