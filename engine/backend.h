@@ -168,6 +168,15 @@ class Backend {
                                   const Tensor& rstd, const Tensor& dy, const Tensor& dx,
                                   bool add_into_dx, const Tensor& d_weight,
                                   const Tensor& d_bias) = 0;
+  // sum = residual + dropout(x + bias) as residual_dropout_add computes it, then
+  // y = LayerNorm(sum) (weight, norm_bias) as layernorm_forward computes it from sum: a
+  // transformer branch's end and the next norm in one pass (all [rows, cols] but the [cols] ones).
+  virtual void residual_layernorm_forward(const Tensor& residual, const Tensor& x,
+                                          const Tensor& bias, float p, uint64_t seed,
+                                          uint64_t offset, const Tensor& weight,
+                                          const Tensor& norm_bias, float eps, const Tensor& sum,
+                                          const Tensor& y, const Tensor& mean,
+                                          const Tensor& rstd) = 0;
   // Rotary position embedding (Llama's rotate_half form) of x [B, T, H, D] with cos/sin
   // [B, T, D/2] F32: out[..i] = x[i] c - x[i + D/2] s, out[..i + D/2] = x[i + D/2] c + x[i] s.
   // inverse negates s: the transpose of the rotation, i.e. the backward.

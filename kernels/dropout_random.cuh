@@ -30,37 +30,55 @@ __global__ void dropout_kernel(const T* x, T* y, int64_t n, float p, float keep_
       });
 }
 
-// out[i] = residual[i] + dropout(x[i] + bias[i % width]) (no bias: null), the dropout of element
-// i as dropout_kernel draws it; p = 0 draws nothing. One rounding to T, at the end.
+// out[i] = residual[i] + dropout(x[i] + bias[i % width]) (no bias: null) for the kPack elements
+// from i, the dropout of element i as dropout_kernel draws it; p = 0 draws nothing. One rounding
+// to T, at the end. i must start a whole 16-byte pack of every pointer.
+template <class T>
+__device__ __forceinline__ void residual_dropout_add_pack(const T* residual, const T* x,
+                                                          const T* bias, int64_t width, T* out,
+                                                          int64_t i, float p, float keep_scale,
+                                                          uint64_t seed, uint64_t offset) {
+  constexpr int kPack = Pack<T>::kSize;
+  Pack<T> px, pr, po;
+  load_pack(px, x + i);
+  load_pack(pr, residual + i);
+  float uniform[kPack];
+  if (p > 0.0f) {
+    philox::uniforms(seed, offset + uint64_t(i), uniform);
+  } else {
+    for (float& u : uniform) u = 1.0f;
+  }
+  for (int e = 0; e < kPack; ++e) {
+    const float xv = to_float(px.v[e]);
+    const float t = bias ? xv + to_float(bias[(i + e) % width]) : xv;
+    po.v[e] = from_float<T>(to_float(pr.v[e]) + (uniform[e] < p ? 0.0f : t * keep_scale));
+  }
+  store_pack(out + i, po);
+}
+
+// The same for element i alone.
+template <class T>
+__device__ __forceinline__ void residual_dropout_add_element(const T* residual, const T* x,
+                                                             const T* bias, int64_t width, T* out,
+                                                             int64_t i, float p, float keep_scale,
+                                                             uint64_t seed, uint64_t offset) {
+  const float uniform = p > 0.0f ? philox::uniform(seed, offset, uint64_t(i)) : 1.0f;
+  const float t = bias ? to_float(x[i]) + to_float(bias[i % width]) : to_float(x[i]);
+  out[i] = from_float<T>(to_float(residual[i]) + (uniform < p ? 0.0f : t * keep_scale));
+}
+
 template <class T>
 __global__ void residual_dropout_add_kernel(const T* residual, const T* x, const T* bias,
                                             int64_t width, T* out, int64_t n, float p,
                                             float keep_scale, uint64_t seed, uint64_t offset,
                                             bool vectorized) {
-  constexpr int kPack = Pack<T>::kSize;
-  auto value = [&](int64_t i, float xv, float rv, float uniform) {
-    const float t = bias ? xv + to_float(bias[i % width]) : xv;
-    return rv + (uniform < p ? 0.0f : t * keep_scale);
-  };
-  grid_stride_elements<kPack>(
+  grid_stride_elements<Pack<T>::kSize>(
       n, vectorized,
       [&](int64_t i) {
-        Pack<T> px, pr, po;
-        load_pack(px, x + i);
-        load_pack(pr, residual + i);
-        float uniform[kPack];
-        if (p > 0.0f) {
-          philox::uniforms(seed, offset + uint64_t(i), uniform);
-        } else {
-          for (float& u : uniform) u = 1.0f;
-        }
-        for (int e = 0; e < kPack; ++e)
-          po.v[e] = from_float<T>(value(i + e, to_float(px.v[e]), to_float(pr.v[e]), uniform[e]));
-        store_pack(out + i, po);
+        residual_dropout_add_pack(residual, x, bias, width, out, i, p, keep_scale, seed, offset);
       },
       [&](int64_t i) {
-        const float uniform = p > 0.0f ? philox::uniform(seed, offset, uint64_t(i)) : 1.0f;
-        out[i] = from_float<T>(value(i, to_float(x[i]), to_float(residual[i]), uniform));
+        residual_dropout_add_element(residual, x, bias, width, out, i, p, keep_scale, seed, offset);
       });
 }
 

@@ -1,40 +1,79 @@
 // kernels/layernorm.cuh: LayerNorm over the last axis (GPT-2): a block per row for the forward
-// (two-pass mean/variance, as the CPU reference) and the input gradient, and column partial
+// (alone, or fused with the residual add before it) and the input gradient, and column partial
 // sums for the weight/bias gradients (finished by reduce.cuh's finalize_column_sums_kernel).
 #pragma once
 
+#include "kernels/dropout_random.cuh"
 #include "kernels/kernel_common.cuh"
 #include "kernels/reduce.cuh"
 
 namespace sp::SP_CUDA_NS {
 
-// y = (x - mean) * rstd * w + b; saves mean and rstd = 1 / sqrt(var + eps) per row.
+// One row of LayerNorm, by the whole block: y = (x - mean) * rstd * w + b, and the row's mean and
+// rstd = 1 / sqrt(var + eps) (two-pass mean/variance, as the CPU reference).
+template <class T>
+__device__ __forceinline__ void layernorm_row(bool vectorized, int64_t cols, const T* x,
+                                              const T* weight, const T* bias, float eps, T* y,
+                                              float* mean_out, float* rstd_out, float* scratch) {
+  const T* in[1] = {x};
+  float sum = 0.0f;
+  for_each_column(vectorized, cols, in, [&](int64_t, const float(&v)[1]) { sum += v[0]; });
+  const float mean = block_sum(sum, scratch) / float(cols);
+  float squares = 0.0f;
+  for_each_column(vectorized, cols, in, [&](int64_t, const float(&v)[1]) {
+    const float centered = v[0] - mean;
+    squares += centered * centered;
+  });
+  const float var = block_sum(squares, scratch) / float(cols);
+  const float rstd = 1.0f / sqrtf(var + eps);
+  const T* rows_in[3] = {x, weight, bias};
+  for_each_column(vectorized, cols, rows_in, [&](int64_t c, const float(&v)[3]) {
+    y[c] = from_float<T>((v[0] - mean) * rstd * v[1] + v[2]);
+  });
+  if (thread_index() == 0) {
+    *mean_out = mean;
+    *rstd_out = rstd;
+  }
+}
+
+// A block per row; saves each row's mean and rstd.
 template <class T>
 __global__ void layernorm_forward_kernel(const T* x, const T* weight, const T* bias, float eps,
                                          int64_t rows, int64_t cols, T* y, float* mean_out,
                                          float* rstd_out, bool vectorized) {
   __shared__ float scratch[32];
+  for (int64_t row = blockIdx.x; row < rows; row += gridDim.x)
+    layernorm_row(vectorized, cols, x + row * cols, weight, bias, eps, y + row * cols,
+                  mean_out + row, rstd_out + row, scratch);
+}
+
+// A transformer branch's end and the next LayerNorm in one pass, a block per row:
+// sum = residual + dropout(x + bias) (residual_dropout_add_kernel's values and draws, rounded to
+// T), then y = LayerNorm(sum) as layernorm_forward_kernel computes it from the rounded sum. The
+// row is written once and re-read from cache, where the two kernels write, read it back from
+// memory, and launch twice.
+template <class T>
+__global__ void residual_layernorm_forward_kernel(const T* residual, const T* x, const T* bias,
+                                                  float p, float keep_scale, uint64_t seed,
+                                                  uint64_t offset, const T* weight,
+                                                  const T* norm_bias, float eps, int64_t rows,
+                                                  int64_t cols, T* sum, T* y, float* mean_out,
+                                                  float* rstd_out, bool vectorized) {
+  __shared__ float scratch[32];
+  constexpr int kPack = Pack<T>::kSize;
+  const int tid = thread_index(), threads = block_threads();
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
-    const T* in[1] = {x + row * cols};
-    float sum = 0.0f;
-    for_each_column(vectorized, cols, in, [&](int64_t, const float(&v)[1]) { sum += v[0]; });
-    const float mean = block_sum(sum, scratch) / float(cols);
-    float squares = 0.0f;
-    for_each_column(vectorized, cols, in, [&](int64_t, const float(&v)[1]) {
-      const float centered = v[0] - mean;
-      squares += centered * centered;
-    });
-    const float var = block_sum(squares, scratch) / float(cols);
-    const float rstd = 1.0f / sqrtf(var + eps);
-    const T* rows_in[3] = {x + row * cols, weight, bias};
-    T* out = y + row * cols;
-    for_each_column(vectorized, cols, rows_in, [&](int64_t c, const float(&v)[3]) {
-      out[c] = from_float<T>((v[0] - mean) * rstd * v[1] + v[2]);
-    });
-    if (thread_index() == 0) {
-      mean_out[row] = mean;
-      rstd_out[row] = rstd;
-    }
+    const int64_t first = row * cols;
+    const int64_t packed = vectorized ? cols / kPack * kPack : 0;
+    for (int64_t c = int64_t(tid) * kPack; c < packed; c += int64_t(threads) * kPack)
+      residual_dropout_add_pack(residual, x, bias, cols, sum, first + c, p, keep_scale, seed,
+                                offset);
+    for (int64_t c = packed + tid; c < cols; c += threads)
+      residual_dropout_add_element(residual, x, bias, cols, sum, first + c, p, keep_scale, seed,
+                                   offset);
+    __syncthreads();  // for_each_column need not hand a thread the columns it wrote
+    layernorm_row(vectorized, cols, sum + first, weight, norm_bias, eps, y + first, mean_out + row,
+                  rstd_out + row, scratch);
   }
 }
 

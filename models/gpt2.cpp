@@ -186,9 +186,10 @@ Tensor Gpt2Model::block_finish(int64_t layer, const Tensor& h, const Tensor& o,
   const float resid_p = options.train ? config_.resid_pdrop : 0.0f;
   // Each branch ends in one fused pass: its projection's bias, resid_pdrop and the residual add.
   Tensor projected = matmul(o, b.attn_proj_weight);  // Conv1D: [in, out]
-  Tensor h1 = residual_dropout_add(h, projected, b.attn_proj_bias, resid_p, options.dropout_seed,
-                                   dropout_offset(layer, 1));
-  Tensor m = layernorm(h1, b.ln2_weight, b.ln2_bias, float(config_.layer_norm_epsilon));
+  // The attention branch's end and ln_2 share a pass too.
+  auto [h1, m] = residual_dropout_add_layernorm(
+      h, projected, b.attn_proj_bias, resid_p, options.dropout_seed, dropout_offset(layer, 1),
+      b.ln2_weight, b.ln2_bias, float(config_.layer_norm_epsilon));
   m = activation(matmul(m, b.fc_weight), config_.activation, b.fc_bias);  // bias fused
   m = matmul(m, b.mlp_proj_weight);
   return residual_dropout_add(h1, m, b.mlp_proj_bias, resid_p, options.dropout_seed,

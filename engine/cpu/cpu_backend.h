@@ -46,6 +46,10 @@ class CpuBackend final : public Backend {
   void layernorm_backward(const Tensor& x, const Tensor& weight, const Tensor& mean,
                           const Tensor& rstd, const Tensor& dy, const Tensor& dx, bool add_into_dx,
                           const Tensor& d_weight, const Tensor& d_bias) override;
+  void residual_layernorm_forward(const Tensor& residual, const Tensor& x, const Tensor& bias,
+                                  float p, uint64_t seed, uint64_t offset, const Tensor& weight,
+                                  const Tensor& norm_bias, float eps, const Tensor& sum,
+                                  const Tensor& y, const Tensor& mean, const Tensor& rstd) override;
   void rotary_embedding(const Tensor& x, const Tensor& cos, const Tensor& sin, bool inverse,
                         const Tensor& out) override;
   void rmsnorm_forward(const Tensor& x, const Tensor& weight, float eps, const Tensor& y,

@@ -1,9 +1,13 @@
-// CPU LayerNorm over the last axis (GPT-2): forward saves mean and 1/std per row for backward.
+// CPU LayerNorm over the last axis (GPT-2): forward (alone, or after the residual add before it)
+// saves mean and 1/std per row for backward.
 #include <Eigen/Core>
 #include <cmath>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 #include "engine/cpu/cpu_backend.h"
+#include "engine/cpu/dropout_span.h"
 #include "engine/error.h"
 #include "engine/thread_pool.h"
 
@@ -21,6 +25,17 @@ void reduce_partials(const std::vector<Eigen::ArrayXf>& partials, const Tensor& 
   for (const auto& p : partials) out += p;
 }
 
+// One row: y = (x - mean) * rstd * w + b; returns {mean, rstd}.
+std::pair<float, float> layernorm_row(const float* x, int64_t cols, const ConstRow& w,
+                                      const ConstRow& b, float eps, float* y) {
+  ConstRow in(x, cols);
+  const float mu = in.sum() / float(cols);
+  const float var = (in - mu).square().sum() / float(cols);
+  const float inv = 1.0f / std::sqrt(var + eps);
+  Row(y, cols) = (in - mu) * inv * w + b;
+  return {mu, inv};
+}
+
 }  // namespace
 
 void CpuBackend::layernorm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias,
@@ -34,14 +49,33 @@ void CpuBackend::layernorm_forward(const Tensor& x, const Tensor& weight, const 
   float* pm = mean.data<float>();
   float* pr = rstd.data<float>();
   parallel_for(0, rows, std::max<int64_t>(1, 4096 / cols), [&](int64_t lo, int64_t hi) {
+    for (int64_t r = lo; r < hi; ++r)
+      std::tie(pm[r], pr[r]) = layernorm_row(px + r * cols, cols, w, b, eps, py + r * cols);
+  });
+}
+
+void CpuBackend::residual_layernorm_forward(const Tensor& residual, const Tensor& x,
+                                            const Tensor& bias, float p, uint64_t seed,
+                                            uint64_t offset, const Tensor& weight,
+                                            const Tensor& norm_bias, float eps, const Tensor& sum,
+                                            const Tensor& y, const Tensor& mean,
+                                            const Tensor& rstd) {
+  const int64_t cols = x.size(-1);
+  const int64_t rows = x.numel() / cols;
+  const float* res = residual.data<float>();
+  const float* in = x.data<float>();
+  const float* add_bias = bias.defined() ? bias.data<float>() : nullptr;
+  float* ps = sum.data<float>();
+  float* py = y.data<float>();
+  ConstRow w(weight.data<float>(), cols), b(norm_bias.data<float>(), cols);
+  float* pm = mean.data<float>();
+  float* pr = rstd.data<float>();
+  parallel_for(0, rows, std::max<int64_t>(1, 4096 / cols), [&](int64_t lo, int64_t hi) {
     for (int64_t r = lo; r < hi; ++r) {
-      ConstRow in(px + r * cols, cols);
-      float mu = in.sum() / float(cols);
-      float var = (in - mu).square().sum() / float(cols);
-      float inv = 1.0f / std::sqrt(var + eps);
-      Row(py + r * cols, cols) = (in - mu) * inv * w + b;
-      pm[r] = mu;
-      pr[r] = inv;
+      const int64_t first = r * cols;
+      cpu::residual_dropout_add_span(res + first, in + first, add_bias, ps + first, cols, p, seed,
+                                     offset + uint64_t(first));
+      std::tie(pm[r], pr[r]) = layernorm_row(ps + first, cols, w, b, eps, py + first);
     }
   });
 }

@@ -50,6 +50,14 @@ void dropout_span(const float* src, float* dst, int64_t count, float p, uint64_t
   }
 }
 
+void residual_dropout_add_span(const float* residual, const float* x, const float* bias, float* out,
+                               int64_t count, float p, uint64_t seed, uint64_t first_counter) {
+  // The three steps round as the separate ops do.
+  for (int64_t e = 0; e < count; ++e) out[e] = bias ? x[e] + bias[e] : x[e];
+  if (p > 0.0f) dropout_span(out, out, count, p, seed, first_counter);
+  for (int64_t e = 0; e < count; ++e) out[e] += residual[e];
+}
+
 }  // namespace cpu
 
 void CpuBackend::dropout(const Tensor& x, float p, uint64_t seed, uint64_t offset,
@@ -69,12 +77,11 @@ void CpuBackend::residual_dropout_add(const Tensor& residual, const Tensor& x, c
   float* o = out.data<float>();
   const int64_t width = x.size(-1);
   parallel_for(0, x.numel(), 1 << 14, [&](int64_t lo, int64_t hi) {
-    // Row segments, so the bias is a contiguous run; the three steps round as the separate ops do.
+    // Row segments, so the bias is a contiguous run.
     for (int64_t i = lo; i < hi;) {
       const int64_t column = i % width, count = std::min(hi - i, width - column);
-      for (int64_t e = 0; e < count; ++e) o[i + e] = b ? in[i + e] + b[column + e] : in[i + e];
-      if (p > 0.0f) cpu::dropout_span(o + i, o + i, count, p, seed, offset + uint64_t(i));
-      for (int64_t e = 0; e < count; ++e) o[i + e] += res[i + e];
+      cpu::residual_dropout_add_span(res + i, in + i, b ? b + column : nullptr, o + i, count, p,
+                                     seed, offset + uint64_t(i));
       i += count;
     }
   });

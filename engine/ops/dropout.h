@@ -18,4 +18,17 @@ Tensor dropout(const Tensor& x, float p, uint64_t seed, uint64_t offset);
 Tensor residual_dropout_add(const Tensor& residual, const Tensor& x, const Tensor& bias, float p,
                             uint64_t seed, uint64_t offset);
 
+namespace ops_detail {
+
+// residual_dropout_add's argument checks (one error naming `op`); false where the bias cannot be
+// fused (its dtype differs from x's), and the caller composes add, dropout and add instead.
+bool check_residual_dropout_add(const char* op, const Tensor& residual, const Tensor& x,
+                                const Tensor& bias, float p);
+// Records out = residual_dropout_add(residual, x, bias, p, seed, offset) on the tape, for the ops
+// that compute it fused with something else.
+void record_residual_dropout_add(Tensor& out, const Tensor& residual, const Tensor& x,
+                                 const Tensor& bias, float p, uint64_t seed, uint64_t offset);
+
+}  // namespace ops_detail
+
 }  // namespace sp

@@ -3,6 +3,7 @@
 
 #include "engine/autograd.h"
 #include "engine/ops/common.h"
+#include "engine/ops/dropout.h"
 
 namespace sp {
 
@@ -25,16 +26,11 @@ Shape row_stats_shape(const Tensor& x) {
 
 }  // namespace
 
-Tensor layernorm(const Tensor& x_in, const Tensor& weight, const Tensor& bias, float eps) {
-  check_norm("layernorm", x_in, weight, bias);
-  SP_CHECK(bias.defined(), "layernorm: bias is required (use rms_norm for T5)");
-  Tensor x = x_in.contiguous();
-  Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
-  Tensor mean = Tensor::empty(row_stats_shape(x), DType::F32, x.device());
-  Tensor rstd = Tensor::empty(row_stats_shape(x), DType::F32, x.device());
-  if (x.numel() > 0)
-    backend_for(x.device())
-        .layernorm_forward(x, weight.contiguous(), bias.contiguous(), eps, y, mean, rstd);
+namespace {
+
+// Records y = layernorm(x_in, weight, bias) on the tape, x being x_in's contiguous values.
+void record_layernorm(Tensor& y, const Tensor& x_in, const Tensor& weight, const Tensor& bias,
+                      const Tensor& x, const Tensor& mean, const Tensor& rstd) {
   record(y, "layernorm", {x_in, weight, bias},
          [x = x.detach(), w = weight.contiguous().detach(), mean, rstd](const Tensor& g,
                                                                         const NeedsGrad& need) {
@@ -53,7 +49,49 @@ Tensor layernorm(const Tensor& x_in, const Tensor& weight, const Tensor& bias, f
                                      grads[2]);
            return grads;
          });
+}
+
+}  // namespace
+
+Tensor layernorm(const Tensor& x_in, const Tensor& weight, const Tensor& bias, float eps) {
+  check_norm("layernorm", x_in, weight, bias);
+  SP_CHECK(bias.defined(), "layernorm: bias is required (use rms_norm for T5)");
+  Tensor x = x_in.contiguous();
+  Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
+  Tensor mean = Tensor::empty(row_stats_shape(x), DType::F32, x.device());
+  Tensor rstd = Tensor::empty(row_stats_shape(x), DType::F32, x.device());
+  if (x.numel() > 0)
+    backend_for(x.device())
+        .layernorm_forward(x, weight.contiguous(), bias.contiguous(), eps, y, mean, rstd);
+  record_layernorm(y, x_in, weight, bias, x, mean, rstd);
   return y;
+}
+
+ResidualAndNorm residual_dropout_add_layernorm(const Tensor& residual_in, const Tensor& x_in,
+                                               const Tensor& bias_in, float p, uint64_t seed,
+                                               uint64_t offset, const Tensor& weight,
+                                               const Tensor& norm_bias, float eps) {
+  const char* op = "residual_dropout_add_layernorm";
+  check_norm(op, x_in, weight, norm_bias);
+  SP_CHECK(norm_bias.defined(), op, ": the norm's bias is required");
+  if (!ops_detail::check_residual_dropout_add(op, residual_in, x_in, bias_in, p) ||
+      x_in.numel() == 0) {
+    Tensor sum = residual_dropout_add(residual_in, x_in, bias_in, p, seed, offset);
+    return {sum, layernorm(sum, weight, norm_bias, eps)};
+  }
+  Tensor residual = residual_in.contiguous(), x = x_in.contiguous();
+  Tensor bias = bias_in.defined() ? bias_in.contiguous() : Tensor();
+  Tensor sum = Tensor::empty(x.shape(), x.dtype(), x.device());
+  Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
+  Tensor mean = Tensor::empty(row_stats_shape(x), DType::F32, x.device());
+  Tensor rstd = Tensor::empty(row_stats_shape(x), DType::F32, x.device());
+  backend_for(x.device())
+      .residual_layernorm_forward(residual, x, bias, p, seed, offset, weight.contiguous(),
+                                  norm_bias.contiguous(), eps, sum, y, mean, rstd);
+  // The tape holds the two ops it replaces, so the backward is theirs.
+  ops_detail::record_residual_dropout_add(sum, residual_in, x_in, bias_in, p, seed, offset);
+  record_layernorm(y, sum, weight, norm_bias, sum, mean, rstd);
+  return {sum, y};
 }
 
 Tensor rms_norm(const Tensor& x_in, const Tensor& weight, float eps) {

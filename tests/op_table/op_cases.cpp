@@ -465,6 +465,22 @@ std::vector<OpCase> build_cases() {
        [](const std::vector<Tensor>& in) {
          return residual_dropout_add(in[0], in[1], Tensor(), 0.0f, 0, 0);
        }});
+  // The fused branch end + LayerNorm: both outputs feed the loss, so both recorded ops'
+  // gradients are checked (the residual stream's reaches residual through two paths).
+  add_case({"residual_dropout_add_layernorm/bias_dropout",
+            [](CaseSize s) {
+              const int64_t rows = perf(s) ? 8 * 148 : 5, width = perf(s) ? 768 : 9;
+              return std::vector<Tensor>{
+                  random_tensor({rows, width}, 68), random_tensor({rows, width}, 69),
+                  random_tensor({width}, 70), affine(random_tensor({width}, 71, 0.3f), 1.0f, 1.0f),
+                  random_tensor({width}, 72, 0.3f)};
+            },
+            {0, 1, 2, 3, 4},
+            [](const std::vector<Tensor>& in) {
+              const ResidualAndNorm r = residual_dropout_add_layernorm(in[0], in[1], in[2], 0.3f,
+                                                                       99, 5, in[3], in[4], 1e-5f);
+              return add(r.sum, r.normed);
+            }});
   return cases;
 }
 
