@@ -83,6 +83,14 @@ struct AttentionDropout {
   uint64_t offset = 0;
 };
 
+// Biases the attention kernels add to q, k and v as they load them: the qkv projection's bias
+// folded into attention, so no pass over [B, T, 3d] adds it. Each is [heads of that tensor * D]
+// (head h's at h * D) in the inputs' dtype, or undefined; a biased value rounds to that dtype, as
+// the add op would round it.
+struct AttentionInputBias {
+  Tensor q, k, v;
+};
+
 // Arithmetic and global-memory traffic of queued work, for a roofline estimate on paper. flops
 // as the kernel's source performs them (an exp, a compare or a Philox round counts one); bytes as
 // it reads and writes global memory, tiles it re-reads included, caches ignored.
@@ -199,14 +207,17 @@ class Backend {
   // out [B, Tq, H, D] contiguous; lse [B, H, Tq] receives each row's log-sum-exp (of the
   // probabilities before dropout) for backward.
   virtual void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v,
-                                 const AttentionMask& mask, const AttentionDropout& dropout,
-                                 const Tensor& out, const Tensor& lse) = 0;
+                                 const AttentionInputBias& bias, const AttentionMask& mask,
+                                 const AttentionDropout& dropout, const Tensor& out,
+                                 const Tensor& lse) = 0;
   // dq/dk/dv have q/k/v's shapes, unit stride on D (any strides elsewhere: views of one packed
-  // gradient) and are fully written; any may be undefined (not needed).
+  // gradient) and are fully written; any may be undefined (not needed). They are the gradients of
+  // the biased q/k/v, which are also those of q/k/v and (summed over rows) of the biases.
   virtual void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v,
-                                  const AttentionMask& mask, const AttentionDropout& dropout,
-                                  const Tensor& out, const Tensor& lse, const Tensor& d_out,
-                                  const Tensor& dq, const Tensor& dk, const Tensor& dv) = 0;
+                                  const AttentionInputBias& bias, const AttentionMask& mask,
+                                  const AttentionDropout& dropout, const Tensor& out,
+                                  const Tensor& lse, const Tensor& d_out, const Tensor& dq,
+                                  const Tensor& dk, const Tensor& dv) = 0;
 
   // ---- gather / scatter along rows ----
   // out[i, :] = table[ids[i], :] (ids I32 or I64, validated on the host by the op).

@@ -85,16 +85,35 @@ __host__ __device__ inline int64_t attention_backward_dkv_smem_floats(AttentionT
          2 * int64_t(t.block_q) * t.block_k + 2 * t.block_q;
 }
 
-// Loads rows [first, first + count) of one head of a [B, T, H, D] view into tile[rows][ld] as
-// fp32; rows past `count` (up to tile_rows) become zeros.
+// The biases added to q, k and v as tiles load them (Backend's AttentionInputBias): each
+// [heads * D], head h's at h * D, or null.
+template <class T>
+struct QkvBias {
+  const T* q = nullptr;
+  const T* k = nullptr;
+  const T* v = nullptr;
+};
+
+// value + bias[index] rounded to T, as the add op rounds it; value itself without a bias.
+template <class T>
+__device__ __forceinline__ T add_input_bias(T value, const T* bias, int64_t index) {
+  return bias ? from_float<T>(to_float(value) + to_float(bias[index])) : value;
+}
+
+// Loads rows [first, first + count) of one head of a [B, T, H, D] view, plus the head's row of
+// `bias` ([H * D] or null), into tile[rows][ld] as fp32; rows past `count` (up to tile_rows)
+// become zeros.
 template <class T>
 __device__ __forceinline__ void load_head_tile(const T* base, const int64_t (&stride)[3], int64_t b,
                                                int64_t h, int64_t first, int count, int tile_rows,
-                                               int64_t d, int64_t ld, float* tile) {
+                                               int64_t d, int64_t ld, float* tile,
+                                               const T* bias = nullptr) {
   const T* head = base + b * stride[0] + h * stride[2];
   for (int64_t e = thread_index(); e < tile_rows * d; e += block_threads()) {
     const int64_t r = e / d, c = e % d;
-    tile[r * ld + c] = r < count ? to_float(head[(first + r) * stride[1] + c]) : 0.0f;
+    tile[r * ld + c] =
+        r < count ? to_float(add_input_bias(head[(first + r) * stride[1] + c], bias, h * d + c))
+                  : 0.0f;
   }
 }
 
@@ -164,9 +183,10 @@ __device__ __forceinline__ int64_t attention_first_query(const AttentionMaskArgs
 // ---- forward: a block per (query tile, batch * head) ----
 template <class T>
 __global__ void __launch_bounds__(kAttentionThreads)
-    attention_forward_kernel(const T* q, const T* k, const T* v, AttentionShape shape,
-                             AttentionMaskArgs mask, AttentionDropoutArgs dropout,
-                             AttentionTiles tiles, T* out, float* lse) {
+    attention_forward_kernel(const T* q, const T* k, const T* v, QkvBias<T> bias,
+                             AttentionShape shape, AttentionMaskArgs mask,
+                             AttentionDropoutArgs dropout, AttentionTiles tiles, T* out,
+                             float* lse) {
   SP_DYNAMIC_SHARED(float, smem);
   const int64_t d = shape.head_dim, heads = shape.heads;
   const int bq = tiles.block_q, bk = tiles.block_k;
@@ -187,7 +207,7 @@ __global__ void __launch_bounds__(kAttentionThreads)
   const int64_t q0 = int64_t(blockIdx.x) * bq;
   const int rows = int(shape.q_len - q0 < bq ? shape.q_len - q0 : bq);
 
-  load_head_tile(q, shape.q_stride, b, h, q0, rows, bq, d, d, s_q);
+  load_head_tile(q, shape.q_stride, b, h, q0, rows, bq, d, d, s_q, bias.q);
   for (int64_t e = tid; e < bq * d; e += threads) s_o[e] = 0.0f;
   for (int r = tid; r < bq; r += threads) {
     s_max[r] = -INFINITY;
@@ -197,8 +217,8 @@ __global__ void __launch_bounds__(kAttentionThreads)
   for (int64_t k0 = 0; k0 < key_end; k0 += bk) {
     const int cols = int(key_end - k0 < bk ? key_end - k0 : bk);
     __syncthreads();  // the previous tile's readers of s_k, s_v and s_p are done
-    load_head_tile(k, shape.k_stride, b, hk, k0, cols, bk, d, ld, s_k);
-    load_head_tile(v, shape.v_stride, b, hk, k0, cols, bk, d, ld, s_v);
+    load_head_tile(k, shape.k_stride, b, hk, k0, cols, bk, d, ld, s_k, bias.k);
+    load_head_tile(v, shape.v_stride, b, hk, k0, cols, bk, d, ld, s_v, bias.v);
     __syncthreads();
     for (int e = tid; e < bq * bk; e += threads) {
       const int r = e / bk, c = e % bk;
@@ -328,10 +348,10 @@ __device__ __forceinline__ void attention_tile_gradients(
 // dQ for a block per (query tile, batch * head): dQ = sum over key tiles of dS K.
 template <class T>
 __global__ void __launch_bounds__(kAttentionThreads)
-    attention_backward_dq_kernel(const T* q, const T* k, const T* v, const T* d_out,
-                                 const float* lse, const float* delta, AttentionShape shape,
-                                 AttentionMaskArgs mask, AttentionDropoutArgs dropout,
-                                 AttentionTiles tiles, T* dq) {
+    attention_backward_dq_kernel(const T* q, const T* k, const T* v, QkvBias<T> bias,
+                                 const T* d_out, const float* lse, const float* delta,
+                                 AttentionShape shape, AttentionMaskArgs mask,
+                                 AttentionDropoutArgs dropout, AttentionTiles tiles, T* dq) {
   SP_DYNAMIC_SHARED(float, smem);
   const int64_t d = shape.head_dim, heads = shape.heads;
   const int bq = tiles.block_q, bk = tiles.block_k;
@@ -352,7 +372,7 @@ __global__ void __launch_bounds__(kAttentionThreads)
   const int rows = int(shape.q_len - q0 < bq ? shape.q_len - q0 : bq);
   const int64_t contiguous_stride[3] = {shape.q_len * heads * d, heads * d, d};
 
-  load_head_tile(q, shape.q_stride, b, h, q0, rows, bq, d, d, s_q);
+  load_head_tile(q, shape.q_stride, b, h, q0, rows, bq, d, d, s_q, bias.q);
   load_head_tile(d_out, contiguous_stride, b, h, q0, rows, bq, d, d, s_do);
   for (int64_t e = tid; e < bq * d; e += threads) s_dq[e] = 0.0f;
   load_row_statistics(lse, delta, shape, b, h, q0, rows, bq, s_lse, s_delta);
@@ -360,8 +380,8 @@ __global__ void __launch_bounds__(kAttentionThreads)
   for (int64_t k0 = 0; k0 < key_end; k0 += bk) {
     const int cols = int(key_end - k0 < bk ? key_end - k0 : bk);
     __syncthreads();
-    load_head_tile(k, shape.k_stride, b, hk, k0, cols, bk, d, ld, s_k);
-    load_head_tile(v, shape.v_stride, b, hk, k0, cols, bk, d, ld, s_v);
+    load_head_tile(k, shape.k_stride, b, hk, k0, cols, bk, d, ld, s_k, bias.k);
+    load_head_tile(v, shape.v_stride, b, hk, k0, cols, bk, d, ld, s_v, bias.v);
     __syncthreads();
     attention_tile_gradients(s_q, s_do, s_k, s_v, s_lse, s_delta, shape, mask, dropout, b, h, q0,
                              rows, k0, cols, bk, bq, nullptr, s_ds);
@@ -381,10 +401,11 @@ __global__ void __launch_bounds__(kAttentionThreads)
 // order: deterministic). Either output may be null.
 template <class T>
 __global__ void __launch_bounds__(kAttentionThreads)
-    attention_backward_dkv_kernel(const T* q, const T* k, const T* v, const T* d_out,
-                                  const float* lse, const float* delta, AttentionShape shape,
-                                  AttentionMaskArgs mask, AttentionDropoutArgs dropout,
-                                  AttentionTiles tiles, T* dk, T* dv) {
+    attention_backward_dkv_kernel(const T* q, const T* k, const T* v, QkvBias<T> bias,
+                                  const T* d_out, const float* lse, const float* delta,
+                                  AttentionShape shape, AttentionMaskArgs mask,
+                                  AttentionDropoutArgs dropout, AttentionTiles tiles, T* dk,
+                                  T* dv) {
   SP_DYNAMIC_SHARED(float, smem);
   const int64_t d = shape.head_dim, heads = shape.heads;
   const int bq = tiles.block_q, bk = tiles.block_k;
@@ -407,8 +428,8 @@ __global__ void __launch_bounds__(kAttentionThreads)
   const int cols = int(shape.k_len - k0 < bk ? shape.k_len - k0 : bk);
   const int64_t contiguous_stride[3] = {shape.q_len * heads * d, heads * d, d};
 
-  load_head_tile(k, shape.k_stride, b, hk, k0, cols, bk, d, ld, s_k);
-  load_head_tile(v, shape.v_stride, b, hk, k0, cols, bk, d, ld, s_v);
+  load_head_tile(k, shape.k_stride, b, hk, k0, cols, bk, d, ld, s_k, bias.k);
+  load_head_tile(v, shape.v_stride, b, hk, k0, cols, bk, d, ld, s_v, bias.v);
   for (int64_t e = tid; e < bk * d; e += threads) {
     s_dk[e] = 0.0f;
     s_dv[e] = 0.0f;
@@ -418,7 +439,7 @@ __global__ void __launch_bounds__(kAttentionThreads)
     for (int64_t q0 = first_query; q0 < shape.q_len; q0 += bq) {
       const int rows = int(shape.q_len - q0 < bq ? shape.q_len - q0 : bq);
       __syncthreads();
-      load_head_tile(q, shape.q_stride, b, h, q0, rows, bq, d, d, s_q);
+      load_head_tile(q, shape.q_stride, b, h, q0, rows, bq, d, d, s_q, bias.q);
       load_head_tile(d_out, contiguous_stride, b, h, q0, rows, bq, d, d, s_do);
       load_row_statistics(lse, delta, shape, b, h, q0, rows, bq, s_lse, s_delta);
       __syncthreads();

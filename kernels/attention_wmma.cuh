@@ -25,13 +25,15 @@ __host__ __device__ inline int64_t attention_wmma_forward_smem_bytes(int64_t d) 
          3 * kWmmaQueries * 4;
 }
 
-// Rows [first, first + count) of one head of a [B, T, H, D] bf16 view into tile[tile_rows][d];
-// rows past `count` become zeros. 16-byte loads (8 elements) where the head's rows are 16-byte
-// aligned, as in every contiguous or packed-qkv layout; element loads otherwise.
+// Rows [first, first + count) of one head of a [B, T, H, D] bf16 view, plus the head's row of
+// `bias` ([H * D] or null), into tile[tile_rows][d]; rows past `count` become zeros. 16-byte loads
+// (8 elements) where the head's rows are 16-byte aligned, as in every contiguous or packed-qkv
+// layout; element loads otherwise.
 __device__ __forceinline__ void load_head_tile_bf16(const __nv_bfloat16* base,
                                                     const int64_t (&stride)[3], int64_t b,
                                                     int64_t h, int64_t first, int count,
-                                                    int tile_rows, int64_t d, __nv_bfloat16* tile) {
+                                                    int tile_rows, int64_t d, __nv_bfloat16* tile,
+                                                    const __nv_bfloat16* bias = nullptr) {
   const __nv_bfloat16* head = base + b * stride[0] + h * stride[2];
   constexpr int kPack = 8;
   if (reinterpret_cast<uintptr_t>(head) % 16 == 0 && stride[1] % kPack == 0 && d % kPack == 0) {
@@ -41,6 +43,9 @@ __device__ __forceinline__ void load_head_tile_bf16(const __nv_bfloat16* base,
       Pack<__nv_bfloat16, kPack> pack;
       if (r < count) {
         load_pack(pack, head + (first + r) * stride[1] + c);
+        if (bias)
+          for (int i = 0; i < kPack; ++i)
+            pack.v[i] = add_input_bias(pack.v[i], bias, h * d + c + i);
       } else {
         for (int i = 0; i < kPack; ++i) pack.v[i] = __float2bfloat16(0.0f);
       }
@@ -50,7 +55,8 @@ __device__ __forceinline__ void load_head_tile_bf16(const __nv_bfloat16* base,
   }
   for (int64_t e = thread_index(); e < tile_rows * d; e += block_threads()) {
     const int64_t r = e / d, c = e % d;
-    tile[e] = r < count ? head[(first + r) * stride[1] + c] : __float2bfloat16(0.0f);
+    tile[e] = r < count ? add_input_bias(head[(first + r) * stride[1] + c], bias, h * d + c)
+                        : __float2bfloat16(0.0f);
   }
 }
 
@@ -102,9 +108,9 @@ __device__ __forceinline__ void wmma_accumulate_product(const __nv_bfloat16* a,
 template <class Unused = void>
 __global__ void __launch_bounds__(kWmmaThreads)
     attention_forward_wmma_kernel(const __nv_bfloat16* q, const __nv_bfloat16* k,
-                                  const __nv_bfloat16* v, AttentionShape shape,
-                                  AttentionMaskArgs mask, AttentionDropoutArgs dropout,
-                                  __nv_bfloat16* out, float* lse) {
+                                  const __nv_bfloat16* v, QkvBias<__nv_bfloat16> bias,
+                                  AttentionShape shape, AttentionMaskArgs mask,
+                                  AttentionDropoutArgs dropout, __nv_bfloat16* out, float* lse) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
   __trap();  // bf16 wmma needs sm_80; the host never launches this kernel below it
 #else
@@ -131,7 +137,7 @@ __global__ void __launch_bounds__(kWmmaThreads)
   float* s_s = s_s_all + r0 * bk;
   float* s_o = s_o_all + r0 * d;
 
-  load_head_tile_bf16(q, shape.q_stride, b, h, q0, rows, bq, d, s_q);
+  load_head_tile_bf16(q, shape.q_stride, b, h, q0, rows, bq, d, s_q, bias.q);
   for (int64_t e = tid; e < bq * d; e += block_threads()) s_o_all[e] = 0.0f;
   for (int r = tid; r < bq; r += block_threads()) {
     s_max[r] = -INFINITY;
@@ -141,8 +147,8 @@ __global__ void __launch_bounds__(kWmmaThreads)
   for (int64_t k0 = 0; k0 < key_end; k0 += bk) {
     const int cols = int(key_end - k0 < bk ? key_end - k0 : bk);
     __syncthreads();  // the previous step's readers of s_k and s_v are done
-    load_head_tile_bf16(k, shape.k_stride, b, hk, k0, cols, bk, d, s_k);
-    load_head_tile_bf16(v, shape.v_stride, b, hk, k0, cols, bk, d, s_v);
+    load_head_tile_bf16(k, shape.k_stride, b, hk, k0, cols, bk, d, s_k, bias.k);
+    load_head_tile_bf16(v, shape.v_stride, b, hk, k0, cols, bk, d, s_v, bias.v);
     __syncthreads();
     if (r0 >= rows) continue;  // warp-uniform: this warp's queries are past the end
 
@@ -214,8 +220,9 @@ __host__ __device__ inline int64_t attention_wmma_backward_dkv_smem_bytes(int64_
 template <class Unused = void>
 __global__ void __launch_bounds__(kWmmaThreads)
     attention_backward_dq_wmma_kernel(const __nv_bfloat16* q, const __nv_bfloat16* k,
-                                      const __nv_bfloat16* v, const __nv_bfloat16* d_out,
-                                      const float* lse, const float* delta, AttentionShape shape,
+                                      const __nv_bfloat16* v, QkvBias<__nv_bfloat16> bias,
+                                      const __nv_bfloat16* d_out, const float* lse,
+                                      const float* delta, AttentionShape shape,
                                       AttentionMaskArgs mask, AttentionDropoutArgs dropout,
                                       __nv_bfloat16* dq) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
@@ -245,7 +252,7 @@ __global__ void __launch_bounds__(kWmmaThreads)
   float* s_dp = s_s + wr * bk;           // [wr][bk] dP
   __nv_bfloat16* s_ds = s_ds_all + r0 * bk;
 
-  load_head_tile_bf16(q, shape.q_stride, b, h, q0, rows, bq, d, s_q);
+  load_head_tile_bf16(q, shape.q_stride, b, h, q0, rows, bq, d, s_q, bias.q);
   load_head_tile_bf16(d_out, contiguous_stride, b, h, q0, rows, bq, d, s_do);
   load_row_statistics(lse, delta, shape, b, h, q0, rows, bq, s_lse, s_delta);
   for (int64_t e = tid; e < bq * d; e += block_threads()) s_dq[e] = 0.0f;
@@ -253,8 +260,8 @@ __global__ void __launch_bounds__(kWmmaThreads)
   for (int64_t k0 = 0; k0 < key_end; k0 += bk) {
     const int cols = int(key_end - k0 < bk ? key_end - k0 : bk);
     __syncthreads();
-    load_head_tile_bf16(k, shape.k_stride, b, hk, k0, cols, bk, d, s_k);
-    load_head_tile_bf16(v, shape.v_stride, b, hk, k0, cols, bk, d, s_v);
+    load_head_tile_bf16(k, shape.k_stride, b, hk, k0, cols, bk, d, s_k, bias.k);
+    load_head_tile_bf16(v, shape.v_stride, b, hk, k0, cols, bk, d, s_v, bias.v);
     __syncthreads();
     if (r0 >= rows) continue;  // warp-uniform
     wmma_rows_times_rows_transposed(s_q + r0 * d, s_k, d, s_s);
@@ -285,8 +292,9 @@ __global__ void __launch_bounds__(kWmmaThreads)
 template <class Unused = void>
 __global__ void __launch_bounds__(kWmmaThreads)
     attention_backward_dkv_wmma_kernel(const __nv_bfloat16* q, const __nv_bfloat16* k,
-                                       const __nv_bfloat16* v, const __nv_bfloat16* d_out,
-                                       const float* lse, const float* delta, AttentionShape shape,
+                                       const __nv_bfloat16* v, QkvBias<__nv_bfloat16> bias,
+                                       const __nv_bfloat16* d_out, const float* lse,
+                                       const float* delta, AttentionShape shape,
                                        AttentionMaskArgs mask, AttentionDropoutArgs dropout,
                                        __nv_bfloat16* dk, __nv_bfloat16* dv) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
@@ -318,8 +326,8 @@ __global__ void __launch_bounds__(kWmmaThreads)
   __nv_bfloat16* s_pt = s_half_all + c0 * 2 * bq;
   __nv_bfloat16* s_dst = s_pt + wr * bq;
 
-  load_head_tile_bf16(k, shape.k_stride, b, hk, k0, cols, bk, d, s_k);
-  load_head_tile_bf16(v, shape.v_stride, b, hk, k0, cols, bk, d, s_v);
+  load_head_tile_bf16(k, shape.k_stride, b, hk, k0, cols, bk, d, s_k, bias.k);
+  load_head_tile_bf16(v, shape.v_stride, b, hk, k0, cols, bk, d, s_v, bias.v);
   for (int64_t e = tid; e < bk * d; e += block_threads()) {
     s_dk[e] = 0.0f;
     s_dv[e] = 0.0f;
@@ -329,7 +337,7 @@ __global__ void __launch_bounds__(kWmmaThreads)
     for (int64_t q0 = first_query; q0 < shape.q_len; q0 += bq) {
       const int rows = int(shape.q_len - q0 < bq ? shape.q_len - q0 : bq);
       __syncthreads();
-      load_head_tile_bf16(q, shape.q_stride, b, h, q0, rows, bq, d, s_q);
+      load_head_tile_bf16(q, shape.q_stride, b, h, q0, rows, bq, d, s_q, bias.q);
       load_head_tile_bf16(d_out, contiguous_stride, b, h, q0, rows, bq, d, s_do);
       load_row_statistics(lse, delta, shape, b, h, q0, rows, bq, s_lse, s_delta);
       __syncthreads();

@@ -174,10 +174,11 @@ AttentionMask Gpt2Model::layer_mask(int64_t layer, const AttentionMask& base) co
   return mask;
 }
 
-Tensor Gpt2Model::block_qkv(int64_t layer, const Tensor& h) const {
+Tensor Gpt2Model::block_qkv(int64_t layer, const Tensor& h, bool with_bias) const {
   const Gpt2Block& b = blocks_[size_t(layer)];
   Tensor a = layernorm(h, b.ln1_weight, b.ln1_bias, float(config_.layer_norm_epsilon));
-  return linear(a, b.attn_weight, b.attn_bias, WeightLayout::kInOut);  // [B, T, 3d]
+  return linear(a, b.attn_weight, with_bias ? b.attn_bias : Tensor(),
+                WeightLayout::kInOut);  // [B, T, 3d]
 }
 
 Tensor Gpt2Model::block_finish(int64_t layer, const Tensor& h, const Tensor& o,
@@ -222,16 +223,17 @@ Tensor Gpt2Model::block_forward(int64_t layer, const Tensor& h, const AttentionM
                                 KvCache* cache, const ForwardOptions& options) const {
   const int64_t B = h.size(0), T = h.size(1), d = config_.n_embd;
   const float attn_p = options.train ? config_.attn_pdrop : 0.0f;
-  const Tensor qkv = block_qkv(layer, h);
   const AttentionMask mask = layer_mask(layer, base_mask);
   const AttentionDropout dropout{attn_p, options.dropout_seed, dropout_offset(layer, 0)};
   Tensor o;
   if (cache) {
-    Heads heads = split_heads(qkv, config_.n_head);
+    Heads heads = split_heads(block_qkv(layer, h), config_.n_head);
     std::tie(heads.k, heads.v) = cache->append(layer, heads.k, heads.v);
     o = attention(heads.q, heads.k, heads.v, mask, dropout);
   } else {
-    o = attention_packed(qkv, config_.n_head, mask, dropout);  // one gradient buffer for q, k, v
+    // One gradient buffer for q, k and v, and the projection's bias added as the kernels load.
+    o = attention_packed(block_qkv(layer, h, /*with_bias=*/false), config_.n_head, mask, dropout,
+                         blocks_[size_t(layer)].attn_bias);
   }
   return block_finish(layer, h, o.view({B, T, d}), options);
 }

@@ -78,9 +78,10 @@ class Gpt2Model final : public CausalLM {
   std::pair<Tensor, Tensor> shared_prefix_block_forward(int64_t layer, const Tensor& prefix,
                                                         const Tensor& rest,
                                                         const AttentionMask& mask) const;
-  // The block's halves around attention: qkv = c_attn(ln_1(h)), and once attention has
-  // produced o [B, T, d], the output projection, both residuals and the MLP.
-  Tensor block_qkv(int64_t layer, const Tensor& h) const;
+  // The block's halves around attention: qkv = c_attn(ln_1(h)) (without c_attn's bias where
+  // attention adds it), and once attention has produced o [B, T, d], the output projection, both
+  // residuals and the MLP.
+  Tensor block_qkv(int64_t layer, const Tensor& h, bool with_bias = true) const;
   Tensor block_finish(int64_t layer, const Tensor& h, const Tensor& o,
                       const ForwardOptions& options) const;
   AttentionMask layer_mask(int64_t layer, const AttentionMask& base) const;

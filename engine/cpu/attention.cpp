@@ -2,6 +2,7 @@
 // a query head reads its group's key/value head), the masked softmax of attention_mask.h, and a
 // backward that recomputes the probabilities from the saved log-sum-exp instead of storing them.
 #include <Eigen/Core>
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -69,11 +70,36 @@ int64_t check_qkv(const Tensor& q, const Tensor& k, const Tensor& v) {
   return q.size(2) / k.size(2);
 }
 
+// x [B, T, H, D] (unit stride on D) plus bias [H * D] on every row, as a new contiguous tensor;
+// x itself when there is no bias. The CUDA kernels add it as they load tiles; here a pass is cheap
+// next to the per-head GEMMs, and keeps them on plain strided views.
+Tensor with_head_bias(const Tensor& x, const Tensor& bias) {
+  if (!bias.defined()) return x;
+  const int64_t B = x.size(0), T = x.size(1), H = x.size(2), D = x.size(3);
+  SP_ASSERT(bias.numel() == H * D && bias.is_contiguous());
+  Tensor out = Tensor::empty(x.shape());
+  const float* src = x.data<float>();
+  const float* pb = bias.data<float>();
+  float* dst = out.data<float>();
+  parallel_for(0, B * T, std::max<int64_t>(1, 4096 / (H * D)), [&](int64_t lo, int64_t hi) {
+    for (int64_t bt = lo; bt < hi; ++bt)
+      for (int64_t h = 0; h < H; ++h) {
+        const float* row = src + (bt / T) * x.stride(0) + (bt % T) * x.stride(1) + h * x.stride(2);
+        float* to = dst + (bt * H + h) * D;
+        for (int64_t d = 0; d < D; ++d) to[d] = row[d] + pb[h * D + d];
+      }
+  });
+  return out;
+}
+
 }  // namespace
 
-void CpuBackend::attention_forward(const Tensor& q, const Tensor& k, const Tensor& v,
-                                   const AttentionMask& mask, const AttentionDropout& dropout,
-                                   const Tensor& out, const Tensor& lse) {
+void CpuBackend::attention_forward(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in,
+                                   const AttentionInputBias& bias, const AttentionMask& mask,
+                                   const AttentionDropout& dropout, const Tensor& out,
+                                   const Tensor& lse) {
+  const Tensor q = with_head_bias(q_in, bias.q), k = with_head_bias(k_in, bias.k),
+               v = with_head_bias(v_in, bias.v);
   const int64_t group = check_qkv(q, k, v);
   const int64_t B = q.size(0), Tq = q.size(1), H = q.size(2);
   const int64_t Tk = k.size(1);
@@ -94,10 +120,13 @@ void CpuBackend::attention_forward(const Tensor& q, const Tensor& k, const Tenso
   });
 }
 
-void CpuBackend::attention_backward(const Tensor& q, const Tensor& k, const Tensor& v,
-                                    const AttentionMask& mask, const AttentionDropout& dropout,
-                                    const Tensor& out, const Tensor& lse, const Tensor& d_out,
-                                    const Tensor& dq, const Tensor& dk, const Tensor& dv) {
+void CpuBackend::attention_backward(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in,
+                                    const AttentionInputBias& bias, const AttentionMask& mask,
+                                    const AttentionDropout& dropout, const Tensor& out,
+                                    const Tensor& lse, const Tensor& d_out, const Tensor& dq,
+                                    const Tensor& dk, const Tensor& dv) {
+  const Tensor q = with_head_bias(q_in, bias.q), k = with_head_bias(k_in, bias.k),
+               v = with_head_bias(v_in, bias.v);
   const int64_t group = check_qkv(q, k, v);
   for (const Tensor* grad : {&dq, &dk, &dv}) SP_ASSERT(!grad->defined() || grad->stride(3) == 1);
   const int64_t B = q.size(0), Tq = q.size(1), H = q.size(2), Hkv = k.size(2);

@@ -63,12 +63,14 @@ class CpuBackend final : public Backend {
                                const Tensor& d_scores) override;
 
   void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v,
-                         const AttentionMask& mask, const AttentionDropout& dropout,
-                         const Tensor& out, const Tensor& lse) override;
+                         const AttentionInputBias& bias, const AttentionMask& mask,
+                         const AttentionDropout& dropout, const Tensor& out,
+                         const Tensor& lse) override;
   void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v,
-                          const AttentionMask& mask, const AttentionDropout& dropout,
-                          const Tensor& out, const Tensor& lse, const Tensor& d_out,
-                          const Tensor& dq, const Tensor& dk, const Tensor& dv) override;
+                          const AttentionInputBias& bias, const AttentionMask& mask,
+                          const AttentionDropout& dropout, const Tensor& out, const Tensor& lse,
+                          const Tensor& d_out, const Tensor& dq, const Tensor& dk,
+                          const Tensor& dv) override;
 
   void gather_rows(const Tensor& table, const Tensor& ids, const Tensor& out) override;
   void scatter_add_rows(const Tensor& d_out, const Tensor& ids, const Tensor& d_table) override;

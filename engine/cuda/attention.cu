@@ -65,6 +65,23 @@ AttentionDropoutArgs attention_dropout_args(const char* op, const AttentionDropo
   return args;
 }
 
+// Checks the input biases against q/k/v: [heads of that tensor * D], contiguous, their dtype.
+void check_input_bias(const char* op, const AttentionInputBias& bias, const Tensor& q,
+                      const Tensor& k, const Tensor& v) {
+  for (auto [b, x] : {std::pair{&bias.q, &q}, std::pair{&bias.k, &k}, std::pair{&bias.v, &v}}) {
+    if (!b->defined()) continue;
+    SP_CHECK(b->dtype() == x->dtype() && b->is_contiguous() &&
+                 b->numel() == x->size(2) * x->size(3) && b->device() == x->device(),
+             op, ": an input bias must be contiguous [heads * D] = [", x->size(2) * x->size(3),
+             "] of its input's dtype and device, got ", b->describe(), " for ", x->describe());
+  }
+}
+
+template <class T>
+QkvBias<T> qkv_bias(const AttentionInputBias& bias) {
+  return {const_ptr<T>(bias.q), const_ptr<T>(bias.k), const_ptr<T>(bias.v)};
+}
+
 // What the fused kernels do for a launch, for the traffic counters: score entries computed (the
 // causal mask skips tiles past the diagonal; sliding windows are not subtracted), and key rows
 // loaded summed over query tiles (each query tile re-reads its keys' K and V) and query rows
@@ -104,10 +121,12 @@ void allow_shared_memory(const char* op, Kernel* kernel, size_t bytes) {
 }  // namespace
 
 void CudaBackend::attention_forward(const Tensor& q, const Tensor& k, const Tensor& v,
-                                    const AttentionMask& mask, const AttentionDropout& dropout,
-                                    const Tensor& out, const Tensor& lse) {
+                                    const AttentionInputBias& bias, const AttentionMask& mask,
+                                    const AttentionDropout& dropout, const Tensor& out,
+                                    const Tensor& lse) {
   const char* op = "attention_forward";
   const AttentionShape shape = attention_shape(op, q, k, v);
+  check_input_bias(op, bias, q, k, v);
   expect_dtype(op, q.dtype(), {&k, &v, &out});
   expect_dtype(op, DType::F32, {&lse});
   expect_contiguous(op, {&out, &lse});
@@ -122,8 +141,9 @@ void CudaBackend::attention_forward(const Tensor& q, const Tensor& k, const Tens
                     unsigned(shape.batch * shape.heads));
     allow_shared_memory(op, attention_forward_wmma_kernel<>, wmma_smem);
     SP_LAUNCH(grid, kWmmaThreads, wmma_smem, stream_, attention_forward_wmma_kernel<>)
-    (const_ptr<__nv_bfloat16>(q), const_ptr<__nv_bfloat16>(k), const_ptr<__nv_bfloat16>(v), shape,
-     args, drop, mutable_ptr<__nv_bfloat16>(out), mutable_ptr<float>(lse));
+    (const_ptr<__nv_bfloat16>(q), const_ptr<__nv_bfloat16>(k), const_ptr<__nv_bfloat16>(v),
+     qkv_bias<__nv_bfloat16>(bias), shape, args, drop, mutable_ptr<__nv_bfloat16>(out),
+     mutable_ptr<float>(lse));
     const AttentionWork w = attention_work(shape, args, {kWmmaQueries, kWmmaKeys});
     const double row = double(shape.head_dim) * 2.0;
     SP_CUDA_CHECK_LAUNCH(*this, op, "attention_forward_wmma_kernel",
@@ -141,7 +161,7 @@ void CudaBackend::attention_forward(const Tensor& q, const Tensor& k, const Tens
     using T = typename decltype(tag)::type;
     allow_shared_memory(op, attention_forward_kernel<T>, smem);
     SP_LAUNCH(grid, kAttentionThreads, smem, stream_, attention_forward_kernel<T>)
-    (const_ptr<T>(q), const_ptr<T>(k), const_ptr<T>(v), shape, args, drop, tiles,
+    (const_ptr<T>(q), const_ptr<T>(k), const_ptr<T>(v), qkv_bias<T>(bias), shape, args, drop, tiles,
      mutable_ptr<T>(out), mutable_ptr<float>(lse));
     const AttentionWork w = attention_work(shape, args, tiles);
     const double row = double(shape.head_dim) * sizeof(T);
@@ -154,10 +174,12 @@ void CudaBackend::attention_forward(const Tensor& q, const Tensor& k, const Tens
 }
 
 void CudaBackend::attention_backward(const Tensor& q, const Tensor& k, const Tensor& v,
-                                     const AttentionMask& mask, const AttentionDropout& dropout,
-                                     const Tensor& out, const Tensor& lse, const Tensor& d_out,
-                                     const Tensor& dq, const Tensor& dk, const Tensor& dv) {
+                                     const AttentionInputBias& bias, const AttentionMask& mask,
+                                     const AttentionDropout& dropout, const Tensor& out,
+                                     const Tensor& lse, const Tensor& d_out, const Tensor& dq,
+                                     const Tensor& dk, const Tensor& dv) {
   const char* op = "attention_backward";
+  check_input_bias(op, bias, q, k, v);
   expect_dtype(op, q.dtype(), {&k, &v, &out, &d_out, &dq, &dk, &dv});
   expect_dtype(op, DType::F32, {&lse});
   expect_contiguous(op, {&out, &lse, &d_out});
@@ -200,8 +222,8 @@ void CudaBackend::attention_backward(const Tensor& q, const Tensor& k, const Ten
       const dim3 grid(unsigned((shape.q_len + kWmmaQueries - 1) / kWmmaQueries), unsigned(bh));
       SP_LAUNCH(grid, kWmmaThreads, dq_wmma_smem, stream_, attention_backward_dq_wmma_kernel<>)
       (const_ptr<__nv_bfloat16>(q), const_ptr<__nv_bfloat16>(k), const_ptr<__nv_bfloat16>(v),
-       const_ptr<__nv_bfloat16>(d_out), const_ptr<float>(lse), delta.as<float>(), shape, args, drop,
-       mutable_ptr<__nv_bfloat16>(dq));
+       qkv_bias<__nv_bfloat16>(bias), const_ptr<__nv_bfloat16>(d_out), const_ptr<float>(lse),
+       delta.as<float>(), shape, args, drop, mutable_ptr<__nv_bfloat16>(dq));
       const AttentionWork w = attention_work(shape, args, {kWmmaQueries, kWmmaKeys});
       SP_CUDA_CHECK_LAUNCH(*this, op, "attention_backward_dq_wmma_kernel",
                            KernelTraffic{w.scores * (6.0 * double(shape.head_dim) + 14.0),
@@ -215,7 +237,7 @@ void CudaBackend::attention_backward(const Tensor& q, const Tensor& k, const Ten
       allow_shared_memory(op, attention_backward_dq_kernel<T>, smem);
       const dim3 grid(unsigned((shape.q_len + tiles.block_q - 1) / tiles.block_q), unsigned(bh));
       SP_LAUNCH(grid, kAttentionThreads, smem, stream_, attention_backward_dq_kernel<T>)
-      (const_ptr<T>(q), const_ptr<T>(k), const_ptr<T>(v), const_ptr<T>(d_out),
+      (const_ptr<T>(q), const_ptr<T>(k), const_ptr<T>(v), qkv_bias<T>(bias), const_ptr<T>(d_out),
        const_ptr<float>(lse), delta.as<float>(), shape, args, drop, tiles, mutable_ptr<T>(dq));
       // Per score: q.k, dO.v and dS k (2 D each), P, dS and the dropout draw (~14). Reads q, dO,
       // lse and delta once, K and V per query tile; writes dQ.
@@ -231,8 +253,9 @@ void CudaBackend::attention_backward(const Tensor& q, const Tensor& k, const Ten
                       unsigned(shape.batch * shape.kv_heads));
       SP_LAUNCH(grid, kWmmaThreads, dkv_wmma_smem, stream_, attention_backward_dkv_wmma_kernel<>)
       (const_ptr<__nv_bfloat16>(q), const_ptr<__nv_bfloat16>(k), const_ptr<__nv_bfloat16>(v),
-       const_ptr<__nv_bfloat16>(d_out), const_ptr<float>(lse), delta.as<float>(), shape, args, drop,
-       mutable_ptr<__nv_bfloat16>(dk), mutable_ptr<__nv_bfloat16>(dv));
+       qkv_bias<__nv_bfloat16>(bias), const_ptr<__nv_bfloat16>(d_out), const_ptr<float>(lse),
+       delta.as<float>(), shape, args, drop, mutable_ptr<__nv_bfloat16>(dk),
+       mutable_ptr<__nv_bfloat16>(dv));
       const AttentionWork w = attention_work(shape, args, {kWmmaQueries, kWmmaKeys});
       const double key_rows = double(shape.batch * shape.kv_heads * shape.k_len);
       SP_CUDA_CHECK_LAUNCH(
@@ -249,7 +272,7 @@ void CudaBackend::attention_backward(const Tensor& q, const Tensor& k, const Ten
       const dim3 grid(unsigned((shape.k_len + tiles.block_k - 1) / tiles.block_k),
                       unsigned(shape.batch * shape.kv_heads));
       SP_LAUNCH(grid, kAttentionThreads, smem, stream_, attention_backward_dkv_kernel<T>)
-      (const_ptr<T>(q), const_ptr<T>(k), const_ptr<T>(v), const_ptr<T>(d_out),
+      (const_ptr<T>(q), const_ptr<T>(k), const_ptr<T>(v), qkv_bias<T>(bias), const_ptr<T>(d_out),
        const_ptr<float>(lse), delta.as<float>(), shape, args, drop, tiles, mutable_ptr<T>(dk),
        mutable_ptr<T>(dv));
       // Per score: q.k, dO.v, P dO and dS q (2 D each), P, dS and the dropout draw (~14). Reads K

@@ -4,7 +4,9 @@
 #include "engine/autograd.h"
 #include "engine/ops/common.h"
 #include "engine/ops/dropout.h"
+#include "engine/ops/elementwise.h"
 #include "engine/ops/matmul.h"
+#include "engine/ops/reduce.h"
 
 namespace sp {
 
@@ -61,8 +63,8 @@ struct FusedAttention {
 
 // Validates q/k/v, the mask and the dropout, and runs the fused forward (no autograd record).
 FusedAttention fused_attention_forward(const char* op, const Tensor& q_in, const Tensor& k_in,
-                                       const Tensor& v_in, const AttentionMask& mask,
-                                       const AttentionDropout& dropout) {
+                                       const Tensor& v_in, const AttentionInputBias& bias,
+                                       const AttentionMask& mask, const AttentionDropout& dropout) {
   ops_detail::check_defined(op, {&q_in, &k_in, &v_in});
   ops_detail::check_float_inputs(op, {&q_in, &k_in, &v_in});
   SP_CHECK(q_in.dim() == 4 && k_in.dim() == 4 && v_in.dim() == 4, op,
@@ -85,7 +87,7 @@ FusedAttention fused_attention_forward(const char* op, const Tensor& q_in, const
   f.out = Tensor::empty({B, Tq, H, D}, f.q.dtype(), f.q.device());
   f.lse = Tensor::empty({B, H, Tq}, DType::F32, f.q.device());
   if (f.out.numel() > 0 && Tk > 0) {
-    backend_for(f.q.device()).attention_forward(f.q, f.k, f.v, mask, dropout, f.out, f.lse);
+    backend_for(f.q.device()).attention_forward(f.q, f.k, f.v, bias, mask, dropout, f.out, f.lse);
   } else if (f.out.numel() > 0) {
     backend_for(f.q.device()).fill(f.out, 0.0f);
   }
@@ -101,7 +103,7 @@ bool backward_runs(const FusedAttention& f) {
 
 Tensor attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in,
                  const AttentionMask& mask, const AttentionDropout& dropout) {
-  FusedAttention f = fused_attention_forward("attention", q_in, k_in, v_in, mask, dropout);
+  FusedAttention f = fused_attention_forward("attention", q_in, k_in, v_in, {}, mask, dropout);
   Tensor out = f.out;
   f.out = out.detach();  // the node must not own the tensor that owns it
   record(out, "attention", {q_in, k_in, v_in},
@@ -116,7 +118,7 @@ Tensor attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in,
            }
            if (run)
              backend_for(f.q.device())
-                 .attention_backward(f.q, f.k, f.v, mask, dropout, f.out, f.lse, g.contiguous(),
+                 .attention_backward(f.q, f.k, f.v, {}, mask, dropout, f.out, f.lse, g.contiguous(),
                                      grads[0], grads[1], grads[2]);
            return grads;
          });
@@ -124,11 +126,15 @@ Tensor attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in,
 }
 
 Tensor attention_packed(const Tensor& qkv, int64_t heads, const AttentionMask& mask,
-                        const AttentionDropout& dropout) {
-  ops_detail::check_defined("attention_packed", {&qkv});
+                        const AttentionDropout& dropout, const Tensor& qkv_bias) {
+  const char* op = "attention_packed";
+  ops_detail::check_defined(op, {&qkv});
   SP_CHECK(qkv.dim() == 3 && heads > 0 && qkv.size(2) % (3 * heads) == 0,
            "attention_packed: qkv must be [B, T, 3 * heads * D] with ", heads, " heads, got ",
            qkv.describe());
+  // A bias the kernels cannot take as it is (another dtype: mixed precision) is added first.
+  if (qkv_bias.defined() && !ops_detail::check_last_axis_bias(op, qkv, qkv_bias))
+    return attention_packed(add(qkv, qkv_bias), heads, mask, dropout);
   const int64_t B = qkv.size(0), T = qkv.size(1), width = qkv.size(2) / 3;
   const Shape head_shape{B, T, heads, width / heads};
   // Views of one contiguous buffer: q, k, v and (in the backward) dq, dk, dv have the same strides.
@@ -136,20 +142,32 @@ Tensor attention_packed(const Tensor& qkv, int64_t heads, const AttentionMask& m
     return packed.slice(2, part * width, (part + 1) * width).view(head_shape);
   };
   const Tensor packed = qkv.contiguous().detach();
-  FusedAttention f = fused_attention_forward("attention_packed", split(packed, 0), split(packed, 1),
-                                             split(packed, 2), mask, dropout);
+  AttentionInputBias bias;
+  if (qkv_bias.defined()) {
+    const Tensor b = qkv_bias.contiguous().detach();
+    bias = {b.slice(0, 0, width), b.slice(0, width, 2 * width), b.slice(0, 2 * width, 3 * width)};
+  }
+  FusedAttention f = fused_attention_forward(op, split(packed, 0), split(packed, 1),
+                                             split(packed, 2), bias, mask, dropout);
   Tensor out = f.out;
   f.out = out.detach();  // the node must not own the tensor that owns it
-  record(out, "attention_packed", {qkv},
-         [f = std::move(f), mask, dropout, split, packed_shape = packed.shape()](const Tensor& g,
-                                                                                 const NeedsGrad&) {
-           if (!backward_runs(f))
-             return std::vector<Tensor>{Tensor::zeros(packed_shape, f.q.dtype(), f.q.device())};
-           Tensor d_packed = Tensor::empty(packed_shape, f.q.dtype(), f.q.device());
-           backend_for(f.q.device())
-               .attention_backward(f.q, f.k, f.v, mask, dropout, f.out, f.lse, g.contiguous(),
-                                   split(d_packed, 0), split(d_packed, 1), split(d_packed, 2));
-           return std::vector<Tensor>{d_packed};
+  record(out, op, {qkv, qkv_bias},
+         [f = std::move(f), bias, mask, dropout, split, packed_shape = packed.shape()](
+             const Tensor& g, const NeedsGrad& need) {
+           // The gradient of qkv + bias is qkv's; the bias's sums it over the rows.
+           Tensor d_packed;
+           if (!backward_runs(f)) {
+             d_packed = Tensor::zeros(packed_shape, f.q.dtype(), f.q.device());
+           } else {
+             d_packed = Tensor::empty(packed_shape, f.q.dtype(), f.q.device());
+             backend_for(f.q.device())
+                 .attention_backward(f.q, f.k, f.v, bias, mask, dropout, f.out, f.lse,
+                                     g.contiguous(), split(d_packed, 0), split(d_packed, 1),
+                                     split(d_packed, 2));
+           }
+           Tensor d_bias;
+           if (need[1]) d_bias = sum_to_shape(d_packed, Shape{packed_shape[2]});
+           return std::vector<Tensor>{need[0] ? d_packed : Tensor(), d_bias};
          });
   return out;
 }

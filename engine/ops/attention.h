@@ -20,9 +20,11 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Attent
 
 /// attention() over GPT-2's packed projection qkv [B, T, 3 * heads * D] (q, k, v side by side on
 /// the last axis): the backward writes dq, dk and dv straight into one [B, T, 3 * heads * D]
-/// gradient instead of three zero-filled buffers that slices copy and add.
+/// gradient instead of three zero-filled buffers that slices copy and add. With qkv_bias
+/// [3 * heads * D], attention reads qkv + qkv_bias (the projection's bias, rounded as add rounds
+/// it) as the kernels load their tiles, so no pass over qkv adds it; differentiable in both.
 Tensor attention_packed(const Tensor& qkv, int64_t heads, const AttentionMask& mask,
-                        const AttentionDropout& dropout = {});
+                        const AttentionDropout& dropout = {}, const Tensor& qkv_bias = Tensor());
 
 /// The same attention composed from matmul, masked_softmax and dropout with the T x T
 /// probabilities materialised: the oracle for the fused kernels.

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -294,6 +295,61 @@ TEST(CudaAttentionPacked, MatchesAttentionOnTheSlicesOfQkv) {
     // The same kernels on the same data: only where dq/dk/dv land differs.
     EXPECT_TRUE(all_close(want_out, got_out, 0.0f, 0.0f)) << device.str();
     EXPECT_TRUE(all_close(want_grad, got_grad, 0.0f, 0.0f)) << device.str();
+  }
+}
+
+// GPT-2's qkv bias folded into attention: attention_packed(qkv, ..., bias) must be
+// attention_packed(add(qkv, bias)) bit for bit (output, qkv's gradient and the bias's) on the CPU
+// and on the device in fp32 and bf16: the kernels round each biased element to the input dtype
+// as the add does. D = 8 takes the scalar kernels; D = 16 in bf16 the tensor-core ones. Causal
+// with padding, dropout, 70 queries (two tensor-core tiles, five scalar ones).
+TEST(CudaAttentionPacked, TheFoldedQkvBiasIsTheAddItReplaces) {
+  const int64_t B = 2, T = 70, H = 2;
+  std::vector<float> keep(size_t(B * T), 1.0f);
+  for (int64_t j = T - 5; j < T; ++j) keep[size_t(T + j)] = 0.0f;  // batch 1's last 5 keys
+  Backend& device_backend = kernel_backend();
+  for (int64_t D : {8, 16}) {
+    const Tensor host = data({B, T, 3 * H * D}, 21), host_bias = data({3 * H * D}, 22);
+    for (Device device : {Device::cpu(), kernel_device()})
+      for (DType dtype : {DType::F32, DType::BF16}) {
+        if (device.is_cpu() && dtype == DType::BF16) continue;
+        AttentionMask mask;
+        mask.scale = 0.3f;
+        mask.causal = true;
+        mask.key_padding = Tensor::from_floats(keep, {B, T}).to(device);
+        const std::string where =
+            device.str() + " " + dtype_name(dtype) + " D=" + std::to_string(D);
+        std::map<std::string, uint64_t, std::less<>> launched;  // by the folded forward
+        auto run = [&](bool folded) {
+          Tensor qkv = host.to(device).to(dtype).detach().set_requires_grad(true);
+          Tensor bias = host_bias.to(device).to(dtype).detach().set_requires_grad(true);
+          Tensor out;
+          if (folded) {
+            device_backend.reset_stats();
+            out = attention_packed(qkv, H, mask, kDropout, bias);
+            launched = device_backend.stats().launches_by_kernel;
+          } else {
+            out = attention_packed(add(qkv, bias), H, mask, kDropout);
+          }
+          sum_all(mul(out, data(out.shape(), 9).to(device).to(dtype))).backward();
+          return std::vector<Tensor>{out.detach(), qkv.grad(), bias.grad()};
+        };
+        const std::vector<Tensor> want = run(false);
+        const std::vector<Tensor> got = run(true);
+        const char* names[] = {"out", "d_qkv", "d_bias"};
+        for (size_t i = 0; i < want.size(); ++i)
+          EXPECT_TRUE(bitwise_equal(want[i], got[i])) << where << " " << names[i];
+        if (device == kernel_device()) {
+          const bool tensor_cores = dtype == DType::BF16 && D == 16;
+          EXPECT_EQ(launched.count("attention_forward_wmma_kernel"), tensor_cores ? 1u : 0u)
+              << where;
+          // The add is the kernels' now: no elementwise pass over qkv.
+          EXPECT_EQ(
+              launched.count("binary_contiguous_kernel") + launched.count("binary_strided_kernel"),
+              0u)
+              << where;
+        }
+      }
   }
 }
 

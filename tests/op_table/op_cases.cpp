@@ -343,6 +343,22 @@ std::vector<OpCase> build_cases() {
          mask.key_padding = in[1];
          return attention_packed(in[0], H, mask, {0.2f, 5, 1});
        }});
+  add_case({"attention_packed/qkv_bias_folded",
+            [](CaseSize s) {
+              int64_t B = perf(s) ? 8 : 2, T = perf(s) ? 148 : 5, H = perf(s) ? 12 : 2,
+                      D = perf(s) ? 64 : 3;
+              return std::vector<Tensor>{random_tensor({B, T, 3 * H * D}, 97),
+                                         random_tensor({3 * H * D}, 98), padding_mask(B, T, 1)};
+            },
+            {0, 1},
+            [](const std::vector<Tensor>& in) {
+              const int64_t H = in[0].size(2) >= 3 * 768 ? 12 : 2;
+              AttentionMask mask;  // GPT-2's c_attn bias added by the attention kernels
+              mask.scale = 1.0f / std::sqrt(float(in[0].size(2) / (3 * H)));
+              mask.causal = true;
+              mask.key_padding = in[2];
+              return attention_packed(in[0], H, mask, {0.2f, 5, 1}, in[1]);
+            }});
   add_case({"attention/padding_mask",
             [](CaseSize) {
               return std::vector<Tensor>{random_tensor({2, 4, 2, 3}, 50),
