@@ -174,27 +174,39 @@ AttentionMask Gpt2Model::layer_mask(int64_t layer, const AttentionMask& base) co
   return mask;
 }
 
-Tensor Gpt2Model::block_qkv(int64_t layer, const Tensor& h, bool with_bias) const {
+Tensor Gpt2Model::ln_1(int64_t layer, const Tensor& h) const {
   const Gpt2Block& b = blocks_[size_t(layer)];
-  Tensor a = layernorm(h, b.ln1_weight, b.ln1_bias, float(config_.layer_norm_epsilon));
-  return linear(a, b.attn_weight, with_bias ? b.attn_bias : Tensor(),
+  return layernorm(h, b.ln1_weight, b.ln1_bias, float(config_.layer_norm_epsilon));
+}
+
+Tensor Gpt2Model::block_qkv(int64_t layer, const Tensor& normed, bool with_bias) const {
+  const Gpt2Block& b = blocks_[size_t(layer)];
+  return linear(normed, b.attn_weight, with_bias ? b.attn_bias : Tensor(),
                 WeightLayout::kInOut);  // [B, T, 3d]
 }
 
-Tensor Gpt2Model::block_finish(int64_t layer, const Tensor& h, const Tensor& o,
-                               const ForwardOptions& options) const {
+ResidualAndNorm Gpt2Model::block_finish(int64_t layer, const Tensor& h, const Tensor& o,
+                                        const ForwardOptions& options, bool fuse_next_norm) const {
   const Gpt2Block& b = blocks_[size_t(layer)];
   const float resid_p = options.train ? config_.resid_pdrop : 0.0f;
-  // Each branch ends in one fused pass: its projection's bias, resid_pdrop and the residual add.
+  const float eps = float(config_.layer_norm_epsilon);
+  // Each branch ends in one fused pass: its projection's bias, resid_pdrop, the residual add and
+  // the LayerNorm that reads the sum next (ln_2; then the next block's ln_1, or ln_f).
   Tensor projected = matmul(o, b.attn_proj_weight);  // Conv1D: [in, out]
-  // The attention branch's end and ln_2 share a pass too.
-  auto [h1, m] = residual_dropout_add_layernorm(
-      h, projected, b.attn_proj_bias, resid_p, options.dropout_seed, dropout_offset(layer, 1),
-      b.ln2_weight, b.ln2_bias, float(config_.layer_norm_epsilon));
+  auto [h1, m] =
+      residual_dropout_add_layernorm(h, projected, b.attn_proj_bias, resid_p, options.dropout_seed,
+                                     dropout_offset(layer, 1), b.ln2_weight, b.ln2_bias, eps);
   m = activation(matmul(m, b.fc_weight), config_.activation, b.fc_bias);  // bias fused
   m = matmul(m, b.mlp_proj_weight);
-  return residual_dropout_add(h1, m, b.mlp_proj_bias, resid_p, options.dropout_seed,
-                              dropout_offset(layer, 2));
+  if (!fuse_next_norm)
+    return {residual_dropout_add(h1, m, b.mlp_proj_bias, resid_p, options.dropout_seed,
+                                 dropout_offset(layer, 2)),
+            Tensor()};
+  const bool last = layer + 1 == config_.n_layer;
+  const Tensor& next_weight = last ? lnf_weight_ : blocks_[size_t(layer + 1)].ln1_weight;
+  const Tensor& next_bias = last ? lnf_bias_ : blocks_[size_t(layer + 1)].ln1_bias;
+  return residual_dropout_add_layernorm(h1, m, b.mlp_proj_bias, resid_p, options.dropout_seed,
+                                        dropout_offset(layer, 2), next_weight, next_bias, eps);
 }
 
 namespace {
@@ -219,30 +231,32 @@ Tensor repeat_row(const Tensor& x, int64_t rows) {
 
 }  // namespace
 
-Tensor Gpt2Model::block_forward(int64_t layer, const Tensor& h, const AttentionMask& base_mask,
-                                KvCache* cache, const ForwardOptions& options) const {
+ResidualAndNorm Gpt2Model::block_forward(int64_t layer, const Tensor& h, const Tensor& normed_in,
+                                         const AttentionMask& base_mask, KvCache* cache,
+                                         const ForwardOptions& options, bool fuse_next_norm) const {
   const int64_t B = h.size(0), T = h.size(1), d = config_.n_embd;
   const float attn_p = options.train ? config_.attn_pdrop : 0.0f;
+  const Tensor normed = normed_in.defined() ? normed_in : ln_1(layer, h);
   const AttentionMask mask = layer_mask(layer, base_mask);
   const AttentionDropout dropout{attn_p, options.dropout_seed, dropout_offset(layer, 0)};
   Tensor o;
   if (cache) {
-    Heads heads = split_heads(block_qkv(layer, h), config_.n_head);
+    Heads heads = split_heads(block_qkv(layer, normed), config_.n_head);
     std::tie(heads.k, heads.v) = cache->append(layer, heads.k, heads.v);
     o = attention(heads.q, heads.k, heads.v, mask, dropout);
   } else {
     // One gradient buffer for q, k and v, and the projection's bias added as the kernels load.
-    o = attention_packed(block_qkv(layer, h, /*with_bias=*/false), config_.n_head, mask, dropout,
-                         blocks_[size_t(layer)].attn_bias);
+    o = attention_packed(block_qkv(layer, normed, /*with_bias=*/false), config_.n_head, mask,
+                         dropout, blocks_[size_t(layer)].attn_bias);
   }
-  return block_finish(layer, h, o.view({B, T, d}), options);
+  return block_finish(layer, h, o.view({B, T, d}), options, fuse_next_norm);
 }
 
 std::pair<Tensor, Tensor> Gpt2Model::shared_prefix_block_forward(
     int64_t layer, const Tensor& prefix, const Tensor& rest, const AttentionMask& base_mask) const {
   const int64_t B = rest.size(0), n = prefix.size(1), d = config_.n_embd;
-  const Heads p = split_heads(block_qkv(layer, prefix), config_.n_head);
-  const Heads r = split_heads(block_qkv(layer, rest), config_.n_head);
+  const Heads p = split_heads(block_qkv(layer, ln_1(layer, prefix)), config_.n_head);
+  const Heads r = split_heads(block_qkv(layer, ln_1(layer, rest)), config_.n_head);
   AttentionMask prefix_mask = layer_mask(layer, AttentionMask{});
   prefix_mask.causal = true;  // the prefix is unmasked by promise: no key padding
   Tensor prefix_o = attention(p.q, p.k, p.v, prefix_mask);
@@ -252,8 +266,8 @@ std::pair<Tensor, Tensor> Gpt2Model::shared_prefix_block_forward(
   Tensor k = concat({repeat_row(p.k, B), r.k}, 1), v = concat({repeat_row(p.v, B), r.v}, 1);
   Tensor rest_o = attention(r.q, k, v, rest_mask);
   const ForwardOptions no_dropout;
-  return {block_finish(layer, prefix, prefix_o.view({1, n, d}), no_dropout),
-          block_finish(layer, rest, rest_o.view({B, rest.size(1), d}), no_dropout)};
+  return {block_finish(layer, prefix, prefix_o.view({1, n, d}), no_dropout, false).sum,
+          block_finish(layer, rest, rest_o.view({B, rest.size(1), d}), no_dropout, false).sum};
 }
 
 Tensor Gpt2Model::hidden_states(const Tensor& inputs_embeds, const Tensor& attention_mask,
@@ -298,18 +312,25 @@ Tensor Gpt2Model::hidden_states(const Tensor& inputs_embeds, const Tensor& atten
       std::tie(prefix, rest) = shared_prefix_block_forward(layer, prefix, rest, mask);
     h = concat({repeat_row(prefix, B), rest}, 1);
   } else {
+    // Each block ends with the LayerNorm that reads its output (the next ln_1, or ln_f) in the
+    // pass of its last residual add; a checkpointed block returns only the stream.
+    ResidualAndNorm stream{h, Tensor()};
     for (int64_t layer = 0; layer < config_.n_layer; ++layer) {
-      if (options.checkpoint_activations && !cache && grad_mode_enabled() && h.requires_grad()) {
-        h = checkpoint(
+      if (options.checkpoint_activations && !cache && grad_mode_enabled() &&
+          stream.sum.requires_grad()) {
+        stream.sum = checkpoint(
             [this, layer, mask, options](const std::vector<Tensor>& in) {
-              return block_forward(layer, in[0], mask, nullptr, options);
+              return block_forward(layer, in[0], Tensor(), mask, nullptr, options, false).sum;
             },
-            {h});
+            {stream.sum});
+        stream.normed = Tensor();
       } else {
-        h = block_forward(layer, h, mask, cache, options);
+        stream = block_forward(layer, stream.sum, stream.normed, mask, cache, options, true);
       }
     }
     if (cache) cache->length += T;
+    if (stream.normed.defined()) return stream.normed;
+    h = stream.sum;
   }
   return layernorm(h, lnf_weight_, lnf_bias_, float(config_.layer_norm_epsilon));
 }

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "engine/backend.h"
+#include "engine/ops/layernorm.h"
 #include "models/causal_lm.h"
 #include "models/hf_config.h"
 
@@ -71,19 +72,24 @@ class Gpt2Model final : public CausalLM {
  private:
   Gpt2Model() = default;
   void finish_init();
-  Tensor block_forward(int64_t layer, const Tensor& h, const AttentionMask& mask, KvCache* cache,
-                       const ForwardOptions& options) const;
+  /// One block from the residual stream h and its ln_1 (`normed`; undefined: computed here).
+  /// Returns the new stream and, with fuse_next_norm, the next LayerNorm of it (the next block's
+  /// ln_1, or ln_f after the last block) from the same pass as the MLP's residual add.
+  ResidualAndNorm block_forward(int64_t layer, const Tensor& h, const Tensor& normed,
+                                const AttentionMask& mask, KvCache* cache,
+                                const ForwardOptions& options, bool fuse_next_norm) const;
   /// One block over a batch-shared prefix [1, n, d] and the rest of every row [B, T - n, d]
   /// (no dropout): the rest attends to the prefix's keys and values. Returns {prefix, rest}.
   std::pair<Tensor, Tensor> shared_prefix_block_forward(int64_t layer, const Tensor& prefix,
                                                         const Tensor& rest,
                                                         const AttentionMask& mask) const;
-  // The block's halves around attention: qkv = c_attn(ln_1(h)) (without c_attn's bias where
-  // attention adds it), and once attention has produced o [B, T, d], the output projection, both
-  // residuals and the MLP.
-  Tensor block_qkv(int64_t layer, const Tensor& h, bool with_bias = true) const;
-  Tensor block_finish(int64_t layer, const Tensor& h, const Tensor& o,
-                      const ForwardOptions& options) const;
+  // The block's halves around attention: qkv = c_attn(normed) with normed = ln_1(h) (without
+  // c_attn's bias where attention adds it), and once attention has produced o [B, T, d], the
+  // output projection, both residuals and the MLP (and, with fuse_next_norm, the next norm).
+  Tensor block_qkv(int64_t layer, const Tensor& normed, bool with_bias = true) const;
+  ResidualAndNorm block_finish(int64_t layer, const Tensor& h, const Tensor& o,
+                               const ForwardOptions& options, bool fuse_next_norm) const;
+  Tensor ln_1(int64_t layer, const Tensor& h) const;
   AttentionMask layer_mask(int64_t layer, const AttentionMask& base) const;
 
   Gpt2Config config_;
