@@ -1,7 +1,9 @@
 // The backend registry: one lazily created backend per device.
 #include "engine/backend.h"
 
+#include <algorithm>
 #include <mutex>
+#include <numeric>
 
 #include "engine/cpu/cpu_backend.h"
 #include "engine/cuda/cuda_backend_factory.h"
@@ -53,6 +55,32 @@ std::vector<Device> available_devices() {
   if (backend_available(Device::cuda_emu())) devices.push_back(Device::cuda_emu());
   for (int i = 0; i < cuda_device_count(); ++i) devices.push_back(Device::cuda(i));
   return devices;
+}
+
+RowGroups group_rows_by_destination(const std::vector<int64_t>& ids, Device device,
+                                    Tensor* ids_on_device) {
+  const int64_t n = int64_t(ids.size());
+  std::vector<int64_t> order(static_cast<size_t>(n));
+  std::iota(order.begin(), order.end(), int64_t(0));
+  std::stable_sort(order.begin(), order.end(),
+                   [&](int64_t a, int64_t b) { return ids[size_t(a)] < ids[size_t(b)]; });
+  std::vector<int64_t> targets, starts;
+  for (int64_t k = 0; k < n; ++k)
+    if (k == 0 || ids[size_t(order[size_t(k)])] != ids[size_t(order[size_t(k - 1)])]) {
+      targets.push_back(ids[size_t(order[size_t(k)])]);
+      starts.push_back(k);
+    }
+  starts.push_back(n);
+  // One buffer, one upload: [ids,] targets, starts, order.
+  std::vector<int64_t> packed;
+  if (ids_on_device) packed = ids;
+  const int64_t groups = int64_t(targets.size()), first = int64_t(packed.size());
+  for (const std::vector<int64_t>* part : {&targets, &starts, &order})
+    packed.insert(packed.end(), part->begin(), part->end());
+  const Tensor all = Tensor::from_ints(packed, {int64_t(packed.size())}).to(device);
+  if (ids_on_device) *ids_on_device = all.slice(0, 0, n);
+  return {all.slice(0, first, first + groups), all.slice(0, first + groups, first + 2 * groups + 1),
+          all.slice(0, first + 2 * groups + 1, first + 2 * groups + 1 + n)};
 }
 
 int64_t logits_row_stride(const char* op, const Tensor& logits, const Tensor& d_logits) {

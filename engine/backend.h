@@ -91,6 +91,15 @@ struct AttentionInputBias {
   Tensor q, k, v;
 };
 
+// A scatter-add's rows grouped by destination (group_rows_by_destination, on the host): group g
+// adds d_out's rows order[starts[g]], ..., order[starts[g + 1] - 1] (increasing: the ids' order)
+// into row targets[g]. The targets are distinct, so the groups run in parallel without atomics
+// and every row's sum has one order on every backend. I64 on the backend's device: targets [G],
+// starts [G + 1], order [rows].
+struct RowGroups {
+  Tensor targets, starts, order;
+};
+
 // Arithmetic and global-memory traffic of queued work, for a roofline estimate on paper. flops
 // as the kernel's source performs them (an exp, a compare or a Philox round counts one); bytes as
 // it reads and writes global memory, tiles it re-reads included, caches ignored.
@@ -222,8 +231,9 @@ class Backend {
   // ---- gather / scatter along rows ----
   // out[i, :] = table[ids[i], :] (ids I32 or I64, validated on the host by the op).
   virtual void gather_rows(const Tensor& table, const Tensor& ids, const Tensor& out) = 0;
-  // d_table[ids[i], :] += d_out[i, :]
-  virtual void scatter_add_rows(const Tensor& d_out, const Tensor& ids, const Tensor& d_table) = 0;
+  // d_table[ids[i], :] += d_out[i, :], with the ids grouped by destination row (RowGroups).
+  virtual void scatter_add_rows(const Tensor& d_out, const RowGroups& groups,
+                                const Tensor& d_table) = 0;
 
   // ---- loss ----
   // logits (and d_logits) are contiguous [..., V], or [rows, V] with unit column stride and any
@@ -322,5 +332,11 @@ bool backend_available(Device device);
 
 // Names of the devices this build and machine can run ("cpu", "cuda-emu", maybe "cuda").
 std::vector<Device> available_devices();
+
+/// The RowGroups of scatter-adding rows 0..ids.size()-1 into rows ids[i], on `device` in one
+/// upload. With ids_on_device, the ids themselves (I64) travel in the same upload and land there:
+/// a gather and its backward cost one copy.
+RowGroups group_rows_by_destination(const std::vector<int64_t>& ids, Device device,
+                                    Tensor* ids_on_device = nullptr);
 
 }  // namespace sp

@@ -1,5 +1,6 @@
 // kernels/gather.cuh: row gathers (embedding lookup, index_select) moving raw bytes in the widest
-// unit the row size and alignment allow, and the deterministic scatter-add backward.
+// unit the row size and alignment allow, and the deterministic scatter-add backward (parallel over
+// destination rows and columns).
 #pragma once
 
 #include "kernels/kernel_common.cuh"
@@ -17,15 +18,22 @@ __global__ void gather_rows_kernel(const Unit* table, const void* ids, bool ids_
   }
 }
 
-// d_table[ids[i], c] += d_out[i, c]. A thread owns a column and walks the ids in order, so
-// repeated ids never race and the additions happen in the CPU reference's order.
+// d_table[targets[g], c] += d_out[order[k], c] for k in [starts[g], starts[g + 1]) (RowGroups):
+// blocks take groups (x) and column ranges (y). A destination row belongs to one group, so no two
+// threads share an element, and each sums its rows in the ids' order (the CPU's), in fp32,
+// rounding once.
 template <class T>
-__global__ void scatter_add_rows_kernel(const T* d_out, const void* ids, bool ids_are_64bit,
-                                        int64_t count, int64_t cols, T* d_table) {
-  for (int64_t c = global_thread_index(); c < cols; c += global_thread_count()) {
-    for (int64_t i = 0; i < count; ++i) {
-      T& slot = d_table[load_index(ids, ids_are_64bit, i) * cols + c];
-      slot = from_float<T>(to_float(slot) + to_float(d_out[i * cols + c]));
+__global__ void scatter_add_rows_kernel(const T* d_out, const int64_t* targets,
+                                        const int64_t* starts, const int64_t* order, int64_t groups,
+                                        int64_t cols, T* d_table) {
+  for (int64_t g = blockIdx.x; g < groups; g += gridDim.x) {
+    T* row = d_table + targets[g] * cols;
+    for (int64_t c = int64_t(blockIdx.y) * block_threads() + thread_index(); c < cols;
+         c += int64_t(gridDim.y) * block_threads()) {
+      float sum = to_float(row[c]);
+      for (int64_t k = starts[g]; k < starts[g + 1]; ++k)
+        sum += to_float(d_out[order[k] * cols + c]);
+      row[c] = from_float<T>(sum);
     }
   }
 }

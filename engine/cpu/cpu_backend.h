@@ -73,7 +73,8 @@ class CpuBackend final : public Backend {
                           const Tensor& dv) override;
 
   void gather_rows(const Tensor& table, const Tensor& ids, const Tensor& out) override;
-  void scatter_add_rows(const Tensor& d_out, const Tensor& ids, const Tensor& d_table) override;
+  void scatter_add_rows(const Tensor& d_out, const RowGroups& groups,
+                        const Tensor& d_table) override;
 
   void cross_entropy_forward(const Tensor& logits, const Tensor& targets, int64_t ignore_index,
                              const Tensor& loss, const Tensor& lse) override;

@@ -26,16 +26,22 @@ void CpuBackend::gather_rows(const Tensor& table, const Tensor& ids, const Tenso
   });
 }
 
-void CpuBackend::scatter_add_rows(const Tensor& d_out, const Tensor& ids, const Tensor& d_table) {
+void CpuBackend::scatter_add_rows(const Tensor& d_out, const RowGroups& groups,
+                                  const Tensor& d_table) {
   const int64_t cols = d_table.size(-1);
   const float* g = d_out.data<float>();
   float* t = d_table.data<float>();
-  // Parallel over columns so that repeated ids never race and the order of adds is fixed.
-  parallel_for(0, cols, 256, [&](int64_t lo, int64_t hi) {
-    for (int64_t i = 0; i < ids.numel(); ++i) {
-      float* row = t + id_at(ids, i) * cols;
-      const float* grad = g + i * cols;
-      for (int64_t c = lo; c < hi; ++c) row[c] += grad[c];
+  const int64_t* targets = groups.targets.data<int64_t>();
+  const int64_t* starts = groups.starts.data<int64_t>();
+  const int64_t* order = groups.order.data<int64_t>();
+  // A task per destination row, adding its rows in the ids' order: no two tasks share a row.
+  parallel_for(0, groups.targets.numel(), 1, [&](int64_t lo, int64_t hi) {
+    for (int64_t group = lo; group < hi; ++group) {
+      float* row = t + targets[group] * cols;
+      for (int64_t k = starts[group]; k < starts[group + 1]; ++k) {
+        const float* grad = g + order[k] * cols;
+        for (int64_t c = 0; c < cols; ++c) row[c] += grad[c];
+      }
     }
   });
 }

@@ -1,6 +1,9 @@
 // Embedding gather and index_select with their scatter-add backward.
 #include "engine/ops/embedding.h"
 
+#include <utility>
+#include <vector>
+
 #include "engine/autograd.h"
 #include "engine/ops/common.h"
 
@@ -8,20 +11,34 @@ namespace sp {
 
 namespace {
 
-// The ids, range-checked, on the table's device. Ids on the host are checked there for free and
-// uploaded without waiting; ids already on the device are copied back to be checked, which makes
-// the host wait for the device, so callers that built them on the host pass them as they are.
-Tensor checked_ids(const char* op, const Tensor& ids_in, const Tensor& table) {
+// The ids, range-checked, on the table's device, and when the table's gradient will be needed
+// their grouping by destination row for the backward's scatter (in the same upload). Ids on the
+// host are checked there for free and uploaded without waiting; ids already on the device are
+// copied back to be checked, which makes the host wait for the device, so callers that built them
+// on the host pass them as they are.
+struct CheckedIds {
+  Tensor on_device;
+  RowGroups groups;  // undefined tensors when no gradient flows to the table
+};
+
+CheckedIds checked_ids(const char* op, const Tensor& ids_in, const Tensor& table,
+                       bool needs_groups) {
   SP_CHECK(ids_in.dtype() == DType::I64 || ids_in.dtype() == DType::I32, op,
            ": indices must be I32 or I64, got ", ids_in.describe());
   SP_CHECK(ids_in.device().is_cpu() || ids_in.device() == table.device(), op, ": indices ",
            ids_in.describe(), " are neither on the host nor on the device of ", table.describe());
   const int64_t rows = table.size(0);
   Tensor ids = ids_in.contiguous();
-  for (int64_t id : ids.to_ints())
+  const std::vector<int64_t> values = ids.to_ints();
+  for (int64_t id : values)
     SP_CHECK(id >= 0 && id < rows, op, ": index ", id, " is out of range for ", table.describe(),
              " (valid 0..", rows - 1, ")");
-  return ids.to(table.device());
+  CheckedIds checked;
+  if (needs_groups)
+    checked.groups = group_rows_by_destination(values, table.device(), &checked.on_device);
+  else
+    checked.on_device = ids.to(table.device());
+  return checked;
 }
 
 Tensor gather(const char* op, const Tensor& table_in, const Tensor& ids_in, Shape out_shape) {
@@ -30,21 +47,22 @@ Tensor gather(const char* op, const Tensor& table_in, const Tensor& ids_in, Shap
            table_in.describe());
   Tensor table = table_in.contiguous();
   const int64_t rows = table.size(0);
-  const Tensor ids = checked_ids(op, ids_in, table);
+  const CheckedIds ids = checked_ids(op, ids_in, table, any_requires_grad({&table_in}));
   Tensor out = Tensor::empty(out_shape, table.dtype(), table.device());
-  Shape flat_shape{ids.numel(), rows == 0 ? 0 : table.numel() / rows};
+  Shape flat_shape{ids.on_device.numel(), rows == 0 ? 0 : table.numel() / rows};
   if (out.numel() > 0)
     backend_for(table.device())
-        .gather_rows(table.view({rows, flat_shape[1]}), ids, out.view(flat_shape));
+        .gather_rows(table.view({rows, flat_shape[1]}), ids.on_device, out.view(flat_shape));
   Shape table_shape = table.shape();
-  record(out, op, {table_in}, [ids, table_shape, flat_shape](const Tensor& g, const NeedsGrad&) {
-    Tensor d_table = Tensor::zeros(table_shape, g.dtype(), g.device());
-    if (flat_shape[0] > 0)
-      backend_for(g.device())
-          .scatter_add_rows(g.contiguous().view(flat_shape), ids,
-                            d_table.view({table_shape[0], flat_shape[1]}));
-    return std::vector<Tensor>{d_table};
-  });
+  record(out, op, {table_in},
+         [groups = ids.groups, table_shape, flat_shape](const Tensor& g, const NeedsGrad&) {
+           Tensor d_table = Tensor::zeros(table_shape, g.dtype(), g.device());
+           if (flat_shape[0] > 0 && flat_shape[1] > 0)
+             backend_for(g.device())
+                 .scatter_add_rows(g.contiguous().view(flat_shape), groups,
+                                   d_table.view({table_shape[0], flat_shape[1]}));
+           return std::vector<Tensor>{d_table};
+         });
   return out;
 }
 

@@ -485,18 +485,41 @@ TEST_P(CudaKernels, GatherRowsEveryWidthAndAlignment) {
   }
 }
 
+// Repeated ids, unused table rows and ids out of order: each destination row sums its rows in the
+// ids' order. fp32 is bit for bit the CPU (the same additions in the same order); bf16 sums in
+// fp32 and rounds once.
 TEST_P(CudaKernels, ScatterAddRowsRepeatedIds) {
   const int64_t V = 6, c = cols();
-  for (DType ids_dtype : {DType::I32, DType::I64}) {
-    Tensor ids = Tensor::from_ints({2, 5, 2, 0, 2}, {5}, ids_dtype);
-    Tensor d_out = in({5, c}, 1), table0 = in({V, c}, 2);
-    Tensor want = table0.clone();
-    cpu().scatter_add_rows(d_out, ids, want);
-    Tensor got = dev(table0);
-    kernel_backend().scatter_add_rows(dev(d_out), ids.to(kernel_device()), got);
-    // bf16 rounds after each of the three additions into row 2.
-    EXPECT_TRUE(all_close(want, got, atol() * 3, rtol() * 3)) << dtype_name(ids_dtype);
+  const std::vector<int64_t> ids = {2, 5, 2, 0, 2};
+  Tensor d_out = in({5, c}, 1), table0 = in({V, c}, 2);
+  Tensor want = table0.clone();
+  cpu().scatter_add_rows(d_out, group_rows_by_destination(ids, Device::cpu()), want);
+  // The reference: the additions written out in the ids' order.
+  Tensor by_hand = table0.clone();
+  for (size_t i = 0; i < ids.size(); ++i) {
+    float* row = by_hand.data<float>() + ids[i] * c;
+    const float* grad = d_out.data<float>() + int64_t(i) * c;
+    for (int64_t col = 0; col < c; ++col) row[col] += grad[col];
   }
+  EXPECT_TRUE(bitwise_equal(by_hand, want)) << "cpu";
+  Tensor got = dev(table0);
+  kernel_backend().scatter_add_rows(dev(d_out), group_rows_by_destination(ids, kernel_device()),
+                                    got);
+  if (dtype() == DType::F32)
+    EXPECT_TRUE(bitwise_equal(want, got));
+  else
+    EXPECT_TRUE(all_close(want, got, atol(), rtol()));
+}
+
+// The groups: destinations ascending, each with its rows in the ids' order.
+TEST(RowGroups, GroupRowsByDestinationKeepsTheIdsOrder) {
+  const RowGroups g = group_rows_by_destination({2, 5, 2, 0, 2}, Device::cpu());
+  EXPECT_EQ(g.targets.to_ints(), (std::vector<int64_t>{0, 2, 5}));
+  EXPECT_EQ(g.starts.to_ints(), (std::vector<int64_t>{0, 1, 4, 5}));
+  EXPECT_EQ(g.order.to_ints(), (std::vector<int64_t>{3, 0, 2, 4, 1}));
+  const RowGroups none = group_rows_by_destination({}, Device::cpu());
+  EXPECT_EQ(none.targets.numel(), 0);
+  EXPECT_EQ(none.starts.to_ints(), (std::vector<int64_t>{0}));
 }
 
 // ---- loss ----
