@@ -201,8 +201,10 @@ class Backend {
                                 const Tensor& out) = 0;
   virtual void rmsnorm_forward(const Tensor& x, const Tensor& weight, float eps, const Tensor& y,
                                const Tensor& rstd) = 0;
+  // As layernorm_backward: dx written, or with add_into_dx added to; d_weight accumulated.
   virtual void rmsnorm_backward(const Tensor& x, const Tensor& weight, const Tensor& rstd,
-                                const Tensor& dy, const Tensor& dx, const Tensor& d_weight) = 0;
+                                const Tensor& dy, const Tensor& dx, bool add_into_dx,
+                                const Tensor& d_weight) = 0;
 
   // ---- softmax over the last axis of scores [B, H, Tq, Tk] with masking ----
   virtual void masked_softmax_forward(const Tensor& scores, const AttentionMask& mask,

@@ -27,11 +27,12 @@ __global__ void rmsnorm_forward_kernel(const T* x, const T* weight, float eps, i
   }
 }
 
-// dx = rstd * (g - xhat * mean(g * xhat)) with g = dy * w, xhat = x * rstd.
+// dx = rstd * (g - xhat * mean(g * xhat)) with g = dy * w, xhat = x * rstd; with add_into_dx,
+// dx += that (the residual stream's pending gradient, in the same pass).
 template <class T>
 __global__ void rmsnorm_backward_input_kernel(const T* x, const T* weight, const float* rstd,
                                               const T* dy, int64_t rows, int64_t cols, T* dx,
-                                              bool vectorized) {
+                                              bool add_into_dx, bool vectorized) {
   __shared__ float scratch[32];
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
     const float r = rstd[row];
@@ -42,7 +43,8 @@ __global__ void rmsnorm_backward_input_kernel(const T* x, const T* weight, const
     const float mean_gx = block_sum(sum_gx, scratch) / float(cols);
     T* out = dx + row * cols;
     for_each_column(vectorized, cols, in, [&](int64_t c, const float(&v)[3]) {
-      out[c] = from_float<T>(r * (v[1] * v[2] - (v[0] * r) * mean_gx));
+      const float d = r * (v[1] * v[2] - (v[0] * r) * mean_gx);
+      out[c] = from_float<T>(add_into_dx ? to_float(out[c]) + d : d);
     });
   }
 }

@@ -55,7 +55,7 @@ class CpuBackend final : public Backend {
   void rmsnorm_forward(const Tensor& x, const Tensor& weight, float eps, const Tensor& y,
                        const Tensor& rstd) override;
   void rmsnorm_backward(const Tensor& x, const Tensor& weight, const Tensor& rstd, const Tensor& dy,
-                        const Tensor& dx, const Tensor& d_weight) override;
+                        const Tensor& dx, bool add_into_dx, const Tensor& d_weight) override;
 
   void masked_softmax_forward(const Tensor& scores, const AttentionMask& mask,
                               const Tensor& probs) override;

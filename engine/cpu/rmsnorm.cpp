@@ -36,7 +36,8 @@ void CpuBackend::rmsnorm_forward(const Tensor& x, const Tensor& weight, float ep
 }
 
 void CpuBackend::rmsnorm_backward(const Tensor& x, const Tensor& weight, const Tensor& rstd,
-                                  const Tensor& dy, const Tensor& dx, const Tensor& d_weight) {
+                                  const Tensor& dy, const Tensor& dx, bool add_into_dx,
+                                  const Tensor& d_weight) {
   const int64_t cols = x.size(-1);
   const int64_t rows = x.numel() / cols;
   const float* px = x.data<float>();
@@ -55,7 +56,12 @@ void CpuBackend::rmsnorm_backward(const Tensor& x, const Tensor& weight, const T
       if (dx.defined()) {
         Eigen::ArrayXf g = g_out * w;
         float mean_gx = (g * xhat).sum() / float(cols);
-        Row(dx.data<float>() + r * cols, cols) = pr[r] * (g - xhat * mean_gx);
+        // Rounded to float before any add, as a separate accumulation would see it.
+        Eigen::ArrayXf d = pr[r] * (g - xhat * mean_gx);
+        if (add_into_dx)
+          Row(dx.data<float>() + r * cols, cols) += d;
+        else
+          Row(dx.data<float>() + r * cols, cols) = d;
       }
       if (d_weight.defined()) dw_acc += g_out * xhat;
     }

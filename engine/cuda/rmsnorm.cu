@@ -32,7 +32,8 @@ void CudaBackend::rmsnorm_forward(const Tensor& x, const Tensor& weight, float e
 }
 
 void CudaBackend::rmsnorm_backward(const Tensor& x, const Tensor& weight, const Tensor& rstd,
-                                   const Tensor& dy, const Tensor& dx, const Tensor& d_weight) {
+                                   const Tensor& dy, const Tensor& dx, bool add_into_dx,
+                                   const Tensor& d_weight) {
   const char* op = "rmsnorm_backward";
   expect_dtype(op, x.dtype(), {&weight, &dy, &dx, &d_weight});
   expect_dtype(op, DType::F32, {&rstd});
@@ -49,9 +50,10 @@ void CudaBackend::rmsnorm_backward(const Tensor& x, const Tensor& weight, const 
       const int threads = threads_for_row(cols, vectorized ? Pack<T>::kSize : 1);
       SP_LAUNCH(grid_for_rows(rows), threads, 0, stream_, rmsnorm_backward_input_kernel<T>)
       (const_ptr<T>(x), const_ptr<T>(weight), const_ptr<float>(rstd), const_ptr<T>(dy), rows, cols,
-       mutable_ptr<T>(dx), vectorized);
+       mutable_ptr<T>(dx), add_into_dx, vectorized);
       SP_CUDA_CHECK_LAUNCH(*this, op, "rmsnorm_backward_input_kernel",
-                           io_traffic(9.0 * double(x.numel()), {&x, &weight, &rstd, &dy, &dx}));
+                           io_traffic(9.0 * double(x.numel()), {&x, &weight, &rstd, &dy, &dx},
+                                      add_into_dx ? double(dx.nbytes()) : 0.0));
     }
     if (!d_weight.defined()) return;
     const int threads = kColumnSumThreads;

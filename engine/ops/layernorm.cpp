@@ -100,17 +100,21 @@ Tensor rms_norm(const Tensor& x_in, const Tensor& weight, float eps) {
   Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
   Tensor rstd = Tensor::empty(row_stats_shape(x), DType::F32, x.device());
   if (x.numel() > 0) backend_for(x.device()).rmsnorm_forward(x, weight.contiguous(), eps, y, rstd);
-  record(
-      y, "rms_norm", {x_in, weight},
-      [x = x.detach(), w = weight.contiguous().detach(), rstd](const Tensor& g,
-                                                               const NeedsGrad& need) {
-        std::vector<Tensor> grads(2);
-        if (need[0]) grads[0] = Tensor::empty(x.shape(), x.dtype(), x.device());
-        if (need[1]) grads[1] = Tensor::zeros(w.shape(), w.dtype(), w.device());
-        if (x.numel() > 0)
-          backend_for(x.device()).rmsnorm_backward(x, w, rstd, g.contiguous(), grads[0], grads[1]);
-        return grads;
-      });
+  record(y, "rms_norm", {x_in, weight},
+         [x = x.detach(), w = weight.contiguous().detach(), rstd](const Tensor& g,
+                                                                  const NeedsGrad& need) {
+           std::vector<Tensor> grads(2);
+           // As layernorm's: the residual stream's pending gradient takes dx in place.
+           const Tensor& pending = need.accumulate_target(0);
+           const bool add_into = need[0] && pending.defined() && pending.dtype() == x.dtype();
+           if (need[0])
+             grads[0] = add_into ? pending : Tensor::empty(x.shape(), x.dtype(), x.device());
+           if (need[1]) grads[1] = Tensor::zeros(w.shape(), w.dtype(), w.device());
+           if (x.numel() > 0)
+             backend_for(x.device())
+                 .rmsnorm_backward(x, w, rstd, g.contiguous(), grads[0], add_into, grads[1]);
+           return grads;
+         });
   return y;
 }
 

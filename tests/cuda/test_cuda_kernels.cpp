@@ -286,13 +286,13 @@ TEST(CudaKernelsLarge, SumRowsAndNormGradsSplitRowsIntoChunks) {
   Tensor y = Tensor::empty({200, 33}), rstd = Tensor::empty({200});
   cpu().rmsnorm_forward(x, w, 1e-6f, y, rstd);
   Tensor dw = Tensor::zeros({33}), dx = Tensor::empty({200, 33});
-  cpu().rmsnorm_backward(x, w, rstd, dy, dx, dw);
+  cpu().rmsnorm_backward(x, w, rstd, dy, dx, false, dw);
   Tensor rstd_d = Tensor::empty({200}, DType::F32, kernel_device());
   Tensor y_d = Tensor::empty({200, 33}, DType::F32, kernel_device());
   kernel_backend().rmsnorm_forward(on_kernel_device(x), on_kernel_device(w), 1e-6f, y_d, rstd_d);
   Tensor dw_d = Tensor::zeros({33}, DType::F32, kernel_device());
   kernel_backend().rmsnorm_backward(on_kernel_device(x), on_kernel_device(w), rstd_d,
-                                    on_kernel_device(dy), Tensor(), dw_d);
+                                    on_kernel_device(dy), Tensor(), false, dw_d);
   EXPECT_TRUE(all_close(dw, dw_d, 1e-4f, 1e-4f));
 }
 
@@ -396,12 +396,20 @@ TEST_P(CudaKernels, RmsNormForwardBackward) {
   EXPECT_TRUE(all_close(rstd, rstd_d, 1e-5f, 1e-4f));
   Tensor dw0 = in({c}, 4);
   Tensor dx = Tensor::empty({r, c}), dw = dw0.clone();
-  cpu().rmsnorm_backward(x, w, rstd, dy, dx, dw);
+  cpu().rmsnorm_backward(x, w, rstd, dy, dx, false, dw);
   Tensor dx_d = dev_empty({r, c}), dw_d = dev(dw0);
-  kernel_backend().rmsnorm_backward(dev(x), dev(w), rstd_d, dev(dy), dx_d, dw_d);
+  kernel_backend().rmsnorm_backward(dev(x), dev(w), rstd_d, dev(dy), dx_d, false, dw_d);
   const float grad_atol = atol() * 4.0f;
   EXPECT_TRUE(all_close(dx, dx_d, grad_atol, rtol())) << "dx";
   EXPECT_TRUE(all_close(dw, dw_d, grad_atol, rtol())) << "d_weight";
+  // Added into a pending gradient (the residual stream's) instead of written: the CPU's sum.
+  Tensor pending = in({r, c}, 5);
+  Tensor summed = pending.clone();
+  cpu().rmsnorm_backward(x, w, rstd, dy, summed, true, Tensor());
+  EXPECT_TRUE(all_close(add(pending, dx), summed, 1e-6f, 1e-6f)) << "cpu: pending + dx";
+  Tensor summed_d = dev(pending);
+  kernel_backend().rmsnorm_backward(dev(x), dev(w), rstd_d, dev(dy), summed_d, true, Tensor());
+  EXPECT_TRUE(all_close(summed, summed_d, grad_atol, rtol())) << "dx added into pending";
 }
 
 // ---- rotary position embedding ----

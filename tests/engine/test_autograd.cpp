@@ -100,6 +100,19 @@ TEST(Autograd, LayernormAddsIntoThePendingResidualGradient) {
   EXPECT_EQ(grad(true), grad(false));
 }
 
+// The same for rms_norm (T5, Llama).
+TEST(Autograd, RmsNormAddsIntoThePendingResidualGradient) {
+  auto grad = [&](bool fused) {
+    Tensor x = randn_leaf({4, 6}, 1, true);
+    Tensor w = randn({6}, 2);
+    Tensor h = scale(x, 1.5f);
+    Tensor branch = rms_norm(fused ? h : scale(h, 1.0f), w, 1e-6f);
+    sum_all(mul(add(h, branch), randn({4, 6}, 4))).backward();
+    return x.grad().to_floats();
+  };
+  EXPECT_EQ(grad(true), grad(false));
+}
+
 TEST(Autograd, NoGradGuardStopsRecording) {
   Tensor x = randn_leaf({3}, 9, true);
   Tensor y;
