@@ -201,6 +201,12 @@ class Backend {
                                 const Tensor& out) = 0;
   virtual void rmsnorm_forward(const Tensor& x, const Tensor& weight, float eps, const Tensor& y,
                                const Tensor& rstd) = 0;
+  // residual_layernorm_forward's counterpart: sum = residual + dropout(x + bias), then
+  // y = RMSNorm(sum) as rmsnorm_forward computes it from sum.
+  virtual void residual_rmsnorm_forward(const Tensor& residual, const Tensor& x, const Tensor& bias,
+                                        float p, uint64_t seed, uint64_t offset,
+                                        const Tensor& weight, float eps, const Tensor& sum,
+                                        const Tensor& y, const Tensor& rstd) = 0;
   // As layernorm_backward: dx written, or with add_into_dx added to; d_weight accumulated.
   virtual void rmsnorm_backward(const Tensor& x, const Tensor& weight, const Tensor& rstd,
                                 const Tensor& dy, const Tensor& dx, bool add_into_dx,

@@ -67,6 +67,28 @@ __device__ __forceinline__ void residual_dropout_add_element(const T* residual, 
   out[i] = from_float<T>(to_float(residual[i]) + (uniform < p ? 0.0f : t * keep_scale));
 }
 
+// The row of `cols` elements from `first` (a multiple of cols), by the whole block: whole packs
+// with `vectorized` (every row 16-byte aligned, cols a multiple of the pack), else one by one.
+// For the row kernels that go on to normalise the sum (kernels/layernorm.cuh, rmsnorm.cuh).
+template <class T>
+__device__ __forceinline__ void residual_dropout_add_row(const T* residual, const T* x,
+                                                         const T* bias, int64_t cols, T* out,
+                                                         int64_t first, float p, float keep_scale,
+                                                         uint64_t seed, uint64_t offset,
+                                                         bool vectorized) {
+  constexpr int kPack = Pack<T>::kSize;
+  const int tid = thread_index(), threads = block_threads();
+  if (vectorized) {
+    for (int64_t c = int64_t(tid) * kPack; c < cols; c += int64_t(threads) * kPack)
+      residual_dropout_add_pack(residual, x, bias, cols, out, first + c, p, keep_scale, seed,
+                                offset);
+    return;
+  }
+  for (int64_t c = tid; c < cols; c += threads)
+    residual_dropout_add_element(residual, x, bias, cols, out, first + c, p, keep_scale, seed,
+                                 offset);
+}
+
 template <class T>
 __global__ void residual_dropout_add_kernel(const T* residual, const T* x, const T* bias,
                                             int64_t width, T* out, int64_t n, float p,

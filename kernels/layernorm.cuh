@@ -60,17 +60,10 @@ __global__ void residual_layernorm_forward_kernel(const T* residual, const T* x,
                                                   int64_t cols, T* sum, T* y, float* mean_out,
                                                   float* rstd_out, bool vectorized) {
   __shared__ float scratch[32];
-  constexpr int kPack = Pack<T>::kSize;
-  const int tid = thread_index(), threads = block_threads();
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
     const int64_t first = row * cols;
-    const int64_t packed = vectorized ? cols / kPack * kPack : 0;
-    for (int64_t c = int64_t(tid) * kPack; c < packed; c += int64_t(threads) * kPack)
-      residual_dropout_add_pack(residual, x, bias, cols, sum, first + c, p, keep_scale, seed,
-                                offset);
-    for (int64_t c = packed + tid; c < cols; c += threads)
-      residual_dropout_add_element(residual, x, bias, cols, sum, first + c, p, keep_scale, seed,
-                                   offset);
+    residual_dropout_add_row(residual, x, bias, cols, sum, first, p, keep_scale, seed, offset,
+                             vectorized);
     __syncthreads();  // for_each_column need not hand a thread the columns it wrote
     layernorm_row(vectorized, cols, sum + first, weight, norm_bias, eps, y + first, mean_out + row,
                   rstd_out + row, scratch);

@@ -1,29 +1,57 @@
 // kernels/rmsnorm.cuh: RMS norm over the last axis (T5LayerNorm: no mean, no bias): a block per
-// row for the forward and the input gradient, column partial sums for the weight gradient
-// (finished by reduce.cuh's finalize_column_sums_kernel).
+// row for the forward (alone, or fused with the residual add before it) and the input gradient,
+// column partial sums for the weight gradient (finished by reduce.cuh's
+// finalize_column_sums_kernel).
 #pragma once
 
+#include "kernels/dropout_random.cuh"
 #include "kernels/kernel_common.cuh"
 #include "kernels/reduce.cuh"
 
 namespace sp::SP_CUDA_NS {
 
-// y = w * (x * rstd) with rstd = 1 / sqrt(mean(x^2) + eps), saved per row.
+// One row, by the whole block: y = w * (x * rstd) with rstd = 1 / sqrt(mean(x^2) + eps).
+template <class T>
+__device__ __forceinline__ void rmsnorm_row(bool vectorized, int64_t cols, const T* x,
+                                            const T* weight, float eps, T* y, float* rstd_out,
+                                            float* scratch) {
+  const T* in[2] = {x, weight};
+  float squares = 0.0f;
+  for_each_column(vectorized, cols, in,
+                  [&](int64_t, const float(&v)[2]) { squares += v[0] * v[0]; });
+  const float rstd = 1.0f / sqrtf(block_sum(squares, scratch) / float(cols) + eps);
+  for_each_column(vectorized, cols, in, [&](int64_t c, const float(&v)[2]) {
+    y[c] = from_float<T>(v[1] * (v[0] * rstd));
+  });
+  if (thread_index() == 0) *rstd_out = rstd;
+}
+
+// A block per row; saves each row's rstd.
 template <class T>
 __global__ void rmsnorm_forward_kernel(const T* x, const T* weight, float eps, int64_t rows,
                                        int64_t cols, T* y, float* rstd_out, bool vectorized) {
   __shared__ float scratch[32];
+  for (int64_t row = blockIdx.x; row < rows; row += gridDim.x)
+    rmsnorm_row(vectorized, cols, x + row * cols, weight, eps, y + row * cols, rstd_out + row,
+                scratch);
+}
+
+// A branch's end and the next RMS norm in one pass, a block per row: sum = residual +
+// dropout(x + bias) as residual_dropout_add_kernel computes it (rounded to T), then y =
+// RMSNorm(sum) as rmsnorm_forward_kernel computes it (Llama's and T5's residual stream).
+template <class T>
+__global__ void residual_rmsnorm_forward_kernel(const T* residual, const T* x, const T* bias,
+                                                float p, float keep_scale, uint64_t seed,
+                                                uint64_t offset, const T* weight, float eps,
+                                                int64_t rows, int64_t cols, T* sum, T* y,
+                                                float* rstd_out, bool vectorized) {
+  __shared__ float scratch[32];
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
-    const T* in[2] = {x + row * cols, weight};
-    float squares = 0.0f;
-    for_each_column(vectorized, cols, in,
-                    [&](int64_t, const float(&v)[2]) { squares += v[0] * v[0]; });
-    const float rstd = 1.0f / sqrtf(block_sum(squares, scratch) / float(cols) + eps);
-    T* out = y + row * cols;
-    for_each_column(vectorized, cols, in, [&](int64_t c, const float(&v)[2]) {
-      out[c] = from_float<T>(v[1] * (v[0] * rstd));
-    });
-    if (thread_index() == 0) rstd_out[row] = rstd;
+    const int64_t first = row * cols;
+    residual_dropout_add_row(residual, x, bias, cols, sum, first, p, keep_scale, seed, offset,
+                             vectorized);
+    __syncthreads();  // for_each_column need not hand a thread the columns it wrote
+    rmsnorm_row(vectorized, cols, sum + first, weight, eps, y + first, rstd_out + row, scratch);
   }
 }
 

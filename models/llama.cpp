@@ -315,13 +315,15 @@ KvCache LlamaModel::make_cache(int64_t batch, int64_t capacity) const {
                            device_);
 }
 
-Tensor LlamaModel::block_forward(int64_t layer, const Tensor& h, const Tensor& cos,
-                                 const Tensor& sin, const AttentionMask& base_mask, KvCache* cache,
-                                 const ForwardOptions& options) const {
+ResidualAndNorm LlamaModel::block_forward(int64_t layer, const Tensor& h, const Tensor& normed_in,
+                                          const Tensor& cos, const Tensor& sin,
+                                          const AttentionMask& base_mask, KvCache* cache,
+                                          const ForwardOptions& options,
+                                          bool fuse_next_norm) const {
   const LlamaBlock& b = blocks_[size_t(layer)];
   const int64_t B = h.size(0), T = h.size(1), hd = config_.head_dim;
   const float eps = float(config_.rms_norm_eps);
-  Tensor a = rms_norm(h, b.input_norm, eps);
+  const Tensor a = normed_in.defined() ? normed_in : rms_norm(h, b.input_norm, eps);
   Tensor q = linear(a, b.q_weight, b.q_bias, WeightLayout::kOutIn).view({B, T, -1, hd});
   Tensor k = linear(a, b.k_weight, b.k_bias, WeightLayout::kOutIn).view({B, T, -1, hd});
   Tensor v = linear(a, b.v_weight, b.v_bias, WeightLayout::kOutIn).view({B, T, -1, hd});
@@ -334,13 +336,20 @@ Tensor LlamaModel::block_forward(int64_t layer, const Tensor& h, const Tensor& c
   const float attn_p = options.train ? config_.attention_dropout : 0.0f;
   // Dropout sites get disjoint Philox counter ranges: 2^36 per layer.
   Tensor o = attention(q, k, v, mask, {attn_p, options.dropout_seed, uint64_t(layer + 1) << 36});
-  Tensor h1 = add(h, linear(o.view({B, T, -1}), b.o_weight, b.o_bias, WeightLayout::kOutIn));
-  Tensor m = rms_norm(h1, b.post_attention_norm, eps);
+  // Each residual add takes its projection's bias and runs in one pass with the RMS norm that reads
+  // the sum next (post_attention_norm; then the next input norm, or the final norm).
+  o = linear(o.view({B, T, -1}), b.o_weight, Tensor(), WeightLayout::kOutIn);
+  auto [h1, m] =
+      residual_dropout_add_rms_norm(h, o, b.o_bias, 0.0f, 0, 0, b.post_attention_norm, eps);
   Tensor gate = linear(m, b.gate_weight, b.gate_bias, WeightLayout::kOutIn);
   Tensor up = linear(m, b.up_weight, b.up_bias, WeightLayout::kOutIn);
-  m = linear(gated_activation(gate, up, config_.hidden_act), b.down_weight, b.down_bias,
+  m = linear(gated_activation(gate, up, config_.hidden_act), b.down_weight, Tensor(),
              WeightLayout::kOutIn);
-  return add(h1, m);
+  if (!fuse_next_norm) return {residual_dropout_add(h1, m, b.down_bias, 0.0f, 0, 0), Tensor()};
+  const bool last = layer + 1 == config_.num_layers;
+  return residual_dropout_add_rms_norm(h1, m, b.down_bias, 0.0f, 0, 0,
+                                       last ? final_norm_ : blocks_[size_t(layer + 1)].input_norm,
+                                       eps);
 }
 
 Tensor LlamaModel::hidden_states(const Tensor& inputs_embeds, const Tensor& attention_mask,
@@ -391,20 +400,27 @@ Tensor LlamaModel::hidden_states(const Tensor& inputs_embeds, const Tensor& atte
     mask.key_padding = attention_mask.dtype() == DType::F32 ? attention_mask.contiguous()
                                                             : attention_mask.to(DType::F32);
   }
-  Tensor h = inputs_embeds;
+  // Each block ends with the RMS norm that reads its output (the next input norm, or the final
+  // norm) in the pass of its last residual add; a checkpointed block returns only the stream.
+  ResidualAndNorm stream{inputs_embeds, Tensor()};
   for (int64_t layer = 0; layer < config_.num_layers; ++layer) {
-    if (options.checkpoint_activations && !cache && grad_mode_enabled() && h.requires_grad()) {
-      h = checkpoint(
+    if (options.checkpoint_activations && !cache && grad_mode_enabled() &&
+        stream.sum.requires_grad()) {
+      stream.sum = checkpoint(
           [this, layer, cos, sin, mask, options](const std::vector<Tensor>& in) {
-            return block_forward(layer, in[0], cos, sin, mask, nullptr, options);
+            return block_forward(layer, in[0], Tensor(), cos, sin, mask, nullptr, options, false)
+                .sum;
           },
-          {h});
+          {stream.sum});
+      stream.normed = Tensor();
     } else {
-      h = block_forward(layer, h, cos, sin, mask, cache, options);
+      stream =
+          block_forward(layer, stream.sum, stream.normed, cos, sin, mask, cache, options, true);
     }
   }
   if (cache) cache->length += T;
-  return rms_norm(h, final_norm_, float(config_.rms_norm_eps));
+  if (stream.normed.defined()) return stream.normed;
+  return rms_norm(stream.sum, final_norm_, float(config_.rms_norm_eps));
 }
 
 Tensor LlamaModel::logits(const Tensor& hidden) const {

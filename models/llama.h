@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "engine/backend.h"
+#include "engine/ops/layernorm.h"
 #include "models/causal_lm.h"
 #include "models/hf_config.h"
 
@@ -82,9 +83,14 @@ class LlamaModel final : public CausalLM {
  private:
   LlamaModel() = default;
   void finish_init();
-  Tensor block_forward(int64_t layer, const Tensor& h, const Tensor& cos, const Tensor& sin,
-                       const AttentionMask& mask, KvCache* cache,
-                       const ForwardOptions& options) const;
+  /// One block from the residual stream h and its input norm (`normed`; undefined: computed
+  /// here). Returns the new stream and, with fuse_next_norm, the next RMS norm of it (the next
+  /// block's input norm, or the final norm after the last block) from the same pass as the MLP's
+  /// residual add.
+  ResidualAndNorm block_forward(int64_t layer, const Tensor& h, const Tensor& normed,
+                                const Tensor& cos, const Tensor& sin, const AttentionMask& mask,
+                                KvCache* cache, const ForwardOptions& options,
+                                bool fuse_next_norm) const;
 
   LlamaConfig config_;
   ModelInfo info_;

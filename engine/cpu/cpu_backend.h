@@ -54,6 +54,10 @@ class CpuBackend final : public Backend {
                         const Tensor& out) override;
   void rmsnorm_forward(const Tensor& x, const Tensor& weight, float eps, const Tensor& y,
                        const Tensor& rstd) override;
+  void residual_rmsnorm_forward(const Tensor& residual, const Tensor& x, const Tensor& bias,
+                                float p, uint64_t seed, uint64_t offset, const Tensor& weight,
+                                float eps, const Tensor& sum, const Tensor& y,
+                                const Tensor& rstd) override;
   void rmsnorm_backward(const Tensor& x, const Tensor& weight, const Tensor& rstd, const Tensor& dy,
                         const Tensor& dx, bool add_into_dx, const Tensor& d_weight) override;
 

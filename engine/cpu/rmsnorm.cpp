@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "engine/cpu/cpu_backend.h"
+#include "engine/cpu/dropout_span.h"
 #include "engine/error.h"
 #include "engine/thread_pool.h"
 
@@ -14,6 +15,14 @@ namespace {
 
 using ConstRow = Eigen::Map<const Eigen::ArrayXf>;
 using Row = Eigen::Map<Eigen::ArrayXf>;
+
+// One row: y = w * (x * rstd); returns rstd.
+float rmsnorm_row(const float* x, int64_t cols, const ConstRow& w, float eps, float* y) {
+  ConstRow in(x, cols);
+  const float inv = 1.0f / std::sqrt(in.square().sum() / float(cols) + eps);
+  Row(y, cols) = w * (in * inv);
+  return inv;
+}
 
 }  // namespace
 
@@ -26,11 +35,30 @@ void CpuBackend::rmsnorm_forward(const Tensor& x, const Tensor& weight, float ep
   float* pr = rstd.data<float>();
   ConstRow w(weight.data<float>(), cols);
   parallel_for(0, rows, std::max<int64_t>(1, 4096 / cols), [&](int64_t lo, int64_t hi) {
+    for (int64_t r = lo; r < hi; ++r)
+      pr[r] = rmsnorm_row(px + r * cols, cols, w, eps, py + r * cols);
+  });
+}
+
+void CpuBackend::residual_rmsnorm_forward(const Tensor& residual, const Tensor& x,
+                                          const Tensor& bias, float p, uint64_t seed,
+                                          uint64_t offset, const Tensor& weight, float eps,
+                                          const Tensor& sum, const Tensor& y, const Tensor& rstd) {
+  const int64_t cols = x.size(-1);
+  const int64_t rows = x.numel() / cols;
+  const float* res = residual.data<float>();
+  const float* in = x.data<float>();
+  const float* add_bias = bias.defined() ? bias.data<float>() : nullptr;
+  float* ps = sum.data<float>();
+  float* py = y.data<float>();
+  float* pr = rstd.data<float>();
+  ConstRow w(weight.data<float>(), cols);
+  parallel_for(0, rows, std::max<int64_t>(1, 4096 / cols), [&](int64_t lo, int64_t hi) {
     for (int64_t r = lo; r < hi; ++r) {
-      ConstRow in(px + r * cols, cols);
-      float inv = 1.0f / std::sqrt(in.square().sum() / float(cols) + eps);
-      Row(py + r * cols, cols) = w * (in * inv);
-      pr[r] = inv;
+      const int64_t first = r * cols;
+      cpu::residual_dropout_add_span(res + first, in + first, add_bias, ps + first, cols, p, seed,
+                                     offset + uint64_t(first));
+      pr[r] = rmsnorm_row(ps + first, cols, w, eps, py + first);
     }
   });
 }

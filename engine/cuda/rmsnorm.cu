@@ -31,6 +31,38 @@ void CudaBackend::rmsnorm_forward(const Tensor& x, const Tensor& weight, float e
   });
 }
 
+void CudaBackend::residual_rmsnorm_forward(const Tensor& residual, const Tensor& x,
+                                           const Tensor& bias, float p, uint64_t seed,
+                                           uint64_t offset, const Tensor& weight, float eps,
+                                           const Tensor& sum, const Tensor& y, const Tensor& rstd) {
+  const char* op = "residual_rmsnorm_forward";
+  expect_dtype(op, x.dtype(), {&residual, &bias, &weight, &sum, &y});
+  expect_dtype(op, DType::F32, {&rstd});
+  expect_contiguous(op, {&residual, &x, &bias, &weight, &sum, &y, &rstd});
+  SP_CHECK(p >= 0.0f && p < 1.0f, op, ": probability must be in [0, 1), got ", p);
+  const int64_t cols = x.size(-1);
+  const int64_t rows = cols == 0 ? 0 : x.numel() / cols;
+  if (rows == 0) return;
+  activate(op);
+  const float keep_scale = 1.0f / (1.0f - p);  // as the CPU computes it
+  dispatch_float(op, x, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    const bool vectorized = rows_vectorizable(
+        cols, sizeof(T),
+        {residual.raw_data(), x.raw_data(), bias.defined() ? bias.raw_data() : nullptr,
+         weight.raw_data(), sum.raw_data(), y.raw_data()});
+    const int threads = threads_for_row(cols, vectorized ? Pack<T>::kSize : 1);
+    SP_LAUNCH(grid_for_rows(rows), threads, 0, stream_, residual_rmsnorm_forward_kernel<T>)
+    (const_ptr<T>(residual), const_ptr<T>(x), const_ptr<T>(bias), p, keep_scale, seed, offset,
+     const_ptr<T>(weight), eps, rows, cols, mutable_ptr<T>(sum), mutable_ptr<T>(y),
+     mutable_ptr<float>(rstd), vectorized);
+    // residual_dropout_add's 21 flops an element and the norm's 5.
+    SP_CUDA_CHECK_LAUNCH(
+        *this, op, "residual_rmsnorm_forward_kernel",
+        io_traffic(26.0 * double(x.numel()), {&residual, &x, &bias, &weight, &sum, &y, &rstd}));
+  });
+}
+
 void CudaBackend::rmsnorm_backward(const Tensor& x, const Tensor& weight, const Tensor& rstd,
                                    const Tensor& dy, const Tensor& dx, bool add_into_dx,
                                    const Tensor& d_weight) {

@@ -94,12 +94,11 @@ ResidualAndNorm residual_dropout_add_layernorm(const Tensor& residual_in, const 
   return {sum, y};
 }
 
-Tensor rms_norm(const Tensor& x_in, const Tensor& weight, float eps) {
-  check_norm("rms_norm", x_in, weight, Tensor());
-  Tensor x = x_in.contiguous();
-  Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
-  Tensor rstd = Tensor::empty(row_stats_shape(x), DType::F32, x.device());
-  if (x.numel() > 0) backend_for(x.device()).rmsnorm_forward(x, weight.contiguous(), eps, y, rstd);
+namespace {
+
+// Records y = rms_norm(x_in, weight) on the tape, x being x_in's contiguous values.
+void record_rms_norm(Tensor& y, const Tensor& x_in, const Tensor& weight, const Tensor& x,
+                     const Tensor& rstd) {
   record(y, "rms_norm", {x_in, weight},
          [x = x.detach(), w = weight.contiguous().detach(), rstd](const Tensor& g,
                                                                   const NeedsGrad& need) {
@@ -115,7 +114,42 @@ Tensor rms_norm(const Tensor& x_in, const Tensor& weight, float eps) {
                  .rmsnorm_backward(x, w, rstd, g.contiguous(), grads[0], add_into, grads[1]);
            return grads;
          });
+}
+
+}  // namespace
+
+Tensor rms_norm(const Tensor& x_in, const Tensor& weight, float eps) {
+  check_norm("rms_norm", x_in, weight, Tensor());
+  Tensor x = x_in.contiguous();
+  Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
+  Tensor rstd = Tensor::empty(row_stats_shape(x), DType::F32, x.device());
+  if (x.numel() > 0) backend_for(x.device()).rmsnorm_forward(x, weight.contiguous(), eps, y, rstd);
+  record_rms_norm(y, x_in, weight, x, rstd);
   return y;
+}
+
+ResidualAndNorm residual_dropout_add_rms_norm(const Tensor& residual_in, const Tensor& x_in,
+                                              const Tensor& bias_in, float p, uint64_t seed,
+                                              uint64_t offset, const Tensor& weight, float eps) {
+  const char* op = "residual_dropout_add_rms_norm";
+  check_norm(op, x_in, weight, Tensor());
+  if (!ops_detail::check_residual_dropout_add(op, residual_in, x_in, bias_in, p) ||
+      x_in.numel() == 0) {
+    Tensor sum = residual_dropout_add(residual_in, x_in, bias_in, p, seed, offset);
+    return {sum, rms_norm(sum, weight, eps)};
+  }
+  Tensor residual = residual_in.contiguous(), x = x_in.contiguous();
+  Tensor bias = bias_in.defined() ? bias_in.contiguous() : Tensor();
+  Tensor sum = Tensor::empty(x.shape(), x.dtype(), x.device());
+  Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
+  Tensor rstd = Tensor::empty(row_stats_shape(x), DType::F32, x.device());
+  backend_for(x.device())
+      .residual_rmsnorm_forward(residual, x, bias, p, seed, offset, weight.contiguous(), eps, sum,
+                                y, rstd);
+  // The tape holds the two ops it replaces, so the backward is theirs.
+  ops_detail::record_residual_dropout_add(sum, residual_in, x_in, bias_in, p, seed, offset);
+  record_rms_norm(y, sum, weight, sum, rstd);
+  return {sum, y};
 }
 
 }  // namespace sp

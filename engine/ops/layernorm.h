@@ -24,5 +24,9 @@ ResidualAndNorm residual_dropout_add_layernorm(const Tensor& residual, const Ten
 
 /// x / sqrt(mean(x^2) + eps) * weight over the last axis (T5LayerNorm).
 Tensor rms_norm(const Tensor& x, const Tensor& weight, float eps);
+/// residual_dropout_add_layernorm's counterpart for rms_norm (Llama's and T5's residual stream).
+ResidualAndNorm residual_dropout_add_rms_norm(const Tensor& residual, const Tensor& x,
+                                              const Tensor& bias, float p, uint64_t seed,
+                                              uint64_t offset, const Tensor& weight, float eps);
 
 }  // namespace sp

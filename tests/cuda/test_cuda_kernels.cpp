@@ -668,11 +668,12 @@ TEST_P(CudaKernels, ResidualDropoutAddDrawsTheCpuMask) {
     }
 }
 
-// The attention branch's end and ln_2 in one kernel. Under the emulator it is bit for bit the two
-// kernels it replaces (the same draws, the same rounded sum, normalised in the same reduction
-// order); a GPU may contract the two code paths' arithmetic differently, so there it is within
-// one rounding. The CPU backend's fused method is the usual cross-backend oracle.
-TEST_P(CudaKernels, ResidualLayerNormForwardIsTheTwoKernelsInOnePass) {
+// A branch's end and the norm after it in one kernel (LayerNorm: GPT-2; RMS norm: Llama, T5).
+// Under the emulator it is bit for bit the two kernels it replaces (the same draws, the same
+// rounded sum, normalised in the same reduction order); a GPU may contract the two code paths'
+// arithmetic differently, so there it is within one rounding. The CPU backend's fused method is
+// the usual cross-backend oracle.
+TEST_P(CudaKernels, ResidualNormForwardIsTheTwoKernelsInOnePass) {
   const int64_t r = rows(), c = cols();
   Tensor residual = in({r, c}, 1), x = in({r, c}, 2), bias = in({c}, 3), w = in({c}, 4),
          norm_bias = in({c}, 5);
@@ -685,36 +686,55 @@ TEST_P(CudaKernels, ResidualLayerNormForwardIsTheTwoKernelsInOnePass) {
                ? bitwise_equal(want, got)
                : all_close(want, got, 1e-6f, dtype() == DType::F32 ? 1e-6f : 8e-3f);
   };
-  for (bool with_bias : {true, false})
-    for (float p : {0.0f, 0.3f}) {
-      SCOPED_TRACE(::testing::Message() << "p " << p << " bias " << with_bias);
-      const Tensor b = with_bias ? bias : Tensor(), b_d = with_bias ? dev(bias) : Tensor();
-      Tensor sum_two = dev_empty({r, c}), y_two = dev_empty({r, c});
-      auto [mean_two, rstd_two] = stats(kernel_device());
-      kernel_backend().residual_dropout_add(dev(residual), dev(x), b_d, p, 4321, 13, sum_two);
-      kernel_backend().layernorm_forward(sum_two, dev(w), dev(norm_bias), 1e-5f, y_two, mean_two,
-                                         rstd_two);
-      Tensor sum = dev_empty({r, c}), y = dev_empty({r, c});
-      auto [mean, rstd] = stats(kernel_device());
-      kernel_backend().residual_layernorm_forward(dev(residual), dev(x), b_d, p, 4321, 13, dev(w),
-                                                  dev(norm_bias), 1e-5f, sum, y, mean, rstd);
-      EXPECT_TRUE(same(sum_two, sum)) << "sum";
-      EXPECT_TRUE(same(y_two, y)) << "y";
-      EXPECT_TRUE(same(mean_two, mean)) << "mean";
-      EXPECT_TRUE(same(rstd_two, rstd)) << "rstd";
+  for (bool rms : {false, true})
+    for (bool with_bias : {true, false})
+      for (float p : {0.0f, 0.3f}) {
+        SCOPED_TRACE(::testing::Message()
+                     << (rms ? "rms" : "layernorm") << " p " << p << " bias " << with_bias);
+        const Tensor b = with_bias ? bias : Tensor(), b_d = with_bias ? dev(bias) : Tensor();
+        Backend& device = kernel_backend();
+        Tensor sum_two = dev_empty({r, c}), y_two = dev_empty({r, c});
+        auto [mean_two, rstd_two] = stats(kernel_device());
+        device.residual_dropout_add(dev(residual), dev(x), b_d, p, 4321, 13, sum_two);
+        if (rms)
+          device.rmsnorm_forward(sum_two, dev(w), 1e-5f, y_two, rstd_two);
+        else
+          device.layernorm_forward(sum_two, dev(w), dev(norm_bias), 1e-5f, y_two, mean_two,
+                                   rstd_two);
+        Tensor sum = dev_empty({r, c}), y = dev_empty({r, c});
+        auto [mean, rstd] = stats(kernel_device());
+        if (rms)
+          device.residual_rmsnorm_forward(dev(residual), dev(x), b_d, p, 4321, 13, dev(w), 1e-5f,
+                                          sum, y, rstd);
+        else
+          device.residual_layernorm_forward(dev(residual), dev(x), b_d, p, 4321, 13, dev(w),
+                                            dev(norm_bias), 1e-5f, sum, y, mean, rstd);
+        EXPECT_TRUE(same(sum_two, sum)) << "sum";
+        EXPECT_TRUE(same(y_two, y)) << "y";
+        EXPECT_TRUE(same(rstd_two, rstd)) << "rstd";
+        if (!rms) {
+          EXPECT_TRUE(same(mean_two, mean)) << "mean";
+        }
 
-      Tensor sum_cpu = Tensor::empty({r, c}), y_cpu = Tensor::empty({r, c});
-      auto [mean_cpu, rstd_cpu] = stats(Device::cpu());
-      cpu().residual_layernorm_forward(residual, x, b, p, 4321, 13, w, norm_bias, 1e-5f, sum_cpu,
-                                       y_cpu, mean_cpu, rstd_cpu);
-      const bool tight = dtype() == DType::F32;
-      EXPECT_TRUE(all_close(sum_cpu, sum, tight ? 1e-6f : atol(), tight ? 1e-6f : rtol())) << "sum";
-      EXPECT_TRUE(all_close(y_cpu, y, atol(), rtol())) << "y";
-      // In bf16 the device normalises the sum rounded to bf16 (2^-9 relative an element), the
-      // CPU the exact one.
-      EXPECT_TRUE(all_close(mean_cpu, mean, tight ? 1e-5f : atol(), tight ? 1e-5f : rtol()))
-          << "mean";
-    }
+        Tensor sum_cpu = Tensor::empty({r, c}), y_cpu = Tensor::empty({r, c});
+        auto [mean_cpu, rstd_cpu] = stats(Device::cpu());
+        if (rms)
+          cpu().residual_rmsnorm_forward(residual, x, b, p, 4321, 13, w, 1e-5f, sum_cpu, y_cpu,
+                                         rstd_cpu);
+        else
+          cpu().residual_layernorm_forward(residual, x, b, p, 4321, 13, w, norm_bias, 1e-5f,
+                                           sum_cpu, y_cpu, mean_cpu, rstd_cpu);
+        const bool tight = dtype() == DType::F32;
+        EXPECT_TRUE(all_close(sum_cpu, sum, tight ? 1e-6f : atol(), tight ? 1e-6f : rtol()))
+            << "sum";
+        EXPECT_TRUE(all_close(y_cpu, y, atol(), rtol())) << "y";
+        // In bf16 the device normalises the sum rounded to bf16 (2^-9 relative an element), the
+        // CPU the exact one.
+        if (!rms) {
+          EXPECT_TRUE(all_close(mean_cpu, mean, tight ? 1e-5f : atol(), tight ? 1e-5f : rtol()))
+              << "mean";
+        }
+      }
 }
 
 TEST_P(CudaKernels, NormalFillIsBitwiseTheCpuStream) {

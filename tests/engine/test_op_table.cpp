@@ -138,29 +138,41 @@ TEST_P(OpTable, Bf16OnCudaBackendsMatchesFp32Cpu) {
 // A fused op's results are those of the ops it replaces, bit for bit, forward and backward, on the
 // CPU and under the emulator (the CUDA kernel runs the same per-element and per-row code as the
 // two kernels; the backward is theirs). A GPU may contract the two kernels' arithmetic
-// differently: CudaKernels.ResidualLayerNormForwardIsTheTwoKernelsInOnePass checks it there.
-TEST(FusedOps, ResidualDropoutAddLayerNormIsTheTwoOpsItReplaces) {
-  const OpCase* fused = nullptr;
-  for (const OpCase& c : op_cases())
-    if (c.name == "residual_dropout_add_layernorm/bias_dropout") fused = &c;
-  ASSERT_NE(fused, nullptr);
-  OpCase composed = *fused;
-  composed.run = [](const std::vector<Tensor>& in) {
+// differently: CudaKernels.ResidualNormForwardIsTheTwoKernelsInOnePass checks it there.
+TEST(FusedOps, ResidualDropoutAddNormIsTheTwoOpsItReplaces) {
+  auto find = [](const std::string& name) {
+    for (const OpCase& c : op_cases())
+      if (c.name == name) return &c;
+    return static_cast<const OpCase*>(nullptr);
+  };
+  const OpCase* layernorm_case = find("residual_dropout_add_layernorm/bias_dropout");
+  const OpCase* rms_case = find("residual_dropout_add_rms_norm/bias_dropout");
+  ASSERT_NE(layernorm_case, nullptr);
+  ASSERT_NE(rms_case, nullptr);
+  OpCase layernorm_composed = *layernorm_case, rms_composed = *rms_case;
+  layernorm_composed.run = [](const std::vector<Tensor>& in) {
     const Tensor sum = residual_dropout_add(in[0], in[1], in[2], 0.3f, 99, 5);
     return add(sum, layernorm(sum, in[3], in[4], 1e-5f));
   };
-  const std::vector<Tensor> inputs = fused->make_inputs(CaseSize::kTest);
-  for (Device device : available_devices())
-    for (DType dtype : {DType::F32, DType::BF16}) {
-      if ((dtype == DType::BF16 && device.is_cpu()) || device.kind == DeviceKind::CUDA) continue;
-      const RunResult want = run_with_grads(composed, device, inputs, dtype);
-      const RunResult got = run_with_grads(*fused, device, inputs, dtype);
-      const std::string where = device.str() + " " + dtype_name(dtype);
-      EXPECT_EQ(want.output, got.output) << where;
-      ASSERT_EQ(want.grads.size(), got.grads.size());
-      for (size_t d = 0; d < want.grads.size(); ++d)
-        EXPECT_EQ(want.grads[d], got.grads[d]) << where << ": grad of input " << d;
-    }
+  rms_composed.run = [](const std::vector<Tensor>& in) {
+    const Tensor sum = residual_dropout_add(in[0], in[1], in[2], 0.3f, 99, 5);
+    return add(sum, rms_norm(sum, in[3], 1e-6f));
+  };
+  for (auto [fused, composed] :
+       {std::pair{layernorm_case, &layernorm_composed}, std::pair{rms_case, &rms_composed}}) {
+    const std::vector<Tensor> inputs = fused->make_inputs(CaseSize::kTest);
+    for (Device device : available_devices())
+      for (DType dtype : {DType::F32, DType::BF16}) {
+        if ((dtype == DType::BF16 && device.is_cpu()) || device.kind == DeviceKind::CUDA) continue;
+        const RunResult want = run_with_grads(*composed, device, inputs, dtype);
+        const RunResult got = run_with_grads(*fused, device, inputs, dtype);
+        const std::string where = fused->name + " on " + device.str() + " " + dtype_name(dtype);
+        EXPECT_EQ(want.output, got.output) << where;
+        ASSERT_EQ(want.grads.size(), got.grads.size());
+        for (size_t d = 0; d < want.grads.size(); ++d)
+          EXPECT_EQ(want.grads[d], got.grads[d]) << where << ": grad of input " << d;
+      }
+  }
 }
 
 std::string case_name(const ::testing::TestParamInfo<size_t>& info) {
@@ -196,7 +208,8 @@ TEST(OpTableCoverage, EveryDifferentiableOpFamilyHasACase) {
                          "linear_cross_entropy",
                          "dropout",
                          "residual_dropout_add",
-                         "residual_dropout_add_layernorm"})
+                         "residual_dropout_add_layernorm",
+                         "residual_dropout_add_rms_norm"})
     EXPECT_TRUE(families.count(op)) << "no op-table case for " << op;
 }
 

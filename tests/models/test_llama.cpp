@@ -94,6 +94,24 @@ TEST_P(LlamaParity, LossLogitsAndInputEmbeddingGradient) {
   EXPECT_FALSE(model_->word_embeddings().grad().defined()) << "frozen weights get no gradient";
 }
 
+// Checkpointed blocks end unfused (a plain residual add, then the next block's input norm); the
+// others end in one residual + RMS norm pass. Both give the same gradient to the bit, train mode.
+TEST_P(LlamaParity, ActivationCheckpointingGivesIdenticalGradients) {
+  Tensor ids = golden_->get("input_ids");
+  Tensor mask = golden_->get("attention_mask").to(DType::F32).to(device_);
+  std::vector<std::vector<float>> grads;
+  for (bool recompute : {false, true}) {
+    Tensor embeds = model_->embed(ids).detach().set_requires_grad(true);
+    ForwardOptions options;
+    options.train = true;
+    options.checkpoint_activations = recompute;
+    Tensor hidden = model_->hidden_states(embeds, mask, Tensor(), nullptr, options);
+    causal_lm_loss(*model_, hidden, golden_->get("labels")).loss.backward();
+    grads.push_back(embeds.grad().to_floats());
+  }
+  EXPECT_EQ(grads[0], grads[1]);
+}
+
 // --dtype bf16: GEMM weights and the token table in bf16 (on the CPU the activations stay F32; on
 // the emulated GPU they are bf16 too), held to the transformers fp32 golden at the real tokens.
 // Every GEMM input rounded to 8 significant bits moves logits of magnitude ~4 by a few 1e-2

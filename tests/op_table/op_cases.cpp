@@ -497,6 +497,19 @@ std::vector<OpCase> build_cases() {
                                                                        99, 5, in[3], in[4], 1e-5f);
               return add(r.sum, r.normed);
             }});
+  add_case({"residual_dropout_add_rms_norm/bias_dropout",
+            [](CaseSize s) {
+              const int64_t rows = perf(s) ? 8 * 148 : 5, width = perf(s) ? 768 : 9;
+              return std::vector<Tensor>{
+                  random_tensor({rows, width}, 73), random_tensor({rows, width}, 74),
+                  random_tensor({width}, 75), affine(random_tensor({width}, 76, 0.3f), 1.0f, 1.0f)};
+            },
+            {0, 1, 2, 3},
+            [](const std::vector<Tensor>& in) {
+              const ResidualAndNorm r =
+                  residual_dropout_add_rms_norm(in[0], in[1], in[2], 0.3f, 99, 5, in[3], 1e-6f);
+              return add(r.sum, r.normed);
+            }});
   return cases;
 }
 
