@@ -277,10 +277,11 @@ Tensor f32_bias(Tensor bias) {
 
 }  // namespace
 
-Tensor T5Model::feed_forward(const T5FeedForward& ff, const Tensor& h, uint64_t dropout_base,
-                             const ForwardOptions& options) const {
+Tensor T5Model::feed_forward(const T5FeedForward& ff, const Tensor& h, const Tensor& normed,
+                             uint64_t dropout_base, const ForwardOptions& options) const {
   const float p = options.train ? config_.dropout_rate : 0.0f;
-  Tensor x = rms_norm(h, ff.norm, float(config_.layer_norm_epsilon));
+  const Tensor x =
+      normed.defined() ? normed : rms_norm(h, ff.norm, float(config_.layer_norm_epsilon));
   Tensor inner;
   if (config_.is_gated_act) {
     Tensor both = linear(x, ff.wi, Tensor(), WeightLayout::kOutIn);  // wi_0 x | wi_1 x
@@ -321,9 +322,11 @@ Tensor T5Model::encoder_block(int64_t layer, const Tensor& h, const AttentionMas
   Tensor v = qkv.slice(2, 2 * inner, 3 * inner).view({B, T, H, D});
   Tensor o = t5_attention(q, k, v, mask, p, options.dropout_seed, base + (kSelfProbs << 36));
   o = linear(o.view({B, T, inner}), b.self_attention.o, Tensor(), WeightLayout::kOutIn);
-  Tensor h1 =
-      residual_dropout_add(h, o, Tensor(), p, options.dropout_seed, base + (kSelfResidual << 36));
-  return feed_forward(b.feed_forward, h1, base, options);
+  // The residual add and the feed-forward's RMS norm in one pass.
+  auto [h1, x1] = residual_dropout_add_rms_norm(h, o, Tensor(), p, options.dropout_seed,
+                                                base + (kSelfResidual << 36), b.feed_forward.norm,
+                                                float(config_.layer_norm_epsilon));
+  return feed_forward(b.feed_forward, h1, x1, base, options);
 }
 
 Tensor T5Model::decoder_block(int64_t layer, const Tensor& h, const AttentionMask& self_mask,
@@ -345,12 +348,15 @@ Tensor T5Model::decoder_block(int64_t layer, const Tensor& h, const AttentionMas
   if (cache) std::tie(k, v) = cache->self_attention.append(layer, k, v);
   Tensor o = t5_attention(q, k, v, self_mask, p, options.dropout_seed, base + (kSelfProbs << 36));
   o = linear(o.view({B, T, inner}), b.self_attention.o, Tensor(), WeightLayout::kOutIn);
-  Tensor h1 =
-      residual_dropout_add(h, o, Tensor(), p, options.dropout_seed, base + (kSelfResidual << 36));
+  // Each residual add runs in one pass with the RMS norm of the sublayer after it.
+  const ResidualAndNorm self_end =
+      residual_dropout_add_rms_norm(h, o, Tensor(), p, options.dropout_seed,
+                                    base + (kSelfResidual << 36), b.cross_attention.norm, eps);
+  const Tensor& h1 = self_end.sum;
+  x = self_end.normed;
 
   // Cross-attention over the encoder output: no position bias, encoder padding masked. Its
   // keys/values depend only on the encoder output, so a cache computes them once.
-  x = rms_norm(h1, b.cross_attention.norm, eps);
   Tensor cq = linear(x, b.cross_attention.q, Tensor(), WeightLayout::kOutIn).view({B, T, H, D});
   Tensor ck, cv;
   if (cache && cache->cross_filled) {
@@ -366,10 +372,10 @@ Tensor T5Model::decoder_block(int64_t layer, const Tensor& h, const AttentionMas
   }
   o = t5_attention(cq, ck, cv, cross_mask, p, options.dropout_seed, base + (kCrossProbs << 36));
   o = linear(o.view({B, T, inner}), b.cross_attention.o, Tensor(), WeightLayout::kOutIn);
-  Tensor h2 =
-      residual_dropout_add(h1, o, Tensor(), p, options.dropout_seed, base + (kCrossResidual << 36));
-
-  return feed_forward(b.feed_forward, h2, base, options);
+  auto [h2, x2] =
+      residual_dropout_add_rms_norm(h1, o, Tensor(), p, options.dropout_seed,
+                                    base + (kCrossResidual << 36), b.feed_forward.norm, eps);
+  return feed_forward(b.feed_forward, h2, x2, base, options);
 }
 
 Tensor T5Model::encode(const Tensor& inputs_embeds, const Tensor& attention_mask,

@@ -102,8 +102,10 @@ class T5Model final : public Seq2SeqLM {
   Tensor decoder_block(int64_t layer, const Tensor& h, const AttentionMask& self_mask,
                        const Tensor& encoder_hidden, const AttentionMask& cross_mask,
                        Seq2SeqCache* cache, const ForwardOptions& options) const;
-  Tensor feed_forward(const T5FeedForward& ff, const Tensor& h, uint64_t dropout_base,
-                      const ForwardOptions& options) const;
+  // The feed-forward sublayer on the residual stream h, whose RMS norm `normed` the previous
+  // sublayer's residual add may have computed in its pass (undefined: computed here).
+  Tensor feed_forward(const T5FeedForward& ff, const Tensor& h, const Tensor& normed,
+                      uint64_t dropout_base, const ForwardOptions& options) const;
 
   T5Config config_;
   ModelInfo info_;
