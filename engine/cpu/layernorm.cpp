@@ -61,23 +61,14 @@ void CpuBackend::residual_layernorm_forward(const Tensor& residual, const Tensor
                                             const Tensor& y, const Tensor& mean,
                                             const Tensor& rstd) {
   const int64_t cols = x.size(-1);
-  const int64_t rows = x.numel() / cols;
-  const float* res = residual.data<float>();
-  const float* in = x.data<float>();
-  const float* add_bias = bias.defined() ? bias.data<float>() : nullptr;
-  float* ps = sum.data<float>();
-  float* py = y.data<float>();
   ConstRow w(weight.data<float>(), cols), b(norm_bias.data<float>(), cols);
+  float* py = y.data<float>();
   float* pm = mean.data<float>();
   float* pr = rstd.data<float>();
-  parallel_for(0, rows, std::max<int64_t>(1, 4096 / cols), [&](int64_t lo, int64_t hi) {
-    for (int64_t r = lo; r < hi; ++r) {
-      const int64_t first = r * cols;
-      cpu::residual_dropout_add_span(res + first, in + first, add_bias, ps + first, cols, p, seed,
-                                     offset + uint64_t(first));
-      std::tie(pm[r], pr[r]) = layernorm_row(ps + first, cols, w, b, eps, py + first);
-    }
-  });
+  cpu::for_each_residual_row(
+      residual, x, bias, p, seed, offset, sum, [&](int64_t r, const float* row, int64_t n) {
+        std::tie(pm[r], pr[r]) = layernorm_row(row, n, w, b, eps, py + r * n);
+      });
 }
 
 void CpuBackend::layernorm_backward(const Tensor& x, const Tensor& weight, const Tensor& mean,

@@ -44,23 +44,13 @@ void CpuBackend::residual_rmsnorm_forward(const Tensor& residual, const Tensor& 
                                           const Tensor& bias, float p, uint64_t seed,
                                           uint64_t offset, const Tensor& weight, float eps,
                                           const Tensor& sum, const Tensor& y, const Tensor& rstd) {
-  const int64_t cols = x.size(-1);
-  const int64_t rows = x.numel() / cols;
-  const float* res = residual.data<float>();
-  const float* in = x.data<float>();
-  const float* add_bias = bias.defined() ? bias.data<float>() : nullptr;
-  float* ps = sum.data<float>();
+  ConstRow w(weight.data<float>(), x.size(-1));
   float* py = y.data<float>();
   float* pr = rstd.data<float>();
-  ConstRow w(weight.data<float>(), cols);
-  parallel_for(0, rows, std::max<int64_t>(1, 4096 / cols), [&](int64_t lo, int64_t hi) {
-    for (int64_t r = lo; r < hi; ++r) {
-      const int64_t first = r * cols;
-      cpu::residual_dropout_add_span(res + first, in + first, add_bias, ps + first, cols, p, seed,
-                                     offset + uint64_t(first));
-      pr[r] = rmsnorm_row(ps + first, cols, w, eps, py + first);
-    }
-  });
+  cpu::for_each_residual_row(residual, x, bias, p, seed, offset, sum,
+                             [&](int64_t r, const float* row, int64_t n) {
+                               pr[r] = rmsnorm_row(row, n, w, eps, py + r * n);
+                             });
 }
 
 void CpuBackend::rmsnorm_backward(const Tensor& x, const Tensor& weight, const Tensor& rstd,

@@ -87,6 +87,18 @@ inline bool rows_vectorizable(int64_t cols, size_t element_size,
   return cols % int64_t(16 / element_size) == 0 && aligned16(bases);
 }
 
+// The shape of a fused residual + norm row kernel's work ([rows, cols]; rows 0: nothing to do) and
+// dropout's keep scale 1 / (1 - p), as the CPU computes it, after checking p.
+struct ResidualRows {
+  int64_t rows = 0, cols = 0;
+  float keep_scale = 1.0f;
+};
+inline ResidualRows residual_rows(const char* op, const Tensor& x, float p) {
+  SP_CHECK(p >= 0.0f && p < 1.0f, op, ": probability must be in [0, 1), got ", p);
+  const int64_t cols = x.size(-1);
+  return {cols == 0 ? 0 : x.numel() / cols, cols, 1.0f / (1.0f - p)};
+}
+
 // Merges the axes of `shape` that are contiguous with each other in all N operands and drops
 // size-1 axes (the same folding as the CPU's strided loops), then checks the kernel's limit.
 template <int N>

@@ -39,12 +39,9 @@ void CudaBackend::residual_rmsnorm_forward(const Tensor& residual, const Tensor&
   expect_dtype(op, x.dtype(), {&residual, &bias, &weight, &sum, &y});
   expect_dtype(op, DType::F32, {&rstd});
   expect_contiguous(op, {&residual, &x, &bias, &weight, &sum, &y, &rstd});
-  SP_CHECK(p >= 0.0f && p < 1.0f, op, ": probability must be in [0, 1), got ", p);
-  const int64_t cols = x.size(-1);
-  const int64_t rows = cols == 0 ? 0 : x.numel() / cols;
+  const auto [rows, cols, keep_scale] = residual_rows(op, x, p);
   if (rows == 0) return;
   activate(op);
-  const float keep_scale = 1.0f / (1.0f - p);  // as the CPU computes it
   dispatch_float(op, x, [&](auto tag) {
     using T = typename decltype(tag)::type;
     const bool vectorized = rows_vectorizable(
