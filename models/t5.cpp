@@ -277,8 +277,10 @@ Tensor f32_bias(Tensor bias) {
 
 }  // namespace
 
-Tensor T5Model::feed_forward(const T5FeedForward& ff, const Tensor& h, const Tensor& normed,
-                             uint64_t dropout_base, const ForwardOptions& options) const {
+ResidualAndNorm T5Model::feed_forward(const T5FeedForward& ff, const Tensor& h,
+                                      const Tensor& normed, uint64_t dropout_base,
+                                      const ForwardOptions& options,
+                                      const Tensor& next_norm) const {
   const float p = options.train ? config_.dropout_rate : 0.0f;
   const Tensor x =
       normed.defined() ? normed : rms_norm(h, ff.norm, float(config_.layer_norm_epsilon));
@@ -293,8 +295,11 @@ Tensor T5Model::feed_forward(const T5FeedForward& ff, const Tensor& h, const Ten
   }
   inner = dropout(inner, p, options.dropout_seed, dropout_base + (kFeedForwardInner << 36));
   Tensor out = linear(inner, ff.wo, Tensor(), WeightLayout::kOutIn);
-  return residual_dropout_add(h, out, Tensor(), p, options.dropout_seed,
-                              dropout_base + (kFeedForwardResidual << 36));
+  const uint64_t offset = dropout_base + (kFeedForwardResidual << 36);
+  if (!next_norm.defined())
+    return {residual_dropout_add(h, out, Tensor(), p, options.dropout_seed, offset), Tensor()};
+  return residual_dropout_add_rms_norm(h, out, Tensor(), p, options.dropout_seed, offset, next_norm,
+                                       float(config_.layer_norm_epsilon));
 }
 
 namespace {
@@ -307,15 +312,18 @@ Tensor t5_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Att
 
 }  // namespace
 
-Tensor T5Model::encoder_block(int64_t layer, const Tensor& h, const AttentionMask& mask,
-                              const ForwardOptions& options) const {
+ResidualAndNorm T5Model::encoder_block(int64_t layer, const Tensor& h, const Tensor& normed,
+                                       const AttentionMask& mask, const ForwardOptions& options,
+                                       const Tensor& next_norm) const {
   const T5Block& b = encoder_[size_t(layer)];
   const int64_t B = h.size(0), T = h.size(1), H = config_.num_heads, D = config_.d_kv;
   const int64_t inner = config_.inner_dim();
   const float p = options.train ? config_.dropout_rate : 0.0f;
   const uint64_t base = dropout_offset(kEncoder, layer, 0);
 
-  Tensor x = rms_norm(h, b.self_attention.norm, float(config_.layer_norm_epsilon));
+  const Tensor x = normed.defined()
+                       ? normed
+                       : rms_norm(h, b.self_attention.norm, float(config_.layer_norm_epsilon));
   Tensor qkv = linear(x, b.self_attention.packed, Tensor(), WeightLayout::kOutIn);
   Tensor q = qkv.slice(2, 0, inner).view({B, T, H, D});
   Tensor k = qkv.slice(2, inner, 2 * inner).view({B, T, H, D});
@@ -326,12 +334,14 @@ Tensor T5Model::encoder_block(int64_t layer, const Tensor& h, const AttentionMas
   auto [h1, x1] = residual_dropout_add_rms_norm(h, o, Tensor(), p, options.dropout_seed,
                                                 base + (kSelfResidual << 36), b.feed_forward.norm,
                                                 float(config_.layer_norm_epsilon));
-  return feed_forward(b.feed_forward, h1, x1, base, options);
+  return feed_forward(b.feed_forward, h1, x1, base, options, next_norm);
 }
 
-Tensor T5Model::decoder_block(int64_t layer, const Tensor& h, const AttentionMask& self_mask,
-                              const Tensor& encoder_hidden, const AttentionMask& cross_mask,
-                              Seq2SeqCache* cache, const ForwardOptions& options) const {
+ResidualAndNorm T5Model::decoder_block(int64_t layer, const Tensor& h, const Tensor& normed,
+                                       const AttentionMask& self_mask, const Tensor& encoder_hidden,
+                                       const AttentionMask& cross_mask, Seq2SeqCache* cache,
+                                       const ForwardOptions& options,
+                                       const Tensor& next_norm) const {
   const T5Block& b = decoder_[size_t(layer)];
   const int64_t B = h.size(0), T = h.size(1), H = config_.num_heads, D = config_.d_kv;
   const int64_t inner = config_.inner_dim();
@@ -340,7 +350,7 @@ Tensor T5Model::decoder_block(int64_t layer, const Tensor& h, const AttentionMas
   const uint64_t base = dropout_offset(kDecoder, layer, 0);
 
   // Causal self-attention with the decoder's relative bias (keys from the cache when given).
-  Tensor x = rms_norm(h, b.self_attention.norm, eps);
+  Tensor x = normed.defined() ? normed : rms_norm(h, b.self_attention.norm, eps);
   Tensor qkv = linear(x, b.self_attention.packed, Tensor(), WeightLayout::kOutIn);
   Tensor q = qkv.slice(2, 0, inner).view({B, T, H, D});
   Tensor k = qkv.slice(2, inner, 2 * inner).view({B, T, H, D});
@@ -375,7 +385,7 @@ Tensor T5Model::decoder_block(int64_t layer, const Tensor& h, const AttentionMas
   auto [h2, x2] =
       residual_dropout_add_rms_norm(h1, o, Tensor(), p, options.dropout_seed,
                                     base + (kCrossResidual << 36), b.feed_forward.norm, eps);
-  return feed_forward(b.feed_forward, h2, x2, base, options);
+  return feed_forward(b.feed_forward, h2, x2, base, options, next_norm);
 }
 
 Tensor T5Model::encode(const Tensor& inputs_embeds, const Tensor& attention_mask,
@@ -391,19 +401,28 @@ Tensor T5Model::encode(const Tensor& inputs_embeds, const Tensor& attention_mask
   if (attention_mask.defined())
     mask.key_padding = padding_mask(attention_mask, {B, S}, "encoder attention_mask");
 
-  Tensor h = dropout(inputs_embeds, p, options.dropout_seed, dropout_offset(kEncoder, -1, 0));
+  // Each block ends with the RMS norm that reads its output (the next block's first norm, or the
+  // final norm) in the pass of its last residual add; a checkpointed block returns the stream.
+  ResidualAndNorm stream{
+      dropout(inputs_embeds, p, options.dropout_seed, dropout_offset(kEncoder, -1, 0)), Tensor()};
   for (int64_t layer = 0; layer < config_.num_layers; ++layer) {
-    if (options.checkpoint_activations && grad_mode_enabled() && h.requires_grad()) {
-      h = checkpoint(
+    const Tensor& next_norm = layer + 1 < config_.num_layers
+                                  ? encoder_[size_t(layer + 1)].self_attention.norm
+                                  : encoder_final_norm_;
+    if (options.checkpoint_activations && grad_mode_enabled() && stream.sum.requires_grad()) {
+      stream.sum = checkpoint(
           [this, layer, mask, options](const std::vector<Tensor>& in) {
-            return encoder_block(layer, in[0], mask, options);
+            return encoder_block(layer, in[0], Tensor(), mask, options, Tensor()).sum;
           },
-          {h});
+          {stream.sum});
+      stream.normed = Tensor();
     } else {
-      h = encoder_block(layer, h, mask, options);
+      stream = encoder_block(layer, stream.sum, stream.normed, mask, options, next_norm);
     }
   }
-  h = rms_norm(h, encoder_final_norm_, float(config_.layer_norm_epsilon));
+  Tensor h = stream.normed.defined()
+                 ? stream.normed
+                 : rms_norm(stream.sum, encoder_final_norm_, float(config_.layer_norm_epsilon));
   return dropout(h, p, options.dropout_seed, dropout_offset(kEncoder, config_.num_layers, 0));
 }
 
@@ -454,19 +473,27 @@ Tensor T5Model::decode(const Tensor& decoder_inputs_embeds, const Tensor& encode
   if (encoder_mask.defined())
     cross_mask.key_padding = padding_mask(encoder_mask, {B, S}, "encoder_mask");
 
-  Tensor h =
-      dropout(decoder_inputs_embeds, p, options.dropout_seed, dropout_offset(kDecoder, -1, 0));
+  ResidualAndNorm stream{
+      dropout(decoder_inputs_embeds, p, options.dropout_seed, dropout_offset(kDecoder, -1, 0)),
+      Tensor()};
   for (int64_t layer = 0; layer < config_.num_decoder_layers; ++layer) {
+    const Tensor& next_norm = layer + 1 < config_.num_decoder_layers
+                                  ? decoder_[size_t(layer + 1)].self_attention.norm
+                                  : decoder_final_norm_;
     const bool needs_grad =
-        h.requires_grad() || (encoder_hidden.defined() && encoder_hidden.requires_grad());
+        stream.sum.requires_grad() || (encoder_hidden.defined() && encoder_hidden.requires_grad());
     if (options.checkpoint_activations && !cache && grad_mode_enabled() && needs_grad) {
-      h = checkpoint(
+      stream.sum = checkpoint(
           [this, layer, self_mask, cross_mask, options](const std::vector<Tensor>& in) {
-            return decoder_block(layer, in[0], self_mask, in[1], cross_mask, nullptr, options);
+            return decoder_block(layer, in[0], Tensor(), self_mask, in[1], cross_mask, nullptr,
+                                 options, Tensor())
+                .sum;
           },
-          {h, encoder_hidden});
+          {stream.sum, encoder_hidden});
+      stream.normed = Tensor();
     } else {
-      h = decoder_block(layer, h, self_mask, encoder_hidden, cross_mask, cache, options);
+      stream = decoder_block(layer, stream.sum, stream.normed, self_mask, encoder_hidden,
+                             cross_mask, cache, options, next_norm);
     }
   }
   if (cache) {
@@ -476,7 +503,9 @@ Tensor T5Model::decode(const Tensor& decoder_inputs_embeds, const Tensor& encode
       cache->cross_filled = true;
     }
   }
-  h = rms_norm(h, decoder_final_norm_, float(config_.layer_norm_epsilon));
+  const Tensor h = stream.normed.defined() ? stream.normed
+                                           : rms_norm(stream.sum, decoder_final_norm_,
+                                                      float(config_.layer_norm_epsilon));
   return dropout(h, p, options.dropout_seed,
                  dropout_offset(kDecoder, config_.num_decoder_layers, 0));
 }

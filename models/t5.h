@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "engine/backend.h"
+#include "engine/ops/layernorm.h"
 #include "models/hf_config.h"
 #include "models/seq2seq_lm.h"
 
@@ -97,15 +98,21 @@ class T5Model final : public Seq2SeqLM {
  private:
   T5Model() = default;
   void finish_init();
-  Tensor encoder_block(int64_t layer, const Tensor& h, const AttentionMask& mask,
-                       const ForwardOptions& options) const;
-  Tensor decoder_block(int64_t layer, const Tensor& h, const AttentionMask& self_mask,
-                       const Tensor& encoder_hidden, const AttentionMask& cross_mask,
-                       Seq2SeqCache* cache, const ForwardOptions& options) const;
-  // The feed-forward sublayer on the residual stream h, whose RMS norm `normed` the previous
-  // sublayer's residual add may have computed in its pass (undefined: computed here).
-  Tensor feed_forward(const T5FeedForward& ff, const Tensor& h, const Tensor& normed,
-                      uint64_t dropout_base, const ForwardOptions& options) const;
+  // A block on the residual stream h, whose first RMS norm `normed` the previous block's last
+  // residual add may have computed in its pass (undefined: computed here). Returns the new stream
+  // and, with next_norm, that norm of it (the next block's first norm, or the stack's final norm)
+  // from the pass of the block's last residual add.
+  ResidualAndNorm encoder_block(int64_t layer, const Tensor& h, const Tensor& normed,
+                                const AttentionMask& mask, const ForwardOptions& options,
+                                const Tensor& next_norm) const;
+  ResidualAndNorm decoder_block(int64_t layer, const Tensor& h, const Tensor& normed,
+                                const AttentionMask& self_mask, const Tensor& encoder_hidden,
+                                const AttentionMask& cross_mask, Seq2SeqCache* cache,
+                                const ForwardOptions& options, const Tensor& next_norm) const;
+  // The feed-forward sublayer: `normed` and `next_norm` as for the blocks.
+  ResidualAndNorm feed_forward(const T5FeedForward& ff, const Tensor& h, const Tensor& normed,
+                               uint64_t dropout_base, const ForwardOptions& options,
+                               const Tensor& next_norm) const;
 
   T5Config config_;
   ModelInfo info_;
