@@ -85,18 +85,30 @@ void record(Tensor& output, const char* op, const std::vector<Tensor>& inputs, B
   output.impl()->requires_grad = true;
 }
 
+void accept_host_upstream(const Tensor& output) {
+  if (output.grad_fn()) output.grad_fn()->takes_host_upstream = true;
+}
+
 void run_backward(const Tensor& root, const Tensor& seed_in, bool retain_graph) {
   SP_CHECK(root.defined(), "backward() on an undefined tensor");
   SP_CHECK(root.requires_grad(), "backward(): ", root.describe(),
            " does not require grad (no trainable tensor contributed to it)");
+  // A host seed for a node that reads it on the host costs the device nothing: no fill, no
+  // multiply by one.
+  const bool host_seed_ok = root.grad_fn() && root.grad_fn()->takes_host_upstream;
   Tensor seed = seed_in;
   if (!seed.defined()) {
     SP_CHECK(root.numel() == 1, "backward(): ", root.describe(),
              " is not a scalar; pass the gradient of the output explicitly");
-    seed = Tensor::full(root.shape(), 1.0f, root.dtype(), root.device());
+    seed = Tensor::full(root.shape(), 1.0f, root.dtype(),
+                        host_seed_ok ? Device::cpu() : root.device());
   }
   SP_CHECK(seed.shape() == root.shape(), "backward(): seed gradient shape ",
            shape_str(seed.shape()), " does not match ", root.describe());
+  SP_CHECK(seed.device() == root.device() || seed.device().is_cpu(), "backward(): seed gradient ",
+           seed.describe(), " is on neither the host nor ", root.device().str(), " where ",
+           root.describe(), " is");
+  if (seed.device() != root.device() && !host_seed_ok) seed = seed.to(root.device());
   NoGradGuard no_higher_order;  // backward functions use ops; they must not record
 
   if (!root.grad_fn()) {  // backward on a trainable leaf itself

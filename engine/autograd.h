@@ -50,6 +50,10 @@ struct Node {
   std::vector<Input> inputs;  ///< one per op input; both pointers null if it needs no gradient
   BackwardFn backward;
   bool released = false;
+  /// The backward takes its [] gradient on the host too, reading it for free (a loss's backward
+  /// folds it into a kernel's scale): backward() then seeds it there rather than filling a
+  /// device scalar and multiplying by it.
+  bool takes_host_upstream = false;
 };
 
 /// Whether ops currently record (false inside a NoGradGuard). Thread-local.
@@ -81,9 +85,13 @@ bool any_requires_grad(const std::vector<Tensor>& inputs);
 /// Inputs may include undefined tensors (optional arguments): they never need a gradient.
 void record(Tensor& output, const char* op, const std::vector<Tensor>& inputs, BackwardFn fn);
 
+/// Marks the node that produced `output` (if one was recorded) as taking a host gradient.
+void accept_host_upstream(const Tensor& output);
+
 /// Runs reverse mode from `root` with gradient `seed` (ones for a scalar root when undefined).
-/// Gradients of trainable leaves accumulate into their .grad(); the graph's saved tensors are
-/// released afterwards unless retain_graph.
+/// The seed may be on the host for any root; it stays there for a node that takes a host
+/// gradient and is uploaded for the others. Gradients of trainable leaves accumulate into their
+/// .grad(); the graph's saved tensors are released afterwards unless retain_graph.
 void run_backward(const Tensor& root, const Tensor& seed, bool retain_graph);
 
 /// Number of nodes recorded since process start (tests use it to check what is recorded).

@@ -595,7 +595,8 @@ TrainResult Trainer::run(bool resume) {
         PeftBatch pb{batch.input_ids, batch.attention_mask, batch.labels, batch.task_ids, {}};
         PeftOutput out = model_.forward(pb, options);
         micro_losses.push_back(out.loss.detach().reshape({1}));
-        scale(out.loss, 1.0f / float(micro_batches_per_step_)).backward();
+        // A host seed: the loss's backward folds it into its scale, with no device scalar.
+        out.loss.backward(Tensor::full({}, 1.0f / float(micro_batches_per_step_)));
         step_tokens += batch.text_tokens;
       }
       batch_in_epoch = step_first_batch + step_batches;

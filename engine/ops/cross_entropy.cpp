@@ -47,10 +47,12 @@ Tensor mean_loss(const Tensor& row_loss, int64_t counted) {
 }
 
 // x * g for the [] upstream gradient g of a loss. A device-resident g is multiplied there rather
-// than read on the host: reading it would make the host wait for the whole forward.
+// than read on the host: reading it would make the host wait for the whole forward. A host g
+// (backward()'s default seed for a loss) of one costs nothing.
 Tensor times_upstream(const Tensor& x, const Tensor& g) {
-  if (g.device().is_cpu()) return scale(x, g.item());
-  return mul(x, g.to(x.dtype()));
+  if (!g.device().is_cpu()) return mul(x, g.to(x.dtype()));
+  const float upstream = g.item();
+  return upstream == 1.0f ? x : scale(x, upstream);
 }
 
 }  // namespace
@@ -85,6 +87,7 @@ CrossEntropyResult cross_entropy(const Tensor& logits_in, const Tensor& targets_
            if (!host_upstream) d_logits = times_upstream(d_logits, g);
            return std::vector<Tensor>{d_logits.view(shape)};
          });
+  accept_host_upstream(loss);
   return {loss, counted};
 }
 
@@ -209,6 +212,7 @@ CrossEntropyResult linear_cross_entropy(const Tensor& hidden_in, const Tensor& w
            }
            return grads;
          });
+  accept_host_upstream(loss);
   return {loss, counted};
 }
 

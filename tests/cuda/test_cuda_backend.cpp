@@ -163,15 +163,59 @@ TEST(CudaStepBudget, TrainStepNeverWaitsForTheDeviceUntilTheLossIsRead) {
   // Fused away: attention dropout (no materialised softmax), the residual stream's gradient sums
   // (added inside the layernorm backward), the q/k/v gradient assembly (written into one buffer)
   // and c_attn's bias (added by the attention kernels): no standalone softmax or dense add is left
-  // in a step. The two broadcast ones left are the position embeddings' add and
-  // linear_cross_entropy's backward scaling by the upstream gradient.
-  for (const char* kernel : {"masked_softmax_forward_kernel", "binary_contiguous_kernel"})
+  // in a step. The one broadcast add left is the position embeddings'. backward()'s seed of one
+  // stays on the host, where the loss's backward reads it: no fill, no multiply by it.
+  for (const char* kernel :
+       {"masked_softmax_forward_kernel", "binary_contiguous_kernel", "fill_kernel"})
     EXPECT_EQ(launched(kernel), 0u) << kernel;
-  EXPECT_EQ(launched("binary_strided_kernel"), 2u);
+  EXPECT_EQ(launched("binary_strided_kernel"), 1u);
   EXPECT_GT(s.gemm_calls, 0u);
   EXPECT_TRUE(std::isfinite(loss.item()));
   EXPECT_EQ(backend.stats().host_syncs, 1u);
   EXPECT_EQ(emu::runtime_stats().sync_calls, 1u);
+}
+
+// backward()'s seed for a loss stays on the host: the loss's backward reads it there for free
+// (no fill kernel, no device scalar to multiply by), with the gradients of a device seed. A
+// host seed for any other root is uploaded; a seed on a third device is one clear error. The
+// seeds are powers of two, so every product is exact and the gradients compare bit for bit.
+TEST(CudaStepBudget, ALossTakesItsSeedOnTheHost) {
+  const Tensor hidden_values = randn({6, 8}, 21), weight = randn({11, 8}, 22).to(emu_device());
+  const Tensor targets = Tensor::from_ints({3, -100, 0, 10, 7, 3}, {6});
+  // The hidden states' gradient for backward(seed) from the loss, or from 2 * loss; `kernels`
+  // counts the kernels the backward launched (the seed is made before counting starts).
+  auto gradient = [&](const Tensor& seed, bool doubled = false, uint64_t* kernels = nullptr) {
+    Tensor hidden = hidden_values.to(emu_device()).detach().set_requires_grad(true);
+    Tensor loss = linear_cross_entropy(hidden, weight, targets).loss;
+    if (doubled) loss = scale(loss, 2.0f);
+    emu_backend().reset_stats();
+    loss.backward(seed);
+    if (kernels) {  // copies and memsets run no kernel
+      *kernels = 0;
+      for (const auto& [name, count] : emu_backend().stats().launches_by_kernel)
+        if (name.rfind("cudaMem", 0) != 0) *kernels += count;
+    }
+    return hidden.grad().to_floats();
+  };
+  uint64_t default_kernels = 0, device_kernels = 0;
+  const auto by_default = gradient(Tensor(), false, &default_kernels);
+  const auto on_device = gradient(Tensor::full({}, 1.0f).to(emu_device()), false, &device_kernels);
+  EXPECT_EQ(by_default, on_device);
+  // The device seed costs a multiply kernel; the default one no kernel, not even a fill. (Here
+  // the gradient goes straight to a leaf, which copies it into a buffer of its own.)
+  EXPECT_EQ(default_kernels, 0u);
+  EXPECT_EQ(device_kernels, 1u);
+
+  const auto half_on_host = gradient(Tensor::full({}, 0.5f));
+  const auto half_on_device = gradient(Tensor::full({}, 0.5f).to(emu_device()));
+  EXPECT_EQ(half_on_host, half_on_device);
+  for (size_t i = 0; i < by_default.size(); ++i) EXPECT_EQ(half_on_host[i], 0.5f * by_default[i]);
+
+  // A root whose backward wants its gradient on the device gets the host seed uploaded.
+  EXPECT_EQ(gradient(Tensor::full({}, 0.25f), /*doubled=*/true), half_on_host);
+
+  Tensor on_host = randn({3}, 23).set_requires_grad(true);
+  EXPECT_THROW(sum_all(on_host).backward(Tensor::full({}, 1.0f).to(emu_device())), Error);
 }
 
 // The traffic counters behind bench's roofline figures: an elementwise kernel moves its input and
