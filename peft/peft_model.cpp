@@ -154,7 +154,8 @@ Tensor ignore_labels(int64_t rows, int64_t width, Device device) {
 // Joins per-row prefixes with a [B, T, d] body (and its mask and labels): [prefix][body] when the
 // prefixes are equal-length, else each row padded to the widest one, on the right
 // (pad_left = false: positions of a row do not change) or on the left (pad_left = true: the
-// decoder of an encoder-decoder, whose positions are relative).
+// decoder of an encoder-decoder, whose positions are relative). The mask and labels are joined
+// where they are (the host, from forward()), so they cost the device nothing but one upload.
 struct Joined {
   Tensor embeds, mask, labels;
 };
@@ -163,7 +164,7 @@ Joined join_prefix(const std::vector<Tensor>& prefixes, const Tensor& uniform_pr
                    const Tensor& body, const Tensor& body_mask, const Tensor& body_labels,
                    bool pad_left) {
   const int64_t B = body.size(0), d = body.size(2);
-  const Device device = body.device();
+  const Device device = body.device(), mask_device = body_mask.device();
   // Prompts stay F32 (trainable, as in PEFT); like PEFT they are cast to the model's activation
   // dtype where they are injected, so a bf16 model's prompt gradient is cast back to F32.
   const DType dtype = body.dtype();
@@ -171,7 +172,7 @@ Joined join_prefix(const std::vector<Tensor>& prefixes, const Tensor& uniform_pr
   if (uniform_prefix.defined()) {
     const int64_t N = uniform_prefix.size(1);
     out.embeds = concat({uniform_prefix.to(dtype), body}, 1);
-    out.mask = concat({Tensor::full({B, N}, 1.0f, DType::F32, device), body_mask}, 1);
+    out.mask = concat({Tensor::full({B, N}, 1.0f, DType::F32, mask_device), body_mask}, 1);
     if (body_labels.defined())
       out.labels = concat({ignore_labels(B, N, body_labels.device()), body_labels}, 1);
     return out;
@@ -184,10 +185,10 @@ Joined join_prefix(const std::vector<Tensor>& prefixes, const Tensor& uniform_pr
     const int64_t N = p.defined() ? p.size(0) : 0, pad = widest - N;
     std::vector<Tensor> e, m, l;
     Tensor pad_embeds = Tensor::zeros({pad, d}, dtype, device);
-    Tensor pad_mask = Tensor::zeros({1, pad}, DType::F32, device);
+    Tensor pad_mask = Tensor::zeros({1, pad}, DType::F32, mask_device);
     if (pad_left) e.push_back(pad_embeds), m.push_back(pad_mask);
     if (N > 0)
-      e.push_back(p.to(dtype)), m.push_back(Tensor::full({1, N}, 1.0f, DType::F32, device));
+      e.push_back(p.to(dtype)), m.push_back(Tensor::full({1, N}, 1.0f, DType::F32, mask_device));
     e.push_back(body.select(0, b));
     m.push_back(body_mask.slice(0, b, b + 1));
     if (!pad_left) e.push_back(pad_embeds), m.push_back(pad_mask);
@@ -269,8 +270,8 @@ PeftOutput PeftModel::forward_causal(const PeftBatch& batch, const ForwardOption
   // Ids and labels stay where the caller made them (the host, normally): the embedding and the
   // loss check them there and upload them without making the host wait for the device.
   Tensor text = causal_->embed(batch.input_ids);
-  Tensor mask = batch.attention_mask.defined() ? batch.attention_mask.to(DType::F32).to(device)
-                                               : Tensor::full({B, T}, 1.0f, DType::F32, device);
+  Tensor mask = batch.attention_mask.defined() ? batch.attention_mask.to(DType::F32)
+                                               : Tensor::full({B, T}, 1.0f, DType::F32);
   Tensor labels = batch.labels.defined() ? batch.labels.to(DType::I64) : Tensor();
   Joined joined{text, mask, labels};
   ForwardOptions run = options;
@@ -282,7 +283,8 @@ PeftOutput PeftModel::forward_causal(const PeftBatch& batch, const ForwardOption
     if (same_prompt_in_every_row(prompts, task_ids)) run.shared_prefix = prompts.uniform.size(1);
   }
   PeftOutput out;
-  out.hidden = causal_->hidden_states(joined.embeds, joined.mask, Tensor(), nullptr, run);
+  out.hidden =
+      causal_->hidden_states(joined.embeds, joined.mask.to(device), Tensor(), nullptr, run);
   out.labels = joined.labels;
   if (labels.defined()) {
     CrossEntropyResult ce = causal_lm_loss(*causal_, out.hidden, joined.labels);
@@ -299,13 +301,12 @@ PeftOutput PeftModel::forward_seq2seq(const PeftBatch& batch, const ForwardOptio
   const Device device = seq2seq_->device();
   SP_CHECK(batch.labels.defined(), "a seq2seq forward needs labels (the decoder targets)");
   Tensor source = seq2seq_->embed(batch.input_ids);
-  Tensor source_mask = batch.attention_mask.defined()
-                           ? batch.attention_mask.to(DType::F32).to(device)
-                           : Tensor::full({B, S}, 1.0f, DType::F32, device);
+  Tensor source_mask = batch.attention_mask.defined() ? batch.attention_mask.to(DType::F32)
+                                                      : Tensor::full({B, S}, 1.0f, DType::F32);
   Tensor labels = batch.labels.to(DType::I64);
   const int64_t L = labels.size(1);
   Tensor target = seq2seq_->embed(seq2seq_->shift_right(labels));
-  Tensor target_mask = Tensor::full({B, L}, 1.0f, DType::F32, device);
+  Tensor target_mask = Tensor::full({B, L}, 1.0f, DType::F32);
   Joined encoder{source, source_mask, Tensor()};
   Joined decoder{target, target_mask, labels};
   bool decoder_mask_needed = false;
@@ -341,9 +342,11 @@ PeftOutput PeftModel::forward_seq2seq(const PeftBatch& batch, const ForwardOptio
     }
   }
   PeftOutput out;
-  Tensor encoder_hidden = seq2seq_->encode(encoder.embeds, encoder.mask, options);
-  out.hidden = seq2seq_->decode(decoder.embeds, encoder_hidden, encoder.mask,
-                                decoder_mask_needed ? decoder.mask : Tensor(), nullptr, options);
+  const Tensor encoder_mask = encoder.mask.to(device);
+  Tensor encoder_hidden = seq2seq_->encode(encoder.embeds, encoder_mask, options);
+  out.hidden =
+      seq2seq_->decode(decoder.embeds, encoder_hidden, encoder_mask,
+                       decoder_mask_needed ? decoder.mask.to(device) : Tensor(), nullptr, options);
   out.labels = decoder.labels;
   CrossEntropyResult ce = seq2seq_lm_loss(*seq2seq_, out.hidden, decoder.labels);
   out.loss = ce.loss;
