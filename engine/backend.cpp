@@ -100,6 +100,34 @@ int64_t logits_row_stride(const char* op, const Tensor& logits, const Tensor& d_
   return ld;
 }
 
+int64_t gated_row_stride(const char* op, const Tensor& gate, const Tensor& up, const Tensor& d_gate,
+                         const Tensor& d_up) {
+  const int64_t width = gate.dim() > 0 ? gate.size(-1) : 1;
+  auto row_stride = [&](const Tensor& t) {
+    if (t.is_contiguous()) return width;
+    SP_CHECK(t.dim() == 2 && t.stride(1) == 1 && t.stride(0) >= width, op, ": ", t.describe(),
+             " is neither contiguous nor [rows, ", width, "] with unit column stride");
+    return t.stride(0);
+  };
+  const int64_t ld = row_stride(gate);
+  for (const Tensor* t : {&up, &d_gate, &d_up})
+    if (t->defined())
+      SP_CHECK(t->shape() == gate.shape() && row_stride(*t) == ld, op, ": ", t->describe(),
+               " does not have gate ", gate.describe(), "'s shape and row stride ", ld);
+  return ld;
+}
+
+std::optional<int64_t> rotary_row_stride(const Tensor& t) {
+  if (t.dim() != 4) return std::nullopt;
+  const int64_t B = t.size(0), T = t.size(1), H = t.size(2), D = t.size(3);
+  if (t.is_contiguous()) return H * D;
+  const bool heads_dense = (D <= 1 || t.stride(3) == 1) && (H <= 1 || t.stride(2) == D);
+  const bool rows_even = B <= 1 || T <= 1 || t.stride(0) == T * t.stride(1);
+  const int64_t ld = T > 1 ? t.stride(1) : t.stride(0);
+  if (!heads_dense || !rows_even || ld < H * D) return std::nullopt;
+  return ld;
+}
+
 void check_adamw_step_args(const AdamWGroup& group, const Tensor& guard, const Tensor& grad_norm) {
   const size_t n = group.params.size();
   SP_CHECK(group.grads.size() == n && group.exp_avg.size() == n && group.exp_avg_sq.size() == n,

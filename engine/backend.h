@@ -6,6 +6,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -33,6 +34,16 @@ struct AdamWUpdate {
 // Elements between rows of cross-entropy logits (see Backend's loss section); when `d_logits` is
 // defined it must have the logits' shape and row stride.
 int64_t logits_row_stride(const char* op, const Tensor& logits, const Tensor& d_logits);
+
+// Elements between rows of a gated activation's gate, up, d_gate and d_up (see Backend's
+// gated_forward): their width when all are contiguous, else the row stride all of them share.
+int64_t gated_row_stride(const char* op, const Tensor& gate, const Tensor& up,
+                         const Tensor& d_gate = Tensor(), const Tensor& d_up = Tensor());
+
+// Elements between the (b, t) rows of a rotary_embedding operand [B, T, H, D]: H * D when
+// contiguous, else the row stride of a view whose heads are dense (unit stride on D, stride D
+// between heads) and whose rows are evenly spaced; nullopt for any other layout.
+std::optional<int64_t> rotary_row_stride(const Tensor& t);
 
 // Checks a group and the optional guard / norm tensors for adamw_step (every backend's rules).
 void check_adamw_step_args(const AdamWGroup& group, const Tensor& guard, const Tensor& grad_norm);
@@ -168,8 +179,10 @@ class Backend {
   // dx = dy * act'(x + bias)
   virtual void activation_backward(Activation act, const Tensor& x, const Tensor& bias,
                                    const Tensor& dy, const Tensor& dx) = 0;
-  // y = act(gate) * up (T5 v1.1 gated-gelu); backward gives d_gate and d_up (either may be
-  // undefined when not needed).
+  // y = act(gate) * up (T5 v1.1 gated-gelu, Llama's SwiGLU); backward gives d_gate and d_up
+  // (either may be undefined when not needed). y and dy are contiguous; gate, up, d_gate and d_up
+  // are contiguous or [rows, width] views with one common row stride (gated_row_stride): the
+  // halves of one packed [rows, 2 * width] projection and of its gradient.
   virtual void gated_forward(Activation act, const Tensor& gate, const Tensor& up,
                              const Tensor& y) = 0;
   virtual void gated_backward(Activation act, const Tensor& gate, const Tensor& up,
@@ -195,8 +208,10 @@ class Backend {
                                           const Tensor& y, const Tensor& mean,
                                           const Tensor& rstd) = 0;
   // Rotary position embedding (Llama's rotate_half form) of x [B, T, H, D] with cos/sin
-  // [B, T, D/2] F32: out[..i] = x[i] c - x[i + D/2] s, out[..i + D/2] = x[i + D/2] c + x[i] s.
-  // inverse negates s: the transpose of the rotation, i.e. the backward.
+  // [B, T, D/2] F32 contiguous: out[..i] = x[i] c - x[i + D/2] s, out[..i + D/2] = x[i + D/2] c +
+  // x[i] s. inverse negates s: the transpose of the rotation, i.e. the backward. x and out are
+  // contiguous or rows of H * D with a row stride (rotary_row_stride: heads of a packed
+  // projection); out may be x (each pair is read before it is written).
   virtual void rotary_embedding(const Tensor& x, const Tensor& cos, const Tensor& sin, bool inverse,
                                 const Tensor& out) = 0;
   virtual void rmsnorm_forward(const Tensor& x, const Tensor& weight, float eps, const Tensor& y,

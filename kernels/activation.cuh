@@ -88,30 +88,41 @@ __global__ void activation_backward_kernel(ActivationKind kind, const T* x, cons
       });
 }
 
-// y = act(gate) * up
+// Element i of a dense [rows, width] tensor sits at gated_offset(i) of a view with row stride ld
+// (the gate or up half of a packed projection); a pack never crosses a row (the host vectorises
+// a strided view only when width and ld are whole packs).
+__device__ __forceinline__ int64_t gated_offset(int64_t i, int64_t width, int64_t ld) {
+  return ld == width ? i : i + (i / width) * (ld - width);
+}
+
+// y = act(gate) * up; gate and up have row stride ld, y is dense.
 template <class T>
-__global__ void gated_forward_kernel(ActivationKind kind, const T* gate, const T* up, T* y,
-                                     int64_t n, bool vectorized) {
+__global__ void gated_forward_kernel(ActivationKind kind, const T* gate, const T* up, int64_t width,
+                                     int64_t ld, T* y, int64_t n, bool vectorized) {
   constexpr int kPack = Pack<T>::kSize;
   grid_stride_elements<kPack>(
       n, vectorized,
       [&](int64_t i) {
+        const int64_t at = gated_offset(i, width, ld);
         Pack<T> pg, pu, py;
-        load_pack(pg, gate + i);
-        load_pack(pu, up + i);
+        load_pack(pg, gate + at);
+        load_pack(pu, up + at);
         for (int e = 0; e < kPack; ++e)
           py.v[e] = from_float<T>(activation_value(kind, to_float(pg.v[e])) * to_float(pu.v[e]));
         store_pack(y + i, py);
       },
       [&](int64_t i) {
-        y[i] = from_float<T>(activation_value(kind, to_float(gate[i])) * to_float(up[i]));
+        const int64_t at = gated_offset(i, width, ld);
+        y[i] = from_float<T>(activation_value(kind, to_float(gate[at])) * to_float(up[at]));
       });
 }
 
-// d_gate = dy * up * act'(gate), d_up = dy * act(gate); either output may be null.
+// d_gate = dy * up * act'(gate), d_up = dy * act(gate); either output may be null. gate, up,
+// d_gate and d_up have row stride ld, dy is dense.
 template <class T>
 __global__ void gated_backward_kernel(ActivationKind kind, const T* gate, const T* up, const T* dy,
-                                      T* d_gate, T* d_up, int64_t n, bool vectorized) {
+                                      int64_t width, int64_t ld, T* d_gate, T* d_up, int64_t n,
+                                      bool vectorized) {
   constexpr int kPack = Pack<T>::kSize;
   auto compute = [&](float g, float u, float grad, float& dg, float& du) {
     dg = grad * u * activation_derivative(kind, g);
@@ -120,9 +131,10 @@ __global__ void gated_backward_kernel(ActivationKind kind, const T* gate, const 
   grid_stride_elements<kPack>(
       n, vectorized,
       [&](int64_t i) {
+        const int64_t at = gated_offset(i, width, ld);
         Pack<T> pg, pu, pd, out_gate, out_up;
-        load_pack(pg, gate + i);
-        load_pack(pu, up + i);
+        load_pack(pg, gate + at);
+        load_pack(pu, up + at);
         load_pack(pd, dy + i);
         for (int e = 0; e < kPack; ++e) {
           float dg, du;
@@ -130,14 +142,15 @@ __global__ void gated_backward_kernel(ActivationKind kind, const T* gate, const 
           out_gate.v[e] = from_float<T>(dg);
           out_up.v[e] = from_float<T>(du);
         }
-        if (d_gate) store_pack(d_gate + i, out_gate);
-        if (d_up) store_pack(d_up + i, out_up);
+        if (d_gate) store_pack(d_gate + at, out_gate);
+        if (d_up) store_pack(d_up + at, out_up);
       },
       [&](int64_t i) {
+        const int64_t at = gated_offset(i, width, ld);
         float dg, du;
-        compute(to_float(gate[i]), to_float(up[i]), to_float(dy[i]), dg, du);
-        if (d_gate) d_gate[i] = from_float<T>(dg);
-        if (d_up) d_up[i] = from_float<T>(du);
+        compute(to_float(gate[at]), to_float(up[at]), to_float(dy[i]), dg, du);
+        if (d_gate) d_gate[at] = from_float<T>(dg);
+        if (d_up) d_up[at] = from_float<T>(du);
       });
 }
 

@@ -62,6 +62,25 @@ void check_f32_contiguous(std::initializer_list<const Tensor*> tensors) {
     SP_ASSERT(!t->defined() || (t->dtype() == DType::F32 && t->is_contiguous()));
 }
 
+// F32 tensors (or undefined), contiguous or row-strided views (gated_row_stride checks which).
+void check_f32_dense(std::initializer_list<const Tensor*> tensors) {
+  for (const Tensor* t : tensors) SP_ASSERT(!t->defined() || t->dtype() == DType::F32);
+}
+
+// f(i, offset, count) over the n elements of [rows, width] in parallel, a row segment at a time:
+// elements [i, i + count) of a dense tensor are those at [offset, offset + count) of a view with
+// row stride ld.
+template <class F>
+void for_each_row_segment(int64_t n, int64_t width, int64_t ld, F&& f) {
+  parallel_for(0, n, kGrain, [&](int64_t lo, int64_t hi) {
+    for (int64_t i = lo; i < hi;) {
+      const int64_t row = i / width, column = i % width, count = std::min(hi - i, width - column);
+      f(i, row * ld + column, count);
+      i += count;
+    }
+  });
+}
+
 // f(lo, hi, x) for the elements [lo, hi) of x + bias (bias over the last axis, or none), in row
 // segments so that the bias is a contiguous run.
 template <class F>
@@ -102,26 +121,30 @@ void CpuBackend::activation_backward(Activation act, const Tensor& x, const Tens
 
 void CpuBackend::gated_forward(Activation act, const Tensor& gate, const Tensor& up,
                                const Tensor& y) {
-  check_f32_contiguous({&gate, &up, &y});
+  const int64_t ld = gated_row_stride("gated_forward", gate, up);
+  check_f32_dense({&gate, &up});
+  check_f32_contiguous({&y});
   const float* pg = gate.data<float>();
   const float* pu = up.data<float>();
   float* out = y.data<float>();
-  parallel_for(0, y.numel(), kGrain, [&](int64_t lo, int64_t hi) {
-    Map(out + lo, hi - lo) = apply(act, ConstMap(pg + lo, hi - lo)) * ConstMap(pu + lo, hi - lo);
+  for_each_row_segment(y.numel(), y.size(-1), ld, [&](int64_t i, int64_t in, int64_t count) {
+    Map(out + i, count) = apply(act, ConstMap(pg + in, count)) * ConstMap(pu + in, count);
   });
 }
 
 void CpuBackend::gated_backward(Activation act, const Tensor& gate, const Tensor& up,
                                 const Tensor& dy, const Tensor& d_gate, const Tensor& d_up) {
-  check_f32_contiguous({&gate, &up, &dy, &d_gate, &d_up});
+  const int64_t ld = gated_row_stride("gated_backward", gate, up, d_gate, d_up);
+  check_f32_dense({&gate, &up, &d_gate, &d_up});
+  check_f32_contiguous({&dy});
   const float* pg = gate.data<float>();
   const float* pu = up.data<float>();
   const float* g = dy.data<float>();
-  parallel_for(0, dy.numel(), kGrain, [&](int64_t lo, int64_t hi) {
-    ConstMap gate_chunk(pg + lo, hi - lo), up_chunk(pu + lo, hi - lo), grad(g + lo, hi - lo);
+  for_each_row_segment(dy.numel(), dy.size(-1), ld, [&](int64_t i, int64_t in, int64_t count) {
+    ConstMap gate_chunk(pg + in, count), up_chunk(pu + in, count), grad(g + i, count);
     if (d_gate.defined())
-      Map(d_gate.data<float>() + lo, hi - lo) = grad * up_chunk * derivative(act, gate_chunk);
-    if (d_up.defined()) Map(d_up.data<float>() + lo, hi - lo) = grad * apply(act, gate_chunk);
+      Map(d_gate.data<float>() + in, count) = grad * up_chunk * derivative(act, gate_chunk);
+    if (d_up.defined()) Map(d_up.data<float>() + in, count) = grad * apply(act, gate_chunk);
   });
 }
 

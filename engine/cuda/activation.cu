@@ -22,6 +22,13 @@ ActivationKind activation_kind(Activation act) {
   fail(ErrorKind::kInternal, "activation: unknown kind");
 }
 
+// A row-strided view may load whole packs only if no pack crosses a row: width and row stride
+// both whole packs (a dense tensor is one long row).
+template <class T>
+bool whole_packs(int64_t width, int64_t ld) {
+  return ld == width || (width % Pack<T>::kSize == 0 && ld % Pack<T>::kSize == 0);
+}
+
 }  // namespace
 
 void CudaBackend::activation_forward(Activation act, const Tensor& x, const Tensor& bias,
@@ -68,16 +75,19 @@ void CudaBackend::gated_forward(Activation act, const Tensor& gate, const Tensor
                                 const Tensor& y) {
   const char* op = "gated_forward";
   expect_dtype(op, gate.dtype(), {&up, &y});
-  expect_contiguous(op, {&gate, &up, &y});
-  const int64_t n = y.numel();
+  expect_contiguous(op, {&y});
+  const int64_t ld = gated_row_stride(op, gate, up);
+  const int64_t n = y.numel(), width = y.size(-1);
   if (n == 0) return;
   activate(op);
   dispatch_float(op, gate, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    const bool vectorized = aligned16({gate.raw_data(), up.raw_data(), y.raw_data()});
+    const bool vectorized =
+        aligned16({gate.raw_data(), up.raw_data(), y.raw_data()}) && whole_packs<T>(width, ld);
     SP_LAUNCH(grid_for(n / Pack<T>::kSize + 1, kElementwiseThreads), kElementwiseThreads, 0,
               stream_, gated_forward_kernel<T>)
-    (activation_kind(act), const_ptr<T>(gate), const_ptr<T>(up), mutable_ptr<T>(y), n, vectorized);
+    (activation_kind(act), const_ptr<T>(gate), const_ptr<T>(up), width, ld, mutable_ptr<T>(y), n,
+     vectorized);
     SP_CUDA_CHECK_LAUNCH(*this, op, "gated_forward_kernel",
                          io_traffic(9.0 * double(n), {&gate, &up, &y}));
   });
@@ -87,19 +97,21 @@ void CudaBackend::gated_backward(Activation act, const Tensor& gate, const Tenso
                                  const Tensor& dy, const Tensor& d_gate, const Tensor& d_up) {
   const char* op = "gated_backward";
   expect_dtype(op, gate.dtype(), {&up, &dy, &d_gate, &d_up});
-  expect_contiguous(op, {&gate, &up, &dy, &d_gate, &d_up});
-  const int64_t n = dy.numel();
+  expect_contiguous(op, {&dy});
+  const int64_t ld = gated_row_stride(op, gate, up, d_gate, d_up);
+  const int64_t n = dy.numel(), width = dy.size(-1);
   if (n == 0 || (!d_gate.defined() && !d_up.defined())) return;
   activate(op);
   dispatch_float(op, gate, [&](auto tag) {
     using T = typename decltype(tag)::type;
     T* dg = mutable_ptr<T>(d_gate);
     T* du = mutable_ptr<T>(d_up);
-    const bool vectorized = aligned16({gate.raw_data(), up.raw_data(), dy.raw_data(), dg, du});
+    const bool vectorized = aligned16({gate.raw_data(), up.raw_data(), dy.raw_data(), dg, du}) &&
+                            whole_packs<T>(width, ld);
     SP_LAUNCH(grid_for(n / Pack<T>::kSize + 1, kElementwiseThreads), kElementwiseThreads, 0,
               stream_, gated_backward_kernel<T>)
-    (activation_kind(act), const_ptr<T>(gate), const_ptr<T>(up), const_ptr<T>(dy), dg, du, n,
-     vectorized);
+    (activation_kind(act), const_ptr<T>(gate), const_ptr<T>(up), const_ptr<T>(dy), width, ld, dg,
+     du, n, vectorized);
     SP_CUDA_CHECK_LAUNCH(*this, op, "gated_backward_kernel",
                          io_traffic(16.0 * double(n), {&gate, &up, &dy, &d_gate, &d_up}));
   });

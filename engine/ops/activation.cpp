@@ -63,6 +63,36 @@ Tensor gated_activation(const Tensor& gate_in, const Tensor& up_in, Activation a
   return y;
 }
 
+Tensor gated_activation_packed(const Tensor& gate_up_in, Activation act) {
+  const char* op = "gated_activation_packed";
+  ops_detail::check_defined(op, {&gate_up_in});
+  ops_detail::check_float_inputs(op, {&gate_up_in});
+  SP_CHECK(gate_up_in.dim() >= 1 && gate_up_in.size(-1) % 2 == 0, op,
+           ": gate_up must be [..., 2 * width], got ", gate_up_in.describe());
+  const int64_t width = gate_up_in.size(-1) / 2,
+                rows = gate_up_in.numel() / std::max<int64_t>(2 * width, 1);
+  const Tensor packed = gate_up_in.contiguous().view({rows, 2 * width}).detach();
+  // [rows, width] halves of one buffer; the gradient's halves have the same strides.
+  auto half = [width](const Tensor& t, int64_t part) {
+    return t.slice(1, part * width, (part + 1) * width);
+  };
+  Shape out_shape = gate_up_in.shape();
+  out_shape.back() = width;
+  Tensor y = Tensor::empty(out_shape, packed.dtype(), packed.device());
+  if (y.numel() > 0)
+    backend_for(y.device()).gated_forward(act, half(packed, 0), half(packed, 1), y);
+  record(y, op, {gate_up_in},
+         [packed, half, act, shape = gate_up_in.shape()](const Tensor& g, const NeedsGrad&) {
+           Tensor d_packed = Tensor::empty(packed.shape(), packed.dtype(), packed.device());
+           if (packed.numel() > 0)
+             backend_for(packed.device())
+                 .gated_backward(act, half(packed, 0), half(packed, 1), g.contiguous(),
+                                 half(d_packed, 0), half(d_packed, 1));
+           return std::vector<Tensor>{d_packed.view(shape)};
+         });
+  return y;
+}
+
 Activation parse_activation(std::string_view name, const char* field) {
   if (name == "gelu_new" || name == "gelu_pytorch_tanh" || name == "gelu_fast")
     return Activation::kGeluTanh;

@@ -1,5 +1,5 @@
 // Activations: gelu_new (tanh form), exact GELU (erf form), ReLU, and the gated form
-// act(gate) * up used by T5 v1.1's gated-gelu feed-forward. All differentiable.
+// act(gate) * up of T5 v1.1's gated-gelu and Llama's SwiGLU feed-forwards. All differentiable.
 #pragma once
 
 #include <string_view>
@@ -19,6 +19,10 @@ Tensor gelu_erf(const Tensor& x);
 Tensor relu(const Tensor& x);
 /// act(gate) * up (T5 v1.1's gated feed-forward).
 Tensor gated_activation(const Tensor& gate, const Tensor& up, Activation act);
+/// gated_activation over one packed projection gate_up [..., 2 * width] (gate, then up, on the
+/// last axis: the output of one GEMM) -> [..., width]. The backward writes both halves of one
+/// [..., 2 * width] gradient, so the projection's backward is one GEMM too.
+Tensor gated_activation_packed(const Tensor& gate_up, Activation act);
 
 /// Hugging Face names: "gelu_new"/"gelu_pytorch_tanh" -> tanh form, "gelu" -> erf, "relu".
 /// Throws an Error naming the accepted values for anything else.

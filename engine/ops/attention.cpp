@@ -7,6 +7,7 @@
 #include "engine/ops/elementwise.h"
 #include "engine/ops/matmul.h"
 #include "engine/ops/reduce.h"
+#include "engine/ops/rotary.h"
 
 namespace sp {
 
@@ -168,6 +169,52 @@ Tensor attention_packed(const Tensor& qkv, int64_t heads, const AttentionMask& m
            Tensor d_bias;
            if (need[1]) d_bias = sum_to_shape(d_packed, Shape{packed_shape[2]});
            return std::vector<Tensor>{need[0] ? d_packed : Tensor(), d_bias};
+         });
+  return out;
+}
+
+Tensor rotary_attention_packed(const Tensor& qkv, int64_t heads, int64_t kv_heads,
+                               const Tensor& cos_in, const Tensor& sin_in,
+                               const AttentionMask& mask, const AttentionDropout& dropout) {
+  const char* op = "rotary_attention_packed";
+  ops_detail::check_defined(op, {&qkv});
+  SP_CHECK(qkv.dim() == 3 && heads > 0 && kv_heads > 0 && qkv.size(2) % (heads + 2 * kv_heads) == 0,
+           op, ": qkv must be [B, T, (heads + 2 kv_heads) * D] with ", heads, " heads and ",
+           kv_heads, " kv heads, got ", qkv.describe());
+  const int64_t B = qkv.size(0), T = qkv.size(1), D = qkv.size(2) / (heads + 2 * kv_heads);
+  const int64_t rotated = (heads + kv_heads) * D;
+  // q and k are adjacent: one rotation covers both, as heads + kv_heads heads of each row.
+  auto qk_heads = [=](const Tensor& packed) {
+    return packed.slice(2, 0, rotated).view({B, T, heads + kv_heads, D});
+  };
+  auto v_heads = [=](const Tensor& packed) {
+    return packed.slice(2, rotated, qkv.size(2)).view({B, T, kv_heads, D});
+  };
+  const Tensor packed = qkv.contiguous().detach();
+  ops_detail::check_rotary_inputs(op, qk_heads(packed), cos_in, sin_in);
+  const Tensor cos = cos_in.contiguous().detach(), sin = sin_in.contiguous().detach();
+  const Tensor qk = Tensor::empty({B, T, heads + kv_heads, D}, packed.dtype(), packed.device());
+  if (qk.numel() > 0)
+    backend_for(qk.device()).rotary_embedding(qk_heads(packed), cos, sin, false, qk);
+  FusedAttention f =
+      fused_attention_forward(op, qk.slice(2, 0, heads), qk.slice(2, heads, heads + kv_heads),
+                              v_heads(packed), {}, mask, dropout);
+  Tensor out = f.out;
+  f.out = out.detach();  // the node must not own the tensor that owns it
+  record(out, op, {qkv},
+         [f = std::move(f), mask, dropout, cos, sin, heads, qk_heads, v_heads,
+          packed_shape = packed.shape()](const Tensor& g, const NeedsGrad&) {
+           if (!backward_runs(f))
+             return std::vector<Tensor>{Tensor::zeros(packed_shape, f.q.dtype(), f.q.device())};
+           Tensor d_packed = Tensor::empty(packed_shape, f.q.dtype(), f.q.device());
+           const Tensor d_qk = qk_heads(d_packed);
+           Backend& backend = backend_for(f.q.device());
+           backend.attention_backward(f.q, f.k, f.v, {}, mask, dropout, f.out, f.lse,
+                                      g.contiguous(), d_qk.slice(2, 0, heads),
+                                      d_qk.slice(2, heads, d_qk.size(2)), v_heads(d_packed));
+           // The rotation's transpose, in place: d(pre-rotation q, k) from d(rotated q, k).
+           backend.rotary_embedding(d_qk, cos, sin, true, d_qk);
+           return std::vector<Tensor>{d_packed};
          });
   return out;
 }

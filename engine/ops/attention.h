@@ -26,6 +26,15 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Attent
 Tensor attention_packed(const Tensor& qkv, int64_t heads, const AttentionMask& mask,
                         const AttentionDropout& dropout = {}, const Tensor& qkv_bias = Tensor());
 
+/// Llama-family attention over one packed projection qkv [B, T, (heads + 2 kv_heads) * D] (q,
+/// k, v side by side on the last axis: q_proj, k_proj and v_proj as one GEMM): q and k are rotated
+/// by (cos, sin) [B, T, D/2] (rotary_embedding) in one pass, then attended with v read in place.
+/// The backward writes dq, dk and dv into one packed gradient and unrotates dq and dk there, so
+/// the projection's backward is one GEMM and nothing is zero-filled, copied or added.
+Tensor rotary_attention_packed(const Tensor& qkv, int64_t heads, int64_t kv_heads,
+                               const Tensor& cos, const Tensor& sin, const AttentionMask& mask,
+                               const AttentionDropout& dropout = {});
+
 /// The same attention composed from matmul, masked_softmax and dropout with the T x T
 /// probabilities materialised: the oracle for the fused kernels.
 Tensor attention_materialized(const Tensor& q, const Tensor& k, const Tensor& v,

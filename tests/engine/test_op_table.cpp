@@ -5,6 +5,8 @@
 
 #include <cmath>
 #include <set>
+#include <stdexcept>
+#include <string>
 
 #include "engine/autograd.h"
 #include "engine/backend.h"
@@ -135,21 +137,37 @@ TEST_P(OpTable, Bf16OnCudaBackendsMatchesFp32Cpu) {
   if (compared == 0) GTEST_SKIP() << "no CUDA backend in this build";
 }
 
-// A fused op's results are those of the ops it replaces, bit for bit, forward and backward, on the
-// CPU and under the emulator (the CUDA kernel runs the same per-element and per-row code as the
-// two kernels; the backward is theirs). A GPU may contract the two kernels' arithmetic
-// differently: CudaKernels.ResidualNormForwardIsTheTwoKernelsInOnePass checks it there.
+const OpCase& find_case(const std::string& name) {
+  for (const OpCase& c : op_cases())
+    if (c.name == name) return c;
+  throw std::runtime_error("no op-table case " + name);
+}
+
+// `fused` and `composed` (the same inputs, the ops the fused one replaces) give the same bits,
+// forward and backward, in fp32 and bf16, on the CPU and under the emulator (a GPU may contract
+// arithmetic differently; the kernel tests check it there).
+void expect_same_bits(const OpCase& fused, const OpCase& composed) {
+  const std::vector<Tensor> inputs = fused.make_inputs(CaseSize::kTest);
+  for (Device device : available_devices())
+    for (DType dtype : {DType::F32, DType::BF16}) {
+      if ((dtype == DType::BF16 && device.is_cpu()) || device.kind == DeviceKind::CUDA) continue;
+      const RunResult want = run_with_grads(composed, device, inputs, dtype);
+      const RunResult got = run_with_grads(fused, device, inputs, dtype);
+      const std::string where = fused.name + " on " + device.str() + " " + dtype_name(dtype);
+      EXPECT_EQ(want.output, got.output) << where;
+      ASSERT_EQ(want.grads.size(), got.grads.size());
+      for (size_t d = 0; d < want.grads.size(); ++d)
+        EXPECT_EQ(want.grads[d], got.grads[d]) << where << ": grad of input " << d;
+    }
+}
+
+// The fused residual + norm ops are the two ops they replace, bit for bit: the CUDA kernel runs
+// the same per-element and per-row code as the two kernels, and the backward is theirs.
+// CudaKernels.ResidualNormForwardIsTheTwoKernelsInOnePass checks the kernel on a GPU.
 TEST(FusedOps, ResidualDropoutAddNormIsTheTwoOpsItReplaces) {
-  auto find = [](const std::string& name) {
-    for (const OpCase& c : op_cases())
-      if (c.name == name) return &c;
-    return static_cast<const OpCase*>(nullptr);
-  };
-  const OpCase* layernorm_case = find("residual_dropout_add_layernorm/bias_dropout");
-  const OpCase* rms_case = find("residual_dropout_add_rms_norm/bias_dropout");
-  ASSERT_NE(layernorm_case, nullptr);
-  ASSERT_NE(rms_case, nullptr);
-  OpCase layernorm_composed = *layernorm_case, rms_composed = *rms_case;
+  const OpCase& layernorm_case = find_case("residual_dropout_add_layernorm/bias_dropout");
+  const OpCase& rms_case = find_case("residual_dropout_add_rms_norm/bias_dropout");
+  OpCase layernorm_composed = layernorm_case, rms_composed = rms_case;
   layernorm_composed.run = [](const std::vector<Tensor>& in) {
     const Tensor sum = residual_dropout_add(in[0], in[1], in[2], 0.3f, 99, 5);
     return add(sum, layernorm(sum, in[3], in[4], 1e-5f));
@@ -158,21 +176,50 @@ TEST(FusedOps, ResidualDropoutAddNormIsTheTwoOpsItReplaces) {
     const Tensor sum = residual_dropout_add(in[0], in[1], in[2], 0.3f, 99, 5);
     return add(sum, rms_norm(sum, in[3], 1e-6f));
   };
-  for (auto [fused, composed] :
-       {std::pair{layernorm_case, &layernorm_composed}, std::pair{rms_case, &rms_composed}}) {
-    const std::vector<Tensor> inputs = fused->make_inputs(CaseSize::kTest);
-    for (Device device : available_devices())
-      for (DType dtype : {DType::F32, DType::BF16}) {
-        if ((dtype == DType::BF16 && device.is_cpu()) || device.kind == DeviceKind::CUDA) continue;
-        const RunResult want = run_with_grads(*composed, device, inputs, dtype);
-        const RunResult got = run_with_grads(*fused, device, inputs, dtype);
-        const std::string where = fused->name + " on " + device.str() + " " + dtype_name(dtype);
-        EXPECT_EQ(want.output, got.output) << where;
-        ASSERT_EQ(want.grads.size(), got.grads.size());
-        for (size_t d = 0; d < want.grads.size(); ++d)
-          EXPECT_EQ(want.grads[d], got.grads[d]) << where << ": grad of input " << d;
-      }
+  expect_same_bits(layernorm_case, layernorm_composed);
+  expect_same_bits(rms_case, rms_composed);
+}
+
+// A packed gated activation reads the halves of its input in place and writes both halves of its
+// gradient: the same bits as gated_activation over the two slices (whose backward zero-fills,
+// copies and adds), for odd widths (scalar loads) and whole-pack ones (vector loads).
+TEST(FusedOps, GatedActivationPackedIsTheSplitOpItReplaces) {
+  for (const char* name :
+       {"gated_activation_packed/swiglu_odd_width", "gated_activation_packed/gelu_whole_packs"}) {
+    const OpCase& packed = find_case(name);
+    OpCase split = packed;
+    const Activation act = std::string(name).find("swiglu") != std::string::npos
+                               ? Activation::kSilu
+                               : Activation::kGeluTanh;
+    split.run = [act](const std::vector<Tensor>& in) {
+      const int64_t width = in[0].size(-1) / 2, last = in[0].dim() - 1;
+      return gated_activation(in[0].slice(last, 0, width), in[0].slice(last, width, 2 * width),
+                              act);
+    };
+    expect_same_bits(packed, split);
   }
+}
+
+// Rotating q and k inside the attention op, from and into one packed buffer, gives the bits of
+// rotary_embedding on the q and k slices and attention over them (whose backward assembles the
+// packed gradient from three zero-filled slices).
+TEST(FusedOps, RotaryAttentionPackedIsTheOpsItReplaces) {
+  const OpCase& packed = find_case("rotary_attention_packed/gqa_causal_dropout_padding");
+  OpCase split = packed;
+  split.run = [](const std::vector<Tensor>& in) {
+    const int64_t B = in[0].size(0), T = in[0].size(1), H = 4, Hkv = 2, D = in[1].size(2) * 2;
+    auto heads = [&](int64_t first, int64_t count) {
+      return in[0].slice(2, first * D, (first + count) * D).view({B, T, count, D});
+    };
+    AttentionMask mask;
+    mask.scale = 1.0f / std::sqrt(float(D));
+    mask.causal = true;
+    mask.key_padding = in[3];
+    return attention(rotary_embedding(heads(0, H), in[1], in[2]),
+                     rotary_embedding(heads(H, Hkv), in[1], in[2]), heads(H + Hkv, Hkv), mask,
+                     {0.2f, 5, 1});
+  };
+  expect_same_bits(packed, split);
 }
 
 std::string case_name(const ::testing::TestParamInfo<size_t>& info) {
@@ -202,8 +249,10 @@ TEST(OpTableCoverage, EveryDifferentiableOpFamilyHasACase) {
                          "layernorm",
                          "rms_norm",
                          "activation",
+                         "gated_activation_packed",
                          "masked_softmax",
                          "attention",
+                         "rotary_attention_packed",
                          "cross_entropy",
                          "linear_cross_entropy",
                          "dropout",

@@ -277,6 +277,26 @@ std::vector<OpCase> build_cases() {
          return gated_activation(in[0], in[1], Activation::kGeluTanh);
        }});
 
+  // One [rows, 2 * width] projection, gate then up: width 5 loads element by element, width 16
+  // in whole packs (4 fp32, 8 bf16), from the two halves' row-strided views.
+  add_case({"gated_activation_packed/swiglu_odd_width",
+            [](CaseSize s) {
+              return std::vector<Tensor>{random_tensor(
+                  {perf(s) ? 8 : 2, perf(s) ? 148 : 3, perf(s) ? 2 * 3001 : 10}, 99, 2.0f)};
+            },
+            {0},
+            [](const std::vector<Tensor>& in) {
+              return gated_activation_packed(in[0], Activation::kSilu);
+            }});
+  add_case({"gated_activation_packed/gelu_whole_packs",
+            [](CaseSize) {
+              return std::vector<Tensor>{random_tensor({3, 32}, 100, 2.0f)};
+            },
+            {0},
+            [](const std::vector<Tensor>& in) {
+              return gated_activation_packed(in[0], Activation::kGeluTanh);
+            }});
+
   add_case({"rotary_embedding/llama_rotate_half",
             [](CaseSize s) {
               const int64_t B = perf(s) ? 8 : 2, T = perf(s) ? 148 : 3, H = perf(s) ? 12 : 2,
@@ -358,6 +378,30 @@ std::vector<OpCase> build_cases() {
               mask.causal = true;
               mask.key_padding = in[2];
               return attention_packed(in[0], H, mask, {0.2f, 5, 1}, in[1]);
+            }});
+  // Llama's packed q_proj / k_proj / v_proj output with grouped-query heads (4 query heads over 2
+  // key/value heads), rotated inside the op; angles of real positions as the model makes them.
+  add_case({"rotary_attention_packed/gqa_causal_dropout_padding",
+            [](CaseSize s) {
+              const int64_t B = perf(s) ? 8 : 2, T = perf(s) ? 148 : 5, H = perf(s) ? 32 : 4,
+                            Hkv = perf(s) ? 8 : 2, D = perf(s) ? 64 : 6;
+              Tensor angle = random_tensor({B, T, D / 2}, 101, 3.0f);
+              std::vector<float> a = angle.to_floats(), c(a.size()), si(a.size());
+              for (size_t i = 0; i < a.size(); ++i) c[i] = std::cos(a[i]), si[i] = std::sin(a[i]);
+              return std::vector<Tensor>{random_tensor({B, T, (H + 2 * Hkv) * D}, 102),
+                                         Tensor::from_floats(c, angle.shape()),
+                                         Tensor::from_floats(si, angle.shape()),
+                                         padding_mask(B, T, 1)};
+            },
+            {0},
+            [](const std::vector<Tensor>& in) {
+              const bool large = in[0].size(2) == 48 * 64;
+              const int64_t H = large ? 32 : 4, Hkv = large ? 8 : 2, D = in[1].size(2) * 2;
+              AttentionMask mask;
+              mask.scale = 1.0f / std::sqrt(float(D));
+              mask.causal = true;
+              mask.key_padding = in[3];
+              return rotary_attention_packed(in[0], H, Hkv, in[1], in[2], mask, {0.2f, 5, 1});
             }});
   add_case({"attention/padding_mask",
             [](CaseSize) {
