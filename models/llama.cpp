@@ -186,6 +186,17 @@ std::vector<float> LlamaConfig::inverse_frequencies() const {
   return inv;
 }
 
+namespace {
+
+// Projections reading the same input, stacked on their output axis: one GEMM computes them all.
+// All undefined (absent biases) stays undefined.
+Tensor stack_rows(const std::vector<Tensor>& parts) {
+  if (!parts.front().defined()) return Tensor();
+  return concat(parts, 0);
+}
+
+}  // namespace
+
 std::unique_ptr<LlamaModel> LlamaModel::load(const std::string& model_dir, Device device,
                                              DType dtype) {
   namespace fs = std::filesystem;
@@ -208,19 +219,19 @@ std::unique_ptr<LlamaModel> LlamaModel::load(const std::string& model_dir, Devic
     LlamaBlock b;
     b.input_norm = w.get(p + "input_layernorm.weight", {d});
     b.post_attention_norm = w.get(p + "post_attention_layernorm.weight", {d});
-    b.q_weight = w.get_matrix(p + "self_attn.q_proj.weight", {q_out, d});
-    b.k_weight = w.get_matrix(p + "self_attn.k_proj.weight", {kv_out, d});
-    b.v_weight = w.get_matrix(p + "self_attn.v_proj.weight", {kv_out, d});
+    b.qkv_weight = stack_rows({w.get_matrix(p + "self_attn.q_proj.weight", {q_out, d}),
+                               w.get_matrix(p + "self_attn.k_proj.weight", {kv_out, d}),
+                               w.get_matrix(p + "self_attn.v_proj.weight", {kv_out, d})});
     b.o_weight = w.get_matrix(p + "self_attn.o_proj.weight", {d, q_out});
-    b.q_bias = maybe_bias(c.qkv_bias, p + "self_attn.q_proj.bias", q_out);
-    b.k_bias = maybe_bias(c.qkv_bias, p + "self_attn.k_proj.bias", kv_out);
-    b.v_bias = maybe_bias(c.qkv_bias, p + "self_attn.v_proj.bias", kv_out);
+    b.qkv_bias = stack_rows({maybe_bias(c.qkv_bias, p + "self_attn.q_proj.bias", q_out),
+                             maybe_bias(c.qkv_bias, p + "self_attn.k_proj.bias", kv_out),
+                             maybe_bias(c.qkv_bias, p + "self_attn.v_proj.bias", kv_out)});
     b.o_bias = maybe_bias(c.o_bias, p + "self_attn.o_proj.bias", d);
-    b.gate_weight = w.get_matrix(p + "mlp.gate_proj.weight", {inner, d});
-    b.up_weight = w.get_matrix(p + "mlp.up_proj.weight", {inner, d});
+    b.gate_up_weight = stack_rows({w.get_matrix(p + "mlp.gate_proj.weight", {inner, d}),
+                                   w.get_matrix(p + "mlp.up_proj.weight", {inner, d})});
     b.down_weight = w.get_matrix(p + "mlp.down_proj.weight", {d, inner});
-    b.gate_bias = maybe_bias(c.mlp_bias, p + "mlp.gate_proj.bias", inner);
-    b.up_bias = maybe_bias(c.mlp_bias, p + "mlp.up_proj.bias", inner);
+    b.gate_up_bias = stack_rows({maybe_bias(c.mlp_bias, p + "mlp.gate_proj.bias", inner),
+                                 maybe_bias(c.mlp_bias, p + "mlp.up_proj.bias", inner)});
     b.down_bias = maybe_bias(c.mlp_bias, p + "mlp.down_proj.bias", d);
     model->blocks_.push_back(std::move(b));
   }
@@ -259,19 +270,14 @@ std::unique_ptr<LlamaModel> LlamaModel::random(const LlamaConfig& c, uint64_t se
     LlamaBlock b;
     b.input_norm = ones(d);
     b.post_attention_norm = ones(d);
-    b.q_weight = normal({q_out, d});
-    b.k_weight = normal({kv_out, d});
-    b.v_weight = normal({kv_out, d});
+    // Drawn projection by projection (the streams of separate q/k/v and gate/up weights).
+    b.qkv_weight = stack_rows({normal({q_out, d}), normal({kv_out, d}), normal({kv_out, d})});
     b.o_weight = normal({d, q_out});
-    b.q_bias = zeros(c.qkv_bias, q_out);
-    b.k_bias = zeros(c.qkv_bias, kv_out);
-    b.v_bias = zeros(c.qkv_bias, kv_out);
+    b.qkv_bias = zeros(c.qkv_bias, q_out + 2 * kv_out);
     b.o_bias = zeros(c.o_bias, d);
-    b.gate_weight = normal({inner, d});
-    b.up_weight = normal({inner, d});
+    b.gate_up_weight = stack_rows({normal({inner, d}), normal({inner, d})});
     b.down_weight = normal({d, inner});
-    b.gate_bias = zeros(c.mlp_bias, inner);
-    b.up_bias = zeros(c.mlp_bias, inner);
+    b.gate_up_bias = zeros(c.mlp_bias, 2 * inner);
     b.down_bias = zeros(c.mlp_bias, d);
     model->blocks_.push_back(std::move(b));
   }
@@ -302,9 +308,8 @@ void LlamaModel::finish_init() {
   for (const Tensor* t : {&embed_tokens_, &final_norm_, &lm_head_}) account(*t);
   for (const LlamaBlock& b : blocks_)
     for (const Tensor* t :
-         {&b.input_norm, &b.post_attention_norm, &b.q_weight, &b.q_bias, &b.k_weight, &b.k_bias,
-          &b.v_weight, &b.v_bias, &b.o_weight, &b.o_bias, &b.gate_weight, &b.gate_bias,
-          &b.up_weight, &b.up_bias, &b.down_weight, &b.down_bias})
+         {&b.input_norm, &b.post_attention_norm, &b.qkv_weight, &b.qkv_bias, &b.o_weight, &b.o_bias,
+          &b.gate_up_weight, &b.gate_up_bias, &b.down_weight, &b.down_bias})
       account(*t);
   info_.parameter_count = count;
 }
@@ -324,27 +329,35 @@ ResidualAndNorm LlamaModel::block_forward(int64_t layer, const Tensor& h, const 
   const int64_t B = h.size(0), T = h.size(1), hd = config_.head_dim;
   const float eps = float(config_.rms_norm_eps);
   const Tensor a = normed_in.defined() ? normed_in : rms_norm(h, b.input_norm, eps);
-  Tensor q = linear(a, b.q_weight, b.q_bias, WeightLayout::kOutIn).view({B, T, -1, hd});
-  Tensor k = linear(a, b.k_weight, b.k_bias, WeightLayout::kOutIn).view({B, T, -1, hd});
-  Tensor v = linear(a, b.v_weight, b.v_bias, WeightLayout::kOutIn).view({B, T, -1, hd});
-  q = rotary_embedding(q, cos, sin);
-  k = rotary_embedding(k, cos, sin);
-  if (cache) std::tie(k, v) = cache->append(layer, k, v);
+  const int64_t H = config_.num_heads, Hkv = config_.num_kv_heads;
+  const Tensor qkv = linear(a, b.qkv_weight, b.qkv_bias, WeightLayout::kOutIn);
   AttentionMask mask = base_mask;
   mask.scale = 1.0f / std::sqrt(float(hd));
   mask.sliding_window = config_.layer_window[size_t(layer)];
   const float attn_p = options.train ? config_.attention_dropout : 0.0f;
   // Dropout sites get disjoint Philox counter ranges: 2^36 per layer.
-  Tensor o = attention(q, k, v, mask, {attn_p, options.dropout_seed, uint64_t(layer + 1) << 36});
+  const AttentionDropout dropout{attn_p, options.dropout_seed, uint64_t(layer + 1) << 36};
+  Tensor o;
+  if (!cache) {
+    o = rotary_attention_packed(qkv, H, Hkv, cos, sin, mask, dropout);
+  } else {
+    // Heads [first, first + count) of the packed projection, read in place.
+    auto heads = [&](int64_t first, int64_t count) {
+      return qkv.slice(2, first * hd, (first + count) * hd).view({B, T, count, hd});
+    };
+    auto [k, v] =
+        cache->append(layer, rotary_embedding(heads(H, Hkv), cos, sin), heads(H + Hkv, Hkv));
+    o = attention(rotary_embedding(heads(0, H), cos, sin), k, v, mask, dropout);
+  }
   // Each residual add takes its projection's bias and runs in one pass with the RMS norm that reads
   // the sum next (post_attention_norm; then the next input norm, or the final norm).
   o = linear(o.view({B, T, -1}), b.o_weight, Tensor(), WeightLayout::kOutIn);
   auto [h1, m] =
       residual_dropout_add_rms_norm(h, o, b.o_bias, 0.0f, 0, 0, b.post_attention_norm, eps);
-  Tensor gate = linear(m, b.gate_weight, b.gate_bias, WeightLayout::kOutIn);
-  Tensor up = linear(m, b.up_weight, b.up_bias, WeightLayout::kOutIn);
-  m = linear(gated_activation(gate, up, config_.hidden_act), b.down_weight, Tensor(),
-             WeightLayout::kOutIn);
+  m = linear(
+      gated_activation_packed(linear(m, b.gate_up_weight, b.gate_up_bias, WeightLayout::kOutIn),
+                              config_.hidden_act),
+      b.down_weight, Tensor(), WeightLayout::kOutIn);
   if (!fuse_next_norm) return {residual_dropout_add(h1, m, b.down_bias, 0.0f, 0, 0), Tensor()};
   const bool last = layer + 1 == config_.num_layers;
   return residual_dropout_add_rms_norm(h1, m, b.down_bias, 0.0f, 0, 0,

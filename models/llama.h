@@ -50,10 +50,12 @@ struct LlamaConfig {
 };
 
 /// One decoder layer's frozen weights, nn.Linear [out, in] layout; biases may be undefined.
+/// q_proj, k_proj and v_proj are stacked into one [(H + 2 Hkv) * head_dim, d] matrix, and
+/// gate_proj and up_proj into one [2 * intermediate, d]: each is one GEMM forward and backward.
 struct LlamaBlock {
   Tensor input_norm, post_attention_norm;
-  Tensor q_weight, q_bias, k_weight, k_bias, v_weight, v_bias, o_weight, o_bias;
-  Tensor gate_weight, gate_bias, up_weight, up_bias, down_weight, down_bias;
+  Tensor qkv_weight, qkv_bias, o_weight, o_bias;
+  Tensor gate_up_weight, gate_up_bias, down_weight, down_bias;
 };
 
 /// A Llama-family causal LM with frozen weights; usually reached through load_causal_lm().
