@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "engine/autograd.h"
+#include "engine/backend.h"
 #include "engine/error.h"
 #include "engine/ops/ops.h"
 #include "engine/safetensors.h"
@@ -52,18 +53,17 @@ class LlamaParity : public ::testing::TestWithParam<LlamaCase> {
   std::shared_ptr<SafetensorsFile> golden_;
 };
 
-INSTANTIATE_TEST_SUITE_P(Models, LlamaParity,
-                         ::testing::Values(LlamaCase{"llama_tiny_gqa", "cpu"},
-                                           LlamaCase{"llama_tiny_llama3", "cpu"},
-                                           LlamaCase{"qwen2_tiny", "cpu"},
-                                           LlamaCase{"mistral_tiny", "cpu"},
-                                           LlamaCase{"llama_tiny_gqa", "cuda-emu"},
-                                           LlamaCase{"llama_tiny_llama3", "cuda-emu"},
-                                           LlamaCase{"mistral_tiny", "cuda-emu"}),
-                         [](const ::testing::TestParamInfo<LlamaCase>& info) {
-                           std::string device = info.param.device == "cpu" ? "cpu" : "cuda_emu";
-                           return info.param.model + "_" + device;
-                         });
+INSTANTIATE_TEST_SUITE_P(
+    Models, LlamaParity,
+    ::testing::Values(LlamaCase{"llama_tiny_gqa", "cpu"}, LlamaCase{"llama_tiny_llama3", "cpu"},
+                      LlamaCase{"qwen2_tiny", "cpu"}, LlamaCase{"mistral_tiny", "cpu"},
+                      LlamaCase{"llama_tiny_gqa", "cuda-emu"},
+                      LlamaCase{"llama_tiny_llama3", "cuda-emu"},
+                      LlamaCase{"qwen2_tiny", "cuda-emu"}, LlamaCase{"mistral_tiny", "cuda-emu"}),
+    [](const ::testing::TestParamInfo<LlamaCase>& info) {
+      std::string device = info.param.device == "cpu" ? "cpu" : "cuda_emu";
+      return info.param.model + "_" + device;
+    });
 
 TEST_P(LlamaParity, LossLogitsAndInputEmbeddingGradient) {
   Tensor ids = golden_->get("input_ids");
@@ -110,6 +110,33 @@ TEST_P(LlamaParity, ActivationCheckpointingGivesIdenticalGradients) {
     grads.push_back(embeds.grad().to_floats());
   }
   EXPECT_EQ(grads[0], grads[1]);
+}
+
+// A block's projections are packed: q/k/v is one GEMM and gate/up one, forward and backward (the
+// weights are frozen: dX only), so a train step runs 4 GEMMs per block each way plus the head's
+// two, rotates q and k in one kernel each way, and neither adds nor copies gradient pieces (the
+// packed gradients are written whole).
+TEST_P(LlamaParity, PackedProjectionsRunFourGemmsPerBlockEachWay) {
+  if (device_.is_cpu()) GTEST_SKIP() << "the CPU backend does not count kernels";
+  Tensor ids = golden_->get("input_ids");
+  Tensor mask = golden_->get("attention_mask").to(DType::F32).to(device_);
+  Tensor embeds = model_->embed(ids).detach().set_requires_grad(true);
+  Backend& backend = backend_for(device_);
+  backend.reset_stats();
+  Tensor hidden = model_->hidden_states(embeds, mask, Tensor(), nullptr, {});
+  causal_lm_loss(*model_, hidden, golden_->get("labels")).loss.backward();
+  const BackendStats stats = backend.stats();
+  const uint64_t layers = uint64_t(model_->info().num_layers);
+  auto launched = [&](const char* kernel) {
+    const auto it = stats.launches_by_kernel.find(kernel);
+    return it == stats.launches_by_kernel.end() ? uint64_t(0) : it->second;
+  };
+  EXPECT_EQ(stats.gemm_calls, 8 * layers + 2);
+  EXPECT_EQ(launched("rotary_embedding_kernel"), 2 * layers);
+  // The one add: the leaf embeddings take the first block's norm and residual gradients apart
+  // (an op's output would take the norm's into the residual's pending gradient).
+  EXPECT_EQ(launched("binary_contiguous_kernel"), 1u);
+  EXPECT_EQ(launched("strided_copy_kernel"), 0u);
 }
 
 // --dtype bf16: GEMM weights and the token table in bf16 (on the CPU the activations stay F32; on
