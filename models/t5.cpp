@@ -286,10 +286,9 @@ ResidualAndNorm T5Model::feed_forward(const T5FeedForward& ff, const Tensor& h,
       normed.defined() ? normed : rms_norm(h, ff.norm, float(config_.layer_norm_epsilon));
   Tensor inner;
   if (config_.is_gated_act) {
-    Tensor both = linear(x, ff.wi, Tensor(), WeightLayout::kOutIn);  // wi_0 x | wi_1 x
-    const int64_t last = both.dim() - 1, d_ff = config_.d_ff;
-    inner = gated_activation(both.slice(last, 0, d_ff), both.slice(last, d_ff, 2 * d_ff),
-                             config_.dense_activation);
+    // wi_0 x | wi_1 x from one GEMM; the backward fills one gradient for it.
+    inner = gated_activation_packed(linear(x, ff.wi, Tensor(), WeightLayout::kOutIn),
+                                    config_.dense_activation);
   } else {
     inner = activation(linear(x, ff.wi, Tensor(), WeightLayout::kOutIn), config_.dense_activation);
   }
@@ -305,18 +304,13 @@ ResidualAndNorm T5Model::feed_forward(const T5FeedForward& ff, const Tensor& h,
 namespace {
 
 // softmax(q k^T + bias, masked) v with T5's unscaled scores and dropout on the probabilities.
-Tensor t5_attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionMask& mask,
-                    float p, uint64_t seed, uint64_t offset) {
-  return attention(q, k, v, mask, {p, seed, offset});
-}
-
 }  // namespace
 
 ResidualAndNorm T5Model::encoder_block(int64_t layer, const Tensor& h, const Tensor& normed,
                                        const AttentionMask& mask, const ForwardOptions& options,
                                        const Tensor& next_norm) const {
   const T5Block& b = encoder_[size_t(layer)];
-  const int64_t B = h.size(0), T = h.size(1), H = config_.num_heads, D = config_.d_kv;
+  const int64_t B = h.size(0), T = h.size(1), H = config_.num_heads;
   const int64_t inner = config_.inner_dim();
   const float p = options.train ? config_.dropout_rate : 0.0f;
   const uint64_t base = dropout_offset(kEncoder, layer, 0);
@@ -324,11 +318,9 @@ ResidualAndNorm T5Model::encoder_block(int64_t layer, const Tensor& h, const Ten
   const Tensor x = normed.defined()
                        ? normed
                        : rms_norm(h, b.self_attention.norm, float(config_.layer_norm_epsilon));
-  Tensor qkv = linear(x, b.self_attention.packed, Tensor(), WeightLayout::kOutIn);
-  Tensor q = qkv.slice(2, 0, inner).view({B, T, H, D});
-  Tensor k = qkv.slice(2, inner, 2 * inner).view({B, T, H, D});
-  Tensor v = qkv.slice(2, 2 * inner, 3 * inner).view({B, T, H, D});
-  Tensor o = t5_attention(q, k, v, mask, p, options.dropout_seed, base + (kSelfProbs << 36));
+  // q|k|v from one GEMM, attended in place; the backward fills one gradient for the GEMM.
+  const Tensor qkv = linear(x, b.self_attention.packed, Tensor(), WeightLayout::kOutIn);
+  Tensor o = attention_packed(qkv, H, mask, {p, options.dropout_seed, base + (kSelfProbs << 36)});
   o = linear(o.view({B, T, inner}), b.self_attention.o, Tensor(), WeightLayout::kOutIn);
   // The residual add and the feed-forward's RMS norm in one pass.
   auto [h1, x1] = residual_dropout_add_rms_norm(h, o, Tensor(), p, options.dropout_seed,
@@ -351,12 +343,17 @@ ResidualAndNorm T5Model::decoder_block(int64_t layer, const Tensor& h, const Ten
 
   // Causal self-attention with the decoder's relative bias (keys from the cache when given).
   Tensor x = normed.defined() ? normed : rms_norm(h, b.self_attention.norm, eps);
-  Tensor qkv = linear(x, b.self_attention.packed, Tensor(), WeightLayout::kOutIn);
-  Tensor q = qkv.slice(2, 0, inner).view({B, T, H, D});
-  Tensor k = qkv.slice(2, inner, 2 * inner).view({B, T, H, D});
-  Tensor v = qkv.slice(2, 2 * inner, 3 * inner).view({B, T, H, D});
-  if (cache) std::tie(k, v) = cache->self_attention.append(layer, k, v);
-  Tensor o = t5_attention(q, k, v, self_mask, p, options.dropout_seed, base + (kSelfProbs << 36));
+  const Tensor qkv = linear(x, b.self_attention.packed, Tensor(), WeightLayout::kOutIn);
+  const AttentionDropout self_dropout{p, options.dropout_seed, base + (kSelfProbs << 36)};
+  Tensor o;
+  if (!cache) {
+    o = attention_packed(qkv, H, self_mask, self_dropout);
+  } else {
+    auto [k, v] =
+        cache->self_attention.append(layer, qkv.slice(2, inner, 2 * inner).view({B, T, H, D}),
+                                     qkv.slice(2, 2 * inner, 3 * inner).view({B, T, H, D}));
+    o = attention(qkv.slice(2, 0, inner).view({B, T, H, D}), k, v, self_mask, self_dropout);
+  }
   o = linear(o.view({B, T, inner}), b.self_attention.o, Tensor(), WeightLayout::kOutIn);
   // Each residual add runs in one pass with the RMS norm of the sublayer after it.
   const ResidualAndNorm self_end =
@@ -368,19 +365,27 @@ ResidualAndNorm T5Model::decoder_block(int64_t layer, const Tensor& h, const Ten
   // Cross-attention over the encoder output: no position bias, encoder padding masked. Its
   // keys/values depend only on the encoder output, so a cache computes them once.
   Tensor cq = linear(x, b.cross_attention.q, Tensor(), WeightLayout::kOutIn).view({B, T, H, D});
-  Tensor ck, cv;
-  if (cache && cache->cross_filled) {
-    const int64_t S = cache->cross_attention.length;
-    ck = cache->cross_attention.keys[size_t(layer)].slice(1, 0, S);
-    cv = cache->cross_attention.values[size_t(layer)].slice(1, 0, S);
+  const AttentionDropout cross_dropout{p, options.dropout_seed, base + (kCrossProbs << 36)};
+  if (!cache) {
+    // k|v from one GEMM, attended in place; the backward fills one gradient for the GEMM.
+    o = attention_kv_packed(
+        cq, linear(encoder_hidden, b.cross_attention.packed, Tensor(), WeightLayout::kOutIn),
+        cross_mask, cross_dropout);
   } else {
-    const int64_t S = encoder_hidden.size(1);
-    Tensor kv = linear(encoder_hidden, b.cross_attention.packed, Tensor(), WeightLayout::kOutIn);
-    ck = kv.slice(2, 0, inner).view({B, S, H, D});
-    cv = kv.slice(2, inner, 2 * inner).view({B, S, H, D});
-    if (cache) std::tie(ck, cv) = cache->cross_attention.append(layer, ck, cv);
+    Tensor ck, cv;
+    if (cache->cross_filled) {
+      const int64_t S = cache->cross_attention.length;
+      ck = cache->cross_attention.keys[size_t(layer)].slice(1, 0, S);
+      cv = cache->cross_attention.values[size_t(layer)].slice(1, 0, S);
+    } else {
+      const int64_t S = encoder_hidden.size(1);
+      Tensor kv = linear(encoder_hidden, b.cross_attention.packed, Tensor(), WeightLayout::kOutIn);
+      std::tie(ck, cv) =
+          cache->cross_attention.append(layer, kv.slice(2, 0, inner).view({B, S, H, D}),
+                                        kv.slice(2, inner, 2 * inner).view({B, S, H, D}));
+    }
+    o = attention(cq, ck, cv, cross_mask, cross_dropout);
   }
-  o = t5_attention(cq, ck, cv, cross_mask, p, options.dropout_seed, base + (kCrossProbs << 36));
   o = linear(o.view({B, T, inner}), b.cross_attention.o, Tensor(), WeightLayout::kOutIn);
   auto [h2, x2] =
       residual_dropout_add_rms_norm(h1, o, Tensor(), p, options.dropout_seed,

@@ -173,6 +173,43 @@ Tensor attention_packed(const Tensor& qkv, int64_t heads, const AttentionMask& m
   return out;
 }
 
+Tensor attention_kv_packed(const Tensor& q, const Tensor& kv, const AttentionMask& mask,
+                           const AttentionDropout& dropout) {
+  const char* op = "attention_kv_packed";
+  ops_detail::check_defined(op, {&q, &kv});
+  SP_CHECK(q.dim() == 4 && kv.dim() == 3 && kv.size(0) == q.size(0) &&
+               kv.size(2) == 2 * q.size(2) * q.size(3),
+           op, ": q must be [B, Tq, H, D] and kv [B, Tk, 2 * H * D], got ", q.describe(), " and ",
+           kv.describe());
+  const int64_t B = kv.size(0), Tk = kv.size(1), H = q.size(2), D = q.size(3), width = H * D;
+  auto split = [=](const Tensor& packed, int64_t part) {
+    return packed.slice(2, part * width, (part + 1) * width).view({B, Tk, H, D});
+  };
+  const Tensor packed = kv.contiguous().detach();
+  FusedAttention f =
+      fused_attention_forward(op, q, split(packed, 0), split(packed, 1), {}, mask, dropout);
+  Tensor out = f.out;
+  f.out = out.detach();  // the node must not own the tensor that owns it
+  record(out, op, {q, kv},
+         [f = std::move(f), mask, dropout, split, packed_shape = packed.shape()](
+             const Tensor& g, const NeedsGrad& need) {
+           const bool run = backward_runs(f);
+           auto make = [&](const Shape& shape) {
+             return run ? Tensor::empty(shape, f.q.dtype(), f.q.device())
+                        : Tensor::zeros(shape, f.q.dtype(), f.q.device());
+           };
+           Tensor dq = need[0] ? make(f.q.shape()) : Tensor();
+           Tensor d_kv = need[1] ? make(packed_shape) : Tensor();
+           if (run)
+             backend_for(f.q.device())
+                 .attention_backward(f.q, f.k, f.v, {}, mask, dropout, f.out, f.lse, g.contiguous(),
+                                     dq, d_kv.defined() ? split(d_kv, 0) : Tensor(),
+                                     d_kv.defined() ? split(d_kv, 1) : Tensor());
+           return std::vector<Tensor>{dq, d_kv};
+         });
+  return out;
+}
+
 Tensor rotary_attention_packed(const Tensor& qkv, int64_t heads, int64_t kv_heads,
                                const Tensor& cos_in, const Tensor& sin_in,
                                const AttentionMask& mask, const AttentionDropout& dropout) {

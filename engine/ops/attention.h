@@ -26,6 +26,12 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Attent
 Tensor attention_packed(const Tensor& qkv, int64_t heads, const AttentionMask& mask,
                         const AttentionDropout& dropout = {}, const Tensor& qkv_bias = Tensor());
 
+/// attention() with k and v from one packed projection kv [B, Tk, 2 * kv_heads * D] (k, then v,
+/// on the last axis: T5's cross-attention k|v GEMM over the encoder output); kv_heads = q's
+/// heads. The backward writes dk and dv into one packed gradient.
+Tensor attention_kv_packed(const Tensor& q, const Tensor& kv, const AttentionMask& mask,
+                           const AttentionDropout& dropout = {});
+
 /// Llama-family attention over one packed projection qkv [B, T, (heads + 2 kv_heads) * D] (q,
 /// k, v side by side on the last axis: q_proj, k_proj and v_proj as one GEMM): q and k are rotated
 /// by (cos, sin) [B, T, D/2] (rotary_embedding) in one pass, then attended with v read in place.

@@ -489,6 +489,17 @@ TEST(CudaModel, T5TinyMatchesTheGoldensAndNormsItsResidualSumsInTheirPass) {
   EXPECT_EQ(launched("residual_rmsnorm_forward_kernel"),
             uint64_t(2 * c.num_layers + 3 * c.num_decoder_layers));
   EXPECT_EQ(launched("rmsnorm_forward_kernel"), 2u);
+  // Packed projections are attended in place and their gradients written whole (q|k|v, the
+  // cross-attention's k|v, wi_0|wi_1): no slice of a gradient is zero-filled, copied or added.
+  // The adds left: each leaf embedding takes its first block's norm and residual gradients apart
+  // (2), and the encoder output sums the cross-attention gradients of the decoder blocks.
+  const BackendStats step = backend.stats();
+  auto step_launched = [&](const char* kernel) {
+    const auto it = step.launches_by_kernel.find(kernel);
+    return it == step.launches_by_kernel.end() ? uint64_t(0) : it->second;
+  };
+  EXPECT_EQ(step_launched("strided_copy_kernel"), 0u);
+  EXPECT_EQ(step_launched("binary_contiguous_kernel"), uint64_t(2 + c.num_decoder_layers - 1));
 }
 
 // The same model with bf16 weights and activations on cuda-emu (fp32 math inside every kernel

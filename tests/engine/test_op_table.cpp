@@ -222,6 +222,21 @@ TEST(FusedOps, RotaryAttentionPackedIsTheOpsItReplaces) {
   expect_same_bits(packed, split);
 }
 
+// Attending k and v in place in one packed projection, and writing their gradients into one
+// packed gradient, gives the bits of attention over the two slices.
+TEST(FusedOps, AttentionKvPackedIsTheOpItReplaces) {
+  const OpCase& packed = find_case("attention_kv_packed/cross_padding_dropout");
+  OpCase split = packed;
+  split.run = [](const std::vector<Tensor>& in) {
+    const int64_t B = in[1].size(0), Tk = in[1].size(1), H = in[0].size(2), D = in[0].size(3);
+    AttentionMask mask;
+    mask.key_padding = in[2];
+    return attention(in[0], in[1].slice(2, 0, H * D).view({B, Tk, H, D}),
+                     in[1].slice(2, H * D, 2 * H * D).view({B, Tk, H, D}), mask, {0.2f, 7, 3});
+  };
+  expect_same_bits(packed, split);
+}
+
 std::string case_name(const ::testing::TestParamInfo<size_t>& info) {
   std::string name = op_cases()[info.param].name;
   for (char& ch : name)
@@ -252,6 +267,7 @@ TEST(OpTableCoverage, EveryDifferentiableOpFamilyHasACase) {
                          "gated_activation_packed",
                          "masked_softmax",
                          "attention",
+                         "attention_kv_packed",
                          "rotary_attention_packed",
                          "cross_entropy",
                          "linear_cross_entropy",

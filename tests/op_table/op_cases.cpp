@@ -379,6 +379,22 @@ std::vector<OpCase> build_cases() {
               mask.key_padding = in[2];
               return attention_packed(in[0], H, mask, {0.2f, 5, 1}, in[1]);
             }});
+  // T5's cross-attention: q from the decoder, k|v from one GEMM over the encoder output (another
+  // length), unscaled, encoder padding masked, dropout.
+  add_case({"attention_kv_packed/cross_padding_dropout",
+            [](CaseSize s) {
+              const int64_t B = perf(s) ? 8 : 2, Tq = perf(s) ? 64 : 3, Tk = perf(s) ? 148 : 5,
+                            H = perf(s) ? 12 : 2, D = perf(s) ? 64 : 4;
+              return std::vector<Tensor>{random_tensor({B, Tq, H, D}, 103),
+                                         random_tensor({B, Tk, 2 * H * D}, 104),
+                                         padding_mask(B, Tk, 2)};
+            },
+            {0, 1},
+            [](const std::vector<Tensor>& in) {
+              AttentionMask mask;
+              mask.key_padding = in[2];
+              return attention_kv_packed(in[0], in[1], mask, {0.2f, 7, 3});
+            }});
   // Llama's packed q_proj / k_proj / v_proj output with grouped-query heads (4 query heads over 2
   // key/value heads), rotated inside the op; angles of real positions as the model makes them.
   add_case({"rotary_attention_packed/gqa_causal_dropout_padding",
