@@ -110,11 +110,19 @@ SP_HOST_DEVICE inline float to_unit_float(uint32_t bits) {
   return float(int32_t(bits >> 8)) * (1.0f / 16777216.0f);
 }
 
+// Word c % 4 of a block, picked by selects: indexing the array with a run-time value would put
+// the block in a GPU thread's local memory (a stack frame, off-chip) instead of registers.
+SP_HOST_DEVICE inline uint32_t word_of(const Block& block, uint64_t c) {
+  const uint32_t low = (c & 1) ? block.v[1] : block.v[0];
+  const uint32_t high = (c & 1) ? block.v[3] : block.v[2];
+  return (c & 2) ? high : low;
+}
+
 // Uniform [0, 1) for element `index` of the stream (seed, offset). Element c = offset + index
 // takes word c % 4 of block c / 4, so one Philox block serves four consecutive elements.
 SP_HOST_DEVICE inline float uniform(uint64_t seed, uint64_t offset, uint64_t index) {
   const uint64_t c = offset + index;
-  return to_unit_float(generate(c >> 2, seed).v[c & 3]);
+  return to_unit_float(word_of(generate(c >> 2, seed), c));
 }
 
 // The uniforms of stream elements first .. first + N - 1 (counters, offset included): a block
@@ -126,7 +134,7 @@ SP_HOST_DEVICE inline void uniforms(uint64_t seed, uint64_t first, float (&out)[
   for (int e = 0; e < N; ++e) {
     const uint64_t c = first + uint64_t(e);
     if (e > 0 && (c & 3) == 0) block = generate(c >> 2, seed);
-    out[e] = to_unit_float(block.v[c & 3]);
+    out[e] = to_unit_float(word_of(block, c));
   }
 }
 
