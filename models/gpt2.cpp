@@ -280,14 +280,10 @@ Tensor Gpt2Model::hidden_states(const Tensor& inputs_embeds, const Tensor& atten
   const int64_t past = cache ? cache->length : 0;
   SP_CHECK(past + T <= config_.n_positions, "gpt2: sequence of ", past + T,
            " positions exceeds n_positions = ", config_.n_positions);
-  Tensor positions =
-      position_ids.defined()
-          ? position_ids
-          : Tensor::arange(past, past + T, DType::I64).view({1, T});  // host: no check wait
-  SP_CHECK(positions.dim() == 2 && positions.size(-1) == T &&
-               (positions.size(0) == 1 || positions.size(0) == B),
+  SP_CHECK(!position_ids.defined() || (position_ids.dim() == 2 && position_ids.size(-1) == T &&
+                                       (position_ids.size(0) == 1 || position_ids.size(0) == B)),
            "gpt2: position_ids must be [B, T] or [1, T] with T = ", T, ", got ",
-           positions.describe());
+           position_ids.describe());
   AttentionMask mask;
   mask.causal = true;
   mask.query_offset = past;
@@ -298,7 +294,12 @@ Tensor Gpt2Model::hidden_states(const Tensor& inputs_embeds, const Tensor& atten
                                                             : attention_mask.to(DType::F32);
   }
   const float embd_p = options.train ? config_.embd_pdrop : 0.0f;
-  Tensor h = add(inputs_embeds, embedding(wpe_, positions));
+  // The default positions past .. past + T - 1 are rows of wpe as they stand: a view, where
+  // explicit ids cost an upload and a gather.
+  const Tensor position_embeds = position_ids.defined()
+                                     ? embedding(wpe_, position_ids)
+                                     : wpe_.slice(0, past, past + T).view({1, T, config_.n_embd});
+  Tensor h = add(inputs_embeds, position_embeds);
   h = dropout(h, embd_p, options.dropout_seed, dropout_offset(-1, 0));
   const bool any_dropout =
       options.train &&

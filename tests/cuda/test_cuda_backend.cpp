@@ -169,6 +169,9 @@ TEST(CudaStepBudget, TrainStepNeverWaitsForTheDeviceUntilTheLossIsRead) {
        {"masked_softmax_forward_kernel", "binary_contiguous_kernel", "fill_kernel"})
     EXPECT_EQ(launched(kernel), 0u) << kernel;
   EXPECT_EQ(launched("binary_strided_kernel"), 1u);
+  // Two gathers: the token embeddings and the loss's labelled rows. The position embeddings of
+  // positions 0 .. T - 1 are a view of wpe, neither uploaded nor gathered.
+  EXPECT_EQ(launched("gather_rows_kernel"), 2u);
   EXPECT_GT(s.gemm_calls, 0u);
   EXPECT_TRUE(std::isfinite(loss.item()));
   EXPECT_EQ(backend.stats().host_syncs, 1u);
