@@ -301,11 +301,6 @@ ResidualAndNorm T5Model::feed_forward(const T5FeedForward& ff, const Tensor& h,
                                        float(config_.layer_norm_epsilon));
 }
 
-namespace {
-
-// softmax(q k^T + bias, masked) v with T5's unscaled scores and dropout on the probabilities.
-}  // namespace
-
 ResidualAndNorm T5Model::encoder_block(int64_t layer, const Tensor& h, const Tensor& normed,
                                        const AttentionMask& mask, const ForwardOptions& options,
                                        const Tensor& next_norm) const {
