@@ -341,13 +341,9 @@ ResidualAndNorm LlamaModel::block_forward(int64_t layer, const Tensor& h, const 
   if (!cache) {
     o = rotary_attention_packed(qkv, H, Hkv, cos, sin, mask, dropout);
   } else {
-    // Heads [first, first + count) of the packed projection, read in place.
-    auto heads = [&](int64_t first, int64_t count) {
-      return qkv.slice(2, first * hd, (first + count) * hd).view({B, T, count, hd});
-    };
-    auto [k, v] =
-        cache->append(layer, rotary_embedding(heads(H, Hkv), cos, sin), heads(H + Hkv, Hkv));
-    o = attention(rotary_embedding(heads(0, H), cos, sin), k, v, mask, dropout);
+    auto [k, v] = cache->append(layer, rotary_embedding(packed_heads(qkv, H, Hkv, hd), cos, sin),
+                                packed_heads(qkv, H + Hkv, Hkv, hd));
+    o = attention(rotary_embedding(packed_heads(qkv, 0, H, hd), cos, sin), k, v, mask, dropout);
   }
   // Each residual add takes its projection's bias and runs in one pass with the RMS norm that reads
   // the sum next (post_attention_norm; then the next input norm, or the final norm).

@@ -344,10 +344,9 @@ ResidualAndNorm T5Model::decoder_block(int64_t layer, const Tensor& h, const Ten
   if (!cache) {
     o = attention_packed(qkv, H, self_mask, self_dropout);
   } else {
-    auto [k, v] =
-        cache->self_attention.append(layer, qkv.slice(2, inner, 2 * inner).view({B, T, H, D}),
-                                     qkv.slice(2, 2 * inner, 3 * inner).view({B, T, H, D}));
-    o = attention(qkv.slice(2, 0, inner).view({B, T, H, D}), k, v, self_mask, self_dropout);
+    auto [k, v] = cache->self_attention.append(layer, packed_heads(qkv, H, H, D),
+                                               packed_heads(qkv, 2 * H, H, D));
+    o = attention(packed_heads(qkv, 0, H, D), k, v, self_mask, self_dropout);
   }
   o = linear(o.view({B, T, inner}), b.self_attention.o, Tensor(), WeightLayout::kOutIn);
   // Each residual add runs in one pass with the RMS norm of the sublayer after it.
@@ -373,11 +372,9 @@ ResidualAndNorm T5Model::decoder_block(int64_t layer, const Tensor& h, const Ten
       ck = cache->cross_attention.keys[size_t(layer)].slice(1, 0, S);
       cv = cache->cross_attention.values[size_t(layer)].slice(1, 0, S);
     } else {
-      const int64_t S = encoder_hidden.size(1);
       Tensor kv = linear(encoder_hidden, b.cross_attention.packed, Tensor(), WeightLayout::kOutIn);
-      std::tie(ck, cv) =
-          cache->cross_attention.append(layer, kv.slice(2, 0, inner).view({B, S, H, D}),
-                                        kv.slice(2, inner, 2 * inner).view({B, S, H, D}));
+      std::tie(ck, cv) = cache->cross_attention.append(layer, packed_heads(kv, 0, H, D),
+                                                       packed_heads(kv, H, H, D));
     }
     o = attention(cq, ck, cv, cross_mask, cross_dropout);
   }

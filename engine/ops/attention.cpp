@@ -126,6 +126,11 @@ Tensor attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in,
   return out;
 }
 
+Tensor packed_heads(const Tensor& packed, int64_t first, int64_t count, int64_t head_dim) {
+  return packed.slice(2, first * head_dim, (first + count) * head_dim)
+      .view({packed.size(0), packed.size(1), count, head_dim});
+}
+
 Tensor attention_packed(const Tensor& qkv, int64_t heads, const AttentionMask& mask,
                         const AttentionDropout& dropout, const Tensor& qkv_bias) {
   const char* op = "attention_packed";
@@ -136,11 +141,10 @@ Tensor attention_packed(const Tensor& qkv, int64_t heads, const AttentionMask& m
   // A bias the kernels cannot take as it is (another dtype: mixed precision) is added first.
   if (qkv_bias.defined() && !ops_detail::check_last_axis_bias(op, qkv, qkv_bias))
     return attention_packed(add(qkv, qkv_bias), heads, mask, dropout);
-  const int64_t B = qkv.size(0), T = qkv.size(1), width = qkv.size(2) / 3;
-  const Shape head_shape{B, T, heads, width / heads};
+  const int64_t width = qkv.size(2) / 3, D = width / heads;
   // Views of one contiguous buffer: q, k, v and (in the backward) dq, dk, dv have the same strides.
-  auto split = [width, head_shape](const Tensor& packed, int64_t part) {
-    return packed.slice(2, part * width, (part + 1) * width).view(head_shape);
+  auto split = [heads, D](const Tensor& packed, int64_t part) {
+    return packed_heads(packed, part * heads, heads, D);
   };
   const Tensor packed = qkv.contiguous().detach();
   AttentionInputBias bias;
@@ -181,9 +185,9 @@ Tensor attention_kv_packed(const Tensor& q, const Tensor& kv, const AttentionMas
                kv.size(2) == 2 * q.size(2) * q.size(3),
            op, ": q must be [B, Tq, H, D] and kv [B, Tk, 2 * H * D], got ", q.describe(), " and ",
            kv.describe());
-  const int64_t B = kv.size(0), Tk = kv.size(1), H = q.size(2), D = q.size(3), width = H * D;
-  auto split = [=](const Tensor& packed, int64_t part) {
-    return packed.slice(2, part * width, (part + 1) * width).view({B, Tk, H, D});
+  const int64_t H = q.size(2), D = q.size(3);
+  auto split = [H, D](const Tensor& packed, int64_t part) {
+    return packed_heads(packed, part * H, H, D);
   };
   const Tensor packed = kv.contiguous().detach();
   FusedAttention f =
@@ -219,13 +223,12 @@ Tensor rotary_attention_packed(const Tensor& qkv, int64_t heads, int64_t kv_head
            op, ": qkv must be [B, T, (heads + 2 kv_heads) * D] with ", heads, " heads and ",
            kv_heads, " kv heads, got ", qkv.describe());
   const int64_t B = qkv.size(0), T = qkv.size(1), D = qkv.size(2) / (heads + 2 * kv_heads);
-  const int64_t rotated = (heads + kv_heads) * D;
   // q and k are adjacent: one rotation covers both, as heads + kv_heads heads of each row.
   auto qk_heads = [=](const Tensor& packed) {
-    return packed.slice(2, 0, rotated).view({B, T, heads + kv_heads, D});
+    return packed_heads(packed, 0, heads + kv_heads, D);
   };
   auto v_heads = [=](const Tensor& packed) {
-    return packed.slice(2, rotated, qkv.size(2)).view({B, T, kv_heads, D});
+    return packed_heads(packed, heads + kv_heads, kv_heads, D);
   };
   const Tensor packed = qkv.contiguous().detach();
   ops_detail::check_rotary_inputs(op, qk_heads(packed), cos_in, sin_in);

@@ -26,6 +26,11 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Attent
 Tensor attention_packed(const Tensor& qkv, int64_t heads, const AttentionMask& mask,
                         const AttentionDropout& dropout = {}, const Tensor& qkv_bias = Tensor());
 
+/// Heads [first, first + count) of a packed projection [B, T, n * head_dim] (q, k, v side by side
+/// on the last axis) as a [B, T, count, head_dim] view: what the packed attention ops read in
+/// place, and what a KV cache appends.
+Tensor packed_heads(const Tensor& packed, int64_t first, int64_t count, int64_t head_dim);
+
 /// attention() with k and v from one packed projection kv [B, Tk, 2 * kv_heads * D] (k, then v,
 /// on the last axis: T5's cross-attention k|v GEMM over the encoder output); kv_heads = q's
 /// heads. The backward writes dk and dv into one packed gradient.

@@ -207,10 +207,8 @@ TEST(FusedOps, RotaryAttentionPackedIsTheOpsItReplaces) {
   const OpCase& packed = find_case("rotary_attention_packed/gqa_causal_dropout_padding");
   OpCase split = packed;
   split.run = [](const std::vector<Tensor>& in) {
-    const int64_t B = in[0].size(0), T = in[0].size(1), H = 4, Hkv = 2, D = in[1].size(2) * 2;
-    auto heads = [&](int64_t first, int64_t count) {
-      return in[0].slice(2, first * D, (first + count) * D).view({B, T, count, D});
-    };
+    const int64_t H = 4, Hkv = 2, D = in[1].size(2) * 2;
+    auto heads = [&](int64_t first, int64_t count) { return packed_heads(in[0], first, count, D); };
     AttentionMask mask;
     mask.scale = 1.0f / std::sqrt(float(D));
     mask.causal = true;
@@ -228,11 +226,11 @@ TEST(FusedOps, AttentionKvPackedIsTheOpItReplaces) {
   const OpCase& packed = find_case("attention_kv_packed/cross_padding_dropout");
   OpCase split = packed;
   split.run = [](const std::vector<Tensor>& in) {
-    const int64_t B = in[1].size(0), Tk = in[1].size(1), H = in[0].size(2), D = in[0].size(3);
+    const int64_t H = in[0].size(2), D = in[0].size(3);
     AttentionMask mask;
     mask.key_padding = in[2];
-    return attention(in[0], in[1].slice(2, 0, H * D).view({B, Tk, H, D}),
-                     in[1].slice(2, H * D, 2 * H * D).view({B, Tk, H, D}), mask, {0.2f, 7, 3});
+    return attention(in[0], packed_heads(in[1], 0, H, D), packed_heads(in[1], H, H, D), mask,
+                     {0.2f, 7, 3});
   };
   expect_same_bits(packed, split);
 }
