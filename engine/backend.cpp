@@ -2,8 +2,10 @@
 #include "engine/backend.h"
 
 #include <algorithm>
+#include <initializer_list>
 #include <mutex>
 #include <numeric>
+#include <utility>
 
 #include "engine/cpu/cpu_backend.h"
 #include "engine/cuda/cuda_backend_factory.h"
@@ -83,38 +85,40 @@ RowGroups group_rows_by_destination(const std::vector<int64_t>& ids, Device devi
           all.slice(0, first + 2 * groups + 1, first + 2 * groups + 1 + n)};
 }
 
-int64_t logits_row_stride(const char* op, const Tensor& logits, const Tensor& d_logits) {
-  const int64_t V = logits.dim() > 0 ? logits.size(-1) : 0;
-  auto row_stride = [&](const Tensor& t, const char* name) {
-    if (t.is_contiguous()) return V;
-    SP_CHECK(t.dim() == 2 && t.stride(1) == 1 && t.stride(0) >= V, op, ": ", name,
-             " must be contiguous or [rows, V] with unit column stride, got ", t.describe(),
-             " with strides ", shape_str(t.strides()));
+namespace {
+
+// The row stride shared by named operands of one shape: each is contiguous (its width) or a
+// [rows, width] view with unit column stride; undefined operands are skipped.
+int64_t shared_row_stride(const char* op,
+                          std::initializer_list<std::pair<const char*, const Tensor*>> operands) {
+  const Tensor& first = *operands.begin()->second;
+  const int64_t width = first.dim() > 0 ? first.size(-1) : 0;
+  auto row_stride = [&](const char* name, const Tensor& t) {
+    if (t.is_contiguous()) return width;
+    SP_CHECK(t.dim() == 2 && t.stride(1) == 1 && t.stride(0) >= width, op, ": ", name, " ",
+             t.describe(), " is neither contiguous nor [rows, ", width,
+             "] with unit column stride (strides ", shape_str(t.strides()), ")");
     return t.stride(0);
   };
-  const int64_t ld = row_stride(logits, "logits");
-  if (d_logits.defined())
-    SP_CHECK(d_logits.shape() == logits.shape() && row_stride(d_logits, "d_logits") == ld, op,
-             ": d_logits ", d_logits.describe(), " must have the logits' shape and row stride ",
-             ld);
+  const int64_t ld = row_stride(operands.begin()->first, first);
+  for (const auto& [name, t] : operands)
+    if (t->defined())
+      SP_CHECK(t->shape() == first.shape() && row_stride(name, *t) == ld, op, ": ", name, " ",
+               t->describe(), " does not have ", operands.begin()->first, " ", first.describe(),
+               "'s shape and row stride ", ld);
   return ld;
+}
+
+}  // namespace
+
+int64_t logits_row_stride(const char* op, const Tensor& logits, const Tensor& d_logits) {
+  return shared_row_stride(op, {{"logits", &logits}, {"d_logits", &d_logits}});
 }
 
 int64_t gated_row_stride(const char* op, const Tensor& gate, const Tensor& up, const Tensor& d_gate,
                          const Tensor& d_up) {
-  const int64_t width = gate.dim() > 0 ? gate.size(-1) : 1;
-  auto row_stride = [&](const Tensor& t) {
-    if (t.is_contiguous()) return width;
-    SP_CHECK(t.dim() == 2 && t.stride(1) == 1 && t.stride(0) >= width, op, ": ", t.describe(),
-             " is neither contiguous nor [rows, ", width, "] with unit column stride");
-    return t.stride(0);
-  };
-  const int64_t ld = row_stride(gate);
-  for (const Tensor* t : {&up, &d_gate, &d_up})
-    if (t->defined())
-      SP_CHECK(t->shape() == gate.shape() && row_stride(*t) == ld, op, ": ", t->describe(),
-               " does not have gate ", gate.describe(), "'s shape and row stride ", ld);
-  return ld;
+  return shared_row_stride(op,
+                           {{"gate", &gate}, {"up", &up}, {"d_gate", &d_gate}, {"d_up", &d_up}});
 }
 
 std::optional<int64_t> rotary_row_stride(const Tensor& t) {
