@@ -131,6 +131,11 @@ struct BackendStats {
   uint64_t device_allocations = 0;  // allocations the device's caching allocator did not serve
   std::map<std::string, uint64_t, std::less<>> launches_by_kernel;
   std::map<std::string, KernelTraffic, std::less<>> traffic_by_kernel;
+  /// launches_by_kernel's count for one kernel (or copy kind), 0 when it never ran.
+  uint64_t launches_of(std::string_view kernel) const {
+    const auto it = launches_by_kernel.find(kernel);
+    return it == launches_by_kernel.end() ? 0 : it->second;
+  }
 };
 
 class Backend {

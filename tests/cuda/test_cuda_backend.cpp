@@ -153,13 +153,9 @@ TEST(CudaStepBudget, TrainStepNeverWaitsForTheDeviceUntilTheLossIsRead) {
   // Every LayerNorm but the first block's ln_1 runs in the pass of the residual add before it
   // (ln_2, the next ln_1, ln_f): two per block.
   const int64_t layers = model->config().n_layer;
-  auto launched = [&](const char* kernel) {
-    const auto it = s.launches_by_kernel.find(kernel);
-    return it == s.launches_by_kernel.end() ? uint64_t(0) : it->second;
-  };
-  EXPECT_EQ(launched("layernorm_forward_kernel"), 1u);
-  EXPECT_EQ(launched("residual_layernorm_forward_kernel"), uint64_t(2 * layers));
-  EXPECT_EQ(launched("residual_dropout_add_kernel"), 0u);
+  EXPECT_EQ(s.launches_of("layernorm_forward_kernel"), 1u);
+  EXPECT_EQ(s.launches_of("residual_layernorm_forward_kernel"), uint64_t(2 * layers));
+  EXPECT_EQ(s.launches_of("residual_dropout_add_kernel"), 0u);
   // Fused away: attention dropout (no materialised softmax), the residual stream's gradient sums
   // (added inside the layernorm backward), the q/k/v gradient assembly (written into one buffer)
   // and c_attn's bias (added by the attention kernels): no standalone softmax or dense add is left
@@ -167,11 +163,11 @@ TEST(CudaStepBudget, TrainStepNeverWaitsForTheDeviceUntilTheLossIsRead) {
   // stays on the host, where the loss's backward reads it: no fill, no multiply by it.
   for (const char* kernel :
        {"masked_softmax_forward_kernel", "binary_contiguous_kernel", "fill_kernel"})
-    EXPECT_EQ(launched(kernel), 0u) << kernel;
-  EXPECT_EQ(launched("binary_strided_kernel"), 1u);
+    EXPECT_EQ(s.launches_of(kernel), 0u) << kernel;
+  EXPECT_EQ(s.launches_of("binary_strided_kernel"), 1u);
   // Two gathers: the token embeddings and the loss's labelled rows. The position embeddings of
   // positions 0 .. T - 1 are a view of wpe, neither uploaded nor gathered.
-  EXPECT_EQ(launched("gather_rows_kernel"), 2u);
+  EXPECT_EQ(s.launches_of("gather_rows_kernel"), 2u);
   EXPECT_GT(s.gemm_calls, 0u);
   EXPECT_TRUE(std::isfinite(loss.item()));
   EXPECT_EQ(backend.stats().host_syncs, 1u);
@@ -485,24 +481,16 @@ TEST(CudaModel, T5TinyMatchesTheGoldensAndNormsItsResidualSumsInTheirPass) {
   expect_close(golden->get("grad_decoder_inputs_embeds").to_floats(),
                decoder_embeds.grad().to_floats(), "grad_decoder_inputs_embeds");
   const T5Config& c = model->config();
-  auto launched = [&](const char* kernel) {
-    const auto it = forward.launches_by_kernel.find(kernel);
-    return it == forward.launches_by_kernel.end() ? uint64_t(0) : it->second;
-  };
-  EXPECT_EQ(launched("residual_rmsnorm_forward_kernel"),
+  EXPECT_EQ(forward.launches_of("residual_rmsnorm_forward_kernel"),
             uint64_t(2 * c.num_layers + 3 * c.num_decoder_layers));
-  EXPECT_EQ(launched("rmsnorm_forward_kernel"), 2u);
+  EXPECT_EQ(forward.launches_of("rmsnorm_forward_kernel"), 2u);
   // Packed projections are attended in place and their gradients written whole (q|k|v, the
   // cross-attention's k|v, wi_0|wi_1): no slice of a gradient is zero-filled, copied or added.
   // The adds left: each leaf embedding takes its first block's norm and residual gradients apart
   // (2), and the encoder output sums the cross-attention gradients of the decoder blocks.
   const BackendStats step = backend.stats();
-  auto step_launched = [&](const char* kernel) {
-    const auto it = step.launches_by_kernel.find(kernel);
-    return it == step.launches_by_kernel.end() ? uint64_t(0) : it->second;
-  };
-  EXPECT_EQ(step_launched("strided_copy_kernel"), 0u);
-  EXPECT_EQ(step_launched("binary_contiguous_kernel"), uint64_t(2 + c.num_decoder_layers - 1));
+  EXPECT_EQ(step.launches_of("strided_copy_kernel"), 0u);
+  EXPECT_EQ(step.launches_of("binary_contiguous_kernel"), uint64_t(2 + c.num_decoder_layers - 1));
 }
 
 // The same model with bf16 weights and activations on cuda-emu (fp32 math inside every kernel
