@@ -38,6 +38,10 @@ CudaBackend::CudaBackend(int device_index) : device_index_(device_index) {
 
 CudaBackend::~CudaBackend() {
   // Errors are ignored here: at process exit the CUDA runtime may already be shutting down.
+  if (stream_) (void)cudaStreamSynchronize(stream_);
+  staging_ring_.clear([this](cudaEvent_t e) { idle_events_.push_back(e); });
+  for (cudaEvent_t e : idle_events_) (void)cudaEventDestroy(e);
+  if (staging_) (void)cudaFreeHost(staging_);
   if (cublas_) (void)cublasDestroy(cublas_);
   if (stream_) (void)cudaStreamDestroy(stream_);
 }
@@ -72,19 +76,56 @@ void CudaBackend::reset_stats() {
 void CudaBackend::copy_from_host(void* dst, const void* src, size_t nbytes) {
   if (nbytes == 0) return;
   activate("copy_from_host");
+  count_launch("cudaMemcpyAsync (host to device)", {0.0, double(nbytes)});
+  if (staging_ring_.fits(nbytes)) {
+    stage_upload(dst, src, nbytes);
+    return;
+  }
   cudaPointerAttributes source{};
   SP_CUDA_CHECK("copy_from_host", cudaPointerGetAttributes(&source, src));
-  count_launch("cudaMemcpyAsync (host to device)", {0.0, double(nbytes)});
   SP_CUDA_CHECK("copy_from_host",
                 cudaMemcpyAsync(dst, src, nbytes, cudaMemcpyHostToDevice, stream_));
-  // The caller may free the host buffer as soon as we return. From pageable memory (every host
-  // tensor softprompt allocates) the driver has staged the bytes by the time cudaMemcpyAsync
-  // returns, so the host need not wait; page-locked memory (a borrowed pinned buffer) is read
-  // by the DMA later, so then it waits. (CUDA runtime docs, "API synchronization behavior".)
+  // The caller may free the host buffer as soon as we return. From pageable memory the driver
+  // has staged the bytes by the time cudaMemcpyAsync returns (possibly after waiting for the
+  // stream); page-locked memory is read by the DMA later, so then we wait. (CUDA runtime docs,
+  // "API synchronization behavior".)
   if (source.type == cudaMemoryTypeHost) {
     count_host_sync();
     SP_CUDA_CHECK("copy_from_host", cudaStreamSynchronize(stream_));
   }
+}
+
+void CudaBackend::stage_upload(void* dst, const void* src, size_t nbytes) {
+  const char* op = "copy_from_host";
+  std::lock_guard lock(staging_mutex_);
+  if (!staging_) {
+    void* pinned = nullptr;
+    SP_CUDA_CHECK(op, cudaHostAlloc(&pinned, kUploadStagingBytes, cudaHostAllocDefault));
+    staging_ = static_cast<unsigned char*>(pinned);
+  }
+  const auto landed = [](cudaEvent_t e) { return cudaEventQuery(e) == cudaSuccess; };
+  // Staged bytes an earlier upload still reads: wait for it (the ring wrapped onto work the
+  // device has not reached, i.e. over kUploadStagingBytes queued ahead of it).
+  const auto retire = [&](cudaEvent_t e) {
+    if (cudaEventQuery(e) == cudaErrorNotReady) {
+      count_host_sync();
+      SP_CUDA_CHECK(op, cudaEventSynchronize(e));
+    }
+    idle_events_.push_back(e);
+  };
+  const size_t offset = staging_ring_.acquire(nbytes, landed, retire);
+  std::memcpy(staging_ + offset, src, nbytes);
+  SP_CUDA_CHECK(op,
+                cudaMemcpyAsync(dst, staging_ + offset, nbytes, cudaMemcpyHostToDevice, stream_));
+  cudaEvent_t done = nullptr;
+  if (idle_events_.empty()) {
+    SP_CUDA_CHECK(op, cudaEventCreateWithFlags(&done, cudaEventDisableTiming));
+  } else {
+    done = idle_events_.back();
+    idle_events_.pop_back();
+  }
+  staging_ring_.commit(offset, nbytes, done);
+  SP_CUDA_CHECK(op, cudaEventRecord(done, stream_));
 }
 
 void CudaBackend::copy_to_host(void* dst, const void* src, size_t nbytes) {

@@ -6,9 +6,12 @@
 
 #include <atomic>
 #include <cstddef>
+#include <mutex>
+#include <vector>
 
 #include "engine/backend.h"
 #include "engine/cuda/caching_allocator.h"
+#include "engine/cuda/staging_ring.h"
 #include "kernels/cuda_compat.h"
 
 namespace sp::SP_CUDA_NS {
@@ -33,7 +36,11 @@ class CudaBackend final : public Backend {
     count_launch(kernel, traffic);
   }
 
+  // Never waits for the device when nbytes fits the staging ring (kUploadStagingBytes): the bytes
+  // are copied into page-locked memory the DMA reads later, so the caller may reuse its buffer at
+  // once and the host keeps queueing work. Larger copies go straight from the caller's memory.
   void copy_from_host(void* dst, const void* src, size_t nbytes) override;
+  static constexpr size_t kUploadStagingBytes = size_t(8) << 20;
   void copy_to_host(void* dst, const void* src, size_t nbytes) override;
   void copy_on_device(void* dst, const void* src, size_t nbytes) override;
 
@@ -159,6 +166,14 @@ class CudaBackend final : public Backend {
   std::atomic<bool> tensor_core_attention_{false};
   bool native_bf16_gemm_ = false;
   uint64_t device_mallocs_at_reset_ = 0;
+
+  // Copies nbytes (staging_ring_.fits) into the staging ring and queues their upload to dst.
+  void stage_upload(void* dst, const void* src, size_t nbytes);
+  std::mutex staging_mutex_;  // guards the three below
+  // kUploadStagingBytes of page-locked memory, allocated by the first upload.
+  unsigned char* staging_ = nullptr;
+  StagingRing<cudaEvent_t> staging_ring_{kUploadStagingBytes, 256};
+  std::vector<cudaEvent_t> idle_events_;  // recorded events whose upload has landed, for reuse
 };
 
 }  // namespace sp::SP_CUDA_NS

@@ -10,6 +10,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <deque>
 #include <iterator>
 #include <map>
 #include <mutex>
@@ -30,6 +31,9 @@ struct CUevent_st {
   unsigned int flags = 0;
   bool recorded = false;
   std::chrono::steady_clock::time_point when;
+  // How many deferred pinned-memory copies had been queued when the event was recorded: it
+  // completes once that many have landed.
+  std::uint64_t copies_before = 0;
 };
 
 struct cublasContext {
@@ -48,8 +52,19 @@ using namespace ::sp::cuda_emu;
 constexpr std::size_t kDeviceAlignment = 256;
 constexpr int kSmemOptInLimit = 227 * 1024;
 
+// A cudaMemcpyAsync from page-locked host memory that has not landed yet: the DMA engine reads
+// the source when the stream next does work, not when the call returns.
+struct DeferredCopy {
+  void* dst;
+  const void* src;
+  std::size_t count;
+};
+
 struct Registry {
   std::mutex mu;
+  std::deque<DeferredCopy> deferred;  // in stream order (all streams are treated as one queue)
+  std::uint64_t deferred_queued = 0;  // ever queued
+  std::uint64_t deferred_landed = 0;  // ever completed
   std::map<std::uintptr_t, std::size_t> device;  // start -> size of every live cudaMalloc
   std::unordered_map<void*, std::size_t> host;   // cudaMallocHost / cudaHostAlloc
   std::unordered_set<const void*> streams;
@@ -132,6 +147,22 @@ bool valid_stream(Registry& r, cudaStream_t s) {
   return s == nullptr || r.streams.count(s) != 0;
 }
 
+// Completes every deferred copy, in order; the caller holds r.mu.
+void land_deferred_copies(Registry& r) {
+  for (const DeferredCopy& c : r.deferred) std::memcpy(c.dst, c.src, c.count);
+  r.deferred_landed += r.deferred.size();
+  r.deferred.clear();
+}
+
+bool is_page_locked(Registry& r, const void* p) {
+  const auto address = reinterpret_cast<std::uintptr_t>(p);
+  for (const auto& [start, size] : r.host) {
+    const auto begin = reinterpret_cast<std::uintptr_t>(start);
+    if (address >= begin && address < begin + std::max<std::size_t>(size, 1)) return true;
+  }
+  return false;
+}
+
 cudaError_t copy(const char* fn, void* dst, const void* src, std::size_t count, cudaMemcpyKind kind,
                  cudaStream_t stream) {
   g_memcpy_calls.fetch_add(1, std::memory_order_relaxed);
@@ -172,6 +203,15 @@ cudaError_t copy(const char* fn, void* dst, const void* src, std::size_t count, 
   if (auto why = check_range(r, src, count, src_side, "source"); !why.empty()) {
     return failed(cudaErrorInvalidValue, fn, ": ", why);
   }
+  // A DMA from page-locked memory queues behind earlier ones; any other copy is done now, so
+  // those land first (stream order).
+  const bool asynchronous = std::strcmp(fn, "cudaMemcpyAsync") == 0;
+  if (asynchronous && find_device(r, dst) && is_page_locked(r, src)) {
+    r.deferred.push_back({dst, src, count});
+    ++r.deferred_queued;
+    return cudaSuccess;
+  }
+  land_deferred_copies(r);
   lock.unlock();
   std::memcpy(dst, src, count);
   return cudaSuccess;
@@ -189,6 +229,7 @@ cudaError_t set(const char* fn, void* dst, int value, std::size_t count, cudaStr
   if (auto why = check_range(r, dst, count, Side::kDevice, "destination"); !why.empty()) {
     return failed(cudaErrorInvalidValue, fn, ": ", why);
   }
+  land_deferred_copies(r);
   lock.unlock();
   std::memset(dst, value, count);
   return cudaSuccess;
@@ -341,6 +382,7 @@ cublasStatus_t gemm(const char* fn, cublasHandle_t handle, cublasOperation_t tra
                          " was not created by cublasCreate (or was destroyed)");
     }
     math = handle->math;
+    land_deferred_copies(r);
   }
   g_gemm_calls.fetch_add(1, std::memory_order_relaxed);
   const auto valid_op = [](cublasOperation_t op) {
@@ -456,6 +498,12 @@ cublasStatus_t gemm(const char* fn, cublasHandle_t handle, cublasOperation_t tra
 }
 
 }  // namespace
+
+void land_pending_copies() {
+  Registry& r = registry();
+  std::lock_guard lock(r.mu);
+  land_deferred_copies(r);
+}
 
 RuntimeStats runtime_stats() {
   RuntimeStats s;
@@ -606,6 +654,7 @@ cudaError_t cudaFree(void* ptr) {
       return failed(cudaErrorInvalidValue, "cudaFree(", ptr,
                     "): not a pointer returned by cudaMalloc, or already freed");
     }
+    land_deferred_copies(r);  // cudaFree waits for the device
     r.live_bytes -= it->second;
     r.device.erase(it);
   }
@@ -642,6 +691,7 @@ cudaError_t cudaFreeHost(void* ptr) {
   {
     auto& r = registry();
     std::lock_guard lock(r.mu);
+    land_deferred_copies(r);  // cudaFreeHost waits for the device
     if (r.host.erase(ptr) == 0) {
       return failed(cudaErrorInvalidValue, "cudaFreeHost(", ptr,
                     "): not a pointer returned by cudaMallocHost/cudaHostAlloc, or already freed");
@@ -734,26 +784,27 @@ cudaError_t cudaStreamDestroy(cudaStream_t stream) {
 
 namespace {
 
-// The emulator's streams have always finished their work: synchronising or querying one only
-// checks that it is live.
-cudaError_t check_live_stream(cudaStream_t stream, const char* call) {
+// Kernels and cuBLAS calls finish before they return; only copies from page-locked memory may
+// still be pending. Synchronising lands them; querying reports them (cudaErrorNotReady).
+cudaError_t check_live_stream(cudaStream_t stream, const char* call, bool synchronize) {
   auto& r = registry();
   std::lock_guard lock(r.mu);
   if (!emu::valid_stream(r, stream))
     return failed(cudaErrorInvalidResourceHandle, call, "(", emu::addr(stream),
                   "): not a live stream");
-  return cudaSuccess;
+  if (synchronize) emu::land_deferred_copies(r);
+  return r.deferred.empty() ? cudaSuccess : cudaErrorNotReady;
 }
 
 }  // namespace
 
 cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
   emu::g_sync_calls.fetch_add(1, std::memory_order_relaxed);
-  return check_live_stream(stream, "cudaStreamSynchronize");
+  return check_live_stream(stream, "cudaStreamSynchronize", true);
 }
 
 cudaError_t cudaStreamQuery(cudaStream_t stream) {
-  return check_live_stream(stream, "cudaStreamQuery");
+  return check_live_stream(stream, "cudaStreamQuery", false);
 }
 
 cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned int) {
@@ -790,6 +841,7 @@ cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
   }
   event->recorded = true;
   event->when = std::chrono::steady_clock::now();
+  event->copies_before = r.deferred_queued;
   return cudaSuccess;
 }
 
@@ -800,11 +852,19 @@ cudaError_t cudaEventSynchronize(cudaEvent_t event) {
     return failed(cudaErrorInvalidResourceHandle, "cudaEventSynchronize(", emu::addr(event),
                   "): not a live event");
   }
+  if (r.deferred_landed < event->copies_before) emu::land_deferred_copies(r);
   return cudaSuccess;
 }
 
+// Complete once every copy queued before the event was recorded has landed.
 cudaError_t cudaEventQuery(cudaEvent_t event) {
-  return cudaEventSynchronize(event);
+  auto& r = registry();
+  std::lock_guard lock(r.mu);
+  if (!event || !r.events.count(event)) {
+    return failed(cudaErrorInvalidResourceHandle, "cudaEventQuery(", emu::addr(event),
+                  "): not a live event");
+  }
+  return r.deferred_landed < event->copies_before ? cudaErrorNotReady : cudaSuccess;
 }
 
 cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t end) {
@@ -944,6 +1004,7 @@ cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) 
 
 cudaError_t cudaDeviceSynchronize() {
   emu::g_sync_calls.fetch_add(1, std::memory_order_relaxed);
+  emu::land_pending_copies();
   return cudaSuccess;
 }
 cudaError_t cudaDeviceReset() {

@@ -1,5 +1,6 @@
 // kernels/emu/cuda_runtime_emu.h: the emulated subset of the CUDA runtime and cuBLAS APIs in
-// sp::cuda_emu (device memory is host memory, streams are synchronous, GEMMs run on OpenBLAS).
+// sp::cuda_emu (device memory is host memory, work is done when its call returns except copies from
+// page-locked memory, which land when the stream next works; GEMMs run on OpenBLAS).
 #pragma once
 
 #include <cstddef>
@@ -116,7 +117,12 @@ cudaError_t cudaMemcpyFromSymbol(void* dst, const T& symbol, std::size_t count,
   return cudaSuccess;
 }
 
-// ---- streams and events (all work is done by the time a call returns) ----
+// ---- streams and events ----
+// Kernels, GEMMs, memsets and pageable copies are done when their call returns. A cudaMemcpyAsync
+// from page-locked host memory is read later, as by the DMA engine: it lands before the next
+// launch, copy, memset or GEMM, or when a synchronisation reaches it, so a source rewritten before
+// then is what arrives. cudaStreamQuery and cudaEventQuery say cudaErrorNotReady while one is
+// pending ahead of them.
 cudaError_t cudaStreamCreate(cudaStream_t* stream);
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t* stream, unsigned int flags);
 cudaError_t cudaStreamDestroy(cudaStream_t stream);
@@ -311,6 +317,8 @@ struct RuntimeStats {
   std::uint64_t peak_bytes = 0;
 };
 RuntimeStats runtime_stats();
+// Lands every pending copy from page-locked memory (each kernel launch calls it first).
+void land_pending_copies();
 // Zeroes the call counters; live_* describe memory and are kept.
 void reset_runtime_stats();
 // Why the calling thread's last failed runtime/cuBLAS call failed, in words ("" if none).

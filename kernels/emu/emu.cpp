@@ -13,6 +13,7 @@
 #include <random>
 #include <sstream>
 
+#include "kernels/emu/cuda_runtime_emu.h"
 #include "kernels/error.h"
 
 #if defined(__SANITIZE_ADDRESS__)
@@ -1136,6 +1137,7 @@ void run_grid(const LaunchConfig& config, ThreadMain thread_main, void* context)
   }
   check_config(config);
   load_environment();
+  land_pending_copies();  // the grid reads what earlier copies on its stream wrote
 
   std::unique_lock lock(g_launch_mutex);
   Settings settings;

@@ -249,22 +249,57 @@ TEST(CudaStepBudget, TrafficCountersSayWhatKernelsMoveAndCompute) {
             double(B * H) * visible * (4.0 * D + 12.0));
 }
 
-// An upload from pageable memory (every host tensor softprompt makes) does not wait: the driver
-// has staged the bytes when cudaMemcpyAsync returns. From page-locked memory it waits, since the
-// DMA reads the buffer later and the caller may free it as soon as the copy returns.
-TEST(CudaStepBudget, UploadsWaitOnlyForPageLockedSources) {
+// Uploads go through the backend's page-locked staging ring: none waits for the device, from
+// pageable or page-locked memory, and the caller may rewrite its buffer as soon as the call
+// returns. (The emulator reads page-locked sources late, as a DMA engine does, so handing the
+// caller's page-locked buffer to cudaMemcpyAsync without waiting would deliver the rewrite.)
+TEST(CudaStepBudget, UploadsNeverWaitAndTheCallerMayReuseItsBuffer) {
   cuda_emu::CudaBackend& backend = emu_backend();
   std::vector<float> pageable(64, 1.0f);
   float* pinned = nullptr;
   ASSERT_EQ(cuda_emu::cudaMallocHost(&pinned, 64 * sizeof(float)), cuda_emu::cudaSuccess);
-  Tensor dst = Tensor::empty({64}, DType::F32, emu_device());
+  std::fill(pinned, pinned + 64, 2.0f);
+  Tensor from_pageable = Tensor::empty({64}, DType::F32, emu_device());
+  Tensor from_pinned = Tensor::empty({16}, DType::F32, emu_device());
   backend.reset_stats();
-  backend.copy_from_host(dst.raw_data(), pageable.data(), 64 * sizeof(float));
+  backend.copy_from_host(from_pageable.raw_data(), pageable.data(), 64 * sizeof(float));
+  std::fill(pageable.begin(), pageable.end(), -1.0f);
+  backend.copy_from_host(from_pinned.raw_data(), pinned + 16, 16 * sizeof(float));
+  std::fill(pinned, pinned + 64, -2.0f);
   EXPECT_EQ(backend.stats().host_syncs, 0u);
-  backend.copy_from_host(dst.raw_data(), pinned + 16, 16 * sizeof(float));
-  EXPECT_EQ(backend.stats().host_syncs, 1u);
-  EXPECT_EQ(backend.stats().launches_by_kernel.at("cudaMemcpyAsync (host to device)"), 2u);
+  EXPECT_EQ(backend.stats().launches_of("cudaMemcpyAsync (host to device)"), 2u);
+  EXPECT_EQ(from_pageable.to_floats(), std::vector<float>(64, 1.0f));
+  EXPECT_EQ(from_pinned.to_floats(), std::vector<float>(16, 2.0f));
   EXPECT_EQ(cuda_emu::cudaFreeHost(pinned), cuda_emu::cudaSuccess);
+}
+
+// Uploads queued faster than the device takes them wrap the ring onto staged bytes it has not
+// read yet: then, and only then, the host waits for that upload. Three uploads of 3/8 of the
+// ring with no other work between them (the emulator lands none of them early): the third wraps
+// onto the first.
+TEST(CudaStepBudget, TheStagingRingWaitsOnlyWhenItWrapsOntoAPendingUpload) {
+  cuda_emu::CudaBackend& backend = emu_backend();
+  backend.synchronize();  // nothing of earlier tests pending
+  const size_t n = cuda_emu::CudaBackend::kUploadStagingBytes * 3 / 8 / sizeof(float);
+  std::vector<Tensor> destinations;
+  std::vector<float> source(n);
+  backend.reset_stats();
+  for (int upload = 0; upload < 3; ++upload) {
+    std::fill(source.begin(), source.end(), float(upload + 1));
+    destinations.push_back(Tensor::empty({int64_t(n)}, DType::F32, emu_device()));
+    backend.copy_from_host(destinations.back().raw_data(), source.data(), n * sizeof(float));
+    EXPECT_EQ(backend.stats().host_syncs, upload < 2 ? 0u : 1u) << "upload " << upload;
+  }
+  for (int upload = 0; upload < 3; ++upload)
+    EXPECT_EQ(destinations[upload].to_floats(), std::vector<float>(n, float(upload + 1)))
+        << "upload " << upload;
+  // Larger than the ring: straight from the caller's memory (pageable here, so no wait).
+  std::vector<float> large(cuda_emu::CudaBackend::kUploadStagingBytes / sizeof(float) + 1, 4.0f);
+  Tensor large_destination = Tensor::empty({int64_t(large.size())}, DType::F32, emu_device());
+  backend.reset_stats();
+  backend.copy_from_host(large_destination.raw_data(), large.data(), large.size() * sizeof(float));
+  EXPECT_EQ(backend.stats().host_syncs, 0u);
+  EXPECT_EQ(large_destination.to_floats(), large);
 }
 
 // ---- TF32 ----

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "kernels/cuda_compat.h"
+#include "tests/emu/emu_test_kernels.cuh"
 
 namespace sp::cuda_emu {
 namespace {
@@ -98,6 +99,66 @@ TEST(EmuRuntime, PinnedHostMemory) {
   EXPECT_EQ(cudaFreeHost(dev), cudaErrorInvalidValue);
   EXPECT_EQ(cudaFree(dev), cudaSuccess);
   cudaGetLastError();
+}
+
+// A copy from page-locked memory is read by the DMA engine after cudaMemcpyAsync returns, so what
+// the host writes to the source before the stream next works is what arrives; the queries see it
+// pending. A pageable source is staged before the call returns.
+TEST(EmuRuntime, PageLockedSourcesAreReadWhenTheStreamNextWorks) {
+  float* pinned = nullptr;
+  float *dev = nullptr, *other = nullptr;
+  ASSERT_EQ(cudaMallocHost(&pinned, 4 * sizeof(float)), cudaSuccess);
+  ASSERT_EQ(cudaMalloc(&dev, 4 * sizeof(float)), cudaSuccess);
+  ASSERT_EQ(cudaMalloc(&other, 4 * sizeof(float)), cudaSuccess);
+  cudaStream_t s = nullptr;
+  cudaEvent_t copied = nullptr;
+  ASSERT_EQ(cudaStreamCreate(&s), cudaSuccess);
+  ASSERT_EQ(cudaEventCreate(&copied), cudaSuccess);
+  const auto device_value = [&](const float* p) {
+    float v = 0;
+    EXPECT_EQ(cudaMemcpy(&v, p, sizeof(float), cudaMemcpyDeviceToHost), cudaSuccess);
+    return v;
+  };
+
+  // Rewritten before a synchronisation: the rewrite arrives.
+  pinned[0] = 1.0f;
+  ASSERT_EQ(cudaMemcpyAsync(dev, pinned, sizeof(float), cudaMemcpyHostToDevice, s), cudaSuccess);
+  ASSERT_EQ(cudaEventRecord(copied, s), cudaSuccess);
+  EXPECT_EQ(cudaEventQuery(copied), cudaErrorNotReady);
+  EXPECT_EQ(cudaStreamQuery(s), cudaErrorNotReady);
+  pinned[0] = 2.0f;
+  ASSERT_EQ(cudaEventSynchronize(copied), cudaSuccess);
+  EXPECT_EQ(cudaEventQuery(copied), cudaSuccess);
+  EXPECT_EQ(cudaStreamQuery(s), cudaSuccess);
+  EXPECT_EQ(device_value(dev), 2.0f);
+
+  // Two queue in order; a kernel launch lands both before it runs, and rewrites after it do not
+  // arrive.
+  pinned[0] = 3.0f;
+  pinned[1] = 4.0f;
+  ASSERT_EQ(cudaMemcpyAsync(dev, pinned, sizeof(float), cudaMemcpyHostToDevice, s), cudaSuccess);
+  ASSERT_EQ(cudaMemcpyAsync(dev + 1, pinned + 1, sizeof(float), cudaMemcpyHostToDevice, s),
+            cudaSuccess);
+  SP_LAUNCH(1, 32, 0, s, emu_test::fill<float>)(other, 0.0f, 4);
+  SP_LAUNCH(1, 32, 0, s, (emu_test::scale_add<float, 1>))(dev, other, 2);
+  pinned[0] = pinned[1] = 5.0f;
+  EXPECT_EQ(device_value(other), 3.0f);
+  EXPECT_EQ(device_value(other + 1), 4.0f);
+
+  // A pageable source has been read when the call returns.
+  std::vector<float> pageable{6.0f};
+  ASSERT_EQ(cudaMemcpyAsync(dev, pageable.data(), sizeof(float), cudaMemcpyHostToDevice, s),
+            cudaSuccess);
+  ASSERT_EQ(cudaEventRecord(copied, s), cudaSuccess);
+  EXPECT_EQ(cudaEventQuery(copied), cudaSuccess);
+  pageable[0] = 7.0f;
+  EXPECT_EQ(device_value(dev), 6.0f);
+
+  EXPECT_EQ(cudaEventDestroy(copied), cudaSuccess);
+  EXPECT_EQ(cudaStreamDestroy(s), cudaSuccess);
+  EXPECT_EQ(cudaFree(dev), cudaSuccess);
+  EXPECT_EQ(cudaFree(other), cudaSuccess);
+  EXPECT_EQ(cudaFreeHost(pinned), cudaSuccess);
 }
 
 // Any address inside an allocation is classified, as CUDA's cudaPointerGetAttributes does:
