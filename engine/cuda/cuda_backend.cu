@@ -103,11 +103,21 @@ void CudaBackend::stage_upload(void* dst, const void* src, size_t nbytes) {
     SP_CUDA_CHECK(op, cudaHostAlloc(&pinned, kUploadStagingBytes, cudaHostAllocDefault));
     staging_ = static_cast<unsigned char*>(pinned);
   }
-  const auto landed = [](cudaEvent_t e) { return cudaEventQuery(e) == cudaSuccess; };
+  // cudaErrorNotReady is not a failure, but the runtime may leave it for cudaGetLastError, where
+  // the next launch check would report it: clear it.
+  const auto landed = [op](cudaEvent_t e) {
+    const cudaError_t status = cudaEventQuery(e);
+    if (status == cudaErrorNotReady) {
+      (void)cudaGetLastError();
+      return false;
+    }
+    SP_CUDA_CHECK(op, status);
+    return true;
+  };
   // Staged bytes an earlier upload still reads: wait for it (the ring wrapped onto work the
   // device has not reached, i.e. over kUploadStagingBytes queued ahead of it).
   const auto retire = [&](cudaEvent_t e) {
-    if (cudaEventQuery(e) == cudaErrorNotReady) {
+    if (!landed(e)) {
       count_host_sync();
       SP_CUDA_CHECK(op, cudaEventSynchronize(e));
     }

@@ -785,7 +785,8 @@ cudaError_t cudaStreamDestroy(cudaStream_t stream) {
 namespace {
 
 // Kernels and cuBLAS calls finish before they return; only copies from page-locked memory may
-// still be pending. Synchronising lands them; querying reports them (cudaErrorNotReady).
+// still be pending. Synchronising lands them; querying reports them (cudaErrorNotReady, which,
+// as the real runtime may, the emulator also leaves for cudaGetLastError: callers must clear it).
 cudaError_t check_live_stream(cudaStream_t stream, const char* call, bool synchronize) {
   auto& r = registry();
   std::lock_guard lock(r.mu);
@@ -793,7 +794,8 @@ cudaError_t check_live_stream(cudaStream_t stream, const char* call, bool synchr
     return failed(cudaErrorInvalidResourceHandle, call, "(", emu::addr(stream),
                   "): not a live stream");
   if (synchronize) emu::land_deferred_copies(r);
-  return r.deferred.empty() ? cudaSuccess : cudaErrorNotReady;
+  if (r.deferred.empty()) return cudaSuccess;
+  return failed(cudaErrorNotReady, call, "(", emu::addr(stream), "): copies still pending");
 }
 
 }  // namespace
@@ -864,7 +866,9 @@ cudaError_t cudaEventQuery(cudaEvent_t event) {
     return failed(cudaErrorInvalidResourceHandle, "cudaEventQuery(", emu::addr(event),
                   "): not a live event");
   }
-  return r.deferred_landed < event->copies_before ? cudaErrorNotReady : cudaSuccess;
+  if (r.deferred_landed >= event->copies_before) return cudaSuccess;
+  // Left for cudaGetLastError too, as the real runtime may: callers must clear it.
+  return failed(cudaErrorNotReady, "cudaEventQuery(", emu::addr(event), "): copies still pending");
 }
 
 cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t end) {
