@@ -6,6 +6,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -146,8 +147,14 @@ class Backend {
   virtual bool native_bf16_gemm() const { return false; }
   virtual Allocator& allocator() = 0;
   virtual void synchronize() {}
-  virtual BackendStats stats() const { return stats_; }
-  virtual void reset_stats() { stats_ = {}; }
+  virtual BackendStats stats() const {
+    std::lock_guard lock(stats_mutex_);
+    return stats_;
+  }
+  virtual void reset_stats() {
+    std::lock_guard lock(stats_mutex_);
+    stats_ = {};
+  }
 
   // ---- memory (byte copies; host pointers are ordinary CPU memory) ----
   virtual void copy_from_host(void* dst, const void* src, size_t nbytes) = 0;
@@ -320,9 +327,12 @@ class Backend {
                           const Tensor& grad_norm) = 0;
 
  protected:
+  // The counters are shared by every thread that runs ops on this backend (the server's workers);
+  // an uncontended lock costs nanoseconds next to a launch or a GEMM.
   void count_gemm(const GemmArgs& args) {
     const double m = double(args.m), n = double(args.n), k = double(args.k);
     const double batch = double(args.batch);
+    std::lock_guard lock(stats_mutex_);
     stats_.gemm_calls += 1;
     stats_.gemm_flops += 2.0 * m * n * k * batch;
     // A shared (stride 0) operand is read once; C is read too when beta accumulates into it.
@@ -332,6 +342,7 @@ class Backend {
                          c * m * n * batch * (args.beta != 0.0f ? 2.0 : 1.0);
   }
   void count_launch(std::string_view kernel, KernelTraffic traffic = {}) {
+    std::lock_guard lock(stats_mutex_);
     stats_.kernel_launches += 1;
     auto it = stats_.launches_by_kernel.find(kernel);
     if (it == stats_.launches_by_kernel.end())
@@ -343,9 +354,13 @@ class Backend {
     t->second.flops += traffic.flops;
     t->second.bytes += traffic.bytes;
   }
-  void count_host_sync() { stats_.host_syncs += 1; }
+  void count_host_sync() {
+    std::lock_guard lock(stats_mutex_);
+    stats_.host_syncs += 1;
+  }
 
  private:
+  mutable std::mutex stats_mutex_;
   BackendStats stats_;
 };
 

@@ -8,6 +8,7 @@
 #include <regex>
 #include <set>
 #include <sstream>
+#include <thread>
 
 #include "engine/autograd.h"
 #include "engine/cpu/cpu_backend.h"
@@ -303,6 +304,35 @@ TEST(CudaStepBudget, TheStagingRingWaitsOnlyWhenItWrapsOntoAPendingUpload) {
   backend.copy_from_host(large_destination.raw_data(), large.data(), large.size() * sizeof(float));
   EXPECT_EQ(backend.stats().host_syncs, 0u);
   EXPECT_EQ(large_destination.to_floats(), large);
+}
+
+// The ring is shared by every thread that uploads (the server's workers): uploads from several
+// threads at once, through the wraps, each arrive whole (and ThreadSanitizer, which runs this
+// suite in CI, sees no race on the ring).
+TEST(CudaStepBudget, UploadsFromSeveralThreadsEachArriveWhole) {
+  cuda_emu::CudaBackend& backend = emu_backend();
+  constexpr int kThreads = 3, kUploads = 40;
+  // A fifth of the ring each, so the threads' uploads wrap it many times over.
+  const size_t n = cuda_emu::CudaBackend::kUploadStagingBytes / 5 / sizeof(float);
+  std::vector<std::vector<Tensor>> destinations(kThreads);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t)
+    threads.emplace_back([&, t] {
+      std::vector<float> source(n);
+      for (int u = 0; u < kUploads; ++u) {
+        std::fill(source.begin(), source.end(), float(t * kUploads + u));
+        Tensor d = Tensor::empty({int64_t(n)}, DType::F32, emu_device());
+        backend.copy_from_host(d.raw_data(), source.data(), n * sizeof(float));
+        destinations[size_t(t)].push_back(d);
+      }
+    });
+  for (std::thread& t : threads) t.join();
+  for (int t = 0; t < kThreads; ++t)
+    for (int u = 0; u < kUploads; ++u) {
+      const std::vector<float> got = destinations[size_t(t)][size_t(u)].to_floats();
+      ASSERT_EQ(std::count(got.begin(), got.end(), float(t * kUploads + u)), int64_t(n))
+          << "thread " << t << " upload " << u;
+    }
 }
 
 // ---- TF32 ----
