@@ -70,47 +70,39 @@ int64_t check_qkv(const Tensor& q, const Tensor& k, const Tensor& v) {
   return q.size(2) / k.size(2);
 }
 
-// x [B, T, H, D] (unit stride on D) plus bias [H * D] on every row, as a new contiguous tensor;
-// x itself when there is no bias. The CUDA kernels add it as they load tiles; here a pass is cheap
-// next to the per-head GEMMs, and keeps them on plain strided views.
-Tensor with_head_bias(const Tensor& x, const Tensor& bias) {
-  if (!bias.defined()) return x;
-  const int64_t B = x.size(0), T = x.size(1), H = x.size(2), D = x.size(3);
-  SP_ASSERT(bias.numel() == H * D && bias.is_contiguous());
-  Tensor out = Tensor::empty(x.shape());
-  const float* src = x.data<float>();
-  const float* pb = bias.data<float>();
-  float* dst = out.data<float>();
-  parallel_for(0, B * T, std::max<int64_t>(1, 4096 / (H * D)), [&](int64_t lo, int64_t hi) {
-    for (int64_t bt = lo; bt < hi; ++bt)
-      for (int64_t h = 0; h < H; ++h) {
-        const float* row = src + (bt / T) * x.stride(0) + (bt % T) * x.stride(1) + h * x.stride(2);
-        float* to = dst + (bt * H + h) * D;
-        for (int64_t d = 0; d < D; ++d) to[d] = row[d] + pb[h * D + d];
-      }
-  });
-  return out;
+// Head h of batch b of x [B, T, H, D] plus the head's slice of `bias` ([H * D], or undefined for
+// none), as the per-head GEMMs read it: a view of x when there is no bias, else the sum in
+// `scratch`. One head's [T, D] block is still in cache for the GEMM that follows, where adding
+// the bias to the whole tensor first wrote and re-read all of it, in the forward and again in the
+// backward (the CUDA kernels add it as they load tiles).
+ConstStridedMap head_rows(const Tensor& x, const Tensor& bias, int64_t b, int64_t h,
+                          Matrix& scratch) {
+  if (!bias.defined()) return head_view(x, b, h);
+  const int64_t T = x.size(1), D = x.size(3);
+  SP_ASSERT(bias.numel() == x.size(2) * D && bias.is_contiguous());
+  scratch.resize(T, D);
+  scratch.noalias() = head_view(x, b, h).rowwise() +
+                      Eigen::Map<const Eigen::RowVectorXf>(bias.data<float>() + h * D, D);
+  return ConstStridedMap(scratch.data(), T, D, Eigen::OuterStride<>(D));
 }
 
 }  // namespace
 
-void CpuBackend::attention_forward(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in,
+void CpuBackend::attention_forward(const Tensor& q, const Tensor& k, const Tensor& v,
                                    const AttentionInputBias& bias, const AttentionMask& mask,
                                    const AttentionDropout& dropout, const Tensor& out,
                                    const Tensor& lse) {
-  const Tensor q = with_head_bias(q_in, bias.q), k = with_head_bias(k_in, bias.k),
-               v = with_head_bias(v_in, bias.v);
   const int64_t group = check_qkv(q, k, v);
   const int64_t B = q.size(0), Tq = q.size(1), H = q.size(2);
   const int64_t Tk = k.size(1);
   float* plse = lse.data<float>();
   parallel_for(0, B * H, 1, [&](int64_t lo, int64_t hi) {
-    Matrix s;
+    Matrix s, q_rows, k_rows, v_rows;
     for (int64_t bh = lo; bh < hi; ++bh) {
       const int64_t b = bh / H, h = bh % H;
-      auto Q = head_view(q, b, h);
-      auto K = head_view(k, b, h / group);
-      auto V = head_view(v, b, h / group);
+      auto Q = head_rows(q, bias.q, b, h, q_rows);
+      auto K = head_rows(k, bias.k, b, h / group, k_rows);
+      auto V = head_rows(v, bias.v, b, h / group, v_rows);
       s.resize(Tq, Tk);
       s.noalias() = Q * K.transpose();
       softmax_rows(s, b, h, H, mask, plse + (b * H + h) * Tq);
@@ -120,13 +112,11 @@ void CpuBackend::attention_forward(const Tensor& q_in, const Tensor& k_in, const
   });
 }
 
-void CpuBackend::attention_backward(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in,
+void CpuBackend::attention_backward(const Tensor& q, const Tensor& k, const Tensor& v,
                                     const AttentionInputBias& bias, const AttentionMask& mask,
                                     const AttentionDropout& dropout, const Tensor& out,
                                     const Tensor& lse, const Tensor& d_out, const Tensor& dq,
                                     const Tensor& dk, const Tensor& dv) {
-  const Tensor q = with_head_bias(q_in, bias.q), k = with_head_bias(k_in, bias.k),
-               v = with_head_bias(v_in, bias.v);
   const int64_t group = check_qkv(q, k, v);
   for (const Tensor* grad : {&dq, &dk, &dv}) SP_ASSERT(!grad->defined() || grad->stride(3) == 1);
   const int64_t B = q.size(0), Tq = q.size(1), H = q.size(2), Hkv = k.size(2);
@@ -135,14 +125,14 @@ void CpuBackend::attention_backward(const Tensor& q_in, const Tensor& k_in, cons
   // A task per (batch, key/value head): the query heads of its group add into the same dK/dV
   // rows, one after another, so no two threads write them.
   parallel_for(0, B * Hkv, 1, [&](int64_t lo, int64_t hi) {
-    Matrix p, dp, dropped_p;
-    for (int64_t bg = lo; bg < hi; ++bg)
-      for (int64_t h = (bg % Hkv) * group; h < (bg % Hkv + 1) * group; ++h) {
-        const int64_t b = bg / Hkv, hk = bg % Hkv;
+    Matrix p, dp, dropped_p, q_rows, k_rows, v_rows;
+    for (int64_t bg = lo; bg < hi; ++bg) {
+      const int64_t b = bg / Hkv, hk = bg % Hkv;
+      auto K = head_rows(k, bias.k, b, hk, k_rows);
+      auto V = head_rows(v, bias.v, b, hk, v_rows);
+      for (int64_t h = hk * group; h < (hk + 1) * group; ++h) {
         const bool first_in_group = h == hk * group;
-        auto Q = head_view(q, b, h);
-        auto K = head_view(k, b, hk);
-        auto V = head_view(v, b, hk);
+        auto Q = head_rows(q, bias.q, b, h, q_rows);
         auto dO = head_view(d_out, b, h);
         // Recompute P = exp(masked scores - lse) exactly as the forward produced it.
         p.resize(Tq, Tk);
@@ -189,6 +179,7 @@ void CpuBackend::attention_backward(const Tensor& q_in, const Tensor& k_in, cons
             head_view_mut(dk, b, hk).noalias() += dp.transpose() * Q;
         }
       }
+    }
   });
 }
 
