@@ -165,7 +165,7 @@ class CudaBackend final : public Backend {
   std::atomic<bool> allow_tf32_{false};
   std::atomic<bool> tensor_core_attention_{false};
   bool native_bf16_gemm_ = false;
-  uint64_t device_mallocs_at_reset_ = 0;
+  std::atomic<uint64_t> device_mallocs_at_reset_{0};
 
   // Copies nbytes (staging_ring_.fits) into the staging ring and queues their upload to dst.
   void stage_upload(void* dst, const void* src, size_t nbytes);
