@@ -22,7 +22,6 @@ class StagingRing {
     SP_ASSERT(capacity > 0 && alignment > 0 && capacity % alignment == 0);
   }
 
-  size_t capacity() const { return capacity_; }
   bool fits(size_t bytes) const { return bytes > 0 && bytes <= capacity_; }
   size_t uploads_in_flight() const { return regions_.size(); }
 

@@ -163,8 +163,9 @@ bool is_page_locked(Registry& r, const void* p) {
   return false;
 }
 
+// asynchronous: cudaMemcpyAsync, whose copies from page-locked memory the DMA reads later.
 cudaError_t copy(const char* fn, void* dst, const void* src, std::size_t count, cudaMemcpyKind kind,
-                 cudaStream_t stream) {
+                 cudaStream_t stream, bool asynchronous) {
   g_memcpy_calls.fetch_add(1, std::memory_order_relaxed);
   Registry& r = registry();
   std::unique_lock lock(r.mu);
@@ -205,7 +206,6 @@ cudaError_t copy(const char* fn, void* dst, const void* src, std::size_t count, 
   }
   // A DMA from page-locked memory queues behind earlier ones; any other copy is done now, so
   // those land first (stream order).
-  const bool asynchronous = std::strcmp(fn, "cudaMemcpyAsync") == 0;
   if (asynchronous && find_device(r, dst) && is_page_locked(r, src)) {
     r.deferred.push_back({dst, src, count});
     ++r.deferred_queued;
@@ -714,13 +714,8 @@ cudaError_t cudaPointerGetAttributes(cudaPointerAttributes* attributes, const vo
     *attributes = {cudaMemoryTypeDevice, 0, const_cast<void*>(ptr), nullptr};
     return cudaSuccess;
   }
-  for (const auto& [start, size] : r.host) {
-    const auto begin = reinterpret_cast<std::uintptr_t>(start);
-    if (address >= begin && address < begin + std::max<std::size_t>(size, 1)) {
-      *attributes = {cudaMemoryTypeHost, 0, const_cast<void*>(ptr), const_cast<void*>(ptr)};
-      return cudaSuccess;
-    }
-  }
+  if (emu::is_page_locked(r, ptr))
+    *attributes = {cudaMemoryTypeHost, 0, const_cast<void*>(ptr), const_cast<void*>(ptr)};
   return cudaSuccess;
 }
 
@@ -739,12 +734,12 @@ cudaError_t cudaMemGetInfo(std::size_t* free_bytes, std::size_t* total_bytes) {
 }
 
 cudaError_t cudaMemcpy(void* dst, const void* src, std::size_t count, cudaMemcpyKind kind) {
-  return emu::copy("cudaMemcpy", dst, src, count, kind, nullptr);
+  return emu::copy("cudaMemcpy", dst, src, count, kind, nullptr, false);
 }
 
 cudaError_t cudaMemcpyAsync(void* dst, const void* src, std::size_t count, cudaMemcpyKind kind,
                             cudaStream_t stream) {
-  return emu::copy("cudaMemcpyAsync", dst, src, count, kind, stream);
+  return emu::copy("cudaMemcpyAsync", dst, src, count, kind, stream, true);
 }
 
 cudaError_t cudaMemset(void* dst, int value, std::size_t count) {

@@ -6,7 +6,6 @@
 
 #include <deque>
 #include <random>
-#include <set>
 #include <vector>
 
 namespace sp {
