@@ -4,6 +4,7 @@
 
 #if defined(__CUDACC__)
 
+#include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -29,6 +30,7 @@
 
 #else
 
+#include "kernels/emu/cublaslt_emu.h"
 #include "kernels/emu/cuda_runtime_emu.h"
 #include "kernels/emu/emu.h"
 #include "kernels/emu/wmma.h"

@@ -19,6 +19,7 @@
 #include <unordered_set>
 #include <vector>
 
+#include "kernels/emu/blas_internal.h"
 #include "kernels/error.h"
 
 namespace sp::cuda_emu {
@@ -406,16 +407,9 @@ cublasStatus_t gemm(const char* fn, cublasHandle_t handle, cublasOperation_t tra
                        " needs >= ", std::max(1, b.rows), ", ldc=", ldc,
                        " needs >= ", std::max(1, m), ")");
   }
-  switch (compute) {
-    case CUBLAS_COMPUTE_32F:
-    case CUBLAS_COMPUTE_32F_PEDANTIC:
-    case CUBLAS_COMPUTE_32F_FAST_TF32:
-    case CUBLAS_COMPUTE_32F_FAST_16BF:
-    case CUBLAS_COMPUTE_32F_FAST_16F:
-      break;
-    default:
-      return blas_failed(CUBLAS_STATUS_NOT_SUPPORTED, fn, ": compute type ",
-                         static_cast<int>(compute), " is not emulated (only the 32F family)");
+  if (!blas::is_32f_compute(compute)) {
+    return blas_failed(CUBLAS_STATUS_NOT_SUPPORTED, fn, ": compute type ",
+                       static_cast<int>(compute), " is not emulated (only the 32F family)");
   }
   if (type_size(Atype) == 0 || Atype != Btype || !(Ctype == Atype || Ctype == CUDA_R_32F)) {
     return blas_failed(CUBLAS_STATUS_NOT_SUPPORTED, fn,
@@ -498,6 +492,69 @@ cublasStatus_t gemm(const char* fn, cublasHandle_t handle, cublasOperation_t tra
 }
 
 }  // namespace
+
+namespace blas {
+
+bool is_32f_compute(cublasComputeType_t compute) {
+  switch (compute) {
+    case CUBLAS_COMPUTE_32F:
+    case CUBLAS_COMPUTE_32F_PEDANTIC:
+    case CUBLAS_COMPUTE_32F_FAST_TF32:
+    case CUBLAS_COMPUTE_32F_FAST_16BF:
+    case CUBLAS_COMPUTE_32F_FAST_16F:
+      return true;
+    default:
+      return false;
+  }
+}
+
+std::size_t element_size(cudaDataType type) {
+  return type_size(type);
+}
+float load_element(cudaDataType type, const void* base, std::size_t index) {
+  return load(type, base, index);
+}
+void store_element(cudaDataType type, void* base, std::size_t index, float value) {
+  store(type, base, index, value);
+}
+
+std::string device_range_problem(const void* p, std::size_t bytes, const char* role) {
+  Registry& r = registry();
+  std::lock_guard lock(r.mu);
+  return check_range(r, p, bytes, Side::kDevice, role);
+}
+
+void begin_gemm() {
+  Registry& r = registry();
+  std::lock_guard lock(r.mu);
+  land_deferred_copies(r);
+  g_gemm_calls.fetch_add(1, std::memory_order_relaxed);
+}
+
+cublasStatus_t fail(cublasStatus_t status, std::string detail) {
+  return blas_failed(status, std::move(detail));
+}
+
+void product_fp32(cublasOperation_t transa, cublasOperation_t transb, int m, int n, int k,
+                  const void* A, int lda, const void* B, int ldb, cudaDataType type,
+                  cublasComputeType_t compute, float* out) {
+  std::fill(out, out + static_cast<std::size_t>(m) * static_cast<std::size_t>(n), 0.0f);
+  if (m == 0 || n == 0 || k == 0) return;
+  InputRounding rounding = InputRounding::kNone;
+  if (type == CUDA_R_32F && compute == CUBLAS_COMPUTE_32F_FAST_TF32)
+    rounding = InputRounding::kTf32;
+  if (type == CUDA_R_32F && compute == CUBLAS_COMPUTE_32F_FAST_16BF)
+    rounding = InputRounding::kBf16;
+  if (type == CUDA_R_32F && compute == CUBLAS_COMPUTE_32F_FAST_16F) rounding = InputRounding::kHalf;
+  const Operand a{type, A, transa == CUBLAS_OP_N ? m : k, transa == CUBLAS_OP_N ? k : m, lda, 0};
+  const Operand b{type, B, transb == CUBLAS_OP_N ? k : n, transb == CUBLAS_OP_N ? n : k, ldb, 0};
+  const std::vector<float> wa = widen(a, A, rounding);
+  const std::vector<float> wb = widen(b, B, rounding);
+  cblas_sgemm(CblasColMajor, to_cblas(transa), to_cblas(transb), m, n, k, 1.0f, wa.data(),
+              std::max(1, a.rows), wb.data(), std::max(1, b.rows), 0.0f, out, m);
+}
+
+}  // namespace blas
 
 void land_pending_copies() {
   Registry& r = registry();
