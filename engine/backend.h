@@ -170,6 +170,21 @@ class Backend {
 
   // ---- dense math ----
   virtual void gemm(const GemmArgs& args) = 0;
+  // A GEMM with its activation fused into the epilogue (cuBLASLt's GELU_AUX_BIAS and DGELU): one
+  // (batch 1) GEMM whose C has A's dtype. A backend that cannot fuse this one returns false having
+  // written nothing, and the caller runs gemm() and the activation kernels instead.
+  // C = act(op(A) op(B) + bias), bias [n] or null. `pre`, when not null, receives op(A) op(B) +
+  // bias rounded to C's dtype (C's shape and ldc): the value the backward differentiates at.
+  virtual bool gemm_bias_activation(const GemmArgs& args, Activation act, const void* bias,
+                                    void* pre) {
+    (void)args, (void)act, (void)bias, (void)pre;
+    return false;
+  }
+  // C = (op(A) op(B)) * act'(pre), pre as gemm_bias_activation wrote it (C's shape and ldc).
+  virtual bool gemm_activation_backward(const GemmArgs& args, Activation act, const void* pre) {
+    (void)args, (void)act, (void)pre;
+    return false;
+  }
   // out = a (op) b, with a and b broadcast views of out's shape (strides may be 0). `out` is
   // contiguous and may alias `a` when a is contiguous (in-place accumulation).
   virtual void binary(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& out) = 0;
@@ -329,7 +344,8 @@ class Backend {
  protected:
   // The counters are shared by every thread that runs ops on this backend (the server's workers);
   // an uncontended lock costs nanoseconds next to a launch or a GEMM.
-  void count_gemm(const GemmArgs& args) {
+  // `epilogue_bytes`: what a fused epilogue reads or writes besides A, B and C (bias, aux).
+  void count_gemm(const GemmArgs& args, double epilogue_bytes = 0) {
     const double m = double(args.m), n = double(args.n), k = double(args.k);
     const double batch = double(args.batch);
     std::lock_guard lock(stats_mutex_);
@@ -339,7 +355,7 @@ class Backend {
     const double ab = double(dtype_size(args.dtype)), c = double(dtype_size(args.c_dtype));
     stats_.gemm_bytes += ab * (m * k * (args.stride_a == 0 ? 1.0 : batch) +
                                k * n * (args.stride_b == 0 ? 1.0 : batch)) +
-                         c * m * n * batch * (args.beta != 0.0f ? 2.0 : 1.0);
+                         c * m * n * batch * (args.beta != 0.0f ? 2.0 : 1.0) + epilogue_bytes;
   }
   void count_launch(std::string_view kernel, KernelTraffic traffic = {}) {
     std::lock_guard lock(stats_mutex_);

@@ -196,8 +196,8 @@ ResidualAndNorm Gpt2Model::block_finish(int64_t layer, const Tensor& h, const Te
   auto [h1, m] =
       residual_dropout_add_layernorm(h, projected, b.attn_proj_bias, resid_p, options.dropout_seed,
                                      dropout_offset(layer, 1), b.ln2_weight, b.ln2_bias, eps);
-  m = activation(matmul(m, b.fc_weight), config_.activation, b.fc_bias);  // bias fused
-  m = matmul(m, b.mlp_proj_weight);
+  // c_fc's bias and the activation in the GEMM's epilogue where the backend can (CUDA: cuBLASLt).
+  m = feed_forward(m, b.fc_weight, b.fc_bias, config_.activation, b.mlp_proj_weight);
   if (!fuse_next_norm)
     return {residual_dropout_add(h1, m, b.mlp_proj_bias, resid_p, options.dropout_seed,
                                  dropout_offset(layer, 2)),

@@ -1,5 +1,5 @@
 // What a GPU's compute capability decides: TF32 for fp32 GEMMs, native bf16 GEMMs (what --dtype
-// auto picks bf16 for) and tensor-core bf16 attention. All need sm_80+.
+// auto picks bf16 for) and tensor-core bf16 attention (sm_80+); cuBLASLt GELU epilogues.
 #pragma once
 
 #include "engine/env_switch.h"
@@ -26,6 +26,14 @@ inline bool tensor_core_attention_by_default(int compute_major, bool emulated,
                                              const char* env_value) {
   const bool capable = emulated || compute_major >= 8;
   return capable && env_switch(env_value).value_or(true);
+}
+
+// cuBLASLt's bias + GELU epilogues (the feed-forward's first GEMM, and DGELU on the backward of
+// its second) save two launches and about three [tokens, 4d] passes per GPT-2 layer. On by
+// default, the emulator included (it emulates cuBLASLt, so the tests check the path a GPU takes);
+// SOFTPROMPT_CUDA_GEMM_EPILOGUES = 0/false turns them off (no GPU has timed both yet).
+inline bool gemm_epilogues_by_default(const char* env_value) {
+  return env_switch(env_value).value_or(true);
 }
 
 }  // namespace sp

@@ -27,10 +27,12 @@ CudaBackend::CudaBackend(int device_index) : device_index_(device_index) {
   SP_CUDA_CHECK(op, cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
   SP_CUBLAS_CHECK(op, cublasCreate(&cublas_));
   SP_CUBLAS_CHECK(op, cublasSetStream(cublas_, stream_));
+  SP_CUBLAS_CHECK(op, cublasLtCreate(&cublaslt_));
   allow_tf32_.store(tf32_by_default(props.major, SP_CUDA_EMU, std::getenv("SOFTPROMPT_CUDA_TF32")));
   native_bf16_gemm_ = native_bf16_gemm_for(props.major, SP_CUDA_EMU);
   tensor_core_attention_.store(tensor_core_attention_by_default(
       props.major, SP_CUDA_EMU, std::getenv("SOFTPROMPT_CUDA_TENSOR_CORE_ATTENTION")));
+  gemm_epilogues_.store(gemm_epilogues_by_default(std::getenv("SOFTPROMPT_CUDA_GEMM_EPILOGUES")));
   // Deliberately leaked: Storage objects keep a pointer to their allocator and may be destroyed
   // after this backend during static destruction.
   allocator_ = new CachingAllocator(device_index_);
@@ -42,6 +44,7 @@ CudaBackend::~CudaBackend() {
   staging_ring_.clear([this](cudaEvent_t e) { idle_events_.push_back(e); });
   for (cudaEvent_t e : idle_events_) (void)cudaEventDestroy(e);
   if (staging_) (void)cudaFreeHost(staging_);
+  if (cublaslt_) (void)cublasLtDestroy(cublaslt_);
   if (cublas_) (void)cublasDestroy(cublas_);
   if (stream_) (void)cudaStreamDestroy(stream_);
 }

@@ -49,6 +49,12 @@ class CudaBackend final : public Backend {
   void fill(const Tensor& dst, float value) override;
 
   void gemm(const GemmArgs& args) override;
+  // cuBLASLt with the GELU_AUX_BIAS / GELU_BIAS / DGELU epilogue for the tanh GELU when enabled
+  // (set_gemm_epilogues) and the operands suit it (16-byte aligned, ldc a multiple of 8, no
+  // accumulation) and cuBLASLt offers an algorithm; false otherwise.
+  bool gemm_bias_activation(const GemmArgs& args, Activation act, const void* bias,
+                            void* pre) override;
+  bool gemm_activation_backward(const GemmArgs& args, Activation act, const void* pre) override;
   void binary(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& out) override;
   void affine(const Tensor& x, float scale, float shift, const Tensor& out) override;
   void sum_last(const Tensor& x, const Tensor& out) override;
@@ -139,6 +145,10 @@ class CudaBackend final : public Backend {
   // SOFTPROMPT_CUDA_TENSOR_CORE_ATTENTION=0/1 decides at start, tests compare both kernels.
   void set_tensor_core_attention(bool on) { tensor_core_attention_.store(on); }
   bool tensor_core_attention() const { return tensor_core_attention_.load(); }
+  // cuBLASLt GELU epilogues (engine/cuda/capability_policy.h); SOFTPROMPT_CUDA_GEMM_EPILOGUES=0
+  // turns them off at start, tests compare both paths.
+  void set_gemm_epilogues(bool on) { gemm_epilogues_.store(on); }
+  bool gemm_epilogues() const { return gemm_epilogues_.load(); }
 
   CachingAllocator& caching_allocator() { return *allocator_; }
   cudaStream_t stream() const { return stream_; }
@@ -159,16 +169,22 @@ class CudaBackend final : public Backend {
   const int device_index_;
   cudaStream_t stream_ = nullptr;
   cublasHandle_t cublas_ = nullptr;
+  cublasLtHandle_t cublaslt_ = nullptr;
   CachingAllocator* allocator_ = nullptr;  // never freed: tensors may outlive the backend
   int multiprocessors_ = 1;
   size_t max_shared_memory_ = 48 * 1024;
   std::atomic<bool> allow_tf32_{false};
   std::atomic<bool> tensor_core_attention_{false};
+  std::atomic<bool> gemm_epilogues_{false};
   bool native_bf16_gemm_ = false;
   std::atomic<uint64_t> device_mallocs_at_reset_{0};
 
   // Copies nbytes (staging_ring_.fits) into the staging ring and queues their upload to dst.
   void stage_upload(void* dst, const void* src, size_t nbytes);
+  // One cuBLASLt matmul of `args` with `epilogue` (a cublasLtEpilogue_t); false when cuBLASLt
+  // offers no algorithm for it.
+  bool gemm_with_epilogue(const char* op, const GemmArgs& args, unsigned epilogue, const void* bias,
+                          const void* aux);
   std::mutex staging_mutex_;  // guards the three below
   // kUploadStagingBytes of page-locked memory, allocated by the first upload.
   unsigned char* staging_ = nullptr;

@@ -7,6 +7,7 @@
 #include "engine/cuda/cuda_backend.h"
 #include "engine/cuda/cuda_check.h"
 #include "engine/cuda/launch.h"
+#include "engine/cuda/workspace.h"
 #include "kernels/elementwise.cuh"
 
 namespace sp::SP_CUDA_NS {
@@ -17,6 +18,30 @@ int to_int(const char* op, const char* what, int64_t value) {
   SP_CHECK(value >= 0 && value <= INT_MAX, op, ": ", what, " = ", value,
            " exceeds cuBLAS's 32-bit limit");
   return int(value);
+}
+
+// cuBLASLt's scratch for the epilogue GEMMs (from the caching allocator, so reused).
+constexpr size_t kCublasLtWorkspaceBytes = size_t(4) << 20;
+
+// The descriptors of one cuBLASLt matmul, destroyed on every exit path.
+struct LtMatmul {
+  cublasLtMatmulDesc_t desc = nullptr;
+  cublasLtMatrixLayout_t a = nullptr, b = nullptr, d = nullptr;
+  cublasLtMatmulPreference_t preference = nullptr;
+  ~LtMatmul() {
+    if (preference) (void)cublasLtMatmulPreferenceDestroy(preference);
+    for (cublasLtMatrixLayout_t layout : {a, b, d})
+      if (layout) (void)cublasLtMatrixLayoutDestroy(layout);
+    if (desc) (void)cublasLtMatmulDescDestroy(desc);
+  }
+};
+
+// Whether a GEMM may take a fused epilogue: one GEMM, a result of the operands' dtype, nothing to
+// accumulate, cuBLASLt's 16-byte alignment and (for the aux matrix) a row stride of 8 elements.
+bool epilogue_fits(const GemmArgs& g, const void* bias, const void* aux) {
+  return g.batch == 1 && g.k > 0 && g.m > 0 && g.n > 0 && g.c_dtype == g.dtype && g.beta == 0.0f &&
+         g.ldc % 8 == 0 && aligned16({g.a, g.b, g.c, bias, aux}) &&
+         std::max({g.m, g.n, g.k, g.lda, g.ldb, g.ldc}) <= INT_MAX;
 }
 
 }  // namespace
@@ -73,6 +98,81 @@ void CudaBackend::gemm(const GemmArgs& g) {
                           to_int(op, "ldb", ldb), g.stride_b, g.a, type, to_int(op, "lda", lda),
                           g.stride_a, &g.beta, g.c, c_type, to_int(op, "ldc", ldc), g.stride_c,
                           to_int(op, "batch", g.batch), compute, CUBLAS_GEMM_DEFAULT));
+}
+
+bool CudaBackend::gemm_with_epilogue(const char* op, const GemmArgs& g, unsigned epilogue,
+                                     const void* bias, const void* aux) {
+  activate(op);
+  const cudaDataType type = g.dtype == DType::BF16 ? CUDA_R_16BF : CUDA_R_32F;
+  const cublasComputeType_t compute =
+      g.dtype == DType::F32 && allow_tf32() ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+  // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T (see gemm above): cuBLASLt's
+  // A is our B, its B our A, and its D (n rows, m columns) our C. The bias runs along D's rows.
+  const cublasOperation_t op_first = g.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
+  const cublasOperation_t op_second = g.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
+  LtMatmul lt;
+  SP_CUBLAS_CHECK(op, cublasLtMatmulDescCreate(&lt.desc, compute, CUDA_R_32F));
+  SP_CUBLAS_CHECK(op, cublasLtMatmulDescSetAttribute(lt.desc, CUBLASLT_MATMUL_DESC_TRANSA,
+                                                     &op_first, sizeof(op_first)));
+  SP_CUBLAS_CHECK(op, cublasLtMatmulDescSetAttribute(lt.desc, CUBLASLT_MATMUL_DESC_TRANSB,
+                                                     &op_second, sizeof(op_second)));
+  const uint32_t epilogue_value = epilogue;
+  SP_CUBLAS_CHECK(op, cublasLtMatmulDescSetAttribute(lt.desc, CUBLASLT_MATMUL_DESC_EPILOGUE,
+                                                     &epilogue_value, sizeof(epilogue_value)));
+  if (bias) {
+    SP_CUBLAS_CHECK(op, cublasLtMatmulDescSetAttribute(lt.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
+                                                       &bias, sizeof(bias)));
+  }
+  if (aux) {
+    const int64_t aux_ld = g.ldc;
+    SP_CUBLAS_CHECK(op, cublasLtMatmulDescSetAttribute(
+                            lt.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &aux, sizeof(aux)));
+    SP_CUBLAS_CHECK(
+        op, cublasLtMatmulDescSetAttribute(lt.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &aux_ld,
+                                           sizeof(aux_ld)));
+  }
+  const uint64_t m = uint64_t(g.m), n = uint64_t(g.n), k = uint64_t(g.k);
+  SP_CUBLAS_CHECK(op, cublasLtMatrixLayoutCreate(&lt.a, type, g.trans_b ? k : n, g.trans_b ? n : k,
+                                                 std::max<int64_t>(g.ldb, 1)));
+  SP_CUBLAS_CHECK(op, cublasLtMatrixLayoutCreate(&lt.b, type, g.trans_a ? m : k, g.trans_a ? k : m,
+                                                 std::max<int64_t>(g.lda, 1)));
+  SP_CUBLAS_CHECK(op, cublasLtMatrixLayoutCreate(&lt.d, type, n, m, g.ldc));
+  const uint64_t workspace_bytes = kCublasLtWorkspaceBytes;
+  SP_CUBLAS_CHECK(op, cublasLtMatmulPreferenceCreate(&lt.preference));
+  SP_CUBLAS_CHECK(op, cublasLtMatmulPreferenceSetAttribute(
+                          lt.preference, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace_bytes,
+                          sizeof(workspace_bytes)));
+  cublasLtMatmulHeuristicResult_t heuristic{};
+  int found = 0;
+  const cublasStatus_t searched = cublasLtMatmulAlgoGetHeuristic(
+      cublaslt_, lt.desc, lt.a, lt.b, lt.d, lt.d, lt.preference, 1, &heuristic, &found);
+  if (searched != CUBLAS_STATUS_SUCCESS || found == 0) return false;  // the caller unfuses
+  const double element = double(dtype_size(g.dtype));
+  count_gemm(g, element * ((bias ? double(g.n) : 0.0) + (aux ? double(g.m) * double(g.n) : 0.0)));
+  Workspace workspace(*this, kCublasLtWorkspaceBytes);
+  SP_CUBLAS_CHECK(op, cublasLtMatmul(cublaslt_, lt.desc, &g.alpha, g.b, lt.a, g.a, lt.b, &g.beta,
+                                     g.c, lt.d, g.c, lt.d, &heuristic.algo, workspace.as<void>(),
+                                     kCublasLtWorkspaceBytes, stream_));
+  return true;
+}
+
+bool CudaBackend::gemm_bias_activation(const GemmArgs& g, Activation act, const void* bias,
+                                       void* pre) {
+  // cuBLASLt's GELU is the tanh form (gelu_new); other activations run unfused.
+  if (!gemm_epilogues() || act != Activation::kGeluTanh || !epilogue_fits(g, bias, pre))
+    return false;
+  if (g.dtype != DType::F32 && g.dtype != DType::BF16) return false;
+  unsigned epilogue = pre ? CUBLASLT_EPILOGUE_GELU_AUX : CUBLASLT_EPILOGUE_GELU;
+  if (bias) epilogue |= CUBLASLT_EPILOGUE_BIAS;
+  return gemm_with_epilogue("gemm_bias_activation", g, epilogue, bias, pre);
+}
+
+bool CudaBackend::gemm_activation_backward(const GemmArgs& g, Activation act, const void* pre) {
+  if (pre == nullptr || !gemm_epilogues() || act != Activation::kGeluTanh ||
+      !epilogue_fits(g, nullptr, pre))
+    return false;
+  if (g.dtype != DType::F32 && g.dtype != DType::BF16) return false;
+  return gemm_with_epilogue("gemm_activation_backward", g, CUBLASLT_EPILOGUE_DGELU, nullptr, pre);
 }
 
 }  // namespace sp::SP_CUDA_NS

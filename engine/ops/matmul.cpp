@@ -59,9 +59,10 @@ Operand describe_operand(const Tensor& t_in, int64_t batch) {
 
 }  // namespace
 
-Tensor matmul(const Tensor& a, const Tensor& b) {
-  ops_detail::check_defined("matmul", {&a, &b});
-  const ops_detail::GemmDtypes types = ops_detail::gemm_dtypes("matmul", a, b);
+namespace ops_detail {
+
+MatmulPlan plan_matmul(const Tensor& a, const Tensor& b) {
+  const GemmDtypes types = gemm_dtypes("matmul", a, b);
   SP_CHECK(a.dim() >= 2 && b.dim() >= 2, "matmul: operands need at least 2 dimensions, got ",
            a.describe(), " and ", b.describe());
   const int64_t M = a.size(-2), K = a.size(-1), N = b.size(-1);
@@ -73,40 +74,54 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
              b.describe());
   }
   const int64_t batch = shape_numel(batch_shape);
-  Shape out_shape = batch_shape;
-  out_shape.push_back(M);
-  out_shape.push_back(N);
-  Tensor out = Tensor::empty(out_shape, types.result, a.device());
+  MatmulPlan plan;
+  plan.out_shape = batch_shape;
+  plan.out_shape.push_back(M);
+  plan.out_shape.push_back(N);
+  plan.out_dtype = types.result;
+  if (shape_numel(plan.out_shape) == 0) return plan;
+  NoGradGuard no_grad;  // a cast or copied operand is the GEMM's input, not a graph node
+  GemmArgs& g = plan.gemm;
+  g.dtype = types.operands;
+  g.c_dtype = types.result;
+  g.n = N;
+  g.k = K;
+  g.ldc = N;
+  Operand A = describe_operand(a.dtype() == types.operands ? a : a.to(types.operands), batch);
+  Operand B = describe_operand(b.dtype() == types.operands ? b : b.to(types.operands), batch);
+  if (b.dim() == 2 && !A.trans && (batch == 1 || A.batch_stride == M * A.ld)) {
+    // Batch rows are evenly spaced: one big GEMM over batch * M rows.
+    g.m = batch * M;
+    g.batch = 1;
+  } else {
+    g.m = M;
+    g.batch = batch;
+    g.stride_a = A.batch_stride;
+    g.stride_b = b.dim() == 2 ? 0 : B.batch_stride;
+    g.stride_c = M * N;
+  }
+  g.a = A.storage.raw_data();
+  g.b = B.storage.raw_data();
+  g.trans_a = A.trans;
+  g.trans_b = B.trans;
+  g.lda = A.ld;
+  g.ldb = B.ld;
+  if (g.stride_b == 0) g.b_storage = immutable_storage(B.storage);
+  plan.a_storage = std::move(A.storage);
+  plan.b_storage = std::move(B.storage);
+  return plan;
+}
+
+}  // namespace ops_detail
+
+Tensor matmul(const Tensor& a, const Tensor& b) {
+  ops_detail::check_defined("matmul", {&a, &b});
+  ops_detail::MatmulPlan plan = ops_detail::plan_matmul(a, b);
+  Tensor out = Tensor::empty(plan.out_shape, plan.out_dtype, a.device());
   if (out.numel() > 0) {
     NoGradGuard no_grad;
-    GemmArgs g;
-    g.dtype = types.operands;
-    g.c_dtype = types.result;
-    g.n = N;
-    g.k = K;
-    g.ldc = N;
-    Operand A = describe_operand(a.dtype() == types.operands ? a : a.to(types.operands), batch);
-    Operand B = describe_operand(b.dtype() == types.operands ? b : b.to(types.operands), batch);
-    if (b.dim() == 2 && !A.trans && (batch == 1 || A.batch_stride == M * A.ld)) {
-      // Batch rows are evenly spaced: one big GEMM over batch * M rows.
-      g.m = batch * M;
-      g.batch = 1;
-    } else {
-      g.m = M;
-      g.batch = batch;
-      g.stride_a = A.batch_stride;
-      g.stride_b = b.dim() == 2 ? 0 : B.batch_stride;
-      g.stride_c = M * N;
-    }
-    g.a = A.storage.raw_data();
-    g.b = B.storage.raw_data();
-    g.c = out.raw_data();
-    g.trans_a = A.trans;
-    g.trans_b = B.trans;
-    g.lda = A.ld;
-    g.ldb = B.ld;
-    if (g.stride_b == 0) g.b_storage = ops_detail::immutable_storage(B.storage);
-    backend_for(a.device()).gemm(g);
+    plan.gemm.c = out.raw_data();
+    backend_for(a.device()).gemm(plan.gemm);
   }
   bool a_needs = a.requires_grad(), b_needs = b.requires_grad();
   record(out, "matmul", {a, b},

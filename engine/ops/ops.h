@@ -9,6 +9,7 @@
 #include "engine/ops/dropout.h"
 #include "engine/ops/elementwise.h"
 #include "engine/ops/embedding.h"
+#include "engine/ops/feed_forward.h"
 #include "engine/ops/layernorm.h"
 #include "engine/ops/matmul.h"
 #include "engine/ops/random.h"

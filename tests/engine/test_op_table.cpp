@@ -263,6 +263,7 @@ TEST(OpTableCoverage, EveryDifferentiableOpFamilyHasACase) {
                          "rms_norm",
                          "activation",
                          "gated_activation_packed",
+                         "feed_forward",
                          "masked_softmax",
                          "attention",
                          "attention_kv_packed",

@@ -193,6 +193,77 @@ std::vector<OpCase> build_cases() {
             {0},
             [](const std::vector<Tensor>& in) { return sum_all(in[0].transpose(0, 1)); }});
 
+  // ---- feed_forward (frozen weights: one node, the GELU in the GEMM epilogue on CUDA) ----
+  // Inner widths that are multiples of 8 take cuBLASLt's epilogue under cuda-emu; 7 cannot (the
+  // saved GELU input's row stride) and runs GEMM + activation kernels inside the same node. bf16
+  // would cast only x (the weights are not differentiable), a mixed-dtype composition: the bf16
+  // epilogue is CudaGemmEpilogues' to test.
+  const auto feed_forward_inputs = [](int64_t rows, int64_t d, int64_t inner, uint64_t seed) {
+    return std::vector<Tensor>{
+        random_tensor({2, rows, d}, seed), random_tensor({d, inner}, seed + 1, 0.3f),
+        random_tensor({inner}, seed + 2, 0.5f), random_tensor({inner, d}, seed + 3, 0.3f)};
+  };
+  // fp32 only; every input but x frozen, as in prompt tuning.
+  const auto add_feed_forward_case = [&](std::string name, auto make, Activation act,
+                                         float fd_step) {
+    add_case({std::move(name),
+              make,
+              {0},
+              [act](const std::vector<Tensor>& in) {
+                return feed_forward(in[0], in[1], in[2], act, in[3]);
+              },
+              1e-5f,
+              1e-4f,
+              fd_step,
+              2e-2f,
+              false});
+  };
+  add_feed_forward_case(
+      "feed_forward/gelu_tanh_bias",
+      [feed_forward_inputs](CaseSize s) {
+        return perf(s) ? feed_forward_inputs(2048, 768, 3072, 140)
+                       : feed_forward_inputs(3, 8, 16, 140);
+      },
+      Activation::kGeluTanh, 1e-2f);
+  add_feed_forward_case(
+      "feed_forward/gelu_tanh_odd_inner",
+      [feed_forward_inputs](CaseSize) { return feed_forward_inputs(3, 8, 7, 144); },
+      Activation::kGeluTanh, 1e-2f);
+  // nn.Linear-layout ([out, in]) weights passed as transposed views, no bias: the epilogue
+  // without BIAS and with both GEMMs' operands transposed.
+  add_case({"feed_forward/gelu_tanh_linear_layout_no_bias",
+            [feed_forward_inputs](CaseSize) {
+              std::vector<Tensor> in = feed_forward_inputs(3, 8, 16, 148);
+              return std::vector<Tensor>{in[0], in[1].transpose(0, 1).contiguous(),
+                                         in[3].transpose(0, 1).contiguous()};
+            },
+            {0},
+            [](const std::vector<Tensor>& in) {
+              return feed_forward(in[0], in[1].transpose(0, 1), Tensor(), Activation::kGeluTanh,
+                                  in[2].transpose(0, 1));
+            },
+            1e-5f,
+            1e-4f,
+            1e-2f,
+            2e-2f,
+            false});
+  add_feed_forward_case(
+      "feed_forward/relu",
+      [feed_forward_inputs](CaseSize) { return feed_forward_inputs(3, 8, 16, 152); },
+      Activation::kRelu, 1e-3f);
+  // Trainable weights: the composed ops, whose gradients reach every input.
+  add_case({"feed_forward/trainable_weights",
+            [feed_forward_inputs](CaseSize) { return feed_forward_inputs(2, 4, 8, 156); },
+            {0, 1, 2, 3},
+            [](const std::vector<Tensor>& in) {
+              return feed_forward(in[0], in[1], in[2], Activation::kGeluTanh, in[3]);
+            },
+            1e-5f,
+            1e-4f,
+            1e-2f,
+            2e-2f,
+            false});
+
   // ---- normalisation ----
   add_case({"layernorm/rows",
             [](CaseSize s) {
