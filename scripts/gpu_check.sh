@@ -87,7 +87,7 @@ step probe 60 "$build/engine/cuda/softprompt_cuda_probe"
 step suite 600 env SOFTPROMPT_CUDA_TF32=0 SOFTPROMPT_CUDA_SYNC=1 \
   ctest --test-dir "$build" -j "$jobs" --output-on-failure --timeout 300
 # The kernel suites on cuda:0 (they default to the emulator), large shapes included.
-kernel_suites='CudaKernels*:*CudaAttention*:CudaLargeShapes*'
+kernel_suites='CudaKernels*:*CudaAttention*:CudaLargeShapes*:CudaGemmEpilogues.FeedForward*:CudaGemmEpilogues.Other*'
 step kernels-on-cuda 600 env SOFTPROMPT_CUDA_TEST_DEVICE=cuda:0 SOFTPROMPT_CUDA_TF32=0 \
   SOFTPROMPT_CUDA_SYNC=1 "$build/tests/cuda/test_cuda" --gtest_filter="$kernel_suites" \
   --gtest_output="json:$out/kernels-on-cuda.json"

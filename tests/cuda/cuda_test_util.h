@@ -42,9 +42,10 @@ inline cuda_emu::CudaBackend& emu_backend() {
   return dynamic_cast<cuda_emu::CudaBackend&>(emu());
 }
 
-// The device the kernel suites (CudaKernels, CudaAttention, CudaLargeShapes) run on: cuda-emu,
-// or the one SOFTPROMPT_CUDA_TEST_DEVICE names (scripts/gpu_check.sh sets cuda:0), so the same
-// comparisons with the CPU run on a real GPU. An unavailable device is an error, not a skip.
+// The device the kernel suites (CudaKernels, CudaAttention, CudaLargeShapes, CudaGemmEpilogues)
+// run on: cuda-emu, or the one SOFTPROMPT_CUDA_TEST_DEVICE names (scripts/gpu_check.sh sets
+// cuda:0), so the same comparisons with the CPU run on a real GPU. An unavailable device is an
+// error, not a skip.
 inline Device kernel_device() {
   static const Device device = [] {
     const char* name = std::getenv("SOFTPROMPT_CUDA_TEST_DEVICE");

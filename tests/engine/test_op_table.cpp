@@ -200,6 +200,28 @@ TEST(FusedOps, GatedActivationPackedIsTheSplitOpItReplaces) {
   }
 }
 
+// On the CPU, which has no fused epilogue, feed_forward is the ops it replaces bit for bit: the
+// same GEMMs and activation kernels, in one node. (Under cuda-emu the GELU runs in cuBLASLt's
+// epilogue, which rounds once where the kernels round twice: CudaGemmEpilogues compares them.)
+TEST(FusedOps, FeedForwardIsTheComposedOpsOnTheCpu) {
+  for (const char* name : {"feed_forward/gelu_tanh_bias", "feed_forward/relu"}) {
+    const OpCase& fused = find_case(name);
+    OpCase composed = fused;
+    const Activation act = std::string(name).find("relu") != std::string::npos
+                               ? Activation::kRelu
+                               : Activation::kGeluTanh;
+    composed.run = [act](const std::vector<Tensor>& in) {
+      return matmul(activation(matmul(in[0], in[1]), act, in[2]), in[3]);
+    };
+    const std::vector<Tensor> inputs = fused.make_inputs(CaseSize::kTest);
+    const RunResult want = run_with_grads(composed, Device::cpu(), inputs);
+    const RunResult got = run_with_grads(fused, Device::cpu(), inputs);
+    EXPECT_EQ(want.output, got.output) << name;
+    ASSERT_EQ(want.grads.size(), got.grads.size());
+    EXPECT_EQ(want.grads[0], got.grads[0]) << name;
+  }
+}
+
 // Rotating q and k inside the attention op, from and into one packed buffer, gives the bits of
 // rotary_embedding on the q and k slices and attention over them (whose backward assembles the
 // packed gradient from three zero-filled slices).
