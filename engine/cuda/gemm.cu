@@ -147,12 +147,15 @@ bool CudaBackend::gemm_with_epilogue(const char* op, const GemmArgs& g, unsigned
   const cublasStatus_t searched = cublasLtMatmulAlgoGetHeuristic(
       cublaslt_, lt.desc, lt.a, lt.b, lt.d, lt.d, lt.preference, 1, &heuristic, &found);
   if (searched != CUBLAS_STATUS_SUCCESS || found == 0) return false;  // the caller unfuses
+  Workspace workspace(*this, kCublasLtWorkspaceBytes);
+  const cublasStatus_t ran =
+      cublasLtMatmul(cublaslt_, lt.desc, &g.alpha, g.b, lt.a, g.a, lt.b, &g.beta, g.c, lt.d, g.c,
+                     lt.d, &heuristic.algo, workspace.as<void>(), kCublasLtWorkspaceBytes, stream_);
+  // A refusal is found before anything runs: the caller unfuses. Any other failure is an error.
+  if (ran == CUBLAS_STATUS_NOT_SUPPORTED || ran == CUBLAS_STATUS_INVALID_VALUE) return false;
+  check_cublas(ran, op, "cublasLtMatmul");
   const double element = double(dtype_size(g.dtype));
   count_gemm(g, element * ((bias ? double(g.n) : 0.0) + (aux ? double(g.m) * double(g.n) : 0.0)));
-  Workspace workspace(*this, kCublasLtWorkspaceBytes);
-  SP_CUBLAS_CHECK(op, cublasLtMatmul(cublaslt_, lt.desc, &g.alpha, g.b, lt.a, g.a, lt.b, &g.beta,
-                                     g.c, lt.d, g.c, lt.d, &heuristic.algo, workspace.as<void>(),
-                                     kCublasLtWorkspaceBytes, stream_));
   return true;
 }
 

@@ -4,6 +4,7 @@
 #include "kernels/emu/cublaslt_emu.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <mutex>
@@ -55,6 +56,8 @@ Handles& handles() {
   static Handles h;
   return h;
 }
+std::atomic<int> g_next_matmul_failure{CUBLAS_STATUS_SUCCESS};
+
 bool live(cublasLtHandle_t handle) {
   std::lock_guard lock(handles().mu);
   return handle != nullptr && handles().live.count(handle) > 0;
@@ -368,6 +371,10 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t handle, cublasLtMatmulDesc_t desc
       return blas::fail(CUBLAS_STATUS_EXECUTION_FAILED, fn + ": " + why);
     }
   }
+  if (const int injected = g_next_matmul_failure.exchange(CUBLAS_STATUS_SUCCESS);
+      injected != CUBLAS_STATUS_SUCCESS) {
+    return blas::fail(cublasStatus_t(injected), fn + ": failure injected by the test");
+  }
   blas::begin_gemm();
   const int m = shape.m, n = shape.n;
   std::vector<float> product(std::size_t(m) * std::size_t(n));
@@ -396,3 +403,11 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t handle, cublasLtMatmulDesc_t desc
 }
 
 }  // namespace sp::cuda_emu
+
+namespace sp::emu {
+
+void fail_next_lt_matmul(cuda_emu::cublasStatus_t status) {
+  cuda_emu::g_next_matmul_failure.store(status);
+}
+
+}  // namespace sp::emu

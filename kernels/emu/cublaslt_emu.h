@@ -98,3 +98,11 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t handle, cublasLtMatmulDesc_t desc
                               void* workspace, std::size_t workspace_bytes, cudaStream_t stream);
 
 }  // namespace sp::cuda_emu
+
+namespace sp::emu {
+
+// Test hook: the next cublasLtMatmul returns `status` without computing anything, as a library
+// that refuses a problem its heuristic offered an algorithm for would (or one that fails).
+void fail_next_lt_matmul(cuda_emu::cublasStatus_t status);
+
+}  // namespace sp::emu

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include "engine/autograd.h"
+#include "engine/error.h"
 #include "tests/cuda/cuda_test_util.h"
 
 namespace sp::cuda_test {
@@ -135,6 +136,29 @@ TEST(CudaGemmEpilogues, EachBackwardReadsWhatItsForwardSaved) {
     const Tensor dx = x.grad().to(Device::cpu());
     EXPECT_TRUE(all_close(fused.dx, dx, atol_for(DType::F32), rtol_for(DType::F32)))
         << "forward fused: " << forward_fused;
+  }
+}
+
+// cublasLtMatmul may still refuse a problem its heuristic offered an algorithm for (it checks its
+// arguments before running anything): the op then runs the kernels. Any other failure is an error
+// that names the call, not a silent fallback over a half-written result.
+TEST(CudaGemmEpilogues, ARefusedMatmulRunsTheKernelsAndAFailedOneIsAnError) {
+  cuda_emu::CudaBackend& backend = emu_backend();
+  const FeedForwardInputs in = make_inputs(16, 32, DType::F32);
+  const FeedForwardResult cpu_result = run(in, Device::cpu(), DType::F32);
+  emu::fail_next_lt_matmul(cuda_emu::CUBLAS_STATUS_NOT_SUPPORTED);
+  backend.reset_stats();
+  const FeedForwardResult got = run(in, emu_device(), DType::F32);
+  EXPECT_EQ(launches(backend, "activation_forward_kernel"), 1u);
+  EXPECT_EQ(launches(backend, "activation_backward_kernel"), 1u);  // its forward saved x W alone
+  EXPECT_TRUE(all_close(cpu_result.out, got.out, atol_for(DType::F32), rtol_for(DType::F32)));
+  EXPECT_TRUE(all_close(cpu_result.dx, got.dx, atol_for(DType::F32), rtol_for(DType::F32)));
+  emu::fail_next_lt_matmul(cuda_emu::CUBLAS_STATUS_EXECUTION_FAILED);
+  try {
+    run(in, emu_device(), DType::F32);
+    FAIL() << "a failed cublasLtMatmul was ignored";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("cublasLtMatmul failed"), std::string::npos) << e.what();
   }
 }
 
