@@ -284,16 +284,25 @@ ResidualAndNorm T5Model::feed_forward(const T5FeedForward& ff, const Tensor& h,
   const float p = options.train ? config_.dropout_rate : 0.0f;
   const Tensor x =
       normed.defined() ? normed : rms_norm(h, ff.norm, float(config_.layer_norm_epsilon));
-  Tensor inner;
-  if (config_.is_gated_act) {
-    // wi_0 x | wi_1 x from one GEMM; the backward fills one gradient for it.
-    inner = gated_activation_packed(linear(x, ff.wi, Tensor(), WeightLayout::kOutIn),
-                                    config_.dense_activation);
+  Tensor out;
+  if (!config_.is_gated_act && p == 0.0f) {
+    // No dropout between the activation and wo: one op, the activation in the GEMM's epilogue
+    // where the backend can (CUDA: cuBLASLt's RELU in inference, its GELU always).
+    out = sp::feed_forward(x, ff.wi.transpose(0, 1), Tensor(), config_.dense_activation,
+                           ff.wo.transpose(0, 1));
   } else {
-    inner = activation(linear(x, ff.wi, Tensor(), WeightLayout::kOutIn), config_.dense_activation);
+    Tensor inner;
+    if (config_.is_gated_act) {
+      // wi_0 x | wi_1 x from one GEMM; the backward fills one gradient for it.
+      inner = gated_activation_packed(linear(x, ff.wi, Tensor(), WeightLayout::kOutIn),
+                                      config_.dense_activation);
+    } else {
+      inner =
+          activation(linear(x, ff.wi, Tensor(), WeightLayout::kOutIn), config_.dense_activation);
+    }
+    inner = dropout(inner, p, options.dropout_seed, dropout_base + (kFeedForwardInner << 36));
+    out = linear(inner, ff.wo, Tensor(), WeightLayout::kOutIn);
   }
-  inner = dropout(inner, p, options.dropout_seed, dropout_base + (kFeedForwardInner << 36));
-  Tensor out = linear(inner, ff.wo, Tensor(), WeightLayout::kOutIn);
   const uint64_t offset = dropout_base + (kFeedForwardResidual << 36);
   if (!next_norm.defined())
     return {residual_dropout_add(h, out, Tensor(), p, options.dropout_seed, offset), Tensor()};

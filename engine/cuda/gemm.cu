@@ -161,11 +161,16 @@ bool CudaBackend::gemm_with_epilogue(const char* op, const GemmArgs& g, unsigned
 
 bool CudaBackend::gemm_bias_activation(const GemmArgs& g, Activation act, const void* bias,
                                        void* pre) {
-  // cuBLASLt's GELU is the tanh form (gelu_new); other activations run unfused.
-  if (!gemm_epilogues() || act != Activation::kGeluTanh || !epilogue_fits(g, bias, pre))
-    return false;
+  // cuBLASLt's GELU is the tanh form (gelu_new). Its ReLU saves a bit mask, which the backward
+  // would need a DRELU for: ReLU is fused only where nothing is saved (inference). Other
+  // activations run unfused.
+  const bool gelu = act == Activation::kGeluTanh;
+  const bool relu = act == Activation::kRelu && pre == nullptr;
+  if (!gemm_epilogues() || !(gelu || relu) || !epilogue_fits(g, bias, pre)) return false;
   if (g.dtype != DType::F32 && g.dtype != DType::BF16) return false;
-  unsigned epilogue = pre ? CUBLASLT_EPILOGUE_GELU_AUX : CUBLASLT_EPILOGUE_GELU;
+  unsigned epilogue = relu  ? CUBLASLT_EPILOGUE_RELU
+                      : pre ? CUBLASLT_EPILOGUE_GELU_AUX
+                            : CUBLASLT_EPILOGUE_GELU;
   if (bias) epilogue |= CUBLASLT_EPILOGUE_BIAS;
   return gemm_with_epilogue("gemm_bias_activation", g, epilogue, bias, pre);
 }

@@ -83,6 +83,8 @@ cublasStatus_t not_emulated(const char* fn, int attr) {
 bool is_emulated_epilogue(std::uint32_t e) {
   switch (e) {
     case CUBLASLT_EPILOGUE_DEFAULT:
+    case CUBLASLT_EPILOGUE_RELU:
+    case CUBLASLT_EPILOGUE_RELU_BIAS:
     case CUBLASLT_EPILOGUE_BIAS:
     case CUBLASLT_EPILOGUE_GELU:
     case CUBLASLT_EPILOGUE_GELU_AUX:
@@ -395,6 +397,8 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t handle, cublasLtMatmulDesc_t desc
       } else if (gelu) {
         if (has_aux(epilogue)) blas::store_element(type, desc->aux, aux, v);
         v = gelu_tanh(v);
+      } else if ((epilogue & CUBLASLT_EPILOGUE_RELU) != 0) {
+        v = std::max(v, 0.0f);
       }
       blas::store_element(type, D, out, v);
     }

@@ -1,5 +1,5 @@
 // kernels/emu/cublaslt_emu.h: the emulated subset of cuBLASLt in sp::cuda_emu: one column-major
-// matmul with the bias and GELU epilogues (forward with the GELU input saved, DGELU backward).
+// matmul with the bias, ReLU and GELU epilogues (GELU's input saved for the DGELU backward).
 #pragma once
 
 #include <cstddef>
@@ -50,7 +50,9 @@ enum cublasLtMatmulPreferenceAttributes_t {
 };
 enum cublasLtEpilogue_t : std::uint32_t {
   CUBLASLT_EPILOGUE_DEFAULT = 1,
+  CUBLASLT_EPILOGUE_RELU = 2,
   CUBLASLT_EPILOGUE_BIAS = 4,
+  CUBLASLT_EPILOGUE_RELU_BIAS = 2 | 4,
   CUBLASLT_EPILOGUE_GELU = 32,
   CUBLASLT_EPILOGUE_GELU_AUX = 32 | 128,
   CUBLASLT_EPILOGUE_GELU_BIAS = 32 | 4,
@@ -89,7 +91,8 @@ cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t handle, cublasLtM
                                               int* returned);
 // D = epilogue(alpha op(A) op(B) + beta C [+ bias]) with fp32 accumulation; the epilogue runs on
 // the fp32 value and each output is rounded once to its type (D; the GELU input to the aux type,
-// D's). GELU is the tanh form. DGELU: D = (alpha op(A) op(B) + beta C) * GELU'(aux).
+// D's). GELU is the tanh form; RELU is max(v, 0) (its AUX forms, a bit mask, are not emulated).
+// DGELU: D = (alpha op(A) op(B) + beta C) * GELU'(aux).
 cublasStatus_t cublasLtMatmul(cublasLtHandle_t handle, cublasLtMatmulDesc_t desc, const void* alpha,
                               const void* A, cublasLtMatrixLayout_t a_layout, const void* B,
                               cublasLtMatrixLayout_t b_layout, const void* beta, const void* C,

@@ -517,6 +517,22 @@ TEST(CudaModel, Gpt2TinyForwardBackwardMatchesCpu) {
     ASSERT_NEAR(got.logits[i], golden_logits[i], 1e-4f) << "golden logit " << i;
 }
 
+// T5 v1.0's feed-forward (ReLU, no dropout in inference) runs its activation in the first GEMM's
+// cuBLASLt epilogue: no activation kernel in an encoder pass, and the same hidden states as the CPU
+// model (1e-5: fp32 GEMMs that differ in summation order only, through a few layers).
+TEST(CudaModel, T5V10InferenceRunsItsReluInTheGemm) {
+  auto cpu_model = T5Model::load(kFixtures + "/t5_tiny_v10", Device::cpu());
+  auto emu_model = T5Model::load(kFixtures + "/t5_tiny_v10", emu_device());
+  const Tensor ids = Tensor::from_ints({5, 17, 3, 42, 8, 1}, {1, 6});
+  const Tensor mask = Tensor::full({1, 6}, 1.0f);
+  NoGradGuard inference;
+  const Tensor want = cpu_model->encode(cpu_model->embed(ids), mask, {});
+  emu_backend().reset_stats();
+  const Tensor got = emu_model->encode(emu_model->embed(ids), mask.to(emu_device()), {});
+  EXPECT_EQ(emu_backend().stats().launches_of("activation_forward_kernel"), 0u);
+  EXPECT_TRUE(all_close(want, got.to(Device::cpu()), 1e-5f, 1e-4f));
+}
+
 // T5 v1.1 on cuda-emu: loss and both embedding gradients match transformers' goldens (1e-4
 // absolute, as the CPU model's test), and every RMS norm that follows a residual add runs in that
 // add's kernel: two an encoder block (before the feed-forward, and the next block's first norm or

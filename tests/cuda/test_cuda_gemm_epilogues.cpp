@@ -162,7 +162,33 @@ TEST(CudaGemmEpilogues, ARefusedMatmulRunsTheKernelsAndAFailedOneIsAnError) {
   }
 }
 
-// Activations cuBLASLt has no epilogue for run the kernels inside the same node.
+// In inference nothing is saved, so ReLU takes cuBLASLt's RELU epilogue too (T5 v1.0's evaluation
+// and generation); with a gradient to compute it would need DRELU's bit mask, and runs the kernels.
+TEST(CudaGemmEpilogues, ReluFusesWhereNothingIsSaved) {
+  Backend& backend = kernel_backend();
+  for (DType dtype : {DType::F32, DType::BF16}) {
+    const FeedForwardInputs in = make_inputs(16, 32, dtype);
+    const auto place = [&](const Tensor& t, Device device, DType as) {
+      Tensor placed = t.to(device);
+      return placed.dtype() == as ? placed : placed.to(as);
+    };
+    NoGradGuard inference;
+    const Tensor want = feed_forward(in.x, in.w_in, in.b_in, Activation::kRelu, in.w_out);
+    backend.reset_stats();
+    const Device d = kernel_device();
+    const Tensor got =
+        feed_forward(place(in.x, d, dtype), place(in.w_in, d, dtype), place(in.b_in, d, dtype),
+                     Activation::kRelu, place(in.w_out, d, dtype));
+    EXPECT_EQ(launches(backend, "activation_forward_kernel"), 0u) << dtype_name(dtype);
+    EXPECT_EQ(backend.stats().gemm_calls, 2u);
+    EXPECT_TRUE(
+        all_close(want, got.to(Device::cpu()).to(DType::F32), tolerance(dtype), tolerance(dtype)))
+        << dtype_name(dtype);
+  }
+}
+
+// Activations cuBLASLt has no epilogue for (and ReLU with a gradient to compute) run the kernels
+// inside the same node.
 TEST(CudaGemmEpilogues, OtherActivationsRunTheKernels) {
   Backend& backend = kernel_backend();
   const FeedForwardInputs in = make_inputs(16, 32, DType::F32);

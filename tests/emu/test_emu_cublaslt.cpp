@@ -2,6 +2,7 @@
 // epilogues against references computed in double, the heuristic's refusals and the buffer checks.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <memory>
@@ -137,6 +138,27 @@ TEST(EmuCublasLt, GeluAuxBiasRunsOnTheFp32SumAndRoundsEachOutputOnce) {
   EXPECT_GT(order_matters, 0) << "the data cannot tell the rounding orders apart";
 }
 
+TEST(EmuCublasLt, ReluBiasClampsTheBiasedSum) {
+  const int m = 8, n = 4, k = 5;
+  const std::vector<float> A = sixteenths(m * k, 7), B = sixteenths(k * n, 8);
+  std::vector<float> bias(m);
+  for (int i = 0; i < m; ++i) bias[i] = float(i - 4) / 8.0f;
+  Buffer<float> dA(A), dB(B), dBias(bias), dD(std::vector<float>(m * n, 99.0f));
+  Problem p(CUDA_R_32F, m, n, k, CUBLAS_OP_N, CUBLASLT_EPILOGUE_RELU_BIAS);
+  p.set(CUBLASLT_MATMUL_DESC_BIAS_POINTER, static_cast<const void*>(dBias.ptr));
+  ASSERT_EQ(p.run(dA.ptr, dB.ptr, dD.ptr), CUBLAS_STATUS_SUCCESS) << ::sp::emu::last_error_detail();
+  const auto D = dD.download();
+  int clamped = 0;
+  for (int j = 0; j < n; ++j)
+    for (int i = 0; i < m; ++i) {
+      double t = bias[i];
+      for (int l = 0; l < k; ++l) t += double(A[l * m + i]) * double(B[j * k + l]);
+      EXPECT_EQ(D[j * m + i], float(std::max(t, 0.0))) << i << "," << j;  // exact sums
+      clamped += t < 0;
+    }
+  EXPECT_GT(clamped, 0) << "the data never reach the clamp";
+}
+
 TEST(EmuCublasLt, DgeluMultipliesTheProductByTheGeluDerivativeAtTheAux) {
   // The derivative used as the reference is itself checked against a central difference.
   for (double v : {-2.5, -0.7, 0.0, 0.3, 1.9}) {
@@ -180,8 +202,8 @@ TEST(EmuCublasLt, TheHeuristicOffersNothingForWhatTheLibraryRejects) {
   EXPECT_EQ(gelu_problem(8, bias.ptr)->offered(), 0);      // aux ld below D's rows
   EXPECT_EQ(gelu_problem(m, bias.ptr + 1)->offered(), 0);  // bias 2 bytes past 16-byte alignment
   EXPECT_NE(::sp::emu::last_error_detail().find("bias"), std::string::npos);
-  Problem relu(CUDA_R_16BF, m, n, k, CUBLAS_OP_N, 2 /* CUBLASLT_EPILOGUE_RELU */);
-  EXPECT_EQ(relu.offered(), 0);
+  Problem relu_aux(CUDA_R_16BF, m, n, k, CUBLAS_OP_N, 2 | 128 /* RELU_AUX: a bit mask */);
+  EXPECT_EQ(relu_aux.offered(), 0);
   Problem mixed(CUDA_R_16BF, m, n, k, CUBLAS_OP_N, CUBLASLT_EPILOGUE_DEFAULT);
   cublasLtMatrixLayoutDestroy(mixed.d);
   ASSERT_EQ(cublasLtMatrixLayoutCreate(&mixed.d, CUDA_R_32F, m, n, m), CUBLAS_STATUS_SUCCESS);
