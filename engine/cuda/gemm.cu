@@ -3,6 +3,7 @@
 // C^T = op(B)^T op(A)^T: the operands swap places and m and n swap roles.
 #include <algorithm>
 #include <climits>
+#include <utility>
 
 #include "engine/cuda/cuda_backend.h"
 #include "engine/cuda/cuda_check.h"
@@ -40,8 +41,16 @@ struct LtMatmul {
 // accumulate, cuBLASLt's 16-byte alignment and (for the aux matrix) a row stride of 8 elements.
 bool epilogue_fits(const GemmArgs& g, const void* bias, const void* aux) {
   return g.batch == 1 && g.k > 0 && g.m > 0 && g.n > 0 && g.c_dtype == g.dtype && g.beta == 0.0f &&
-         g.ldc % 8 == 0 && aligned16({g.a, g.b, g.c, bias, aux}) &&
+         (aux == nullptr || g.ldc % 8 == 0) && aligned16({g.a, g.b, g.c, bias, aux}) &&
          std::max({g.m, g.n, g.k, g.lda, g.ldb, g.ldc}) <= INT_MAX;
+}
+
+// The alignment of p in bytes, up to the 256 cuBLASLt's heuristic assumes unless told less: the
+// algorithm it picks may rely on it.
+uint32_t alignment_of(const void* p) {
+  uint32_t alignment = 256;
+  while (alignment > 1 && reinterpret_cast<uintptr_t>(p) % alignment != 0) alignment /= 2;
+  return alignment;
 }
 
 }  // namespace
@@ -142,6 +151,17 @@ bool CudaBackend::gemm_with_epilogue(const char* op, const GemmArgs& g, unsigned
   SP_CUBLAS_CHECK(op, cublasLtMatmulPreferenceSetAttribute(
                           lt.preference, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace_bytes,
                           sizeof(workspace_bytes)));
+  // cuBLASLt's A, B, C and D: our B, A, C and C.
+  const std::pair<cublasLtMatmulPreferenceAttributes_t, const void*> alignments[] = {
+      {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, g.b},
+      {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, g.a},
+      {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, g.c},
+      {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, g.c}};
+  for (const auto& [attribute, pointer] : alignments) {
+    const uint32_t alignment = alignment_of(pointer);
+    SP_CUBLAS_CHECK(op, cublasLtMatmulPreferenceSetAttribute(lt.preference, attribute, &alignment,
+                                                             sizeof(alignment)));
+  }
   cublasLtMatmulHeuristicResult_t heuristic{};
   int found = 0;
   const cublasStatus_t searched = cublasLtMatmulAlgoGetHeuristic(

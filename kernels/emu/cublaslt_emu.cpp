@@ -39,6 +39,7 @@ struct cublasLtMatrixLayoutOpaque_t {
 
 struct cublasLtMatmulPreferenceOpaque_t {
   std::uint64_t max_workspace = 0;
+  std::uint32_t min_alignment[4] = {256, 256, 256, 256};  // A, B, C, D
 };
 
 }  // namespace sp::cuda_emu
@@ -298,6 +299,11 @@ cublasStatus_t cublasLtMatmulPreferenceSetAttribute(cublasLtMatmulPreference_t p
                                                     const void* buf, std::size_t size) {
   const char* fn = "cublasLtMatmulPreferenceSetAttribute";
   if (!pref) return blas::fail(CUBLAS_STATUS_INVALID_VALUE, std::string(fn) + ": null preference");
+  if (attr >= CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES &&
+      attr <= CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES) {
+    return read_attribute(fn, attr, buf, size,
+                          &pref->min_alignment[attr - CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES]);
+  }
   if (attr != CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES) {
     return not_emulated(fn, int(attr));
   }
@@ -319,8 +325,17 @@ cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t handle, cublasLtM
   if (auto why = unsupported(*desc, *a, *b, *c, *d, nullptr); !why.empty()) {
     return blas::fail(CUBLAS_STATUS_NOT_SUPPORTED, std::string(fn) + ": no algorithm: " + why);
   }
+  for (const std::uint32_t alignment : pref->min_alignment) {
+    if (alignment < 16) {
+      return blas::fail(CUBLAS_STATUS_NOT_SUPPORTED,
+                        std::string(fn) + ": no algorithm for matrices aligned to less than 16 " +
+                            "bytes (a minimum alignment of " + std::to_string(alignment) + ")");
+    }
+  }
   results[0] = cublasLtMatmulHeuristicResult_t{};
   results[0].algo.data[0] = 0x736f6674;  // any nonzero tag: the emulator has one algorithm
+  // The algorithm assumes the alignments it was chosen for; cublasLtMatmul checks them.
+  for (int i = 0; i < 4; ++i) results[0].algo.data[1 + i] = pref->min_alignment[i];
   results[0].state = CUBLAS_STATUS_SUCCESS;
   results[0].wavesCount = 1.0f;
   *returned = 1;
@@ -348,13 +363,21 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t handle, cublasLtMatmulDesc_t desc
   const std::uint32_t epilogue = desc->epilogue;
   const auto& dl = *d_layout;
   const cudaDataType type = dl.type;
-  // The algorithm the heuristic chose assumes 16-byte aligned matrices.
-  for (const void* p : {A, B, C, static_cast<const void*>(D)}) {
-    if (reinterpret_cast<std::uintptr_t>(p) % 16 != 0) {
+  // The algorithm the heuristic chose assumes the alignments its preference declared.
+  const void* matrices[4] = {A, B, C, D};
+  const char* names = "ABCD";
+  for (int i = 0; i < 4; ++i) {
+    const std::uint64_t alignment = algo->data[1 + i];
+    if (alignment == 0 || reinterpret_cast<std::uintptr_t>(matrices[i]) % alignment != 0) {
       return blas::fail(CUBLAS_STATUS_INVALID_VALUE,
-                        fn + ": a matrix pointer is not 16-byte aligned");
+                        fn + ": matrix " + names[i] + " is not aligned to the " +
+                            std::to_string(alignment) +
+                            " bytes its algorithm was chosen for (set CUBLASLT_MATMUL_PREF_MIN_"
+                            "ALIGNMENT_" +
+                            names[i] + "_BYTES)");
     }
   }
+
   std::vector<std::pair<const void*, std::pair<std::size_t, const char*>>> ranges = {
       {D, {span(dl), "D"}}};
   if (shape.k > 0) {

@@ -46,7 +46,11 @@ enum cublasLtMatrixLayoutAttribute_t {
   CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT = 5,  // int32; only 1 is emulated
 };
 enum cublasLtMatmulPreferenceAttributes_t {
-  CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES = 1,  // uint64
+  CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES = 1,    // uint64
+  CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES = 5,  // uint32, default 256
+  CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES = 6,
+  CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES = 7,
+  CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES = 8,
 };
 enum cublasLtEpilogue_t : std::uint32_t {
   CUBLASLT_EPILOGUE_DEFAULT = 1,
@@ -82,7 +86,10 @@ cublasStatus_t cublasLtMatmulPreferenceSetAttribute(cublasLtMatmulPreference_t p
 // Offers one algorithm when the emulated library supports the problem, none otherwise (then
 // CUBLAS_STATUS_NOT_SUPPORTED with *returned = 0, as the real library answers): A and B of one
 // type, C and D of that type, 32F-family compute, an emulated epilogue, a bias and an aux buffer
-// aligned to 16 bytes, an aux leading dimension divisible by 8 and >= D's rows.
+// aligned to 16 bytes, an aux leading dimension divisible by 8 and >= D's rows, and minimum
+// alignments of A, B, C and D (the preference's, 256 bytes unless set) of at least 16 bytes. The
+// algorithm assumes those alignments: cublasLtMatmul refuses less aligned matrices
+// (CUBLAS_STATUS_INVALID_VALUE), so a caller must declare what it passes.
 cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t handle, cublasLtMatmulDesc_t desc,
                                               cublasLtMatrixLayout_t a, cublasLtMatrixLayout_t b,
                                               cublasLtMatrixLayout_t c, cublasLtMatrixLayout_t d,

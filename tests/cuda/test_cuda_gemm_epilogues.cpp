@@ -111,6 +111,31 @@ TEST(CudaGemmEpilogues, FeedForwardFusesTheGeluIntoBothGemmsAndMatchesTheKernels
   }
 }
 
+// cuBLASLt's heuristic assumes 256-byte aligned matrices unless told less; the backend declares
+// each operand's alignment, so x as a column slice of a wider buffer (16 bytes past a boundary,
+// rows 40 floats apart) still takes the epilogue, with the CPU's results.
+TEST(CudaGemmEpilogues, OperandsLessAlignedThanTheDefaultStillFuse) {
+  Backend& backend = kernel_backend();
+  const FeedForwardInputs in = make_inputs(32, 64, DType::F32);
+  const Tensor wide = data({10, 40}, 6);
+  const auto run_on = [&](Device device) {
+    Tensor leaf = wide.to(device).detach().clone();
+    leaf.set_requires_grad(true);
+    const Tensor x = leaf.slice(1, 4, 36);  // [10, 32], row stride 40, offset 16 bytes
+    Tensor out = feed_forward(x, in.w_in.to(device), in.b_in.to(device), Activation::kGeluTanh,
+                              in.w_out.to(device));
+    sum_all(mul(out, out)).backward();
+    return std::pair{out.to(Device::cpu()), leaf.grad().to(Device::cpu())};
+  };
+  const auto [want_out, want_grad] = run_on(Device::cpu());
+  backend.reset_stats();
+  const auto [got_out, got_grad] = run_on(kernel_device());
+  EXPECT_EQ(launches(backend, "activation_forward_kernel"), 0u);
+  EXPECT_EQ(launches(backend, "activation_backward_kernel"), 0u);
+  EXPECT_TRUE(all_close(want_out, got_out, tolerance(DType::F32), tolerance(DType::F32)));
+  EXPECT_TRUE(all_close(want_grad, got_grad, tolerance(DType::F32), tolerance(DType::F32)));
+}
+
 // The forward decides what it saves: with the epilogue, x W + b (bias included); without, x W and
 // the bias apart. A backward on the other path (the switch flipped in between) must read it
 // accordingly: DGELU only after a fused forward, the activation backward with or without the bias.

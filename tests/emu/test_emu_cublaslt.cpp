@@ -216,6 +216,31 @@ TEST(EmuCublasLt, TheHeuristicOffersNothingForWhatTheLibraryRejects) {
             CUBLAS_STATUS_INVALID_VALUE);  // a uint32 attribute given 2 bytes
 }
 
+// The heuristic's algorithm assumes the alignments the preference declares (256 bytes unless
+// set): a less aligned matrix is refused at cublasLtMatmul, one declared as such is not.
+TEST(EmuCublasLt, MatricesLessAlignedThanDeclaredAreRefused) {
+  const int m = 16, n = 2, k = 4;
+  Buffer<float> dA(sixteenths(m * k, 9)), dB(sixteenths(k * n, 10));
+  Buffer<float> dD(std::vector<float>(m * n + 4));
+  float* offset_d = dD.ptr + 4;  // 16 bytes past a 256-byte boundary
+  Problem p(CUDA_R_32F, m, n, k, CUBLAS_OP_N, CUBLASLT_EPILOGUE_DEFAULT);
+  EXPECT_EQ(p.run(dA.ptr, dB.ptr, offset_d), CUBLAS_STATUS_INVALID_VALUE);
+  EXPECT_NE(::sp::emu::last_error_detail().find("is not aligned to the 256"), std::string::npos)
+      << ::sp::emu::last_error_detail();
+  for (auto attr :
+       {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES}) {
+    const std::uint32_t sixteen = 16;
+    ASSERT_EQ(cublasLtMatmulPreferenceSetAttribute(p.pref, attr, &sixteen, sizeof(sixteen)),
+              CUBLAS_STATUS_SUCCESS);
+  }
+  EXPECT_EQ(p.run(dA.ptr, dB.ptr, offset_d), CUBLAS_STATUS_SUCCESS);
+  const std::uint32_t eight = 8;
+  ASSERT_EQ(cublasLtMatmulPreferenceSetAttribute(p.pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
+                                                 &eight, sizeof(eight)),
+            CUBLAS_STATUS_SUCCESS);
+  EXPECT_EQ(p.offered(), 0);  // no emulated kernel reads matrices aligned to less than 16 bytes
+}
+
 TEST(EmuCublasLt, MatmulChecksEveryBufferItTouches) {
   const int m = 16, n = 2, k = 4;
   Buffer<float> dA(sixteenths(m * k, 5)), dB(sixteenths(k * n, 6)), dD(std::vector<float>(m * n));
@@ -229,8 +254,8 @@ TEST(EmuCublasLt, MatmulChecksEveryBufferItTouches) {
   Buffer<float> aux(std::vector<float>(m * n));
   p.set(CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, static_cast<void*>(aux.ptr));
   EXPECT_EQ(p.run(dA.ptr, dB.ptr, dD.ptr), CUBLAS_STATUS_SUCCESS);
-  std::vector<float> host_d(m * n);
-  EXPECT_EQ(p.run(dA.ptr, dB.ptr, host_d.data()), CUBLAS_STATUS_EXECUTION_FAILED);  // D on the host
+  alignas(256) float host_d[m * n] = {};
+  EXPECT_EQ(p.run(dA.ptr, dB.ptr, host_d), CUBLAS_STATUS_EXECUTION_FAILED);  // D on the host
 }
 
 }  // namespace
