@@ -49,9 +49,10 @@ class CudaBackend final : public Backend {
   void fill(const Tensor& dst, float value) override;
 
   void gemm(const GemmArgs& args) override;
-  // cuBLASLt with the GELU_AUX_BIAS / GELU_BIAS / DGELU epilogue for the tanh GELU when enabled
-  // (set_gemm_epilogues) and the operands suit it (16-byte aligned, ldc a multiple of 8, no
-  // accumulation) and cuBLASLt offers an algorithm; false otherwise.
+  // cuBLASLt with the GELU_AUX_BIAS / GELU_BIAS / DGELU epilogues for the tanh GELU, RELU(_BIAS)
+  // for ReLU where nothing is saved, when enabled (set_gemm_epilogues), the operands suit them
+  // (16-byte aligned, a saved input's row stride a multiple of 8, no accumulation) and cuBLASLt
+  // offers and runs an algorithm; false otherwise.
   bool gemm_bias_activation(const GemmArgs& args, Activation act, const void* bias,
                             void* pre) override;
   bool gemm_activation_backward(const GemmArgs& args, Activation act, const void* pre) override;
@@ -182,7 +183,7 @@ class CudaBackend final : public Backend {
   // Copies nbytes (staging_ring_.fits) into the staging ring and queues their upload to dst.
   void stage_upload(void* dst, const void* src, size_t nbytes);
   // One cuBLASLt matmul of `args` with `epilogue` (a cublasLtEpilogue_t); false when cuBLASLt
-  // offers no algorithm for it.
+  // offers no algorithm for it or refuses to run it.
   bool gemm_with_epilogue(const char* op, const GemmArgs& args, unsigned epilogue, const void* bias,
                           const void* aux);
   std::mutex staging_mutex_;  // guards the three below

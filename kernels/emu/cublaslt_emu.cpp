@@ -42,9 +42,6 @@ struct cublasLtMatmulPreferenceOpaque_t {
   std::uint32_t min_alignment[4] = {256, 256, 256, 256};  // A, B, C, D
 };
 
-}  // namespace sp::cuda_emu
-
-namespace sp::cuda_emu {
 namespace {
 
 namespace blas = ::sp::emu::blas;
@@ -377,7 +374,6 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t handle, cublasLtMatmulDesc_t desc
                             names[i] + "_BYTES)");
     }
   }
-
   std::vector<std::pair<const void*, std::pair<std::size_t, const char*>>> ranges = {
       {D, {span(dl), "D"}}};
   if (shape.k > 0) {
