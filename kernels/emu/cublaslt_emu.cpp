@@ -1,6 +1,7 @@
 // kernels/emu/cublaslt_emu.cpp: the emulated cuBLASLt subset of kernels/emu/cublaslt_emu.h. The
 // product is the emulated cuBLAS's (OpenBLAS, fp32 accumulation); the epilogue runs on each fp32
-// result before its single rounding to the output type, as the library's fused epilogues do.
+// result before its single rounding to the output type (our model of a fused epilogue: the
+// documentation gives the order of bias and activation, not where results are rounded).
 #include "kernels/emu/cublaslt_emu.h"
 
 #include <algorithm>
