@@ -170,8 +170,8 @@ class Backend {
 
   // ---- dense math ----
   virtual void gemm(const GemmArgs& args) = 0;
-  // A GEMM with its activation fused into the epilogue (cuBLASLt's GELU_AUX_BIAS and DGELU): one
-  // (batch 1) GEMM whose C has A's dtype. A backend that cannot fuse this one returns false having
+  // A GEMM with its activation fused into the epilogue (cuBLASLt's GELU_AUX_BIAS and DGELU), C of
+  // A's dtype. A backend that cannot fuse this one (a batched GEMM, say) returns false having
   // written nothing, and the caller runs gemm() and the activation kernels instead.
   // C = act(op(A) op(B) + bias), bias [n] or null. `pre`, when not null, receives op(A) op(B) +
   // bias rounded to C's dtype (C's shape and ldc): the value the backward differentiates at.

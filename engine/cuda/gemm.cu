@@ -37,11 +37,23 @@ struct LtMatmul {
   }
 };
 
-// Whether a GEMM may take a fused epilogue: one GEMM, a result of the operands' dtype, nothing to
-// accumulate, cuBLASLt's 16-byte alignment and (for the aux matrix) a row stride of 8 elements.
+// The cuBLAS type of an F32 or BF16 matrix.
+cudaDataType cuda_type(DType dtype) {
+  return dtype == DType::BF16 ? CUDA_R_16BF : CUDA_R_32F;
+}
+
+// fp32 accumulation always; TF32 tensor cores only for fp32 operands and only when allowed.
+cublasComputeType_t compute_type(DType operands, bool allow_tf32) {
+  return operands == DType::F32 && allow_tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+}
+
+// Whether a GEMM may take a fused epilogue: one F32 or BF16 GEMM, a result of the operands' dtype,
+// nothing to accumulate, cuBLASLt's 16-byte alignment and (for the aux matrix) a row stride of 8
+// elements.
 bool epilogue_fits(const GemmArgs& g, const void* bias, const void* aux) {
-  return g.batch == 1 && g.k > 0 && g.m > 0 && g.n > 0 && g.c_dtype == g.dtype && g.beta == 0.0f &&
-         (aux == nullptr || g.ldc % 8 == 0) && aligned16({g.a, g.b, g.c, bias, aux}) &&
+  return (g.dtype == DType::F32 || g.dtype == DType::BF16) && g.batch == 1 && g.k > 0 && g.m > 0 &&
+         g.n > 0 && g.c_dtype == g.dtype && g.beta == 0.0f && (aux == nullptr || g.ldc % 8 == 0) &&
+         aligned16({g.a, g.b, g.c, bias, aux}) &&
          std::max({g.m, g.n, g.k, g.lda, g.ldb, g.ldc}) <= INT_MAX;
 }
 
@@ -64,7 +76,6 @@ void CudaBackend::gemm(const GemmArgs& g) {
   count_gemm(g);
   if (g.m == 0 || g.n == 0 || g.batch == 0) return;
   activate(op);
-  const bool bf16 = g.dtype == DType::BF16;
   const bool bf16_result = g.c_dtype == DType::BF16;
   if (g.k == 0) {  // C = beta * C; not every BLAS accepts an empty inner dimension
     const int threads = 256;
@@ -90,11 +101,8 @@ void CudaBackend::gemm(const GemmArgs& g) {
   const int m = to_int(op, "n", g.n), n = to_int(op, "m", g.m), k = to_int(op, "k", g.k);
   const cublasOperation_t op_first = g.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
   const cublasOperation_t op_second = g.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
-  const cudaDataType type = bf16 ? CUDA_R_16BF : CUDA_R_32F;
-  const cudaDataType c_type = bf16_result ? CUDA_R_16BF : CUDA_R_32F;
-  // fp32 accumulation always; TF32 tensor cores only for fp32 operands and only when allowed.
-  const cublasComputeType_t compute =
-      !bf16 && allow_tf32() ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+  const cudaDataType type = cuda_type(g.dtype), c_type = cuda_type(g.c_dtype);
+  const cublasComputeType_t compute = compute_type(g.dtype, allow_tf32());
   if (g.batch == 1) {
     SP_CUBLAS_CHECK(
         op, cublasGemmEx(cublas_, op_first, op_second, m, n, k, &g.alpha, g.b, type,
@@ -112,9 +120,8 @@ void CudaBackend::gemm(const GemmArgs& g) {
 bool CudaBackend::gemm_with_epilogue(const char* op, const GemmArgs& g, unsigned epilogue,
                                      const void* bias, const void* aux) {
   activate(op);
-  const cudaDataType type = g.dtype == DType::BF16 ? CUDA_R_16BF : CUDA_R_32F;
-  const cublasComputeType_t compute =
-      g.dtype == DType::F32 && allow_tf32() ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+  const cudaDataType type = cuda_type(g.dtype);
+  const cublasComputeType_t compute = compute_type(g.dtype, allow_tf32());
   // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T (see gemm above): cuBLASLt's
   // A is our B, its B our A, and its D (n rows, m columns) our C. The bias runs along D's rows.
   const cublasOperation_t op_first = g.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
@@ -187,7 +194,6 @@ bool CudaBackend::gemm_bias_activation(const GemmArgs& g, Activation act, const 
   const bool gelu = act == Activation::kGeluTanh;
   const bool relu = act == Activation::kRelu && pre == nullptr;
   if (!gemm_epilogues() || !(gelu || relu) || !epilogue_fits(g, bias, pre)) return false;
-  if (g.dtype != DType::F32 && g.dtype != DType::BF16) return false;
   unsigned epilogue = relu  ? CUBLASLT_EPILOGUE_RELU
                       : pre ? CUBLASLT_EPILOGUE_GELU_AUX
                             : CUBLASLT_EPILOGUE_GELU;
@@ -199,7 +205,6 @@ bool CudaBackend::gemm_activation_backward(const GemmArgs& g, Activation act, co
   if (pre == nullptr || !gemm_epilogues() || act != Activation::kGeluTanh ||
       !epilogue_fits(g, nullptr, pre))
     return false;
-  if (g.dtype != DType::F32 && g.dtype != DType::BF16) return false;
   return gemm_with_epilogue("gemm_activation_backward", g, CUBLASLT_EPILOGUE_DGELU, nullptr, pre);
 }
 

@@ -35,7 +35,6 @@ Tensor feed_forward(const Tensor& x, const Tensor& w_in, const Tensor& b_in, Act
   ops_detail::check_defined(op, {&x, &w_in, &w_out});
   if (!single_node(x, w_in, b_in, w_out)) return composed(x, w_in, b_in, act, w_out);
   ops_detail::MatmulPlan up = ops_detail::plan_matmul(x, w_in);
-  if (up.gemm.batch != 1) return composed(x, w_in, b_in, act, w_out);  // rows not evenly spaced
   Backend& backend = backend_for(x.device());
   const Tensor bias = b_in.defined() ? b_in.contiguous() : Tensor();
   const bool keep_pre = any_requires_grad({&x});
@@ -72,7 +71,7 @@ Tensor feed_forward(const Tensor& x, const Tensor& w_in, const Tensor& b_in, Act
              back.gemm.c = d_pre.raw_data();
              // A `pre` without its bias came from the unfused forward: the epilogue's act' would
              // be taken at the wrong point.
-             const bool fused = !pre_bias.defined() && back.gemm.batch == 1 &&
+             const bool fused = !pre_bias.defined() &&
                                 backend.gemm_activation_backward(back.gemm, act, pre.raw_data());
              if (!fused) {
                Tensor d_hidden = Tensor::empty(back.out_shape, back.out_dtype, g.device());

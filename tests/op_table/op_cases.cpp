@@ -247,6 +247,19 @@ std::vector<OpCase> build_cases() {
             1e-2f,
             2e-2f,
             false});
+  // x a slice along the sequence: its rows are not evenly spaced, so the GEMMs are batched, which
+  // the CUDA backend declines to fuse; the node's unfused path runs them.
+  add_case({"feed_forward/gelu_tanh_rows_not_evenly_spaced",
+            [feed_forward_inputs](CaseSize) { return feed_forward_inputs(5, 8, 16, 160); },
+            {0},
+            [](const std::vector<Tensor>& in) {
+              return feed_forward(in[0].slice(1, 1, 4), in[1], in[2], Activation::kGeluTanh, in[3]);
+            },
+            1e-5f,
+            1e-4f,
+            1e-2f,
+            2e-2f,
+            false});
   add_feed_forward_case(
       "feed_forward/relu",
       [feed_forward_inputs](CaseSize) { return feed_forward_inputs(3, 8, 16, 152); },
