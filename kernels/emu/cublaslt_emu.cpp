@@ -375,21 +375,25 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t handle, cublasLtMatmulDesc_t desc
                             names[i] + "_BYTES)");
     }
   }
-  std::vector<std::pair<const void*, std::pair<std::size_t, const char*>>> ranges = {
-      {D, {span(dl), "D"}}};
+  struct DeviceRange {
+    const void* start;
+    std::size_t bytes;
+    const char* name;
+  };
+  std::vector<DeviceRange> ranges = {{D, span(dl), "D"}};
   if (shape.k > 0) {
-    ranges.push_back({A, {span(*a_layout), "A"}});
-    ranges.push_back({B, {span(*b_layout), "B"}});
+    ranges.push_back({A, span(*a_layout), "A"});
+    ranges.push_back({B, span(*b_layout), "B"});
   }
-  if (beta != 0.0f) ranges.push_back({C, {span(*c_layout), "C"}});
+  if (beta != 0.0f) ranges.push_back({C, span(*c_layout), "C"});
   const std::size_t es = blas::element_size(type);
   const std::size_t aux_bytes =
       dl.cols == 0 ? 0 : (std::size_t(desc->aux_ld) * (dl.cols - 1) + dl.rows) * es;
-  if (has_bias(epilogue)) ranges.push_back({desc->bias, {dl.rows * es, "bias"}});
-  if (has_aux(epilogue)) ranges.push_back({desc->aux, {aux_bytes, "epilogue aux"}});
-  for (const auto& [p, what] : ranges) {
-    if (what.first == 0) continue;
-    if (auto why = blas::device_range_problem(p, what.first, what.second); !why.empty()) {
+  if (has_bias(epilogue)) ranges.push_back({desc->bias, dl.rows * es, "bias"});
+  if (has_aux(epilogue)) ranges.push_back({desc->aux, aux_bytes, "epilogue aux"});
+  for (const DeviceRange& range : ranges) {
+    if (range.bytes == 0) continue;
+    if (auto why = blas::device_range_problem(range.start, range.bytes, range.name); !why.empty()) {
       return blas::fail(CUBLAS_STATUS_EXECUTION_FAILED, fn + ": " + why);
     }
   }

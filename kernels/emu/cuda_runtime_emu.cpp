@@ -260,6 +260,19 @@ float round_half(float x) {
 
 enum class InputRounding { kNone, kTf32, kBf16, kHalf };
 
+// How the operands are rounded before the product: fp32 ones as the compute type's fast modes ask,
+// or to TF32 under a cuBLAS handle's TF32 math mode (cuBLASLt has no math mode: its callers pass
+// the default).
+InputRounding input_rounding(cudaDataType type, cublasComputeType_t compute, cublasMath_t math) {
+  if (type != CUDA_R_32F) return InputRounding::kNone;
+  const bool tf32_mode = (math & 0xf) == CUBLAS_TF32_TENSOR_OP_MATH;
+  if (compute == CUBLAS_COMPUTE_32F_FAST_TF32 || (compute == CUBLAS_COMPUTE_32F && tf32_mode))
+    return InputRounding::kTf32;
+  if (compute == CUBLAS_COMPUTE_32F_FAST_16BF) return InputRounding::kBf16;
+  if (compute == CUBLAS_COMPUTE_32F_FAST_16F) return InputRounding::kHalf;
+  return InputRounding::kNone;
+}
+
 std::size_t type_size(cudaDataType t) {
   switch (t) {
     case CUDA_R_32F:
@@ -430,17 +443,7 @@ cublasStatus_t gemm(const char* fn, cublasHandle_t handle, cublasOperation_t tra
   const float alpha = *static_cast<const float*>(alpha_p);
   const float beta = *static_cast<const float*>(beta_p);
 
-  InputRounding rounding = InputRounding::kNone;
-  if (Atype == CUDA_R_32F) {
-    const bool tf32_mode = (math & 0xf) == CUBLAS_TF32_TENSOR_OP_MATH;
-    if (compute == CUBLAS_COMPUTE_32F_FAST_TF32 || (compute == CUBLAS_COMPUTE_32F && tf32_mode)) {
-      rounding = InputRounding::kTf32;
-    } else if (compute == CUBLAS_COMPUTE_32F_FAST_16BF) {
-      rounding = InputRounding::kBf16;
-    } else if (compute == CUBLAS_COMPUTE_32F_FAST_16F) {
-      rounding = InputRounding::kHalf;
-    }
-  }
+  const InputRounding rounding = input_rounding(Atype, compute, math);
   (void)sgemm;
 
   const std::size_t a_es = type_size(Atype);
@@ -540,12 +543,7 @@ void product_fp32(cublasOperation_t transa, cublasOperation_t transb, int m, int
                   cublasComputeType_t compute, float* out) {
   std::fill(out, out + static_cast<std::size_t>(m) * static_cast<std::size_t>(n), 0.0f);
   if (m == 0 || n == 0 || k == 0) return;
-  InputRounding rounding = InputRounding::kNone;
-  if (type == CUDA_R_32F && compute == CUBLAS_COMPUTE_32F_FAST_TF32)
-    rounding = InputRounding::kTf32;
-  if (type == CUDA_R_32F && compute == CUBLAS_COMPUTE_32F_FAST_16BF)
-    rounding = InputRounding::kBf16;
-  if (type == CUDA_R_32F && compute == CUBLAS_COMPUTE_32F_FAST_16F) rounding = InputRounding::kHalf;
+  const InputRounding rounding = input_rounding(type, compute, CUBLAS_DEFAULT_MATH);
   const Operand a{type, A, transa == CUBLAS_OP_N ? m : k, transa == CUBLAS_OP_N ? k : m, lda, 0};
   const Operand b{type, B, transb == CUBLAS_OP_N ? k : n, transb == CUBLAS_OP_N ? n : k, ldb, 0};
   const std::vector<float> wa = widen(a, A, rounding);
