@@ -1,13 +1,15 @@
 // tests/emu/emu_test_util.h: helpers shared by the emulator tests: running a check under every
-// schedule order, and expecting a ThreadSanitizer race report from a child process.
+// schedule order, a device copy of a host vector, and expecting a ThreadSanitizer race report.
 #pragma once
 
 #include <gtest/gtest.h>
 
+#include <cstddef>
 #include <cstdlib>
 #include <string>
 #include <vector>
 
+#include "kernels/cuda_compat.h"
 #include "kernels/emu/emu.h"
 
 #if defined(__SANITIZE_THREAD__)
@@ -40,6 +42,29 @@ inline std::string join(const std::vector<std::string>& parts) {
   for (const auto& p : parts) out += (out.empty() ? "" : ", ") + p;
   return out.empty() ? "(none)" : out;
 }
+
+// A device copy (in the emulated runtime) of a host vector, freed at scope exit.
+template <class T>
+struct DeviceBuffer {
+  T* ptr = nullptr;
+  std::size_t n = 0;
+  explicit DeviceBuffer(const std::vector<T>& host) : n(host.size()) {
+    namespace rt = ::sp::cuda_emu;
+    EXPECT_EQ(rt::cudaMalloc(&ptr, n * sizeof(T)), rt::cudaSuccess);
+    EXPECT_EQ(rt::cudaMemcpy(ptr, host.data(), n * sizeof(T), rt::cudaMemcpyHostToDevice),
+              rt::cudaSuccess);
+  }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  ~DeviceBuffer() { ::sp::cuda_emu::cudaFree(ptr); }
+  std::vector<T> download() const {
+    namespace rt = ::sp::cuda_emu;
+    std::vector<T> h(n);
+    EXPECT_EQ(rt::cudaMemcpy(h.data(), ptr, n * sizeof(T), rt::cudaMemcpyDeviceToHost),
+              rt::cudaSuccess);
+    return h;
+  }
+};
 
 }  // namespace sp::emu_test_util
 

@@ -11,9 +11,12 @@
 #include <vector>
 
 #include "kernels/cuda_compat.h"
+#include "tests/emu/emu_test_util.h"
 
 namespace sp::cuda_emu {
 namespace {
+
+using ::sp::emu_test_util::DeviceBuffer;
 
 double gelu_tanh(double v) {
   return 0.5 * v *
@@ -24,22 +27,6 @@ double gelu_tanh_derivative(double v) {
   const double c = std::sqrt(2.0 / std::numbers::pi), t = std::tanh(c * (v + 0.044715 * v * v * v));
   return 0.5 * (1.0 + t) + 0.5 * v * (1.0 - t * t) * c * (1.0 + 3.0 * 0.044715 * v * v);
 }
-
-template <class T>
-struct Buffer {
-  T* ptr = nullptr;
-  std::size_t n = 0;
-  explicit Buffer(const std::vector<T>& host) : n(host.size()) {
-    EXPECT_EQ(cudaMalloc(&ptr, n * sizeof(T)), cudaSuccess);
-    EXPECT_EQ(cudaMemcpy(ptr, host.data(), n * sizeof(T), cudaMemcpyHostToDevice), cudaSuccess);
-  }
-  ~Buffer() { cudaFree(ptr); }
-  std::vector<T> download() const {
-    std::vector<T> h(n);
-    EXPECT_EQ(cudaMemcpy(h.data(), ptr, n * sizeof(T), cudaMemcpyDeviceToHost), cudaSuccess);
-    return h;
-  }
-};
 
 // One column-major D = epilogue(op(A) op(B)) problem's descriptors, destroyed at scope exit.
 struct Problem {
@@ -106,8 +93,8 @@ TEST(EmuCublasLt, GeluAuxBiasRunsOnTheFp32SumAndRoundsEachOutputOnce) {
   const auto to_bf16 = [](const std::vector<float>& v) {
     return std::vector<__nv_bfloat16>(v.begin(), v.end());
   };
-  Buffer<__nv_bfloat16> dA(to_bf16(A)), dB(to_bf16(B)), dBias(to_bf16(bias));
-  Buffer<__nv_bfloat16> dD(std::vector<__nv_bfloat16>(m * n)),
+  DeviceBuffer<__nv_bfloat16> dA(to_bf16(A)), dB(to_bf16(B)), dBias(to_bf16(bias));
+  DeviceBuffer<__nv_bfloat16> dD(std::vector<__nv_bfloat16>(m * n)),
       dAux(std::vector<__nv_bfloat16>(m * n));
   Problem p(CUDA_R_16BF, m, n, k, CUBLAS_OP_N, CUBLASLT_EPILOGUE_GELU_AUX_BIAS);
   p.set(CUBLASLT_MATMUL_DESC_BIAS_POINTER, static_cast<const void*>(dBias.ptr));
@@ -143,7 +130,7 @@ TEST(EmuCublasLt, ReluBiasClampsTheBiasedSum) {
   const std::vector<float> A = sixteenths(m * k, 7), B = sixteenths(k * n, 8);
   std::vector<float> bias(m);
   for (int i = 0; i < m; ++i) bias[i] = float(i - 4) / 8.0f;
-  Buffer<float> dA(A), dB(B), dBias(bias), dD(std::vector<float>(m * n, 99.0f));
+  DeviceBuffer<float> dA(A), dB(B), dBias(bias), dD(std::vector<float>(m * n, 99.0f));
   Problem p(CUDA_R_32F, m, n, k, CUBLAS_OP_N, CUBLASLT_EPILOGUE_RELU_BIAS);
   p.set(CUBLASLT_MATMUL_DESC_BIAS_POINTER, static_cast<const void*>(dBias.ptr));
   ASSERT_EQ(p.run(dA.ptr, dB.ptr, dD.ptr), CUBLAS_STATUS_SUCCESS) << ::sp::emu::last_error_detail();
@@ -169,7 +156,7 @@ TEST(EmuCublasLt, DgeluMultipliesTheProductByTheGeluDerivativeAtTheAux) {
   const std::vector<float> A = sixteenths(k * m, 3), B = sixteenths(k * n, 4);  // A stored k x m
   std::vector<float> pre(m * n);
   for (int i = 0; i < m * n; ++i) pre[i] = float(i % 17) / 4.0f - 2.0f;
-  Buffer<float> dA(A), dB(B), dPre(pre), dD(std::vector<float>(m * n, 99.0f));
+  DeviceBuffer<float> dA(A), dB(B), dPre(pre), dD(std::vector<float>(m * n, 99.0f));
   Problem p(CUDA_R_32F, m, n, k, CUBLAS_OP_T, CUBLASLT_EPILOGUE_DGELU);
   p.set(CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, static_cast<void*>(dPre.ptr));
   p.set(CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, std::int64_t(m));
@@ -187,7 +174,7 @@ TEST(EmuCublasLt, DgeluMultipliesTheProductByTheGeluDerivativeAtTheAux) {
 
 TEST(EmuCublasLt, TheHeuristicOffersNothingForWhatTheLibraryRejects) {
   const int m = 16, n = 2, k = 4;
-  Buffer<__nv_bfloat16> bias(std::vector<__nv_bfloat16>(m + 8)),
+  DeviceBuffer<__nv_bfloat16> bias(std::vector<__nv_bfloat16>(m + 8)),
       aux(std::vector<__nv_bfloat16>(m * n + 8));
   const auto gelu_problem = [&](std::int64_t aux_ld, const void* bias_ptr) {
     auto p = std::make_unique<Problem>(CUDA_R_16BF, m, n, k, CUBLAS_OP_N,
@@ -220,8 +207,8 @@ TEST(EmuCublasLt, TheHeuristicOffersNothingForWhatTheLibraryRejects) {
 // set): a less aligned matrix is refused at cublasLtMatmul, one declared as such is not.
 TEST(EmuCublasLt, MatricesLessAlignedThanDeclaredAreRefused) {
   const int m = 16, n = 2, k = 4;
-  Buffer<float> dA(sixteenths(m * k, 9)), dB(sixteenths(k * n, 10));
-  Buffer<float> dD(std::vector<float>(m * n + 4));
+  DeviceBuffer<float> dA(sixteenths(m * k, 9)), dB(sixteenths(k * n, 10));
+  DeviceBuffer<float> dD(std::vector<float>(m * n + 4));
   float* offset_d = dD.ptr + 4;  // 16 bytes past a 256-byte boundary
   Problem p(CUDA_R_32F, m, n, k, CUBLAS_OP_N, CUBLASLT_EPILOGUE_DEFAULT);
   EXPECT_EQ(p.run(dA.ptr, dB.ptr, offset_d), CUBLAS_STATUS_INVALID_VALUE);
@@ -243,15 +230,16 @@ TEST(EmuCublasLt, MatricesLessAlignedThanDeclaredAreRefused) {
 
 TEST(EmuCublasLt, MatmulChecksEveryBufferItTouches) {
   const int m = 16, n = 2, k = 4;
-  Buffer<float> dA(sixteenths(m * k, 5)), dB(sixteenths(k * n, 6)), dD(std::vector<float>(m * n));
-  Buffer<float> short_aux(std::vector<float>(m * n - 1));
+  DeviceBuffer<float> dA(sixteenths(m * k, 5)), dB(sixteenths(k * n, 6)),
+      dD(std::vector<float>(m * n));
+  DeviceBuffer<float> short_aux(std::vector<float>(m * n - 1));
   Problem p(CUDA_R_32F, m, n, k, CUBLAS_OP_N, CUBLASLT_EPILOGUE_GELU_AUX);
   p.set(CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, static_cast<void*>(short_aux.ptr));
   p.set(CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, std::int64_t(m));
   EXPECT_EQ(p.run(dA.ptr, dB.ptr, dD.ptr), CUBLAS_STATUS_EXECUTION_FAILED);
   EXPECT_NE(::sp::emu::last_error_detail().find("epilogue aux"), std::string::npos)
       << ::sp::emu::last_error_detail();
-  Buffer<float> aux(std::vector<float>(m * n));
+  DeviceBuffer<float> aux(std::vector<float>(m * n));
   p.set(CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, static_cast<void*>(aux.ptr));
   EXPECT_EQ(p.run(dA.ptr, dB.ptr, dD.ptr), CUBLAS_STATUS_SUCCESS);
   alignas(256) float host_d[m * n] = {};

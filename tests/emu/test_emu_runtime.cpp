@@ -12,9 +12,12 @@
 
 #include "kernels/cuda_compat.h"
 #include "tests/emu/emu_test_kernels.cuh"
+#include "tests/emu/emu_test_util.h"
 
 namespace sp::cuda_emu {
 namespace {
+
+using ::sp::emu_test_util::DeviceBuffer;
 
 // ---- memory and errors ----
 
@@ -260,21 +263,6 @@ std::vector<float> reference_gemm(bool ta, bool tb, int m, int n, int k, float a
   }
   return C;
 }
-
-struct DeviceBuffer {
-  float* ptr = nullptr;
-  std::size_t n = 0;
-  explicit DeviceBuffer(const std::vector<float>& host) : n(host.size()) {
-    EXPECT_EQ(cudaMalloc(&ptr, n * sizeof(float)), cudaSuccess);
-    EXPECT_EQ(cudaMemcpy(ptr, host.data(), n * sizeof(float), cudaMemcpyHostToDevice), cudaSuccess);
-  }
-  ~DeviceBuffer() { cudaFree(ptr); }
-  std::vector<float> download() const {
-    std::vector<float> h(n);
-    EXPECT_EQ(cudaMemcpy(h.data(), ptr, n * sizeof(float), cudaMemcpyDeviceToHost), cudaSuccess);
-    return h;
-  }
-};
 
 std::vector<float> random_values(std::size_t n, unsigned seed) {
   std::mt19937 rng(seed);
