@@ -31,6 +31,7 @@
 #else
 
 #include "kernels/emu/cublaslt_emu.h"
+#include "kernels/emu/cuda_graph_emu.h"
 #include "kernels/emu/cuda_runtime_emu.h"
 #include "kernels/emu/emu.h"
 #include "kernels/emu/wmma.h"

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "kernels/emu/blas_internal.h"
+#include "kernels/emu/capture_internal.h"
 
 namespace sp::cuda_emu {
 
@@ -345,7 +346,7 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t handle, cublasLtMatmulDesc_t desc
                               const void* B, cublasLtMatrixLayout_t b_layout, const void* beta_p,
                               const void* C, cublasLtMatrixLayout_t c_layout, void* D,
                               cublasLtMatrixLayout_t d_layout, const cublasLtMatmulAlgo_t* algo,
-                              void*, std::size_t, cudaStream_t) {
+                              void*, std::size_t, cudaStream_t stream) {
   const std::string fn = "cublasLtMatmul";
   if (!live(handle)) return blas::fail(CUBLAS_STATUS_NOT_INITIALIZED, fn + ": handle");
   if (!desc || !a_layout || !b_layout || !c_layout || !d_layout || !alpha_p || !beta_p || !algo) {
@@ -402,31 +403,40 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t handle, cublasLtMatmulDesc_t desc
     return blas::fail(cublasStatus_t(injected), fn + ": failure injected by the test");
   }
   blas::begin_gemm();
-  const int m = shape.m, n = shape.n;
-  std::vector<float> product(std::size_t(m) * std::size_t(n));
-  blas::product_fp32(desc->transa, desc->transb, m, n, shape.k, A, int(a_layout->ld), B,
-                     int(b_layout->ld), type, desc->compute, product.data());
-  const bool gelu = (epilogue & CUBLASLT_EPILOGUE_GELU) != 0;
-  for (int col = 0; col < n; ++col) {
-    for (int row = 0; row < m; ++row) {
-      float v = alpha * product[std::size_t(col) * m + row];
-      if (beta != 0.0f) {
-        v += beta * blas::load_element(type, C, std::size_t(col) * c_layout->ld + row);
+  // Captured into a graph, the matmul runs at each launch, from what memory holds then; the
+  // descriptors may be destroyed before, so what they say is copied now.
+  const int m = shape.m, n = shape.n, k = shape.k;
+  const auto run = [=, transa = desc->transa, transb = desc->transb, compute = desc->compute,
+                    bias = desc->bias, aux = desc->aux, aux_ld = desc->aux_ld,
+                    lda = int(a_layout->ld), ldb = int(b_layout->ld), ldc = c_layout->ld,
+                    ldd = dl.ld] {
+    std::vector<float> product(std::size_t(m) * std::size_t(n));
+    blas::product_fp32(transa, transb, m, n, k, A, lda, B, ldb, type, compute, product.data());
+    const bool gelu = (epilogue & CUBLASLT_EPILOGUE_GELU) != 0;
+    for (int col = 0; col < n; ++col) {
+      for (int row = 0; row < m; ++row) {
+        float v = alpha * product[std::size_t(col) * m + row];
+        if (beta != 0.0f) v += beta * blas::load_element(type, C, std::size_t(col) * ldc + row);
+        const std::size_t out = std::size_t(col) * ldd + row;
+        const std::size_t at = std::size_t(col) * aux_ld + row;
+        if (has_bias(epilogue)) v += blas::load_element(type, bias, row);
+        if (epilogue == CUBLASLT_EPILOGUE_DGELU) {
+          v *= gelu_tanh_derivative(blas::load_element(type, aux, at));
+        } else if (gelu) {
+          if (has_aux(epilogue)) blas::store_element(type, aux, at, v);
+          v = gelu_tanh(v);
+        } else if ((epilogue & CUBLASLT_EPILOGUE_RELU) != 0) {
+          v = std::max(v, 0.0f);
+        }
+        blas::store_element(type, D, out, v);
       }
-      const std::size_t out = std::size_t(col) * dl.ld + row;
-      const std::size_t aux = std::size_t(col) * desc->aux_ld + row;
-      if (has_bias(epilogue)) v += blas::load_element(type, desc->bias, row);
-      if (epilogue == CUBLASLT_EPILOGUE_DGELU) {
-        v *= gelu_tanh_derivative(blas::load_element(type, desc->aux, aux));
-      } else if (gelu) {
-        if (has_aux(epilogue)) blas::store_element(type, desc->aux, aux, v);
-        v = gelu_tanh(v);
-      } else if ((epilogue & CUBLASLT_EPILOGUE_RELU) != 0) {
-        v = std::max(v, 0.0f);
-      }
-      blas::store_element(type, D, out, v);
     }
+  };
+  if (emu::capture::capturing(stream)) {
+    emu::capture::record(stream, run);
+    return CUBLAS_STATUS_SUCCESS;
   }
+  run();
   return CUBLAS_STATUS_SUCCESS;
 }
 

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "kernels/emu/blas_internal.h"
+#include "kernels/emu/capture_internal.h"
 #include "kernels/error.h"
 
 namespace sp::cuda_emu {
@@ -88,6 +89,7 @@ std::atomic<std::uint64_t> g_memcpy_calls{0};
 std::atomic<std::uint64_t> g_memset_calls{0};
 std::atomic<std::uint64_t> g_sync_calls{0};
 std::atomic<std::uint64_t> g_gemm_calls{0};
+std::atomic<std::uint64_t> g_graph_launches{0};
 
 thread_local cudaError_t t_last_error = cudaSuccess;
 thread_local std::string t_detail;
@@ -197,6 +199,10 @@ cudaError_t copy(const char* fn, void* dst, const void* src, std::size_t count, 
       return failed(cudaErrorInvalidMemcpyDirection, fn, ": unknown cudaMemcpyKind ",
                     static_cast<int>(kind));
   }
+  if (!asynchronous) {
+    if (auto why = capture::unsafe_call(fn); !why.empty())
+      return failed(cudaErrorStreamCaptureUnsupported, why);
+  }
   if (count == 0) return cudaSuccess;
   if (!dst || !src) return failed(cudaErrorInvalidValue, fn, ": null pointer");
   if (auto why = check_range(r, dst, count, dst_side, "destination"); !why.empty()) {
@@ -204,6 +210,19 @@ cudaError_t copy(const char* fn, void* dst, const void* src, std::size_t count, 
   }
   if (auto why = check_range(r, src, count, src_side, "source"); !why.empty()) {
     return failed(cudaErrorInvalidValue, fn, ": ", why);
+  }
+  if (asynchronous && capture::capturing(stream)) {
+    // A graph's copy runs at each launch; from pageable memory the driver cannot defer it.
+    const auto pageable = [&r](const void* p) {
+      return !find_device(r, p) && !is_page_locked(r, p);
+    };
+    if (pageable(dst) || pageable(src)) {
+      return failed(
+          cudaErrorStreamCaptureUnsupported,
+          capture::on_capturing_stream("cudaMemcpyAsync to or from pageable host memory", stream));
+    }
+    capture::record(stream, [dst, src, count] { std::memcpy(dst, src, count); });
+    return cudaSuccess;
   }
   // A DMA from page-locked memory queues behind earlier ones; any other copy is done now, so
   // those land first (stream order).
@@ -218,7 +237,8 @@ cudaError_t copy(const char* fn, void* dst, const void* src, std::size_t count, 
   return cudaSuccess;
 }
 
-cudaError_t set(const char* fn, void* dst, int value, std::size_t count, cudaStream_t stream) {
+cudaError_t set(const char* fn, void* dst, int value, std::size_t count, cudaStream_t stream,
+                bool asynchronous) {
   g_memset_calls.fetch_add(1, std::memory_order_relaxed);
   Registry& r = registry();
   std::unique_lock lock(r.mu);
@@ -226,9 +246,17 @@ cudaError_t set(const char* fn, void* dst, int value, std::size_t count, cudaStr
     return failed(cudaErrorInvalidResourceHandle, fn, ": stream ", addr(stream),
                   " is not a live stream");
   }
+  if (!asynchronous) {
+    if (auto why = capture::unsafe_call(fn); !why.empty())
+      return failed(cudaErrorStreamCaptureUnsupported, why);
+  }
   if (count == 0) return cudaSuccess;
   if (auto why = check_range(r, dst, count, Side::kDevice, "destination"); !why.empty()) {
     return failed(cudaErrorInvalidValue, fn, ": ", why);
+  }
+  if (asynchronous && capture::capturing(stream)) {
+    capture::record(stream, [dst, value, count] { std::memset(dst, value, count); });
+    return cudaSuccess;
   }
   land_deferred_copies(r);
   lock.unlock();
@@ -388,6 +416,7 @@ cublasStatus_t gemm(const char* fn, cublasHandle_t handle, cublasOperation_t tra
                     cudaDataType Ctype, int ldc, long long strideC, int batch,
                     cublasComputeType_t compute, bool sgemm) {
   cublasMath_t math = CUBLAS_DEFAULT_MATH;
+  cudaStream_t stream = nullptr;
   {
     Registry& r = registry();
     std::lock_guard lock(r.mu);
@@ -396,6 +425,7 @@ cublasStatus_t gemm(const char* fn, cublasHandle_t handle, cublasOperation_t tra
                          " was not created by cublasCreate (or was destroyed)");
     }
     math = handle->math;
+    stream = handle->stream;
     land_deferred_copies(r);
   }
   g_gemm_calls.fetch_add(1, std::memory_order_relaxed);
@@ -448,49 +478,57 @@ cublasStatus_t gemm(const char* fn, cublasHandle_t handle, cublasOperation_t tra
 
   const std::size_t a_es = type_size(Atype);
   const std::size_t c_es = type_size(Ctype);
-  for (int i = 0; i < batch; ++i) {
-    const char* pa = static_cast<const char*>(A) + static_cast<long long>(a_es) * strideA * i;
-    const char* pb = static_cast<const char*>(B) + static_cast<long long>(a_es) * strideB * i;
-    char* pc = static_cast<char*>(C) + static_cast<long long>(c_es) * strideC * i;
-    const bool direct_inputs = Atype == CUDA_R_32F && rounding == InputRounding::kNone;
-    std::vector<float> wa;
-    std::vector<float> wb;
-    const float* fa = reinterpret_cast<const float*>(pa);
-    const float* fb = reinterpret_cast<const float*>(pb);
-    int la = lda;
-    int lb = ldb;
-    if (!direct_inputs && k > 0) {
-      wa = widen(a, pa, rounding);
-      wb = widen(b, pb, rounding);
-      fa = wa.data();
-      fb = wb.data();
-      la = std::max(1, a.rows);
-      lb = std::max(1, b.rows);
-    }
-    if (Ctype == CUDA_R_32F) {
+  // Captured into a graph, the product is taken at each launch, from what memory holds then.
+  const auto run = [=] {
+    for (int i = 0; i < batch; ++i) {
+      const char* pa = static_cast<const char*>(A) + static_cast<long long>(a_es) * strideA * i;
+      const char* pb = static_cast<const char*>(B) + static_cast<long long>(a_es) * strideB * i;
+      char* pc = static_cast<char*>(C) + static_cast<long long>(c_es) * strideC * i;
+      const bool direct_inputs = Atype == CUDA_R_32F && rounding == InputRounding::kNone;
+      std::vector<float> wa;
+      std::vector<float> wb;
+      const float* fa = reinterpret_cast<const float*>(pa);
+      const float* fb = reinterpret_cast<const float*>(pb);
+      int la = lda;
+      int lb = ldb;
+      if (!direct_inputs && k > 0) {
+        wa = widen(a, pa, rounding);
+        wb = widen(b, pb, rounding);
+        fa = wa.data();
+        fb = wb.data();
+        la = std::max(1, a.rows);
+        lb = std::max(1, b.rows);
+      }
+      if (Ctype == CUDA_R_32F) {
+        cblas_sgemm(CblasColMajor, to_cblas(transa), to_cblas(transb), m, n, k, alpha, fa, la, fb,
+                    lb, beta, reinterpret_cast<float*>(pc), ldc);
+        continue;
+      }
+      // Low-precision output: accumulate in fp32, round once.
+      std::vector<float> wc(static_cast<std::size_t>(m) * static_cast<std::size_t>(n), 0.0f);
+      if (beta != 0.0f) {
+        for (int col = 0; col < n; ++col) {
+          for (int row = 0; row < m; ++row) {
+            wc[static_cast<std::size_t>(col) * m + row] =
+                load(Ctype, pc, static_cast<std::size_t>(col) * ldc + row);
+          }
+        }
+      }
       cblas_sgemm(CblasColMajor, to_cblas(transa), to_cblas(transb), m, n, k, alpha, fa, la, fb, lb,
-                  beta, reinterpret_cast<float*>(pc), ldc);
-      continue;
-    }
-    // Low-precision output: accumulate in fp32, round once.
-    std::vector<float> wc(static_cast<std::size_t>(m) * static_cast<std::size_t>(n), 0.0f);
-    if (beta != 0.0f) {
+                  beta, wc.data(), m);
       for (int col = 0; col < n; ++col) {
         for (int row = 0; row < m; ++row) {
-          wc[static_cast<std::size_t>(col) * m + row] =
-              load(Ctype, pc, static_cast<std::size_t>(col) * ldc + row);
+          store(Ctype, pc, static_cast<std::size_t>(col) * ldc + row,
+                wc[static_cast<std::size_t>(col) * m + row]);
         }
       }
     }
-    cblas_sgemm(CblasColMajor, to_cblas(transa), to_cblas(transb), m, n, k, alpha, fa, la, fb, lb,
-                beta, wc.data(), m);
-    for (int col = 0; col < n; ++col) {
-      for (int row = 0; row < m; ++row) {
-        store(Ctype, pc, static_cast<std::size_t>(col) * ldc + row,
-              wc[static_cast<std::size_t>(col) * m + row]);
-      }
-    }
+  };
+  if (capture::capturing(stream)) {
+    capture::record(stream, run);
+    return CUBLAS_STATUS_SUCCESS;
   }
+  run();
   return CUBLAS_STATUS_SUCCESS;
 }
 
@@ -554,6 +592,20 @@ void product_fp32(cublasOperation_t transa, cublasOperation_t transb, int m, int
 
 }  // namespace blas
 
+cudaError_t runtime_failure(cudaError_t error, std::string detail) {
+  return failed(error, std::move(detail));
+}
+
+bool live_stream(cudaStream_t stream) {
+  Registry& r = registry();
+  std::lock_guard lock(r.mu);
+  return valid_stream(r, stream);
+}
+
+void note_graph_launch() {
+  g_graph_launches.fetch_add(1, std::memory_order_relaxed);
+}
+
 void land_pending_copies() {
   Registry& r = registry();
   std::lock_guard lock(r.mu);
@@ -570,6 +622,7 @@ RuntimeStats runtime_stats() {
   s.memset_calls = g_memset_calls.load();
   s.gemm_calls = g_gemm_calls.load();
   s.sync_calls = g_sync_calls.load();
+  s.graph_launches = g_graph_launches.load();
   Registry& r = registry();
   std::lock_guard lock(r.mu);
   s.live_allocations = r.device.size();
@@ -579,8 +632,9 @@ RuntimeStats runtime_stats() {
 }
 
 void reset_runtime_stats() {
-  for (auto* c : {&g_malloc_calls, &g_free_calls, &g_host_alloc_calls, &g_host_free_calls,
-                  &g_memcpy_calls, &g_memset_calls, &g_gemm_calls, &g_sync_calls}) {
+  for (auto* c :
+       {&g_malloc_calls, &g_free_calls, &g_host_alloc_calls, &g_host_free_calls, &g_memcpy_calls,
+        &g_memset_calls, &g_gemm_calls, &g_sync_calls, &g_graph_launches}) {
     c->store(0);
   }
 }
@@ -626,6 +680,18 @@ const char* cudaGetErrorName(cudaError_t error) {
       return "cudaErrorLaunchFailure";
     case cudaErrorNotSupported:
       return "cudaErrorNotSupported";
+    case cudaErrorIllegalState:
+      return "cudaErrorIllegalState";
+    case cudaErrorStreamCaptureUnsupported:
+      return "cudaErrorStreamCaptureUnsupported";
+    case cudaErrorStreamCaptureInvalidated:
+      return "cudaErrorStreamCaptureInvalidated";
+    case cudaErrorStreamCaptureIsolation:
+      return "cudaErrorStreamCaptureIsolation";
+    case cudaErrorCapturedEvent:
+      return "cudaErrorCapturedEvent";
+    case cudaErrorStreamCaptureWrongThread:
+      return "cudaErrorStreamCaptureWrongThread";
     case cudaErrorUnknown:
       return "cudaErrorUnknown";
   }
@@ -662,6 +728,18 @@ const char* cudaGetErrorString(cudaError_t error) {
       return "unspecified launch failure";
     case cudaErrorNotSupported:
       return "operation not supported";
+    case cudaErrorIllegalState:
+      return "the resource is not in a valid state to perform the requested operation";
+    case cudaErrorStreamCaptureUnsupported:
+      return "operation not permitted when stream is capturing";
+    case cudaErrorStreamCaptureInvalidated:
+      return "operation failed due to a previous error during capture";
+    case cudaErrorStreamCaptureIsolation:
+      return "dependency created on uncaptured work in another stream";
+    case cudaErrorCapturedEvent:
+      return "operation not permitted on an event last recorded in a capturing stream";
+    case cudaErrorStreamCaptureWrongThread:
+      return "attempt to terminate a thread-local capture sequence from another thread";
     case cudaErrorUnknown:
       return "unknown error";
   }
@@ -681,6 +759,8 @@ cudaError_t cudaPeekAtLastError() {
 cudaError_t cudaMalloc(void** ptr, std::size_t size) {
   if (!ptr) return failed(cudaErrorInvalidValue, "cudaMalloc: null output pointer");
   *ptr = nullptr;
+  if (auto why = emu::capture::unsafe_call("cudaMalloc"); !why.empty())
+    return failed(cudaErrorStreamCaptureUnsupported, why);
   if (size == 0) {
     emu::g_malloc_calls.fetch_add(1, std::memory_order_relaxed);
     return cudaSuccess;
@@ -700,6 +780,8 @@ cudaError_t cudaMalloc(void** ptr, std::size_t size) {
 }
 
 cudaError_t cudaFree(void* ptr) {
+  if (auto why = emu::capture::unsafe_call("cudaFree"); !why.empty())
+    return failed(cudaErrorStreamCaptureUnsupported, why);
   if (!ptr) return cudaSuccess;
   auto& r = registry();
   {
@@ -721,6 +803,8 @@ cudaError_t cudaFree(void* ptr) {
 cudaError_t cudaHostAlloc(void** ptr, std::size_t size, unsigned int flags) {
   if (!ptr) return failed(cudaErrorInvalidValue, "cudaHostAlloc: null output pointer");
   *ptr = nullptr;
+  if (auto why = emu::capture::unsafe_call("cudaHostAlloc"); !why.empty())
+    return failed(cudaErrorStreamCaptureUnsupported, why);
   (void)flags;
   void* p = ::operator new (std::max<std::size_t>(size, 1), std::align_val_t{emu::kDeviceAlignment},
                             std::nothrow);
@@ -742,6 +826,8 @@ cudaError_t cudaMallocHost(void** ptr, std::size_t size) {
 }
 
 cudaError_t cudaFreeHost(void* ptr) {
+  if (auto why = emu::capture::unsafe_call("cudaFreeHost"); !why.empty())
+    return failed(cudaErrorStreamCaptureUnsupported, why);
   if (!ptr) return cudaSuccess;
   {
     auto& r = registry();
@@ -798,11 +884,11 @@ cudaError_t cudaMemcpyAsync(void* dst, const void* src, std::size_t count, cudaM
 }
 
 cudaError_t cudaMemset(void* dst, int value, std::size_t count) {
-  return emu::set("cudaMemset", dst, value, count, nullptr);
+  return emu::set("cudaMemset", dst, value, count, nullptr, false);
 }
 
 cudaError_t cudaMemsetAsync(void* dst, int value, std::size_t count, cudaStream_t stream) {
-  return emu::set("cudaMemsetAsync", dst, value, count, stream);
+  return emu::set("cudaMemsetAsync", dst, value, count, stream, true);
 }
 
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t* stream, unsigned int flags) {
@@ -843,6 +929,8 @@ cudaError_t check_live_stream(cudaStream_t stream, const char* call, bool synchr
   if (!emu::valid_stream(r, stream))
     return failed(cudaErrorInvalidResourceHandle, call, "(", emu::addr(stream),
                   "): not a live stream");
+  if (auto why = emu::capture::on_capturing_stream(call, stream); !why.empty())
+    return failed(cudaErrorStreamCaptureUnsupported, why);
   if (synchronize) emu::land_deferred_copies(r);
   if (r.deferred.empty()) return cudaSuccess;
   return failed(cudaErrorNotReady, call, "(", emu::addr(stream), "): copies still pending");
@@ -865,6 +953,17 @@ cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned
   if (!emu::valid_stream(r, stream) || !event || !r.events.count(event)) {
     return failed(cudaErrorInvalidResourceHandle, "cudaStreamWaitEvent: stream ", emu::addr(stream),
                   " or event ", emu::addr(event), " is not live");
+  }
+  if (emu::capture::event_captured(event)) {
+    const void* capture = emu::capture::capture_of_event(event);
+    if (capture == stream) return cudaSuccess;  // stream order already implies it
+    if (capture != nullptr) {
+      return failed(cudaErrorNotSupported, "cudaStreamWaitEvent: joining stream ",
+                    emu::addr(stream), " to the capture of stream ", capture,
+                    " (a fork) is not emulated");
+    }
+    return failed(cudaErrorCapturedEvent, "cudaStreamWaitEvent: event ", emu::addr(event),
+                  " was last recorded in a capture");
   }
   return cudaSuccess;
 }
@@ -891,6 +990,8 @@ cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
     return failed(cudaErrorInvalidResourceHandle, "cudaEventRecord: event ", emu::addr(event),
                   " or stream ", emu::addr(stream), " is not live");
   }
+  emu::capture::note_event_record(event, stream);
+  if (emu::capture::capturing(stream)) return cudaSuccess;  // a dependency inside the graph
   event->recorded = true;
   event->when = std::chrono::steady_clock::now();
   event->copies_before = r.deferred_queued;
@@ -904,6 +1005,10 @@ cudaError_t cudaEventSynchronize(cudaEvent_t event) {
     return failed(cudaErrorInvalidResourceHandle, "cudaEventSynchronize(", emu::addr(event),
                   "): not a live event");
   }
+  if (emu::capture::event_captured(event)) {
+    return failed(cudaErrorCapturedEvent, "cudaEventSynchronize(", emu::addr(event),
+                  "): the event was last recorded in a capture");
+  }
   if (r.deferred_landed < event->copies_before) emu::land_deferred_copies(r);
   return cudaSuccess;
 }
@@ -915,6 +1020,10 @@ cudaError_t cudaEventQuery(cudaEvent_t event) {
   if (!event || !r.events.count(event)) {
     return failed(cudaErrorInvalidResourceHandle, "cudaEventQuery(", emu::addr(event),
                   "): not a live event");
+  }
+  if (emu::capture::event_captured(event)) {
+    return failed(cudaErrorCapturedEvent, "cudaEventQuery(", emu::addr(event),
+                  "): the event was last recorded in a capture");
   }
   if (r.deferred_landed >= event->copies_before) return cudaSuccess;
   // Left for cudaGetLastError too, as the real runtime may: callers must clear it.
@@ -929,6 +1038,10 @@ cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t end) 
     if (!e || !r.events.count(e)) {
       return failed(cudaErrorInvalidResourceHandle, "cudaEventElapsedTime: event ", emu::addr(e),
                     " is not live");
+    }
+    if (emu::capture::event_captured(e)) {
+      return failed(cudaErrorCapturedEvent, "cudaEventElapsedTime: event ", emu::addr(e),
+                    " was last recorded in a capture");
     }
     if (!e->recorded || (e->flags & cudaEventDisableTiming)) {
       return failed(cudaErrorInvalidResourceHandle, "cudaEventElapsedTime: event ", emu::addr(e),
@@ -948,6 +1061,7 @@ cudaError_t cudaEventDestroy(cudaEvent_t event) {
                     "): not a live event");
     }
   }
+  emu::capture::forget_event(event);
   delete event;
   return cudaSuccess;
 }
@@ -1058,6 +1172,8 @@ cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) 
 
 cudaError_t cudaDeviceSynchronize() {
   emu::g_sync_calls.fetch_add(1, std::memory_order_relaxed);
+  if (auto why = emu::capture::unsafe_call("cudaDeviceSynchronize"); !why.empty())
+    return failed(cudaErrorStreamCaptureUnsupported, why);
   emu::land_pending_copies();
   return cudaSuccess;
 }

@@ -24,10 +24,16 @@ enum cudaError {
   cudaErrorNoDevice = 100,
   cudaErrorInvalidDevice = 101,
   cudaErrorInvalidResourceHandle = 400,
+  cudaErrorIllegalState = 401,
   cudaErrorNotReady = 600,
   cudaErrorIllegalAddress = 700,
   cudaErrorLaunchFailure = 719,
   cudaErrorNotSupported = 801,
+  cudaErrorStreamCaptureUnsupported = 900,
+  cudaErrorStreamCaptureInvalidated = 901,
+  cudaErrorStreamCaptureIsolation = 905,
+  cudaErrorCapturedEvent = 907,
+  cudaErrorStreamCaptureWrongThread = 908,
   cudaErrorUnknown = 999,
 };
 using cudaError_t = cudaError;
@@ -310,8 +316,9 @@ struct RuntimeStats {
   std::uint64_t host_free_calls = 0;
   std::uint64_t memcpy_calls = 0;
   std::uint64_t memset_calls = 0;
-  std::uint64_t gemm_calls = 0;  // cuBLAS GEMM entry points (a batched call counts once)
-  std::uint64_t sync_calls = 0;  // cudaDeviceSynchronize and cudaStreamSynchronize
+  std::uint64_t gemm_calls = 0;      // cuBLAS GEMM entry points (a batched call counts once)
+  std::uint64_t sync_calls = 0;      // cudaDeviceSynchronize and cudaStreamSynchronize
+  std::uint64_t graph_launches = 0;  // cudaGraphLaunch calls that ran a graph
   std::uint64_t live_allocations = 0;
   std::uint64_t live_bytes = 0;
   std::uint64_t peak_bytes = 0;

@@ -24,6 +24,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <functional>
 #include <source_location>
 #include <string>
 #include <string_view>
@@ -959,27 +960,62 @@ void run_grid(const LaunchConfig& config, ThreadMain thread_main, void* context)
 void note_smem_opt_in(std::size_t bytes);
 std::size_t smem_opt_in_bytes();
 
-// What SP_LAUNCH(...) evaluates to; calling it with the kernel arguments runs the grid. The
-// arguments are copied once per launch and each emulated thread receives its own copy of the
-// parameters, as on the device.
+}  // namespace detail
+
+namespace capture {
+// Whether `stream` (a cudaStream_t) is capturing into a graph, and recording work into its
+// capture (kernels/emu/cuda_graph_emu.cpp; kernels/emu/capture_internal.h has the rest).
+bool capturing(const void* stream);
+void record(const void* stream, std::function<void()> work);
+}  // namespace capture
+
+namespace detail {
+
+// What SP_LAUNCH(...) evaluates to; calling it with the kernel arguments runs the grid, or, on a
+// capturing stream, records the grid with its arguments for the graph. The arguments are copied
+// once per launch and each emulated thread receives its own copy of the parameters, as on the
+// device.
 template <class Body>
 class Launch {
  public:
   template <class Stream>
-  Launch(const char* kernel_name, dim3 grid, dim3 block, std::size_t smem_bytes, Stream&&,
+  Launch(const char* kernel_name, dim3 grid, dim3 block, std::size_t smem_bytes, Stream&& stream,
          Body body)
-      : config_{kernel_name, grid, block, smem_bytes}, body_(body) {}
+      : config_{kernel_name, grid, block, smem_bytes},
+        stream_(stream_address(stream)),
+        body_(body) {}
 
   template <class... Args>
   void operator()(Args&&... args) const {
     using Params = std::tuple<std::decay_t<Args>...>;
+    if (capture::capturing(stream_)) {
+      capture::record(stream_, [config = config_, body = body_,
+                                params = Params(std::forward<Args>(args)...)]() mutable {
+        run(config, body, params);
+      });
+      return;
+    }
     Params params(std::forward<Args>(args)...);
+    run(config_, body_, params);
+  }
+
+ private:
+  template <class Stream>
+  static const void* stream_address(const Stream& stream) {
+    if constexpr (std::is_pointer_v<Stream>) {
+      return stream;
+    } else {
+      return nullptr;  // 0: the legacy stream
+    }
+  }
+  template <class Params>
+  static void run(const LaunchConfig& config, const Body& body, Params& params) {
     struct Frame {
       const Body* body;
       Params* params;
-    } frame{&body_, &params};
+    } frame{&body, &params};
     run_grid(
-        config_,
+        config,
         [](void* p) {
           auto* f = static_cast<Frame*>(p);
           std::apply(*f->body, *f->params);
@@ -987,8 +1023,8 @@ class Launch {
         &frame);
   }
 
- private:
   LaunchConfig config_;
+  const void* stream_;
   Body body_;
 };
 template <class Stream, class Body>

@@ -69,12 +69,12 @@ struct Problem {
     if (algo) *algo = result.algo;
     return returned;
   }
-  cublasStatus_t run(const void* A, const void* B, void* D) {
+  cublasStatus_t run(const void* A, const void* B, void* D, cudaStream_t stream = nullptr) {
     cublasLtMatmulAlgo_t algo{};
     if (offered(&algo) != 1) return CUBLAS_STATUS_NOT_SUPPORTED;
     const float one = 1.0f, zero = 0.0f;
     return cublasLtMatmul(handle, desc, &one, A, a, B, b, &zero, D, d, D, d, &algo, nullptr, 0,
-                          nullptr);
+                          stream);
   }
 };
 
@@ -144,6 +144,43 @@ TEST(EmuCublasLt, ReluBiasClampsTheBiasedSum) {
       clamped += t < 0;
     }
   EXPECT_GT(clamped, 0) << "the data never reach the clamp";
+}
+
+// Captured into a graph, the matmul runs at launch, after its descriptors are gone, exactly as
+// it runs eagerly (the emulator has one algorithm, so bit for bit), on the operands as they are
+// at launch.
+TEST(EmuCublasLt, ACapturedMatmulRunsAtLaunchAsCapturedAfterItsDescriptorsAreDestroyed) {
+  const int m = 16, n = 3, k = 8;
+  const std::vector<float> A = sixteenths(m * k, 11), B = sixteenths(k * n, 12);
+  std::vector<float> bias(m);
+  for (int i = 0; i < m; ++i) bias[i] = float(i - 8) / 16.0f;
+  DeviceBuffer<float> dA(A), dB(B), dBias(bias), dD(std::vector<float>(m * n, 99.0f)),
+      dAux(std::vector<float>(m * n, 99.0f)), eager(std::vector<float>(m * n, 99.0f)),
+      eager_aux(std::vector<float>(m * n, 99.0f));
+  cudaStream_t stream = nullptr;
+  ASSERT_EQ(cudaStreamCreate(&stream), cudaSuccess);
+  cudaGraph_t graph = nullptr;
+  {
+    Problem p(CUDA_R_32F, m, n, k, CUBLAS_OP_N, CUBLASLT_EPILOGUE_GELU_AUX_BIAS);
+    p.set(CUBLASLT_MATMUL_DESC_BIAS_POINTER, static_cast<const void*>(dBias.ptr));
+    p.set(CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, std::int64_t(m));
+    p.set(CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, static_cast<void*>(eager_aux.ptr));
+    ASSERT_EQ(p.run(dA.ptr, dB.ptr, eager.ptr), CUBLAS_STATUS_SUCCESS);
+    p.set(CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, static_cast<void*>(dAux.ptr));
+    ASSERT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal), cudaSuccess);
+    ASSERT_EQ(p.run(dA.ptr, dB.ptr, dD.ptr, stream), CUBLAS_STATUS_SUCCESS);
+    ASSERT_EQ(cudaStreamEndCapture(stream, &graph), cudaSuccess) << ::sp::emu::last_error_detail();
+  }
+  EXPECT_EQ(dD.download(), std::vector<float>(m * n, 99.0f));  // not run yet
+  cudaGraphExec_t exec = nullptr;
+  ASSERT_EQ(cudaGraphInstantiate(&exec, graph), cudaSuccess);
+  ASSERT_EQ(cudaGraphLaunch(exec, stream), cudaSuccess);
+  EXPECT_EQ(dD.download(), eager.download());
+  EXPECT_EQ(dAux.download(), eager_aux.download());
+  EXPECT_NE(dD.download(), std::vector<float>(m * n, 99.0f));
+  EXPECT_EQ(cudaGraphExecDestroy(exec), cudaSuccess);
+  EXPECT_EQ(cudaGraphDestroy(graph), cudaSuccess);
+  EXPECT_EQ(cudaStreamDestroy(stream), cudaSuccess);
 }
 
 TEST(EmuCublasLt, DgeluMultipliesTheProductByTheGeluDerivativeAtTheAux) {
