@@ -139,6 +139,18 @@ struct BackendStats {
   }
 };
 
+// Device work recorded once and run again (a CUDA graph). replay() queues what the captured
+// function queued, on the same memory, reading what that memory holds then: inputs are updated in
+// place between replays, outputs are read after. The memory the work used stays reserved for it
+// until this is destroyed; the tensors it read but did not create must be kept alive by the caller.
+class CapturedWork {
+ public:
+  virtual ~CapturedWork() = default;
+  virtual void replay() = 0;
+  // The operations recorded (graph nodes: kernels, copies, memsets, GEMMs).
+  virtual size_t operations() const = 0;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -147,6 +159,15 @@ class Backend {
   virtual bool native_bf16_gemm() const { return false; }
   virtual Allocator& allocator() = 0;
   virtual void synchronize() {}
+  // Calls `work` with this backend capturing: what it queues here is recorded, not run, and
+  // returned to replay. Null where this backend cannot capture (the CPU runs work as it is
+  // queued). Throws sp::Error, with nothing recorded, when `work` does what a capture cannot hold:
+  // an upload from or a read into host memory, a synchronisation, or an allocation the device's
+  // cache cannot serve (so run `work` once uncaptured first).
+  virtual std::unique_ptr<CapturedWork> capture(const std::function<void()>& work) {
+    (void)work;
+    return nullptr;
+  }
   virtual BackendStats stats() const {
     std::lock_guard lock(stats_mutex_);
     return stats_;

@@ -91,6 +91,11 @@ kernel_suites='CudaKernels*:*CudaAttention*:CudaLargeShapes*:CudaGemmEpilogues.F
 step kernels-on-cuda 600 env SOFTPROMPT_CUDA_TEST_DEVICE=cuda:0 SOFTPROMPT_CUDA_TF32=0 \
   SOFTPROMPT_CUDA_SYNC=1 "$build/tests/cuda/test_cuda" --gtest_filter="$kernel_suites" \
   --gtest_output="json:$out/kernels-on-cuda.json"
+# A prompt-tuning forward and backward captured into a CUDA graph and replayed (no
+# SOFTPROMPT_CUDA_SYNC: a capture cannot synchronise).
+step graphs-on-cuda 300 env SOFTPROMPT_CUDA_TEST_DEVICE=cuda:0 SOFTPROMPT_CUDA_TF32=0 \
+  "$build/tests/cuda/test_cuda" --gtest_filter='CudaGraphs.OnTheKernelDevice*' \
+  --gtest_output="json:$out/graphs-on-cuda.json"
 # compute-sanitizer on small attention and cross-entropy cases: out-of-bounds and misaligned
 # accesses (memcheck), shared-memory races (racecheck), missing barriers (synccheck).
 sanitized='*CudaAttention.TensorCore*/causal_two_query_tiles*:*CudaAttention.TensorCore*/head_dim_64'

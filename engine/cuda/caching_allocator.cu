@@ -52,16 +52,26 @@ void* CachingAllocator::allocate(size_t nbytes) {
   void* ptr = nullptr;
   {
     std::lock_guard<std::mutex> lock(mutex_);
-    auto it = free_blocks_.find(size);
-    if (it != free_blocks_.end() && !it->second.empty()) {
+    const auto take = [&](FreeLists& lists) {
+      auto it = lists.find(size);
+      if (it == lists.end() || it->second.empty()) return false;
       ptr = it->second.back();
       it->second.pop_back();
+      return true;
+    };
+    const bool from_pool = filling_pool_ != 0 && take(pools_[filling_pool_]);
+    if (from_pool) stats_.pooled_bytes -= size;
+    if (from_pool || take(free_blocks_)) {
       stats_.cache_hits += 1;
       stats_.cached_bytes -= size;
+    } else if (filling_pool_ != 0) {
+      fail(ErrorKind::kUnsupported, "cuda:", device_index_, ": allocating ", nbytes,
+           " bytes inside a capture: no cached block fits and a capture cannot allocate device "
+           "memory; run the captured work once uncaptured first so the cache holds its blocks");
     } else {
       ptr = device_malloc(size);
     }
-    live_blocks_.emplace(ptr, size);
+    live_blocks_.emplace(ptr, LiveBlock{size, filling_pool_});
   }
   record_allocate(nbytes);
   return ptr;
@@ -73,12 +83,49 @@ void CachingAllocator::deallocate(void* ptr, size_t nbytes) {
     auto it = live_blocks_.find(ptr);
     SP_ASSERT(it != live_blocks_.end());  // freeing what this allocator never handed out
     // Every kernel that used the block was queued on the backend's single stream before this
-    // free, so work queued after a reuse runs after them: no synchronisation is needed.
-    free_blocks_[it->second].push_back(ptr);
-    stats_.cached_bytes += it->second;
+    // free, so work queued after a reuse runs after them: no synchronisation is needed. A block
+    // freed while a pool fills may be read by the captured work: it joins the pool.
+    const LiveBlock block = it->second;
+    const uint64_t pool = block.pool != 0 ? block.pool : filling_pool_;
+    if (pool != 0 && pools_.count(pool)) {
+      pools_[pool][block.size_class].push_back(ptr);
+      stats_.pooled_bytes += block.size_class;
+    } else {
+      free_blocks_[block.size_class].push_back(ptr);
+    }
+    stats_.cached_bytes += block.size_class;
     live_blocks_.erase(it);
   }
   record_deallocate(nbytes);
+}
+
+uint64_t CachingAllocator::begin_pool() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  SP_CHECK(filling_pool_ == 0, "cuda:", device_index_,
+           ": a private pool is already filling (captures do not nest)");
+  filling_pool_ = next_pool_++;
+  pools_[filling_pool_];
+  return filling_pool_;
+}
+
+void CachingAllocator::end_pool() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  filling_pool_ = 0;
+}
+
+void CachingAllocator::release_pool(uint64_t pool) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  auto it = pools_.find(pool);
+  if (it == pools_.end()) return;
+  for (auto& [size, blocks] : it->second) {
+    stats_.pooled_bytes -= size * blocks.size();
+    auto& general = free_blocks_[size];
+    general.insert(general.end(), blocks.begin(), blocks.end());
+  }
+  pools_.erase(it);
+  for (auto& [ptr, block] : live_blocks_)
+    if (block.pool == pool) block.pool = 0;
+  if (filling_pool_ == pool) filling_pool_ = 0;
 }
 
 void CachingAllocator::release_cached() {

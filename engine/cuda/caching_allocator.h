@@ -20,7 +20,8 @@ struct DeviceCacheStats {
   uint64_t device_frees = 0;    // cudaFree calls (only when the cache is released)
   uint64_t cache_hits = 0;      // allocations served from a free list
   size_t reserved_bytes = 0;    // held from the device: live blocks plus cached ones
-  size_t cached_bytes = 0;      // free blocks waiting for reuse
+  size_t cached_bytes = 0;      // free blocks waiting for reuse (private pools' included)
+  size_t pooled_bytes = 0;      // free blocks a private pool keeps for its captured work
 };
 
 class CachingAllocator final : public Allocator {
@@ -34,8 +35,18 @@ class CachingAllocator final : public Allocator {
   void* allocate(size_t nbytes) override;
   void deallocate(void* ptr, size_t nbytes) override;
 
-  // Returns every cached block to the device (cudaFree); live blocks are untouched.
+  // Returns every cached block outside private pools to the device (cudaFree); live blocks are
+  // untouched.
   void release_cached();
+
+  // Private pools, for captured work (CUDA graphs). From begin_pool() to end_pool() (a capture),
+  // every block handed out or freed joins the new pool: the captured work writes and reads those
+  // blocks at each replay, so they are never handed to other work, even once freed, until
+  // release_pool(). While a pool fills, a request the cache cannot serve is an error (a capture
+  // cannot cudaMalloc): the work must have run once uncaptured.
+  uint64_t begin_pool();
+  void end_pool();
+  void release_pool(uint64_t pool);
   DeviceCacheStats cache_stats() const;
 
   // The block size serving a request: 512-byte granules up to 4 KiB, then four classes per power
@@ -47,8 +58,16 @@ class CachingAllocator final : public Allocator {
 
   const int device_index_;
   mutable std::mutex mutex_;
-  std::map<size_t, std::vector<void*>> free_blocks_;  // size class -> cached blocks
-  std::unordered_map<void*, size_t> live_blocks_;     // pointer -> size class
+  using FreeLists = std::map<size_t, std::vector<void*>>;  // size class -> cached blocks
+  struct LiveBlock {
+    size_t size_class;
+    uint64_t pool;  // 0: none
+  };
+  FreeLists free_blocks_;
+  std::unordered_map<void*, LiveBlock> live_blocks_;
+  std::map<uint64_t, FreeLists> pools_;  // private pool -> its free blocks
+  uint64_t filling_pool_ = 0;            // the pool begin_pool() opened, until end_pool()
+  uint64_t next_pool_ = 1;
   DeviceCacheStats stats_;
 };
 

@@ -60,6 +60,8 @@ void CudaBackend::activate(const char* op) const {
 }
 
 void CudaBackend::synchronize() {
+  SP_CHECK(!capturing_, "synchronize: ", device().str(),
+           " is capturing, and a capture cannot wait for the device");
   activate("synchronize");
   count_host_sync();
   SP_CUDA_CHECK("synchronize", cudaStreamSynchronize(stream_));
@@ -78,6 +80,10 @@ void CudaBackend::reset_stats() {
 
 void CudaBackend::copy_from_host(void* dst, const void* src, size_t nbytes) {
   if (nbytes == 0) return;
+  SP_CHECK(!capturing_, "copy_from_host: ", device().str(),
+           " is capturing, and an upload from host memory cannot be captured (each replay would "
+           "re-read the staging buffer); upload inputs into device tensors before capturing and "
+           "update them in place between replays");
   activate("copy_from_host");
   count_launch("cudaMemcpyAsync (host to device)", {0.0, double(nbytes)});
   if (staging_ring_.fits(nbytes)) {
@@ -143,6 +149,9 @@ void CudaBackend::stage_upload(void* dst, const void* src, size_t nbytes) {
 
 void CudaBackend::copy_to_host(void* dst, const void* src, size_t nbytes) {
   if (nbytes == 0) return;
+  SP_CHECK(!capturing_, "copy_to_host: ", device().str(),
+           " is capturing, and reading device memory on the host waits for the device, which a "
+           "capture cannot do; read outputs after replay()");
   activate("copy_to_host");
   count_launch("cudaMemcpyAsync (device to host)", {0.0, double(nbytes)});
   SP_CUDA_CHECK("copy_to_host", cudaMemcpyAsync(dst, src, nbytes, cudaMemcpyDeviceToHost, stream_));

@@ -28,6 +28,10 @@ class CudaBackend final : public Backend {
   bool native_bf16_gemm() const override { return native_bf16_gemm_; }
   Allocator& allocator() override { return *allocator_; }
   void synchronize() override;
+  // A CUDA graph captured from this backend's stream (cudaStreamCaptureModeGlobal); a private
+  // pool of the caching allocator keeps its blocks while it lives (engine/cuda/cuda_graph.cu).
+  std::unique_ptr<CapturedWork> capture(const std::function<void()>& work) override;
+  bool capturing() const { return capturing_.load(); }
   // Adds the device allocations of the caching allocator to Backend's counters.
   BackendStats stats() const override;
   void reset_stats() override;
@@ -172,6 +176,7 @@ class CudaBackend final : public Backend {
   cublasHandle_t cublas_ = nullptr;
   cublasLtHandle_t cublaslt_ = nullptr;
   CachingAllocator* allocator_ = nullptr;  // never freed: tensors may outlive the backend
+  std::atomic<bool> capturing_{false};
   int multiprocessors_ = 1;
   size_t max_shared_memory_ = 48 * 1024;
   std::atomic<bool> allow_tf32_{false};

@@ -1,0 +1,283 @@
+// CudaBackend::capture on the emulated device (whose graphs follow the runtime's capture rules,
+// tests/emu/test_emu_graph.cpp): the caching allocator's private pools, a GPT-2 prompt-tuning
+// forward and backward captured once and replayed as the eager computation, and work that needs
+// the host refused with one clear error and the backend left as it was.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "engine/autograd.h"
+#include "engine/cuda/cuda_check.h"
+#include "engine/error.h"
+#include "engine/optim/adamw.h"
+#include "engine/safetensors.h"
+#include "kernels/emu/cuda_graph_emu.h"
+#include "kernels/emu/cuda_runtime_emu.h"
+#include "models/gpt2.h"
+#include "models/lm_loss.h"
+#include "tests/cuda/cuda_test_util.h"
+
+namespace sp::cuda_test {
+namespace {
+
+const std::string kFixtures = SOFTPROMPT_FIXTURES;
+
+// ---- private pools ----
+
+// Blocks handed out or freed while a pool fills are the pool's: reused inside it, never handed to
+// other work, even once freed after the capture, until the pool is released.
+TEST(CudaAllocatorPools, APoolKeepsItsBlocksFromOtherWorkUntilReleased) {
+  cuda_emu::CachingAllocator allocator(0);
+  void* a = allocator.allocate(1000);
+  void* b = allocator.allocate(1000);
+  allocator.deallocate(a, 1000);
+  allocator.deallocate(b, 1000);
+  const uint64_t pool = allocator.begin_pool();
+  void* scratch = allocator.allocate(1000);  // a cached block joins the pool
+  allocator.deallocate(scratch, 1000);       // and, freed, stays there
+  void* kept = allocator.allocate(900);      // reused inside the pool: e.g. a step's output
+  EXPECT_EQ(kept, scratch);
+  try {
+    (void)allocator.allocate(5000);  // no cached block of that class
+    ADD_FAILURE() << "a pool allocated device memory";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("inside a capture"), std::string::npos) << e.what();
+  }
+  allocator.end_pool();
+  void* other = allocator.allocate(1000);  // outside the pool: the other cached block
+  EXPECT_NE(other, kept);
+  allocator.deallocate(kept, 1000);  // freed after the capture: still the pool's
+  EXPECT_EQ(allocator.cache_stats().pooled_bytes, 1024u);
+  const auto mallocs = emu::runtime_stats().malloc_calls;
+  void* fresh = allocator.allocate(1000);  // the pool's block is not handed out
+  EXPECT_NE(fresh, kept);
+  EXPECT_EQ(emu::runtime_stats().malloc_calls, mallocs + 1);
+  allocator.release_pool(pool);
+  EXPECT_EQ(allocator.cache_stats().pooled_bytes, 0u);
+  void* reused = allocator.allocate(1000);
+  EXPECT_EQ(reused, kept);
+  for (void* p : {other, fresh, reused}) allocator.deallocate(p, 1000);
+  allocator.release_cached();
+  EXPECT_EQ(allocator.cache_stats().reserved_bytes, 0u);
+}
+
+// ---- capturing model work ----
+
+// GPT-2 tiny with a 4-token prompt; loss = sum(logits * weights), every input on the device. The
+// token embeddings are looked up before: a lookup of device ids checks them on the host.
+struct PromptStep {
+  Device device;
+  std::unique_ptr<Gpt2Model> model;
+  Tensor ids, token_embeds, weights, seed;
+  ForwardOptions train;
+  explicit PromptStep(Device on = emu_device())
+      : device(on), model(Gpt2Model::load(kFixtures + "/gpt2_tiny_a", on)) {
+    auto golden = SafetensorsFile::open(kFixtures + "/golden/gpt2_tiny_a.safetensors");
+    ids = golden->get("input_ids");  // on the host, as the trainer has them
+    token_embeds = model->embed(ids).detach();
+    const int64_t vocab = model->config().vocab_size;
+    weights = randn({ids.size(0), ids.size(1) + 4, vocab}, 11).to(device);
+    seed = Tensor::full({}, 1.0f).to(device);  // a host seed would be uploaded
+    train.train = true;                        // dropout, from a fixed seed
+    train.dropout_seed = 5;
+  }
+  Tensor prompt(uint64_t seed_value) const {
+    return randn({ids.size(0), 4, model->config().n_embd}, seed_value)
+        .to(device)
+        .detach()
+        .set_requires_grad(true);
+  }
+  // The loss; prompt.grad() receives its gradient.
+  Tensor forward_backward(const Tensor& prompt) const {
+    Tensor embeds = concat({prompt, token_embeds}, 1);
+    Tensor hidden = model->hidden_states(embeds, Tensor(), Tensor(), nullptr, train);
+    Tensor loss = sum_all(mul(model->logits(hidden), weights));
+    loss.backward(seed);
+    return loss;
+  }
+};
+
+// Captured once, the forward and backward replay as the eager computation, bit for bit (the same
+// kernels on the same data), for the prompt as it is at each replay: here after an AdamW step
+// taken eagerly between replays, against an eager run on a copy of the updated prompt. Eager work
+// between replays never gets the graph's blocks: tensors it leaves alive are intact after replay.
+TEST(CudaGraphs, AReplayedPromptForwardBackwardIsTheEagerOne) {
+  if (cuda_emu::sync_after_every_launch().load())
+    GTEST_SKIP()
+        << "SOFTPROMPT_CUDA_SYNC=1 synchronises after every launch, which no capture holds";
+  PromptStep step;
+  Tensor prompt = step.prompt(7);
+  const float eager_loss = step.forward_backward(prompt).item();  // also fills the cache
+  const std::vector<float> eager_grad = prompt.grad().to_floats();
+  prompt.zero_grad();
+
+  Backend& backend = emu_backend();
+  const uint64_t kernels_before = emu::exec_stats().launches;
+  const uint64_t mallocs_before = emu::runtime_stats().malloc_calls;
+  Tensor loss;
+  backend.reset_stats();
+  std::unique_ptr<CapturedWork> graph =
+      backend.capture([&] { loss = step.forward_backward(prompt); });
+  ASSERT_NE(graph, nullptr);
+  EXPECT_EQ(emu::exec_stats().launches, kernels_before);  // nothing ran
+  EXPECT_EQ(emu::runtime_stats().malloc_calls, mallocs_before);
+  // The graph holds every launch, copy, memset and GEMM the backend queued while capturing.
+  const BackendStats queued = backend.stats();
+  EXPECT_EQ(graph->operations(), queued.kernel_launches + queued.gemm_calls);
+  uint64_t kernels = 0;
+  for (const auto& [name, count] : queued.launches_by_kernel)
+    if (name.rfind("cudaMem", 0) != 0) kernels += count;  // copies and memsets run no kernel
+  ASSERT_TRUE(prompt.grad().defined());
+
+  graph->replay();
+  EXPECT_EQ(emu::exec_stats().launches - kernels_before, kernels);
+  EXPECT_EQ(loss.item(), eager_loss);
+  EXPECT_EQ(prompt.grad().to_floats(), eager_grad);
+
+  // An optimizer step between replays, and eager work on a copy of the updated prompt.
+  AdamW optimizer({prompt}, AdamWOptions{});
+  optimizer.step();
+  Tensor copy = prompt.detach().clone().set_requires_grad(true);
+  const float updated_loss = step.forward_backward(copy).item();
+  const std::vector<float> updated_grad = copy.grad().to_floats();
+  ASSERT_NE(updated_loss, eager_loss);
+  std::vector<Tensor> bystanders;  // eager tensors alive across the replay, in every size class
+  for (int64_t n = 64; n <= (int64_t(1) << 20); n *= 2)
+    bystanders.push_back(Tensor::full({n}, float(n)).to(emu_device()));
+  const uint64_t graph_launches = emu::runtime_stats().graph_launches;
+  graph->replay();
+  EXPECT_EQ(emu::runtime_stats().graph_launches, graph_launches + 1);
+  EXPECT_EQ(loss.item(), updated_loss);
+  EXPECT_EQ(prompt.grad().to_floats(), updated_grad);
+  for (const Tensor& t : bystanders)
+    EXPECT_EQ(t.to_floats(), std::vector<float>(size_t(t.numel()), float(t.numel())));
+
+  auto& allocator = emu_backend().caching_allocator();
+  EXPECT_GT(allocator.cache_stats().pooled_bytes, 0u);
+  graph.reset();
+  loss = Tensor();
+  prompt.zero_grad();
+  EXPECT_EQ(allocator.cache_stats().pooled_bytes, 0u);
+}
+
+// The same on the kernel device (scripts/gpu_check.sh runs it on cuda:0, where cuBLAS and
+// cuBLASLt run inside a real capture): the replay is the eager computation. Exactly so under the
+// emulator; on a GPU within 1e-5 of the largest value, should a library pick another algorithm
+// inside a capture.
+TEST(CudaGraphs, OnTheKernelDeviceAReplayIsTheEagerComputation) {
+  if (cuda_emu::sync_after_every_launch().load())
+    GTEST_SKIP()
+        << "SOFTPROMPT_CUDA_SYNC=1 synchronises after every launch, which no capture holds";
+  PromptStep step(kernel_device());
+  Tensor prompt = step.prompt(13);
+  const float eager_loss = step.forward_backward(prompt).item();
+  const std::vector<float> eager_grad = prompt.grad().to_floats();
+  prompt.zero_grad();
+  Tensor loss;
+  std::unique_ptr<CapturedWork> graph =
+      kernel_backend().capture([&] { loss = step.forward_backward(prompt); });
+  ASSERT_NE(graph, nullptr);
+  for (int replay = 0; replay < 2; ++replay) {
+    graph->replay();
+    const std::vector<float> grad = prompt.grad().to_floats();
+    ASSERT_EQ(grad.size(), eager_grad.size());
+    float largest = 0.0f;
+    for (float g : eager_grad) largest = std::max(largest, std::abs(g));
+    const float tolerance = kernel_device_is_emulated() ? 0.0f : 1e-5f * largest;
+    for (size_t i = 0; i < grad.size(); ++i)
+      ASSERT_NEAR(grad[i], eager_grad[i], tolerance) << "replay " << replay << ", grad " << i;
+    EXPECT_NEAR(loss.item(), eager_loss,
+                kernel_device_is_emulated() ? 0.0f : 1e-5f * std::abs(eager_loss));
+  }
+}
+
+// Work a capture cannot hold fails with one error naming what it did, nothing is recorded, and
+// the backend is as before: not capturing, no pool, and eager work runs.
+TEST(CudaGraphs, WorkThatNeedsTheHostIsRefusedAndTheBackendStaysUsable) {
+  if (cuda_emu::sync_after_every_launch().load())
+    GTEST_SKIP()
+        << "SOFTPROMPT_CUDA_SYNC=1 synchronises after every launch, which no capture holds";
+  PromptStep step;
+  Tensor prompt = step.prompt(9);
+  auto golden = SafetensorsFile::open(kFixtures + "/golden/gpt2_tiny_a.safetensors");
+  Tensor labels =  // on the host, as the trainer has them: the loss uploads them
+      concat({Tensor::full({step.ids.size(0), 4}, -100.0f).to(DType::I64), golden->get("labels")},
+             1);
+  auto lm_loss = [&] {
+    Tensor embeds = concat({prompt, step.token_embeds}, 1);
+    Tensor hidden = step.model->hidden_states(embeds, Tensor(), Tensor(), nullptr, step.train);
+    return causal_lm_loss(*step.model, hidden, labels).loss;
+  };
+  const float eager = lm_loss().item();  // fills the cache
+  Backend& backend = emu_backend();
+  const Tensor device_ids = step.ids.to(emu_device());
+  struct Refused {
+    const char* what;
+    std::function<void()> work;
+    const char* message;
+  };
+  const Refused cases[] = {
+      {"an upload", [&] { (void)lm_loss(); }, "copy_from_host"},
+      {"a read on the host", [&] { (void)step.seed.item(); }, "copy_to_host"},
+      {"a lookup of device ids (checked on the host)", [&] { (void)step.model->embed(device_ids); },
+       "copy_to_host"},
+      {"a synchronisation", [&] { backend.synchronize(); }, "synchronize"},
+      {"an allocation the cache cannot serve",
+       [&] {
+         (void)Tensor::zeros({12345, 7}, DType::F32, emu_device());
+       },
+       "inside a capture"},
+  };
+  for (const Refused& refused : cases) {
+    SCOPED_TRACE(refused.what);
+    try {
+      (void)backend.capture(refused.work);
+      ADD_FAILURE() << "captured";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(refused.message), std::string::npos) << e.what();
+    }
+    EXPECT_FALSE(emu_backend().capturing());
+    cuda_emu::cudaStreamCaptureStatus status = cuda_emu::cudaStreamCaptureStatusActive;
+    ASSERT_EQ(cuda_emu::cudaStreamIsCapturing(emu_backend().stream(), &status),
+              cuda_emu::cudaSuccess);
+    EXPECT_EQ(status, cuda_emu::cudaStreamCaptureStatusNone);
+    EXPECT_EQ(emu_backend().caching_allocator().cache_stats().pooled_bytes, 0u);
+    EXPECT_EQ(lm_loss().item(), eager);
+  }
+}
+
+TEST(CudaGraphs, SyncAfterEveryLaunchAndNestedCapturesAreRefusedUpFront) {
+  if (cuda_emu::sync_after_every_launch().load()) GTEST_SKIP() << "SOFTPROMPT_CUDA_SYNC=1 is set";
+  Backend& backend = emu_backend();
+  bool ran = false;
+  cuda_emu::sync_after_every_launch().store(true);
+  try {
+    (void)backend.capture([&] { ran = true; });
+    ADD_FAILURE() << "captured";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("SOFTPROMPT_CUDA_SYNC=1"), std::string::npos) << e.what();
+  }
+  cuda_emu::sync_after_every_launch().store(false);
+  EXPECT_FALSE(ran);
+  try {
+    (void)backend.capture([&] { (void)backend.capture([] {}); });
+    ADD_FAILURE() << "captured";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("already capturing"), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(emu_backend().capturing());
+  EXPECT_NE(backend.capture([] {}), nullptr);  // and it captures again
+}
+
+TEST(CudaGraphs, TheCpuBackendCapturesNothing) {
+  bool ran = false;
+  EXPECT_EQ(cpu().capture([&] { ran = true; }), nullptr);
+  EXPECT_FALSE(ran);
+}
+
+}  // namespace
+}  // namespace sp::cuda_test
