@@ -146,7 +146,9 @@ struct BackendStats {
 class CapturedWork {
  public:
   virtual ~CapturedWork() = default;
-  virtual void replay() = 0;
+  // Random draws (dropout) the work made with seed s draw with s + seed_shift: a replay with
+  // shift k is the work run eagerly with every seed increased by k.
+  virtual void replay(uint64_t seed_shift = 0) = 0;
   // The operations recorded (graph nodes: kernels, copies, memsets, GEMMs).
   virtual size_t operations() const = 0;
 };

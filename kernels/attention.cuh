@@ -33,10 +33,17 @@ struct AttentionTiles {
 constexpr int kAttentionThreads = 128;
 
 // Dropout on the probabilities: kept ones are scaled by keep_scale = 1 / (1 - p); p = 0 is off.
+// seed_shift: see replay_seed; each kernel resolves it once, at its start (resolve_seed).
 struct AttentionDropoutArgs {
   float p = 0.0f, keep_scale = 1.0f;
   uint64_t seed = 0, offset = 0;
+  const uint64_t* seed_shift = nullptr;
 };
+
+__device__ __forceinline__ void resolve_seed(AttentionDropoutArgs& dropout) {
+  dropout.seed = replay_seed(dropout.seed, dropout.seed_shift);
+  dropout.seed_shift = nullptr;
+}
 
 // Max and sum over aligned groups of `width` lanes (a power of two <= 32) of a whole warp.
 __device__ __forceinline__ float lane_group_max(float v, int width) {
@@ -187,6 +194,7 @@ __global__ void __launch_bounds__(kAttentionThreads)
                              AttentionShape shape, AttentionMaskArgs mask,
                              AttentionDropoutArgs dropout, AttentionTiles tiles, T* out,
                              float* lse) {
+  resolve_seed(dropout);
   SP_DYNAMIC_SHARED(float, smem);
   const int64_t d = shape.head_dim, heads = shape.heads;
   const int bq = tiles.block_q, bk = tiles.block_k;
@@ -352,6 +360,7 @@ __global__ void __launch_bounds__(kAttentionThreads)
                                  const T* d_out, const float* lse, const float* delta,
                                  AttentionShape shape, AttentionMaskArgs mask,
                                  AttentionDropoutArgs dropout, AttentionTiles tiles, T* dq) {
+  resolve_seed(dropout);
   SP_DYNAMIC_SHARED(float, smem);
   const int64_t d = shape.head_dim, heads = shape.heads;
   const int bq = tiles.block_q, bk = tiles.block_k;
@@ -406,6 +415,7 @@ __global__ void __launch_bounds__(kAttentionThreads)
                                   AttentionShape shape, AttentionMaskArgs mask,
                                   AttentionDropoutArgs dropout, AttentionTiles tiles, T* dk,
                                   T* dv) {
+  resolve_seed(dropout);
   SP_DYNAMIC_SHARED(float, smem);
   const int64_t d = shape.head_dim, heads = shape.heads;
   const int bq = tiles.block_q, bk = tiles.block_k;

@@ -114,6 +114,7 @@ __global__ void __launch_bounds__(kWmmaThreads)
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
   __trap();  // bf16 wmma needs sm_80; the host never launches this kernel below it
 #else
+  resolve_seed(dropout);
   SP_DYNAMIC_SHARED(unsigned char, smem);
   const int64_t d = shape.head_dim, heads = shape.heads;
   constexpr int bq = kWmmaQueries, bk = kWmmaKeys, wr = kWmmaWarpRows;
@@ -228,6 +229,7 @@ __global__ void __launch_bounds__(kWmmaThreads)
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
   __trap();
 #else
+  resolve_seed(dropout);
   SP_DYNAMIC_SHARED(unsigned char, smem);
   const int64_t d = shape.head_dim, heads = shape.heads;
   constexpr int bq = kWmmaQueries, bk = kWmmaKeys, wr = kWmmaWarpRows;
@@ -300,6 +302,7 @@ __global__ void __launch_bounds__(kWmmaThreads)
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
   __trap();
 #else
+  resolve_seed(dropout);
   SP_DYNAMIC_SHARED(unsigned char, smem);
   const int64_t d = shape.head_dim, heads = shape.heads;
   constexpr int bq = kWmmaQueries, bk = kWmmaKeys, wr = kWmmaWarpRows;

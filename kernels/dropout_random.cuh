@@ -9,10 +9,13 @@
 namespace sp::SP_CUDA_NS {
 
 // y = x * keep_scale where uniform(seed, offset, i) >= p, else 0 (keep_scale = 1 / (1 - p)).
+// seed_shift: see replay_seed (kernels/kernel_common.cuh), as in every kernel here that draws.
 template <class T>
 __global__ void dropout_kernel(const T* x, T* y, int64_t n, float p, float keep_scale,
-                               uint64_t seed, uint64_t offset, bool vectorized) {
+                               uint64_t seed, const uint64_t* seed_shift, uint64_t offset,
+                               bool vectorized) {
   constexpr int kPack = Pack<T>::kSize;
+  seed = replay_seed(seed, seed_shift);
   auto keep = [&](float uniform, float v) { return uniform < p ? 0.0f : v * keep_scale; };
   grid_stride_elements<kPack>(
       n, vectorized,
@@ -92,8 +95,10 @@ __device__ __forceinline__ void residual_dropout_add_row(const T* residual, cons
 template <class T>
 __global__ void residual_dropout_add_kernel(const T* residual, const T* x, const T* bias,
                                             int64_t width, T* out, int64_t n, float p,
-                                            float keep_scale, uint64_t seed, uint64_t offset,
+                                            float keep_scale, uint64_t seed,
+                                            const uint64_t* seed_shift, uint64_t offset,
                                             bool vectorized) {
+  seed = replay_seed(seed, seed_shift);
   grid_stride_elements<Pack<T>::kSize>(
       n, vectorized,
       [&](int64_t i) {

@@ -83,6 +83,12 @@ __device__ __forceinline__ void store_pack(T* p, const Pack<T, N>& in) {
 
 // ---- indexing ----
 
+// The seed a random draw uses: `seed`, plus the shift a CUDA graph replay wrote to device memory
+// before it ran (Backend::capture's replay(seed_shift)); seed_shift is null in eager launches.
+__device__ __forceinline__ uint64_t replay_seed(uint64_t seed, const uint64_t* seed_shift) {
+  return seed_shift ? seed + *seed_shift : seed;
+}
+
 __device__ __forceinline__ int64_t global_thread_index() {
   return int64_t(blockIdx.x) * int64_t(blockDim.x) + int64_t(threadIdx.x);
 }

@@ -53,13 +53,12 @@ __global__ void layernorm_forward_kernel(const T* x, const T* weight, const T* b
 // row is written once and re-read from cache, where the two kernels write, read it back from
 // memory, and launch twice.
 template <class T>
-__global__ void residual_layernorm_forward_kernel(const T* residual, const T* x, const T* bias,
-                                                  float p, float keep_scale, uint64_t seed,
-                                                  uint64_t offset, const T* weight,
-                                                  const T* norm_bias, float eps, int64_t rows,
-                                                  int64_t cols, T* sum, T* y, float* mean_out,
-                                                  float* rstd_out, bool vectorized) {
+__global__ void residual_layernorm_forward_kernel(
+    const T* residual, const T* x, const T* bias, float p, float keep_scale, uint64_t seed,
+    const uint64_t* seed_shift, uint64_t offset, const T* weight, const T* norm_bias, float eps,
+    int64_t rows, int64_t cols, T* sum, T* y, float* mean_out, float* rstd_out, bool vectorized) {
   __shared__ float scratch[32];
+  seed = replay_seed(seed, seed_shift);
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
     const int64_t first = row * cols;
     residual_dropout_add_row(residual, x, bias, cols, sum, first, p, keep_scale, seed, offset,

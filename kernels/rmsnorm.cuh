@@ -42,10 +42,12 @@ __global__ void rmsnorm_forward_kernel(const T* x, const T* weight, float eps, i
 template <class T>
 __global__ void residual_rmsnorm_forward_kernel(const T* residual, const T* x, const T* bias,
                                                 float p, float keep_scale, uint64_t seed,
-                                                uint64_t offset, const T* weight, float eps,
-                                                int64_t rows, int64_t cols, T* sum, T* y,
-                                                float* rstd_out, bool vectorized) {
+                                                const uint64_t* seed_shift, uint64_t offset,
+                                                const T* weight, float eps, int64_t rows,
+                                                int64_t cols, T* sum, T* y, float* rstd_out,
+                                                bool vectorized) {
   __shared__ float scratch[32];
+  seed = replay_seed(seed, seed_shift);
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
     const int64_t first = row * cols;
     residual_dropout_add_row(residual, x, bias, cols, sum, first, p, keep_scale, seed, offset,

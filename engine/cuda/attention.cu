@@ -54,7 +54,8 @@ AttentionTiles choose_tiles(const char* op, int64_t head_dim, size_t max_bytes, 
        " bytes per block); use the materialised attention path");
 }
 
-AttentionDropoutArgs attention_dropout_args(const char* op, const AttentionDropout& dropout) {
+AttentionDropoutArgs attention_dropout_args(const char* op, const AttentionDropout& dropout,
+                                            const uint64_t* seed_shift) {
   SP_CHECK(dropout.p >= 0.0f && dropout.p < 1.0f, op,
            ": dropout probability must be in [0, 1), got ", dropout.p);
   AttentionDropoutArgs args;
@@ -62,6 +63,7 @@ AttentionDropoutArgs attention_dropout_args(const char* op, const AttentionDropo
   args.keep_scale = 1.0f / (1.0f - dropout.p);
   args.seed = dropout.seed;
   args.offset = dropout.offset;
+  args.seed_shift = seed_shift;
   return args;
 }
 
@@ -133,7 +135,7 @@ void CudaBackend::attention_forward(const Tensor& q, const Tensor& k, const Tens
   if (shape.batch * shape.heads * shape.q_len == 0) return;
   activate(op);
   const AttentionMaskArgs args = attention_mask_args(op, mask);
-  const AttentionDropoutArgs drop = attention_dropout_args(op, dropout);
+  const AttentionDropoutArgs drop = attention_dropout_args(op, dropout, seed_shift());
   const size_t wmma_smem = size_t(attention_wmma_forward_smem_bytes(shape.head_dim));
   if (q.dtype() == DType::BF16 && tensor_core_attention() &&
       attention_wmma_supports(shape.head_dim) && wmma_smem <= max_shared_memory_) {
@@ -198,7 +200,7 @@ void CudaBackend::attention_backward(const Tensor& q, const Tensor& k, const Ten
   if (!dq.defined() && !dk.defined() && !dv.defined()) return;
   activate(op);
   const AttentionMaskArgs args = attention_mask_args(op, mask);
-  const AttentionDropoutArgs drop = attention_dropout_args(op, dropout);
+  const AttentionDropoutArgs drop = attention_dropout_args(op, dropout, seed_shift());
   const int64_t bh = shape.batch * shape.heads;
   Workspace delta(*this, size_t(bh * shape.q_len) * sizeof(float));
   dispatch_float(op, q, [&](auto tag) {

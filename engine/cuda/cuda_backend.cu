@@ -28,6 +28,10 @@ CudaBackend::CudaBackend(int device_index) : device_index_(device_index) {
   SP_CUBLAS_CHECK(op, cublasCreate(&cublas_));
   SP_CUBLAS_CHECK(op, cublasSetStream(cublas_, stream_));
   SP_CUBLAS_CHECK(op, cublasLtCreate(&cublaslt_));
+  // The word graph replays write their seed shift to (a capture could not allocate it).
+  void* slot = nullptr;
+  SP_CUDA_CHECK(op, cudaMalloc(&slot, sizeof(uint64_t)));
+  seed_shift_slot_ = static_cast<uint64_t*>(slot);
   allow_tf32_.store(tf32_by_default(props.major, SP_CUDA_EMU, std::getenv("SOFTPROMPT_CUDA_TF32")));
   native_bf16_gemm_ = native_bf16_gemm_for(props.major, SP_CUDA_EMU);
   tensor_core_attention_.store(tensor_core_attention_by_default(
@@ -44,6 +48,7 @@ CudaBackend::~CudaBackend() {
   staging_ring_.clear([this](cudaEvent_t e) { idle_events_.push_back(e); });
   for (cudaEvent_t e : idle_events_) (void)cudaEventDestroy(e);
   if (staging_) (void)cudaFreeHost(staging_);
+  if (seed_shift_slot_) (void)cudaFree(seed_shift_slot_);
   if (cublaslt_) (void)cublasLtDestroy(cublaslt_);
   if (cublas_) (void)cublasDestroy(cublas_);
   if (stream_) (void)cudaStreamDestroy(stream_);

@@ -32,6 +32,9 @@ class CudaBackend final : public Backend {
   // pool of the caching allocator keeps its blocks while it lives (engine/cuda/cuda_graph.cu).
   std::unique_ptr<CapturedWork> capture(const std::function<void()>& work) override;
   bool capturing() const { return capturing_.load(); }
+  // What kernels that draw random numbers add to their seed (kernels/kernel_common.cuh,
+  // replay_seed): the device word a replay sets while capturing, none otherwise.
+  const uint64_t* seed_shift() const { return capturing_.load() ? seed_shift_slot_ : nullptr; }
   // Adds the device allocations of the caching allocator to Backend's counters.
   BackendStats stats() const override;
   void reset_stats() override;
@@ -177,6 +180,7 @@ class CudaBackend final : public Backend {
   cublasLtHandle_t cublaslt_ = nullptr;
   CachingAllocator* allocator_ = nullptr;  // never freed: tensors may outlive the backend
   std::atomic<bool> capturing_{false};
+  uint64_t* seed_shift_slot_ = nullptr;  // device memory: what replays write their seed shift to
   int multiprocessors_ = 1;
   size_t max_shared_memory_ = 48 * 1024;
   std::atomic<bool> allow_tf32_{false};

@@ -12,8 +12,13 @@ namespace {
 
 class CudaGraphWork final : public CapturedWork {
  public:
-  CudaGraphWork(CudaBackend& backend, cudaGraphExec_t exec, uint64_t pool, size_t operations)
-      : backend_(backend), exec_(exec), pool_(pool), operations_(operations) {}
+  CudaGraphWork(CudaBackend& backend, cudaGraphExec_t exec, uint64_t pool, size_t operations,
+                uint64_t* seed_shift_slot)
+      : backend_(backend),
+        exec_(exec),
+        pool_(pool),
+        operations_(operations),
+        seed_shift_slot_(seed_shift_slot) {}
   CudaGraphWork(const CudaGraphWork&) = delete;
   CudaGraphWork& operator=(const CudaGraphWork&) = delete;
   ~CudaGraphWork() override {
@@ -23,10 +28,12 @@ class CudaGraphWork final : public CapturedWork {
     backend_.caching_allocator().release_pool(pool_);
   }
 
-  void replay() override {
+  void replay(uint64_t seed_shift) override {
     const char* op = "replay";
     backend_.activate(op);
     SP_CHECK(!backend_.capturing(), op, ": a captured graph cannot be replayed inside a capture");
+    // Queued before the graph on the same stream: its kernels read the shift once it has landed.
+    backend_.copy_from_host(seed_shift_slot_, &seed_shift, sizeof(seed_shift));
     backend_.note_launch("cudaGraphLaunch");
     SP_CUDA_CHECK(op, cudaGraphLaunch(exec_, backend_.stream()));
   }
@@ -37,6 +44,7 @@ class CudaGraphWork final : public CapturedWork {
   cudaGraphExec_t exec_;
   uint64_t pool_;
   size_t operations_;
+  uint64_t* seed_shift_slot_;
 };
 
 }  // namespace
@@ -46,6 +54,7 @@ std::unique_ptr<CapturedWork> CudaBackend::capture(const std::function<void()>& 
   activate(op);
   SP_CHECK(!sync_after_every_launch().load(), op,
            ": SOFTPROMPT_CUDA_SYNC=1 synchronises after every launch, which a capture cannot hold");
+  SP_CHECK(!capturing_.load(), op, ": ", device().str(), " is already capturing");
   SP_CHECK(!capturing_.exchange(true), op, ": ", device().str(), " is already capturing");
   const uint64_t pool = allocator_->begin_pool();
   // On any failure: end the capture (dropping what it recorded), return the pool's blocks to the
@@ -89,7 +98,7 @@ std::unique_ptr<CapturedWork> CudaBackend::capture(const std::function<void()>& 
     allocator_->release_pool(pool);
     check_cuda(status, op, "cudaGraphInstantiate");
   }
-  return std::make_unique<CudaGraphWork>(*this, exec, pool, operations);
+  return std::make_unique<CudaGraphWork>(*this, exec, pool, operations, seed_shift_slot_);
 }
 
 }  // namespace sp::SP_CUDA_NS

@@ -23,7 +23,7 @@ void CudaBackend::dropout(const Tensor& x, float p, uint64_t seed, uint64_t offs
     const bool vectorized = aligned16({x.raw_data(), y.raw_data()});
     SP_LAUNCH(grid_for(n / Pack<T>::kSize + 1, kElementwiseThreads), kElementwiseThreads, 0,
               stream_, dropout_kernel<T>)
-    (const_ptr<T>(x), mutable_ptr<T>(y), n, p, keep_scale, seed, offset, vectorized);
+    (const_ptr<T>(x), mutable_ptr<T>(y), n, p, keep_scale, seed, seed_shift(), offset, vectorized);
     SP_CUDA_CHECK_LAUNCH(*this, op, "dropout_kernel", io_traffic(18.0 * double(n), {&x, &y}));
   });
 }
@@ -44,7 +44,7 @@ void CudaBackend::residual_dropout_add(const Tensor& residual, const Tensor& x, 
     SP_LAUNCH(grid_for(n / Pack<T>::kSize + 1, kElementwiseThreads), kElementwiseThreads, 0,
               stream_, residual_dropout_add_kernel<T>)
     (const_ptr<T>(residual), const_ptr<T>(x), const_ptr<T>(bias), x.size(-1), mutable_ptr<T>(out),
-     n, p, keep_scale, seed, offset, vectorized);
+     n, p, keep_scale, seed, seed_shift(), offset, vectorized);
     SP_CUDA_CHECK_LAUNCH(*this, op, "residual_dropout_add_kernel",
                          io_traffic(21.0 * double(n), {&residual, &x, &bias, &out}));
   });

@@ -54,8 +54,8 @@ void CudaBackend::residual_layernorm_forward(const Tensor& residual, const Tenso
          weight.raw_data(), norm_bias.raw_data(), sum.raw_data(), y.raw_data()});
     const int threads = threads_for_row(cols, vectorized ? Pack<T>::kSize : 1);
     SP_LAUNCH(grid_for_rows(rows), threads, 0, stream_, residual_layernorm_forward_kernel<T>)
-    (const_ptr<T>(residual), const_ptr<T>(x), const_ptr<T>(bias), p, keep_scale, seed, offset,
-     const_ptr<T>(weight), const_ptr<T>(norm_bias), eps, rows, cols, mutable_ptr<T>(sum),
+    (const_ptr<T>(residual), const_ptr<T>(x), const_ptr<T>(bias), p, keep_scale, seed, seed_shift(),
+     offset, const_ptr<T>(weight), const_ptr<T>(norm_bias), eps, rows, cols, mutable_ptr<T>(sum),
      mutable_ptr<T>(y), mutable_ptr<float>(mean), mutable_ptr<float>(rstd), vectorized);
     // residual_dropout_add's 21 flops an element and the norm's 8.
     SP_CUDA_CHECK_LAUNCH(

@@ -289,6 +289,7 @@ cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t stream) {
   }
   const auto run = [work] {
     emu::note_graph_launch();
+    emu::land_pending_copies();  // the graph runs after the stream's earlier work
     for (const auto& step : *work) step();
   };
   if (emu::capture::capturing(stream)) {

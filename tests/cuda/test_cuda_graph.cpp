@@ -13,6 +13,9 @@
 #include "engine/autograd.h"
 #include "engine/cuda/cuda_check.h"
 #include "engine/error.h"
+#include "engine/ops/attention.h"
+#include "engine/ops/dropout.h"
+#include "engine/ops/layernorm.h"
 #include "engine/optim/adamw.h"
 #include "engine/safetensors.h"
 #include "kernels/emu/cuda_graph_emu.h"
@@ -103,8 +106,9 @@ struct PromptStep {
 
 // Captured once, the forward and backward replay as the eager computation, bit for bit (the same
 // kernels on the same data), for the prompt as it is at each replay: here after an AdamW step
-// taken eagerly between replays, against an eager run on a copy of the updated prompt. Eager work
-// between replays never gets the graph's blocks: tensors it leaves alive are intact after replay.
+// taken eagerly between replays, against an eager run on a copy of the updated prompt with the
+// dropout seed the replay shifts to. Eager work between replays never gets the graph's blocks:
+// tensors it leaves alive are intact after replay.
 TEST(CudaGraphs, AReplayedPromptForwardBackwardIsTheEagerOne) {
   if (cuda_emu::sync_after_every_launch().load())
     GTEST_SKIP()
@@ -142,6 +146,7 @@ TEST(CudaGraphs, AReplayedPromptForwardBackwardIsTheEagerOne) {
   AdamW optimizer({prompt}, AdamWOptions{});
   optimizer.step();
   Tensor copy = prompt.detach().clone().set_requires_grad(true);
+  step.train.dropout_seed += 3;  // the next step's masks: the replay shifts the captured seed
   const float updated_loss = step.forward_backward(copy).item();
   const std::vector<float> updated_grad = copy.grad().to_floats();
   ASSERT_NE(updated_loss, eager_loss);
@@ -149,7 +154,7 @@ TEST(CudaGraphs, AReplayedPromptForwardBackwardIsTheEagerOne) {
   for (int64_t n = 64; n <= (int64_t(1) << 20); n *= 2)
     bystanders.push_back(Tensor::full({n}, float(n)).to(emu_device()));
   const uint64_t graph_launches = emu::runtime_stats().graph_launches;
-  graph->replay();
+  graph->replay(3);
   EXPECT_EQ(emu::runtime_stats().graph_launches, graph_launches + 1);
   EXPECT_EQ(loss.item(), updated_loss);
   EXPECT_EQ(prompt.grad().to_floats(), updated_grad);
@@ -192,6 +197,75 @@ TEST(CudaGraphs, OnTheKernelDeviceAReplayIsTheEagerComputation) {
       ASSERT_NEAR(grad[i], eager_grad[i], tolerance) << "replay " << replay << ", grad " << i;
     EXPECT_NEAR(loss.item(), eager_loss,
                 kernel_device_is_emulated() ? 0.0f : 1e-5f * std::abs(eager_loss));
+  }
+}
+
+// Every kernel that draws random numbers takes a replay's seed shift: each random op (dropout,
+// the fused residual adds and norms, fused attention forward and backward, fp32's scalar kernels
+// and bf16's tensor-core ones) replayed with shift k is the op run eagerly with seed + k.
+TEST(CudaGraphs, EveryRandomDrawOfAReplayFollowsItsSeedShift) {
+  if (cuda_emu::sync_after_every_launch().load())
+    GTEST_SKIP()
+        << "SOFTPROMPT_CUDA_SYNC=1 synchronises after every launch, which no capture holds";
+  const Device device = emu_device();
+  for (DType dtype : {DType::F32, DType::BF16}) {
+    SCOPED_TRACE(dtype_name(dtype));
+    const auto input = [&](const Shape& shape, uint64_t seed) {
+      return data(shape, seed, dtype).to(dtype).to(device);
+    };
+    const Tensor residual = input({2, 5, 32}, 1), x = input({2, 5, 32}, 2), bias = input({32}, 3),
+                 weight = input({32}, 4), norm_bias = input({32}, 5),
+                 out_weight = input({2, 8, 2, 16}, 9);
+    const Tensor one = Tensor::full({}, 1.0f).to(dtype).to(device);
+    Tensor q = input({2, 8, 2, 16}, 6).set_requires_grad(true);
+    Tensor k = input({2, 8, 2, 16}, 7).set_requires_grad(true);
+    Tensor v = input({2, 8, 2, 16}, 8).set_requires_grad(true);
+    const auto random_ops = [&](uint64_t seed) {
+      const float p = 0.3f;
+      std::vector<Tensor> outs = {dropout(x, p, seed, 1),
+                                  residual_dropout_add(residual, x, bias, p, seed, 2)};
+      const ResidualAndNorm ln =
+          residual_dropout_add_layernorm(residual, x, bias, p, seed, 3, weight, norm_bias, 1e-5f);
+      const ResidualAndNorm rms =
+          residual_dropout_add_rms_norm(residual, x, bias, p, seed, 4, weight, 1e-6f);
+      AttentionMask mask;
+      mask.scale = 0.25f;
+      mask.causal = true;
+      const Tensor o = attention(q, k, v, mask, {p, seed, 5});
+      sum_all(mul(o, out_weight)).backward(one);
+      for (const Tensor& t :
+           {ln.sum, ln.normed, rms.sum, rms.normed, o, q.grad(), k.grad(), v.grad()})
+        outs.push_back(t);
+      return outs;
+    };
+    const auto on_host = [](const std::vector<Tensor>& tensors) {
+      std::vector<std::vector<float>> values;
+      for (const Tensor& t : tensors) values.push_back(t.to_floats());
+      return values;
+    };
+    const auto drop_grads = [&] {
+      for (Tensor* t : {&q, &k, &v}) t->zero_grad();
+    };
+    const uint64_t seed = 21, shift = 1000003;
+    const auto eager_shifted = on_host(random_ops(seed + shift));
+    drop_grads();
+    const auto eager = on_host(random_ops(seed));
+    drop_grads();
+    ASSERT_NE(eager_shifted[0], eager[0]) << "the shift changes no draw";
+    std::vector<Tensor> outs;
+    std::unique_ptr<CapturedWork> graph = emu_backend().capture([&] { outs = random_ops(seed); });
+    ASSERT_NE(graph, nullptr);
+    graph->replay(shift);
+    const auto replayed_shifted = on_host(outs);
+    graph->replay();
+    const auto replayed = on_host(outs);
+    ASSERT_EQ(replayed.size(), eager.size());
+    for (size_t i = 0; i < eager.size(); ++i) {
+      EXPECT_EQ(replayed_shifted[i], eager_shifted[i]) << "output " << i;
+      EXPECT_EQ(replayed[i], eager[i]) << "output " << i;
+    }
+    outs.clear();
+    drop_grads();
   }
 }
 
