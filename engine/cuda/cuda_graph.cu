@@ -54,51 +54,44 @@ std::unique_ptr<CapturedWork> CudaBackend::capture(const std::function<void()>& 
   activate(op);
   SP_CHECK(!sync_after_every_launch().load(), op,
            ": SOFTPROMPT_CUDA_SYNC=1 synchronises after every launch, which a capture cannot hold");
-  SP_CHECK(!capturing_.load(), op, ": ", device().str(), " is already capturing");
   SP_CHECK(!capturing_.exchange(true), op, ": ", device().str(), " is already capturing");
-  const uint64_t pool = allocator_->begin_pool();
-  // On any failure: end the capture (dropping what it recorded), return the pool's blocks to the
-  // cache, and leave the backend as it was.
-  const auto abandon = [&] {
-    cudaGraph_t partial = nullptr;
-    (void)cudaStreamEndCapture(stream_, &partial);
-    if (partial) (void)cudaGraphDestroy(partial);
-    (void)cudaGetLastError();
-    allocator_->end_pool();
-    allocator_->release_pool(pool);
-    capturing_.store(false);
-  };
-  const cudaError_t began = cudaStreamBeginCapture(stream_, cudaStreamCaptureModeGlobal);
-  if (began != cudaSuccess) {
-    allocator_->end_pool();
-    allocator_->release_pool(pool);
-    capturing_.store(false);
-    check_cuda(began, op, "cudaStreamBeginCapture");
-  }
+  // Whatever happens, the backend stops capturing and the pool stops filling; unless a graph
+  // comes out, the pool's blocks go back to the cache.
+  struct Restore {
+    CudaBackend& backend;
+    uint64_t pool = 0;
+    bool graph_owns_pool = false;
+    ~Restore() {
+      if (pool != 0) {
+        backend.allocator_->end_pool();
+        if (!graph_owns_pool) backend.allocator_->release_pool(pool);
+      }
+      backend.capturing_.store(false);
+    }
+  } restore{*this};
+  restore.pool = allocator_->begin_pool();
+  SP_CUDA_CHECK(op, cudaStreamBeginCapture(stream_, cudaStreamCaptureModeGlobal));
   try {
     work();
   } catch (...) {
-    abandon();
+    cudaGraph_t partial = nullptr;  // end the capture, dropping what it recorded
+    (void)cudaStreamEndCapture(stream_, &partial);
+    if (partial) (void)cudaGraphDestroy(partial);
+    (void)cudaGetLastError();
     throw;
   }
   cudaGraph_t graph = nullptr;
   const cudaError_t ended = cudaStreamEndCapture(stream_, &graph);
-  allocator_->end_pool();
-  capturing_.store(false);
-  if (ended != cudaSuccess || graph == nullptr) {
-    allocator_->release_pool(pool);
-    check_cuda(ended == cudaSuccess ? cudaErrorUnknown : ended, op, "cudaStreamEndCapture");
-  }
+  check_cuda(ended == cudaSuccess && graph == nullptr ? cudaErrorUnknown : ended, op,
+             "cudaStreamEndCapture");
   size_t operations = 0;
   cudaGraphExec_t exec = nullptr;
   cudaError_t status = cudaGraphGetNodes(graph, nullptr, &operations);
   if (status == cudaSuccess) status = cudaGraphInstantiate(&exec, graph, 0);
   (void)cudaGraphDestroy(graph);
-  if (status != cudaSuccess) {
-    allocator_->release_pool(pool);
-    check_cuda(status, op, "cudaGraphInstantiate");
-  }
-  return std::make_unique<CudaGraphWork>(*this, exec, pool, operations, seed_shift_slot_);
+  check_cuda(status, op, "cudaGraphInstantiate");
+  restore.graph_owns_pool = true;
+  return std::make_unique<CudaGraphWork>(*this, exec, restore.pool, operations, seed_shift_slot_);
 }
 
 }  // namespace sp::SP_CUDA_NS
