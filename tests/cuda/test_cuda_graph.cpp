@@ -29,6 +29,14 @@ namespace {
 
 const std::string kFixtures = SOFTPROMPT_FIXTURES;
 
+// SOFTPROMPT_CUDA_SYNC=1 (scripts/gpu_check.sh's suite run) synchronises after every launch, which
+// no capture holds.
+#define SKIP_WHERE_NOTHING_CAN_BE_CAPTURED()           \
+  do {                                                 \
+    if (cuda_emu::sync_after_every_launch().load())    \
+      GTEST_SKIP() << "SOFTPROMPT_CUDA_SYNC=1 is set"; \
+  } while (0)
+
 // ---- private pools ----
 
 // Blocks handed out or freed while a pool fills are the pool's: reused inside it, never handed to
@@ -110,9 +118,7 @@ struct PromptStep {
 // dropout seed the replay shifts to. Eager work between replays never gets the graph's blocks:
 // tensors it leaves alive are intact after replay.
 TEST(CudaGraphs, AReplayedPromptForwardBackwardIsTheEagerOne) {
-  if (cuda_emu::sync_after_every_launch().load())
-    GTEST_SKIP()
-        << "SOFTPROMPT_CUDA_SYNC=1 synchronises after every launch, which no capture holds";
+  SKIP_WHERE_NOTHING_CAN_BE_CAPTURED();
   PromptStep step;
   Tensor prompt = step.prompt(7);
   const float eager_loss = step.forward_backward(prompt).item();  // also fills the cache
@@ -174,9 +180,7 @@ TEST(CudaGraphs, AReplayedPromptForwardBackwardIsTheEagerOne) {
 // emulator; on a GPU within 1e-5 of the largest value, should a library pick another algorithm
 // inside a capture.
 TEST(CudaGraphs, OnTheKernelDeviceAReplayIsTheEagerComputation) {
-  if (cuda_emu::sync_after_every_launch().load())
-    GTEST_SKIP()
-        << "SOFTPROMPT_CUDA_SYNC=1 synchronises after every launch, which no capture holds";
+  SKIP_WHERE_NOTHING_CAN_BE_CAPTURED();
   PromptStep step(kernel_device());
   Tensor prompt = step.prompt(13);
   const float eager_loss = step.forward_backward(prompt).item();
@@ -204,9 +208,7 @@ TEST(CudaGraphs, OnTheKernelDeviceAReplayIsTheEagerComputation) {
 // the fused residual adds and norms, fused attention forward and backward, fp32's scalar kernels
 // and bf16's tensor-core ones) replayed with shift k is the op run eagerly with seed + k.
 TEST(CudaGraphs, EveryRandomDrawOfAReplayFollowsItsSeedShift) {
-  if (cuda_emu::sync_after_every_launch().load())
-    GTEST_SKIP()
-        << "SOFTPROMPT_CUDA_SYNC=1 synchronises after every launch, which no capture holds";
+  SKIP_WHERE_NOTHING_CAN_BE_CAPTURED();
   const Device device = emu_device();
   for (DType dtype : {DType::F32, DType::BF16}) {
     SCOPED_TRACE(dtype_name(dtype));
@@ -272,9 +274,7 @@ TEST(CudaGraphs, EveryRandomDrawOfAReplayFollowsItsSeedShift) {
 // Work a capture cannot hold fails with one error naming what it did, nothing is recorded, and
 // the backend is as before: not capturing, no pool, and eager work runs.
 TEST(CudaGraphs, WorkThatNeedsTheHostIsRefusedAndTheBackendStaysUsable) {
-  if (cuda_emu::sync_after_every_launch().load())
-    GTEST_SKIP()
-        << "SOFTPROMPT_CUDA_SYNC=1 synchronises after every launch, which no capture holds";
+  SKIP_WHERE_NOTHING_CAN_BE_CAPTURED();
   PromptStep step;
   Tensor prompt = step.prompt(9);
   auto golden = SafetensorsFile::open(kFixtures + "/golden/gpt2_tiny_a.safetensors");
@@ -325,7 +325,7 @@ TEST(CudaGraphs, WorkThatNeedsTheHostIsRefusedAndTheBackendStaysUsable) {
 }
 
 TEST(CudaGraphs, SyncAfterEveryLaunchAndNestedCapturesAreRefusedUpFront) {
-  if (cuda_emu::sync_after_every_launch().load()) GTEST_SKIP() << "SOFTPROMPT_CUDA_SYNC=1 is set";
+  SKIP_WHERE_NOTHING_CAN_BE_CAPTURED();
   Backend& backend = emu_backend();
   bool ran = false;
   cuda_emu::sync_after_every_launch().store(true);
