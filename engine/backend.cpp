@@ -59,8 +59,8 @@ std::vector<Device> available_devices() {
   return devices;
 }
 
-RowGroups group_rows_by_destination(const std::vector<int64_t>& ids, Device device,
-                                    Tensor* ids_on_device) {
+std::vector<int64_t> packed_row_groups(const std::vector<int64_t>& ids, bool with_ids,
+                                       int64_t* groups) {
   const int64_t n = int64_t(ids.size());
   std::vector<int64_t> order(static_cast<size_t>(n));
   std::iota(order.begin(), order.end(), int64_t(0));
@@ -73,12 +73,21 @@ RowGroups group_rows_by_destination(const std::vector<int64_t>& ids, Device devi
       starts.push_back(k);
     }
   starts.push_back(n);
-  // One buffer, one upload: [ids,] targets, starts, order.
   std::vector<int64_t> packed;
-  if (ids_on_device) packed = ids;
-  const int64_t groups = int64_t(targets.size()), first = int64_t(packed.size());
+  if (with_ids) packed = ids;
   for (const std::vector<int64_t>* part : {&targets, &starts, &order})
     packed.insert(packed.end(), part->begin(), part->end());
+  *groups = int64_t(targets.size());
+  return packed;
+}
+
+RowGroups group_rows_by_destination(const std::vector<int64_t>& ids, Device device,
+                                    Tensor* ids_on_device) {
+  const int64_t n = int64_t(ids.size());
+  int64_t groups = 0;
+  // One buffer, one upload: [ids,] targets, starts, order.
+  const std::vector<int64_t> packed = packed_row_groups(ids, ids_on_device != nullptr, &groups);
+  const int64_t first = ids_on_device ? n : 0;
   const Tensor all = Tensor::from_ints(packed, {int64_t(packed.size())}).to(device);
   if (ids_on_device) *ids_on_device = all.slice(0, 0, n);
   return {all.slice(0, first, first + groups), all.slice(0, first + groups, first + 2 * groups + 1),

@@ -420,5 +420,9 @@ std::vector<Device> available_devices();
 /// a gather and its backward cost one copy.
 RowGroups group_rows_by_destination(const std::vector<int64_t>& ids, Device device,
                                     Tensor* ids_on_device = nullptr);
+/// What group_rows_by_destination uploads, on the host: [ids if with_ids,] targets, starts,
+/// order; *groups receives the group count.
+std::vector<int64_t> packed_row_groups(const std::vector<int64_t>& ids, bool with_ids,
+                                       int64_t* groups);
 
 }  // namespace sp

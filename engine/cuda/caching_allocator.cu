@@ -65,7 +65,7 @@ void* CachingAllocator::allocate(size_t nbytes) {
       stats_.cache_hits += 1;
       stats_.cached_bytes -= size;
     } else if (filling_pool_ != 0) {
-      fail(ErrorKind::kUnsupported, "cuda:", device_index_, ": allocating ", nbytes,
+      fail(ErrorKind::kUnsupported, "allocate: ", nbytes,
            " bytes inside a capture: no cached block fits and a capture cannot allocate device "
            "memory; run the captured work once uncaptured first so the cache holds its blocks");
     } else {

@@ -129,29 +129,33 @@ void chunk_gemm(Backend& backend, const Tensor& a, const Tensor& b, bool trans_a
   backend.gemm(g);
 }
 
-}  // namespace
-
-CrossEntropyResult linear_cross_entropy(const Tensor& hidden_in, const Tensor& weight_in,
-                                        const Tensor& targets_in, int64_t ignore_index) {
-  ops_detail::check_defined("linear_cross_entropy", {&hidden_in, &weight_in, &targets_in});
-  const ops_detail::GemmDtypes types =
-      ops_detail::gemm_dtypes("linear_cross_entropy", hidden_in, weight_in);
-  SP_CHECK(
-      !types.mixed || (weight_in.dtype() == DType::BF16 && !weight_in.requires_grad()),
-      "linear_cross_entropy: F32 hidden states with a BF16 head need a frozen BF16 weight, got "
-      "hidden ",
-      hidden_in.describe(), " and weight ", weight_in.describe(),
-      weight_in.requires_grad() ? " (requires grad)" : "");
+// The chunked loss on checked targets on the device. The mean divides by `counted` (a host value
+// folded into the kernels) or, when inverse_count is defined, multiplies by that F32 [] device
+// scalar, which a captured step's replays refill (LossTargets).
+CrossEntropyResult linear_cross_entropy_on(const char* op, const Tensor& hidden_in,
+                                           const Tensor& weight_in, const Tensor& targets,
+                                           int64_t counted, const Tensor& inverse_count_on_device,
+                                           int64_t ignore_index) {
+  const ops_detail::GemmDtypes types = ops_detail::gemm_dtypes(op, hidden_in, weight_in);
+  SP_CHECK(!types.mixed || (weight_in.dtype() == DType::BF16 && !weight_in.requires_grad()), op,
+           ": F32 hidden states with a BF16 head need a frozen BF16 weight, got hidden ",
+           hidden_in.describe(), " and weight ", weight_in.describe(),
+           weight_in.requires_grad() ? " (requires grad)" : "");
   SP_CHECK(hidden_in.dim() == 2 && weight_in.dim() == 2 && hidden_in.size(1) == weight_in.size(1),
-           "linear_cross_entropy: hidden ", hidden_in.describe(), " and weight ",
-           weight_in.describe(), " must be [n, d] and [V, d]");
+           op, ": hidden ", hidden_in.describe(), " and weight ", weight_in.describe(),
+           " must be [n, d] and [V, d]");
+  const bool device_count = inverse_count_on_device.defined();
+  SP_CHECK(!device_count || !weight_in.requires_grad(), op,
+           ": a trainable head weight reads the upstream gradient on the host; with targets on "
+           "the device it must be frozen, got ",
+           weight_in.describe());
   const int64_t n = hidden_in.size(0), V = weight_in.size(0), d = hidden_in.size(1);
   Tensor hidden = hidden_in.contiguous(), weight = weight_in.contiguous();
-  const auto [targets, counted] =
-      check_targets("linear_cross_entropy", targets_in, n, V, ignore_index, hidden.device());
   Backend& backend = backend_for(hidden.device());
   const bool grad_hidden = grad_mode_enabled() && hidden_in.requires_grad();
-  const float inverse_count = counted == 0 ? 0.0f : 1.0f / float(counted);
+  // The kernels scale the logit gradients by 1 / count; a device count scales afterwards.
+  float inverse_count = 1.0f;
+  if (!device_count) inverse_count = counted == 0 ? 0.0f : 1.0f / float(counted);
   const int64_t padded_vocab = padded_row(V);
   const int64_t step = chunk_rows(backend, padded_vocab, types.result);
   Tensor row_loss = Tensor::empty({n}, DType::F32, hidden.device());
@@ -181,14 +185,17 @@ CrossEntropyResult linear_cross_entropy(const Tensor& hidden_in, const Tensor& w
                  false, unit_grad.slice(0, r0, r0 + rows), 0.0f);
     }
   }
-  Tensor loss = mean_loss(row_loss, counted);
-  record(loss, "linear_cross_entropy", {hidden_in, weight_in},
+  Tensor loss = mean_loss(row_loss, device_count ? 1 : counted);
+  if (device_count) loss = mul(loss, inverse_count_on_device);
+  record(loss, op, {hidden_in, weight_in},
          [unit_grad, hidden = hidden.detach(), weight = weight.detach(), targets, lse, ignore_index,
-          inverse_count, step](const Tensor& g, const NeedsGrad& need) {
+          inverse_count, inverse_count_on_device, step](const Tensor& g, const NeedsGrad& need) {
            std::vector<Tensor> grads(2);
            if (need[0]) {
              SP_ASSERT(unit_grad.defined());
              grads[0] = times_upstream(unit_grad, g);
+             if (inverse_count_on_device.defined())
+               grads[0] = mul(grads[0], inverse_count_on_device.to(grads[0].dtype()));
            }
            if (need[1]) {
              // The rare trainable head (not prompt tuning) reads the upstream value on the host.
@@ -214,6 +221,53 @@ CrossEntropyResult linear_cross_entropy(const Tensor& hidden_in, const Tensor& w
          });
   accept_host_upstream(loss);
   return {loss, counted};
+}
+
+}  // namespace
+
+CrossEntropyResult linear_cross_entropy(const Tensor& hidden_in, const Tensor& weight_in,
+                                        const Tensor& targets_in, int64_t ignore_index) {
+  const char* op = "linear_cross_entropy";
+  ops_detail::check_defined(op, {&hidden_in, &weight_in, &targets_in});
+  SP_CHECK(hidden_in.dim() == 2 && weight_in.dim() == 2, op, ": hidden ", hidden_in.describe(),
+           " and weight ", weight_in.describe(), " must be [n, d] and [V, d]");
+  const auto [targets, counted] = check_targets(
+      op, targets_in, hidden_in.size(0), weight_in.size(0), ignore_index, hidden_in.device());
+  return linear_cross_entropy_on(op, hidden_in, weight_in, targets, counted, Tensor(),
+                                 ignore_index);
+}
+
+LossTargets::LossTargets(const Tensor& targets, int64_t vocab, int64_t ignore_index, Device device)
+    : targets_("loss targets", targets, vocab, device, ignore_index), ignore_index_(ignore_index) {
+  inverse_count_ = Tensor::full({}, inverse_of(targets_.counted())).to(device);
+}
+
+int64_t LossTargets::refill(const Tensor& targets) {
+  const int64_t counted = targets_.refill(targets);
+  const float inverse = inverse_of(counted);
+  backend_for(inverse_count_.device())
+      .copy_from_host(inverse_count_.raw_data(), &inverse, sizeof(inverse));
+  return counted;
+}
+
+float LossTargets::inverse_of(int64_t counted) {
+  return counted == 0 ? 0.0f : 1.0f / float(counted);
+}
+
+CrossEntropyResult linear_cross_entropy(const Tensor& hidden, const Tensor& weight,
+                                        const LossTargets& targets) {
+  const char* op = "linear_cross_entropy";
+  ops_detail::check_defined(op, {&hidden, &weight, &targets.targets().on_device()});
+  const Tensor& on_device = targets.targets().on_device();
+  SP_CHECK(hidden.dim() == 2 && weight.dim() == 2 && on_device.shape() == Shape({hidden.size(0)}),
+           op, ": hidden ", hidden.describe(), ", weight ", weight.describe(), " and targets ",
+           on_device.describe(), " must be [n, d], [V, d] and [n]");
+  SP_CHECK(targets.targets().bound() == weight.size(0), op, ": targets checked against ",
+           targets.targets().bound(), " classes, the head has ", weight.size(0));
+  SP_CHECK(on_device.device() == hidden.device(), op, ": targets on ", on_device.device().str(),
+           ", hidden states ", hidden.describe());
+  return linear_cross_entropy_on(op, hidden, weight, on_device, targets.counted(),
+                                 targets.inverse_count(), targets.ignore_index());
 }
 
 }  // namespace sp

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 
+#include "engine/ops/checked_indices.h"
 #include "engine/tensor.h"
 
 namespace sp {
@@ -27,5 +28,32 @@ CrossEntropyResult cross_entropy(const Tensor& logits, const Tensor& targets,
 /// logits. A trainable weight gets its gradient in backward by recomputing each chunk.
 CrossEntropyResult linear_cross_entropy(const Tensor& hidden, const Tensor& weight,
                                         const Tensor& targets, int64_t ignore_index = -100);
+
+/// A loss's targets kept on a device for a captured step: checked on the host (ignore_index
+/// allowed), with 1 / (how many are not ignored) as an F32 [] device scalar the mean multiplies by
+/// (0 when none). refill() writes the next batch's targets and count in place, outside the capture.
+class LossTargets {
+ public:
+  LossTargets(const Tensor& targets, int64_t vocab, int64_t ignore_index, Device device);
+  /// Returns how many of the new targets are not ignored.
+  int64_t refill(const Tensor& targets);
+  const CheckedIndices& targets() const { return targets_; }
+  const Tensor& inverse_count() const { return inverse_count_; }
+  int64_t counted() const { return targets_.counted(); }
+  int64_t ignore_index() const { return ignore_index_; }
+
+ private:
+  static float inverse_of(int64_t counted);
+  CheckedIndices targets_;
+  Tensor inverse_count_;
+  int64_t ignore_index_;
+};
+
+/// linear_cross_entropy on LossTargets: no host round trip, so it can run inside a capture. The
+/// head weight must be frozen. The mean is sum * inverse_count rather than sum / count, and the
+/// hidden states' gradient is scaled by inverse_count after the head's GEMM instead of before, so
+/// results differ from the host-target loss by roundings.
+CrossEntropyResult linear_cross_entropy(const Tensor& hidden, const Tensor& weight,
+                                        const LossTargets& targets);
 
 }  // namespace sp

@@ -41,6 +41,20 @@ CheckedIds checked_ids(const char* op, const Tensor& ids_in, const Tensor& table
   return checked;
 }
 
+// The gather's backward: its gradient scatter-added into the table's rows by `groups`.
+void record_scatter_backward(Tensor& out, const char* op, const Tensor& table,
+                             const RowGroups& groups, const Shape& flat_shape) {
+  record(out, op, {table},
+         [groups, table_shape = table.shape(), flat_shape](const Tensor& g, const NeedsGrad&) {
+           Tensor d_table = Tensor::zeros(table_shape, g.dtype(), g.device());
+           if (flat_shape[0] > 0 && flat_shape[1] > 0)
+             backend_for(g.device())
+                 .scatter_add_rows(g.contiguous().view(flat_shape), groups,
+                                   d_table.view({table_shape[0], flat_shape[1]}));
+           return std::vector<Tensor>{d_table};
+         });
+}
+
 Tensor gather(const char* op, const Tensor& table_in, const Tensor& ids_in, Shape out_shape) {
   ops_detail::check_defined(op, {&table_in, &ids_in});
   SP_CHECK(table_in.dim() >= 1, op, ": the table must have at least one dimension, got ",
@@ -53,20 +67,53 @@ Tensor gather(const char* op, const Tensor& table_in, const Tensor& ids_in, Shap
   if (out.numel() > 0)
     backend_for(table.device())
         .gather_rows(table.view({rows, flat_shape[1]}), ids.on_device, out.view(flat_shape));
-  Shape table_shape = table.shape();
-  record(out, op, {table_in},
-         [groups = ids.groups, table_shape, flat_shape](const Tensor& g, const NeedsGrad&) {
-           Tensor d_table = Tensor::zeros(table_shape, g.dtype(), g.device());
-           if (flat_shape[0] > 0 && flat_shape[1] > 0)
-             backend_for(g.device())
-                 .scatter_add_rows(g.contiguous().view(flat_shape), groups,
-                                   d_table.view({table_shape[0], flat_shape[1]}));
-           return std::vector<Tensor>{d_table};
-         });
+  record_scatter_backward(out, op, table_in, ids.groups, flat_shape);
+  return out;
+}
+
+// table rows at indices checked before (CheckedIndices): one gather; a backward to the table when
+// the indices are distinct (their grouping is kept with them).
+Tensor gather_checked(const char* op, const Tensor& table_in, const CheckedIndices& ids,
+                      Shape out_shape) {
+  ops_detail::check_defined(op, {&table_in, &ids.on_device()});
+  SP_CHECK(table_in.dim() >= 1, op, ": the table must have at least one dimension, got ",
+           table_in.describe());
+  SP_CHECK(!any_requires_grad({&table_in}) || ids.groups().targets.defined(), op, ": ",
+           table_in.describe(),
+           " needs a gradient, whose backward groups repeated indices on the host: pass host "
+           "indices");
+  SP_CHECK(!ids.ignored(), op, ": the indices allow an ignored value, which is no row to gather");
+  SP_CHECK(ids.on_device().device() == table_in.device(), op, ": indices on ",
+           ids.on_device().device().str(), ", table ", table_in.describe());
+  Tensor table = table_in.contiguous();
+  const int64_t rows = table.size(0);
+  SP_CHECK(ids.bound() <= rows, op, ": indices checked against ", ids.bound(), " rows, table ",
+           table.describe(), " has ", rows);
+  Tensor out = Tensor::empty(out_shape, table.dtype(), table.device());
+  const Shape flat_shape{ids.on_device().numel(), rows == 0 ? 0 : table.numel() / rows};
+  if (out.numel() > 0)
+    backend_for(table.device())
+        .gather_rows(table.view({rows, flat_shape[1]}), ids.on_device(), out.view(flat_shape));
+  record_scatter_backward(out, op, table_in, ids.groups(), flat_shape);
   return out;
 }
 
 }  // namespace
+
+Tensor embedding(const Tensor& table, const CheckedIndices& ids) {
+  SP_CHECK(table.dim() == 2, "embedding: the table must be [V, D], got ", table.describe());
+  Shape out_shape = ids.on_device().shape();
+  out_shape.push_back(table.size(1));
+  return gather_checked("embedding", table, ids, out_shape);
+}
+
+Tensor index_select(const Tensor& x, const CheckedIndices& ids) {
+  SP_CHECK(ids.on_device().dim() == 1, "index_select: ids must be 1-D, got ",
+           ids.on_device().describe());
+  Shape out_shape = x.shape();
+  out_shape[0] = ids.on_device().numel();
+  return gather_checked("index_select", x, ids, out_shape);
+}
 
 Tensor embedding(const Tensor& table, const Tensor& ids) {
   SP_CHECK(table.dim() == 2, "embedding: the table must be [V, D], got ", table.describe());

@@ -2,6 +2,7 @@
 // Differentiable with respect to the table (scatter-add backward).
 #pragma once
 
+#include "engine/ops/checked_indices.h"
 #include "engine/tensor.h"
 
 namespace sp {
@@ -12,5 +13,11 @@ namespace sp {
 Tensor embedding(const Tensor& table, const Tensor& ids);
 /// x [N, ...] rows picked by 1-D ids -> [len(ids), ...].
 Tensor index_select(const Tensor& x, const Tensor& ids);
+
+/// The same gathers from indices already checked and on the table's device: no host round trip,
+/// so they can run inside a capture. A table that needs a gradient needs distinct indices (whose
+/// grouping CheckedIndices keeps); `ids` must have no ignored value and a bound within the table.
+Tensor embedding(const Tensor& table, const CheckedIndices& ids);
+Tensor index_select(const Tensor& x, const CheckedIndices& ids);
 
 }  // namespace sp
