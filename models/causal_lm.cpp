@@ -12,4 +12,9 @@ Tensor CausalLM::embed(const Tensor& ids) const {
   return embedding(table, ids).to(activation_dtype(device(), table.dtype()));
 }
 
+Tensor CausalLM::embed(const CheckedIndices& ids) const {
+  const Tensor table = word_embeddings();
+  return embedding(table, ids).to(activation_dtype(device(), table.dtype()));
+}
+
 }  // namespace sp

@@ -6,6 +6,7 @@
 #include <optional>
 #include <string>
 
+#include "engine/ops/checked_indices.h"
 #include "engine/tensor.h"
 #include "models/kv_cache.h"
 
@@ -52,6 +53,9 @@ class CausalLM {
   virtual Tensor word_embeddings() const = 0;
   /// Token embeddings only (no positions): the inputs_embeds transformers would build.
   Tensor embed(const Tensor& ids) const;
+  /// The same from ids checked and kept on the device: no host round trip, so a captured step
+  /// can look them up (refilled between replays).
+  Tensor embed(const CheckedIndices& ids) const;
 
   /// Final hidden states [B, T, d] (after the last layer norm) for inputs_embeds [B, T, d].
   /// attention_mask: optional F32 [B, past + T] (1 keep, 0 pad); position_ids: optional I64

@@ -271,6 +271,106 @@ TEST(CudaGraphs, EveryRandomDrawOfAReplayFollowsItsSeedShift) {
   }
 }
 
+// A whole prompt-tuning step as a trainer would capture it, with every input in device memory
+// refilled between replays: token ids (CheckedIndices), the prompt, and the causal LM targets
+// (LossTargets) over every position but each row's last, unlabelled ones ignored, so the shapes
+// never change; forward with dropout, the loss, backward into the prompt. Each replay, after the
+// next batch's refill and with the next step's seed shift, is the eager step on that batch with
+// the host-label causal_lm_loss: the same loss and prompt gradient up to the device loss's
+// roundings (1e-5 of the largest value: a few fp32 roundings through two layers).
+TEST(CudaGraphs, AWholePromptTuningStepReplaysEachNewBatch) {
+  SKIP_WHERE_NOTHING_CAN_BE_CAPTURED();
+  const Device device = emu_device();
+  auto model = Gpt2Model::load(kFixtures + "/gpt2_tiny_a", device);
+  auto golden = SafetensorsFile::open(kFixtures + "/golden/gpt2_tiny_a.safetensors");
+  const Tensor first_ids = golden->get("input_ids");
+  const int64_t batch = first_ids.size(0), text = first_ids.size(1), virtual_tokens = 4;
+  const int64_t positions = virtual_tokens + text, vocab = model->config().vocab_size;
+  const Tensor first_labels = concat(
+      {Tensor::full({batch, virtual_tokens}, -100.0f).to(DType::I64), golden->get("labels")}, 1);
+  // The second batch: other ids, and labels on other positions.
+  std::vector<int64_t> ids_values = first_ids.to_ints(), label_values = first_labels.to_ints();
+  for (int64_t& id : ids_values) id = (id * 7 + 3) % vocab;
+  for (size_t i = 0; i < label_values.size(); ++i)
+    label_values[i] = i % 3 == 0 ? -100 : int64_t(i * 11 % size_t(vocab));
+  const Tensor second_ids = Tensor::from_ints(ids_values, first_ids.shape());
+  const Tensor second_labels = Tensor::from_ints(label_values, first_labels.shape());
+  // Row r = b * positions + t predicts labels[b, t + 1], for t < positions - 1.
+  std::vector<int64_t> row_values;
+  for (int64_t b = 0; b < batch; ++b)
+    for (int64_t t = 0; t + 1 < positions; ++t) row_values.push_back(b * positions + t);
+  const auto shifted_targets = [&](const Tensor& labels) {
+    const std::vector<int64_t> v = labels.to_ints();
+    std::vector<int64_t> targets;
+    for (int64_t b = 0; b < batch; ++b)
+      for (int64_t t = 0; t + 1 < positions; ++t)
+        targets.push_back(v[size_t(b * positions + t + 1)]);
+    return Tensor::from_ints(targets, {int64_t(targets.size())});
+  };
+  const CheckedIndices rows("loss rows",
+                            Tensor::from_ints(row_values, {int64_t(row_values.size())}),
+                            batch * positions, device);
+  CheckedIndices ids("input ids", first_ids, vocab, device);
+  LossTargets targets(shifted_targets(first_labels), vocab, -100, device);
+  Tensor prompt = randn({batch, virtual_tokens, model->config().n_embd}, 17)
+                      .to(device)
+                      .detach()
+                      .set_requires_grad(true);
+  const Tensor one = Tensor::full({}, 1.0f).to(device);
+  ForwardOptions train;
+  train.train = true;
+  train.dropout_seed = 40;
+
+  // The eager step on host ids and labels, as the trainer runs it today.
+  const auto eager_step = [&](const Tensor& host_ids, const Tensor& labels, uint64_t seed) {
+    Tensor p = prompt.detach().clone().set_requires_grad(true);
+    ForwardOptions options = train;
+    options.dropout_seed = seed;
+    Tensor embeds = concat({p, model->embed(host_ids)}, 1);
+    Tensor hidden = model->hidden_states(embeds, Tensor(), Tensor(), nullptr, options);
+    Tensor loss = causal_lm_loss(*model, hidden, labels).loss;
+    loss.backward();
+    return std::pair{loss.item(), p.grad().to_floats()};
+  };
+  Tensor loss;
+  const auto captured_step = [&] {
+    Tensor embeds = concat({prompt, model->embed(ids)}, 1);
+    Tensor hidden = model->hidden_states(embeds, Tensor(), Tensor(), nullptr, train);
+    Tensor selected = index_select(hidden.reshape({-1, hidden.size(2)}), rows);
+    loss = linear_cross_entropy(selected, model->output_embeddings(), targets).loss;
+    loss.backward(one);
+  };
+  captured_step();  // once eagerly: the cache then holds every block the capture needs
+  loss = Tensor();
+  prompt.zero_grad();
+  std::unique_ptr<CapturedWork> graph = emu_backend().capture(captured_step);
+  ASSERT_NE(graph, nullptr);
+
+  struct Batch {
+    const Tensor& ids;
+    const Tensor& labels;
+    uint64_t seed_shift;
+  };
+  for (const Batch& next : {Batch{first_ids, first_labels, 0}, Batch{second_ids, second_labels, 9},
+                            Batch{first_ids, second_labels, 1}}) {
+    ids.refill(next.ids);
+    targets.refill(shifted_targets(next.labels));
+    graph->replay(next.seed_shift);
+    const auto [want_loss, want_grad] =
+        eager_step(next.ids, next.labels, train.dropout_seed + next.seed_shift);
+    EXPECT_NEAR(loss.item(), want_loss, 1e-5f * std::abs(want_loss));
+    const std::vector<float> got_grad = prompt.grad().to_floats();
+    ASSERT_EQ(got_grad.size(), want_grad.size());
+    float largest = 0.0f;
+    for (float g : want_grad) largest = std::max(largest, std::abs(g));
+    for (size_t i = 0; i < got_grad.size(); ++i)
+      ASSERT_NEAR(got_grad[i], want_grad[i], 1e-5f * largest) << "grad " << i;
+  }
+  graph.reset();
+  loss = Tensor();
+  prompt.zero_grad();
+}
+
 // Work a capture cannot hold fails with one error naming what it did, nothing is recorded, and
 // the backend is as before: not capturing, no pool, and eager work runs.
 TEST(CudaGraphs, WorkThatNeedsTheHostIsRefusedAndTheBackendStaysUsable) {
