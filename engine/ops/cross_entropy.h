@@ -52,7 +52,8 @@ class LossTargets {
 /// linear_cross_entropy on LossTargets: no host round trip, so it can run inside a capture. The
 /// head weight must be frozen. The mean is sum * inverse_count rather than sum / count, and the
 /// hidden states' gradient is scaled by inverse_count after the head's GEMM instead of before, so
-/// results differ from the host-target loss by roundings.
+/// results differ from the host-target loss by roundings. counted_rows is the count the targets
+/// hold at the call; replays of a captured call read each refill's count on the device.
 CrossEntropyResult linear_cross_entropy(const Tensor& hidden, const Tensor& weight,
                                         const LossTargets& targets);
 
