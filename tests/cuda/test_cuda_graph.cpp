@@ -1,7 +1,8 @@
 // CudaBackend::capture on the emulated device (whose graphs follow the runtime's capture rules,
-// tests/emu/test_emu_graph.cpp): the caching allocator's private pools, a GPT-2 prompt-tuning
-// forward and backward captured once and replayed as the eager computation, and work that needs
-// the host refused with one clear error and the backend left as it was.
+// tests/emu/test_emu_graph.cpp): the caching allocator's private pools; a GPT-2 prompt-tuning
+// forward and backward, then a whole step with its inputs refilled per batch, captured once and
+// replayed as the eager computation, new dropout masks at each replay; and work that needs the
+// host refused with one clear error and the backend left as it was.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -79,7 +80,8 @@ TEST(CudaAllocatorPools, APoolKeepsItsBlocksFromOtherWorkUntilReleased) {
 // ---- capturing model work ----
 
 // GPT-2 tiny with a 4-token prompt; loss = sum(logits * weights), every input on the device. The
-// token embeddings are looked up before: a lookup of device ids checks them on the host.
+// token embeddings are looked up before the capture (AWholePromptTuningStepReplaysEachNewBatch
+// looks them up inside, from CheckedIndices).
 struct PromptStep {
   Device device;
   std::unique_ptr<Gpt2Model> model;
