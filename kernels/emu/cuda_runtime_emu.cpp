@@ -111,6 +111,20 @@ const void* addr(const void* p) {
   return p;
 }
 
+// cudaErrorStreamCaptureUnsupported (recorded, the capture invalidated) when a capture in
+// progress forbids `call` now; cudaSuccess otherwise.
+cudaError_t refused_by_capture(const char* call) {
+  const std::string why = capture::unsafe_call(call);
+  return why.empty() ? cudaSuccess : failed(cudaErrorStreamCaptureUnsupported, why);
+}
+
+// cudaErrorCapturedEvent (recorded) when `event` was last recorded in a capture; cudaSuccess
+// otherwise.
+cudaError_t refused_for_captured_event(const char* call, const void* event) {
+  if (!capture::event_captured(event)) return cudaSuccess;
+  return failed(cudaErrorCapturedEvent, call, ": event ", event, " was last recorded in a capture");
+}
+
 // The live device allocation containing p, or nullptr.
 const std::pair<const std::uintptr_t, std::size_t>* find_device(Registry& r, const void* p) {
   const auto u = reinterpret_cast<std::uintptr_t>(p);
@@ -200,8 +214,7 @@ cudaError_t copy(const char* fn, void* dst, const void* src, std::size_t count, 
                     static_cast<int>(kind));
   }
   if (!asynchronous) {
-    if (auto why = capture::unsafe_call(fn); !why.empty())
-      return failed(cudaErrorStreamCaptureUnsupported, why);
+    if (const cudaError_t refused = refused_by_capture(fn)) return refused;
   }
   if (count == 0) return cudaSuccess;
   if (!dst || !src) return failed(cudaErrorInvalidValue, fn, ": null pointer");
@@ -247,8 +260,7 @@ cudaError_t set(const char* fn, void* dst, int value, std::size_t count, cudaStr
                   " is not a live stream");
   }
   if (!asynchronous) {
-    if (auto why = capture::unsafe_call(fn); !why.empty())
-      return failed(cudaErrorStreamCaptureUnsupported, why);
+    if (const cudaError_t refused = refused_by_capture(fn)) return refused;
   }
   if (count == 0) return cudaSuccess;
   if (auto why = check_range(r, dst, count, Side::kDevice, "destination"); !why.empty()) {
@@ -759,8 +771,7 @@ cudaError_t cudaPeekAtLastError() {
 cudaError_t cudaMalloc(void** ptr, std::size_t size) {
   if (!ptr) return failed(cudaErrorInvalidValue, "cudaMalloc: null output pointer");
   *ptr = nullptr;
-  if (auto why = emu::capture::unsafe_call("cudaMalloc"); !why.empty())
-    return failed(cudaErrorStreamCaptureUnsupported, why);
+  if (const cudaError_t refused = emu::refused_by_capture("cudaMalloc")) return refused;
   if (size == 0) {
     emu::g_malloc_calls.fetch_add(1, std::memory_order_relaxed);
     return cudaSuccess;
@@ -780,8 +791,7 @@ cudaError_t cudaMalloc(void** ptr, std::size_t size) {
 }
 
 cudaError_t cudaFree(void* ptr) {
-  if (auto why = emu::capture::unsafe_call("cudaFree"); !why.empty())
-    return failed(cudaErrorStreamCaptureUnsupported, why);
+  if (const cudaError_t refused = emu::refused_by_capture("cudaFree")) return refused;
   if (!ptr) return cudaSuccess;
   auto& r = registry();
   {
@@ -803,8 +813,7 @@ cudaError_t cudaFree(void* ptr) {
 cudaError_t cudaHostAlloc(void** ptr, std::size_t size, unsigned int flags) {
   if (!ptr) return failed(cudaErrorInvalidValue, "cudaHostAlloc: null output pointer");
   *ptr = nullptr;
-  if (auto why = emu::capture::unsafe_call("cudaHostAlloc"); !why.empty())
-    return failed(cudaErrorStreamCaptureUnsupported, why);
+  if (const cudaError_t refused = emu::refused_by_capture("cudaHostAlloc")) return refused;
   (void)flags;
   void* p = ::operator new (std::max<std::size_t>(size, 1), std::align_val_t{emu::kDeviceAlignment},
                             std::nothrow);
@@ -826,8 +835,7 @@ cudaError_t cudaMallocHost(void** ptr, std::size_t size) {
 }
 
 cudaError_t cudaFreeHost(void* ptr) {
-  if (auto why = emu::capture::unsafe_call("cudaFreeHost"); !why.empty())
-    return failed(cudaErrorStreamCaptureUnsupported, why);
+  if (const cudaError_t refused = emu::refused_by_capture("cudaFreeHost")) return refused;
   if (!ptr) return cudaSuccess;
   {
     auto& r = registry();
@@ -962,8 +970,7 @@ cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned
                     emu::addr(stream), " to the capture of stream ", capture,
                     " (a fork) is not emulated");
     }
-    return failed(cudaErrorCapturedEvent, "cudaStreamWaitEvent: event ", emu::addr(event),
-                  " was last recorded in a capture");
+    return emu::refused_for_captured_event("cudaStreamWaitEvent", event);
   }
   return cudaSuccess;
 }
@@ -1005,10 +1012,8 @@ cudaError_t cudaEventSynchronize(cudaEvent_t event) {
     return failed(cudaErrorInvalidResourceHandle, "cudaEventSynchronize(", emu::addr(event),
                   "): not a live event");
   }
-  if (emu::capture::event_captured(event)) {
-    return failed(cudaErrorCapturedEvent, "cudaEventSynchronize(", emu::addr(event),
-                  "): the event was last recorded in a capture");
-  }
+  if (const cudaError_t refused = emu::refused_for_captured_event("cudaEventSynchronize", event))
+    return refused;
   if (r.deferred_landed < event->copies_before) emu::land_deferred_copies(r);
   return cudaSuccess;
 }
@@ -1021,10 +1026,8 @@ cudaError_t cudaEventQuery(cudaEvent_t event) {
     return failed(cudaErrorInvalidResourceHandle, "cudaEventQuery(", emu::addr(event),
                   "): not a live event");
   }
-  if (emu::capture::event_captured(event)) {
-    return failed(cudaErrorCapturedEvent, "cudaEventQuery(", emu::addr(event),
-                  "): the event was last recorded in a capture");
-  }
+  if (const cudaError_t refused = emu::refused_for_captured_event("cudaEventQuery", event))
+    return refused;
   if (r.deferred_landed >= event->copies_before) return cudaSuccess;
   // Left for cudaGetLastError too, as the real runtime may: callers must clear it.
   return failed(cudaErrorNotReady, "cudaEventQuery(", emu::addr(event), "): copies still pending");
@@ -1039,10 +1042,8 @@ cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t end) 
       return failed(cudaErrorInvalidResourceHandle, "cudaEventElapsedTime: event ", emu::addr(e),
                     " is not live");
     }
-    if (emu::capture::event_captured(e)) {
-      return failed(cudaErrorCapturedEvent, "cudaEventElapsedTime: event ", emu::addr(e),
-                    " was last recorded in a capture");
-    }
+    if (const cudaError_t refused = emu::refused_for_captured_event("cudaEventElapsedTime", e))
+      return refused;
     if (!e->recorded || (e->flags & cudaEventDisableTiming)) {
       return failed(cudaErrorInvalidResourceHandle, "cudaEventElapsedTime: event ", emu::addr(e),
                     " was never recorded or has timing disabled");
@@ -1172,8 +1173,7 @@ cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) 
 
 cudaError_t cudaDeviceSynchronize() {
   emu::g_sync_calls.fetch_add(1, std::memory_order_relaxed);
-  if (auto why = emu::capture::unsafe_call("cudaDeviceSynchronize"); !why.empty())
-    return failed(cudaErrorStreamCaptureUnsupported, why);
+  if (const cudaError_t refused = emu::refused_by_capture("cudaDeviceSynchronize")) return refused;
   emu::land_pending_copies();
   return cudaSuccess;
 }
