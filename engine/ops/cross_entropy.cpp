@@ -39,6 +39,11 @@ CheckedTargets check_targets(const char* op, const Tensor& targets_in, int64_t r
   return checked;
 }
 
+// What the mean multiplies the summed losses by: 1 / counted, 0 when no target counts.
+float inverse_of_count(int64_t counted) {
+  return counted == 0 ? 0.0f : 1.0f / float(counted);
+}
+
 // The [] mean of the per-row losses, computed where they are.
 Tensor mean_loss(const Tensor& row_loss, int64_t counted) {
   Tensor loss = Tensor::empty({}, DType::F32, row_loss.device());
@@ -155,7 +160,7 @@ CrossEntropyResult linear_cross_entropy_on(const char* op, const Tensor& hidden_
   const bool grad_hidden = grad_mode_enabled() && hidden_in.requires_grad();
   // The kernels scale the logit gradients by 1 / count; a device count scales afterwards.
   float inverse_count = 1.0f;
-  if (!device_count) inverse_count = counted == 0 ? 0.0f : 1.0f / float(counted);
+  if (!device_count) inverse_count = inverse_of_count(counted);
   const int64_t padded_vocab = padded_row(V);
   const int64_t step = chunk_rows(backend, padded_vocab, types.result);
   Tensor row_loss = Tensor::empty({n}, DType::F32, hidden.device());
@@ -239,19 +244,15 @@ CrossEntropyResult linear_cross_entropy(const Tensor& hidden_in, const Tensor& w
 
 LossTargets::LossTargets(const Tensor& targets, int64_t vocab, int64_t ignore_index, Device device)
     : targets_("loss targets", targets, vocab, device, ignore_index), ignore_index_(ignore_index) {
-  inverse_count_ = Tensor::full({}, inverse_of(targets_.counted())).to(device);
+  inverse_count_ = Tensor::full({}, inverse_of_count(targets_.counted())).to(device);
 }
 
 int64_t LossTargets::refill(const Tensor& targets) {
   const int64_t counted = targets_.refill(targets);
-  const float inverse = inverse_of(counted);
+  const float inverse = inverse_of_count(counted);
   backend_for(inverse_count_.device())
       .copy_from_host(inverse_count_.raw_data(), &inverse, sizeof(inverse));
   return counted;
-}
-
-float LossTargets::inverse_of(int64_t counted) {
-  return counted == 0 ? 0.0f : 1.0f / float(counted);
 }
 
 CrossEntropyResult linear_cross_entropy(const Tensor& hidden, const Tensor& weight,

@@ -43,7 +43,6 @@ class LossTargets {
   int64_t ignore_index() const { return ignore_index_; }
 
  private:
-  static float inverse_of(int64_t counted);
   CheckedIndices targets_;
   Tensor inverse_count_;
   int64_t ignore_index_;
